@@ -1,0 +1,29 @@
+"""The Typer app. Commands only parse options, call the library, and print."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from proqha.cli.common import fail
+from proqha.cli.cost import cost
+from proqha.cli.train import train
+
+app = typer.Typer(name="proqha", help="ProQHA: progressive mixed-precision quantization, from QAT to deployment.",
+                  add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+app.command()(train)
+app.command()(cost)
+
+
+def main() -> None:
+    """Console entry point: usage errors (click's, which Typer may vendor) become one line, exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click.ClickException, whichever click package Typer uses
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        sys.exit(fail(" ".join(exc.format_message().split())).exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

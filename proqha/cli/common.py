@@ -1,0 +1,48 @@
+"""What every command shares: consoles, the one-line error convention, option parsing helpers."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from proqha.errors import ProqhaError
+
+console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` on one line of stderr; return the Exit to raise."""
+    err_console.print(f"error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn ProqhaError into one stderr line and exit code 2, Ctrl-C into exit 130 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ProqhaError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_int_tuple(text: str, option: str, length: int | None = None) -> tuple[int, ...]:
+    """Parse ``"3,224,224"``; a bad value is a ProqhaError naming ``option``."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ProqhaError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if (length is not None and len(values) != length) or any(v <= 0 for v in values):
+        raise ProqhaError(f"{option} must be {length or 'some'} positive integers, got {text!r}")
+    return values

@@ -1,0 +1,99 @@
+"""`proqha train`: quantization-aware (or float) training into a run directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from proqha.cli.common import console, err_console, handle_errors
+from proqha.errors import ProqhaError
+from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
+from proqha.train import TrainConfig, fit
+
+
+def _config_for_resume(run_dir: Path | None, epochs: int | None) -> tuple[TrainConfig, Path]:
+    run_dir = run_dir or latest_run_dir("train", DEFAULT_ROOT)
+    if run_dir is None:
+        raise ProqhaError(f"--resume: no train run found under {DEFAULT_ROOT}/ (pass --run-dir)")
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ProqhaError(f"--resume: {run_dir} is not a train run (no config.json)")
+    try:
+        saved = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProqhaError(f"--resume: cannot read {config_file}: {exc}") from None
+    names = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    if epochs is not None:
+        cfg.epochs = epochs
+    return cfg.resolved(), run_dir
+
+
+@handle_errors
+def train(
+    arch: Annotated[Optional[str], typer.Option(help="Architecture (default: the dataset's own).")] = None,
+    dataset: Annotated[str, typer.Option(help="digits (offline default), mnist, cifar10, cifar100, imagefolder.")] = "digits",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the dataset's files.")] = None,
+    download: Annotated[bool, typer.Option(help="Download the dataset into --data-dir if missing.")] = False,
+    bits: Annotated[int, typer.Option(help="Weight and activation bits of searchable layers: 2..8, or 32 for float.")] = 8,
+    bits_file: Annotated[Optional[Path], typer.Option(help="Per-layer bits (JSON BitConfig); overrides --bits.")] = None,
+    weight_quantizer: Annotated[str, typer.Option(help="lsq (deploy-exact) or dorefa (the paper's).")] = "lsq",
+    edge_layers: Annotated[str, typer.Option(help="First conv and last linear: int8, float, or search.")] = "int8",
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 15; with --resume, extends the run).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: sgd 0.1, adam 1e-3).")] = None,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on biases, BN, quantizer ranges).")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same result on the same machine.")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint (float or quantized).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/train-<n>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: the latest) from its last epoch.")] = False,
+) -> None:
+    """Train a model quantization-aware (or float with --bits 32) and save checkpoints each epoch."""
+    if resume:
+        cfg, run_dir = _config_for_resume(run_dir, epochs)
+    else:
+        cfg = TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+                          download=download, bits=bits, bits_file=str(bits_file) if bits_file else None,
+                          weight_quantizer=weight_quantizer, edge_layers=edge_layers,
+                          epochs=epochs if epochs is not None else TrainConfig.epochs, batch_size=batch_size,
+                          lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed, workers=workers,
+                          device=device, init=str(init) if init else None).resolved()
+        run_dir = run_dir or next_run_dir("train", DEFAULT_ROOT)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
+    progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                        console=err_console, transient=True)
+    task = progress.add_task("train", total=None, epoch=0, epochs=cfg.epochs, loss=float("nan"))
+
+    def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
+        progress.update(task, completed=i + 1, total=n, epoch=epoch, loss=loss)
+
+    def on_epoch(row: dict) -> None:
+        progress.console.print(f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%"
+                               f"  test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%"
+                               f"  {row['time_s']:.1f}s")
+
+    with progress:
+        result = fit(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
+                     on_start=lambda: progress.console.print(
+                         f"training {cfg.arch} on {cfg.dataset} at {cfg.bits} bit into {run_dir}"))
+    last = result["last"]
+    table = Table(title=f"proqha train: {cfg.arch} on {cfg.dataset}")
+    for col in ("run", "epochs", "test top-1", "test top-5", "best top-1"):
+        table.add_column(col)
+    if last:
+        table.add_row(str(run_dir), str(cfg.epochs), f"{last['test_top1']:.2f}", f"{last['test_top5']:.2f}",
+                      f"{result['best_top1']:.2f}")
+    else:
+        table.add_row(str(run_dir), str(cfg.epochs), "-", "-", f"{result['best_top1']:.2f}")
+    console.print(table)

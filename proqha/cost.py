@@ -1,0 +1,138 @@
+"""The cost model: per-layer MACs and weight counts measured with forward hooks, and the paper's figures.
+
+- paper cost (the paper's "Cost" column): sum(w_bits * numel) / (32 * sum(numel)) over the searchable
+  layers' weights (uniform 5 bit: 5/32 = 0.1563);
+- BitOPs: sum over every conv/linear of MACs * w_bits * a_bits, absolute and as a ratio to 32x32 bits;
+- size: bytes of the model at its assigned bits (quantized weights packed at their bits, every other
+  parameter as float32).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from proqha.quant.convert import quant_layers
+
+FLOAT_BITS = 32
+
+
+@dataclass
+class LayerCost:
+    """One conv/linear layer: work per sample, weight count and its bits."""
+
+    name: str
+    kind: str
+    macs: int
+    params: int
+    w_bits: int
+    a_bits: int
+    searchable: bool
+
+    @property
+    def bitops(self) -> int:
+        return self.macs * self.w_bits * self.a_bits
+
+    @property
+    def weight_bytes(self) -> int:
+        return math.ceil(self.params * self.w_bits / 8)
+
+
+@dataclass
+class CostReport:
+    """Per-layer costs and the totals the paper reports, for one input size."""
+
+    input_size: tuple[int, ...]
+    layers: list[LayerCost]
+    other_params: int
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def paper_cost(self) -> float:
+        chosen = [layer for layer in self.layers if layer.searchable] or self.layers
+        total = sum(layer.params for layer in chosen)
+        return sum(layer.w_bits * layer.params for layer in chosen) / (FLOAT_BITS * total) if total else 0.0
+
+    @property
+    def bitops(self) -> int:
+        return sum(layer.bitops for layer in self.layers)
+
+    @property
+    def bitops_ratio(self) -> float:
+        return self.bitops / (self.macs * FLOAT_BITS * FLOAT_BITS) if self.macs else 0.0
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(layer.weight_bytes for layer in self.layers) + 4 * self.other_params
+
+    @property
+    def float_size_bytes(self) -> int:
+        return 4 * (sum(layer.params for layer in self.layers) + self.other_params)
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "paper_cost": self.paper_cost,
+            "macs": self.macs,
+            "bitops": self.bitops,
+            "gbitops": self.bitops / 1e9,
+            "bitops_ratio": self.bitops_ratio,
+            "size_bytes": self.size_bytes,
+            "float_size_bytes": self.float_size_bytes,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [asdict(layer) | {"bitops": layer.bitops} for layer in self.layers]
+        return {"input_size": list(self.input_size), "layers": rows, "totals": self.totals()}
+
+
+def _layer_bits(module: nn.Module, name: str, qlayers: dict[str, Any]) -> tuple[int, int, bool]:
+    layer = qlayers.get(name)
+    if layer is None:
+        return FLOAT_BITS, FLOAT_BITS, True
+    return layer.w_bits, layer.a_bits, layer.searchable
+
+
+@torch.no_grad()
+def cost_report(model: nn.Module, input_size: Sequence[int]) -> CostReport:
+    """Measure every Conv2d/Linear of ``model`` (quantized or float) at ``input_size`` (C, H, W).
+
+    A copy of the model runs one forward pass on zeros, so the model's own state (quantizer ranges,
+    BN statistics) is untouched.
+    """
+    probe = copy.deepcopy(model).eval()
+    macs: dict[str, int] = {}
+    hooks = []
+    names = {}
+    for name, module in probe.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            names[module] = name
+
+            def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
+                if isinstance(mod, nn.Conv2d):
+                    per_out = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+                else:
+                    per_out = mod.in_features
+                macs[name] = macs.get(name, 0) + output.numel() * per_out  # batch of one
+
+            hooks.append(module.register_forward_hook(hook))
+    device = next((p.device for p in probe.parameters()), torch.device("cpu"))
+    probe(torch.zeros(1, *input_size, device=device))
+    for h in hooks:
+        h.remove()
+    qlayers = quant_layers(probe)
+    layers, counted = [], set()
+    for module, name in names.items():
+        w, a, searchable = _layer_bits(module, name, qlayers)
+        kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
+        layers.append(LayerCost(name, kind, macs.get(name, 0), module.weight.numel(), w, a, searchable))
+        counted.add(id(module.weight))
+    other = sum(p.numel() for p in probe.parameters() if id(p) not in counted)
+    return CostReport(tuple(input_size), layers, other)

@@ -1,0 +1,278 @@
+"""Turn any float CNN into its quantized twin.
+
+``quantize_model`` traces the model with torch.fx (as torch.ao's FX quantization does) to see what
+a module walk cannot: which tensors are non-negative (after ReLU: PACT, unsigned grid) and where
+residual adds are (they get 8-bit quantizers on their inputs and output so that a deployed graph stays
+in integer kernels). Conv2d/Linear modules are replaced in place, so layer names are module paths.
+Models that fx cannot trace fall back to a module walk (signed activation grids, adds left float).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from proqha.quant.layers import QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
+from proqha.quant.quantizers import WEIGHT_QUANTIZERS, DoReFaWeightQuantizer, Quantizer, check_bits
+
+EDGE_CHOICES = ("int8", "float", "search")
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize a model.
+
+    bits: starting weight and activation bits of the searchable layers (32: full precision).
+    weight_quantizer: "lsq" (deploy-exact, default) or "dorefa" (the paper's).
+    edge_layers: first conv and last linear: "int8" (8 bit, outside the search; the default),
+        "float" (full precision, as the reference), or "search" (treated like every other layer).
+    quantize_adds: insert the 8-bit residual-add quantizers integer deployment needs.
+    """
+
+    bits: int = 8
+    weight_quantizer: str = "lsq"
+    edge_layers: str = "int8"
+    quantize_adds: bool = True
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
+            raise ValueError(f"weight_quantizer must be one of {sorted(WEIGHT_QUANTIZERS)}, got {self.weight_quantizer!r}")
+        if self.edge_layers not in EDGE_CHOICES:
+            raise ValueError(f"edge_layers must be one of {EDGE_CHOICES}, got {self.edge_layers!r}")
+
+    def edge_bits(self) -> int:
+        return 32 if self.bits == 32 or self.edge_layers == "float" else 8
+
+    def fixed_bits(self) -> int:
+        """Bits of the quantizers outside the search (residual adds): 8, or off for a float model."""
+        return 32 if self.bits == 32 else 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- what the graph tells us ---------------------------------------------------------------------
+
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+                 nn.Dropout, nn.Identity)
+_RELU_FUNCS = {F.relu, torch.relu, F.relu6}
+_PASS_FUNCS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+               F.dropout, torch.reshape}
+_PASS_METHODS = {"view", "reshape", "flatten", "contiguous", "mean"}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_SHAPE_METHODS = {"size", "dim", "numel"}
+
+
+def _is_relu(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], _RELU_MODULES)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _nonnegative(node: Any, modules: Mapping[str, nn.Module]) -> bool:
+    """True when the tensor a node produces is >= 0 by construction (ReLU, or pooling/reshaping of one)."""
+    if not isinstance(node, fx.Node):
+        return False
+    if _is_relu(node, modules):
+        return True
+    first = node.args[0] if node.args else None
+    if node.op == "call_module":
+        mod = modules[node.target]
+        if isinstance(mod, QuantAdd):
+            return mod.relu
+        return isinstance(mod, _PASS_MODULES) and _nonnegative(first, modules)
+    if node.op == "call_function":
+        if node.target is torch.cat:
+            return all(_nonnegative(a, modules) for a in first)
+        return node.target in _PASS_FUNCS and _nonnegative(first, modules)
+    if node.op == "call_method":
+        return node.target in _PASS_METHODS and _nonnegative(first, modules)
+    return False
+
+
+def _is_shape_value(node: Any) -> bool:
+    """True for nodes computing sizes (x.size(0) + 1), which must not be mistaken for tensor adds."""
+    if not isinstance(node, fx.Node):
+        return not isinstance(node, torch.Tensor)
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] == "shape"
+    if node.op == "call_function" and node.target.__module__ in ("_operator", "operator"):
+        return any(_is_shape_value(a) for a in node.args if isinstance(a, fx.Node))
+    return False
+
+
+def _is_tensor_add(node: fx.Node) -> bool:
+    is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
+        node.op == "call_method" and node.target in ("add", "add_"))
+    if not is_add or len(node.args) != 2 or node.kwargs:
+        return False
+    return all(isinstance(a, fx.Node) and not _is_shape_value(a) for a in node.args)
+
+
+def _owner_path(node: fx.Node) -> str:
+    """Module path of the forward() that contains a node (from fx's nn_module_stack)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    value = list(stack.values())[-1]
+    path = value[0] if isinstance(value, tuple) else str(value)
+    return path.split("@")[0]
+
+
+def _unique_name(root: nn.Module, base: str) -> str:
+    names = dict(root.named_modules())
+    name, i = base, 1
+    while name in names:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, leaf, module)
+
+
+# --- conversion ----------------------------------------------------------------------------------
+
+def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if not _is_tensor_add(node):
+            continue
+        modules = dict(gm.named_modules())
+        users = list(node.users)
+        fuse_relu = len(users) == 1 and _is_relu(users[0], modules)
+        inputs = []
+        for arg in node.args:
+            already = arg.op == "call_module" and isinstance(modules[arg.target], QuantAdd)
+            inputs.append(nn.Identity() if already else act_quantizer(bits, signed=not _nonnegative(arg, modules)))
+        owner = _owner_path(node)
+        name = _unique_name(gm, f"{owner}.add" if owner else "add")
+        qadd = QuantAdd(inputs[0], inputs[1], act_quantizer(bits, signed=not fuse_relu), relu=fuse_relu)
+        if not gm.add_submodule(name, qadd):
+            raise RuntimeError(f"cannot register {name} in the traced model")
+        last = users[0] if fuse_relu else node
+        with graph.inserting_after(last):
+            new = graph.call_module(name, tuple(node.args))
+        last.replace_all_uses_with(new)
+        if fuse_relu:
+            graph.erase_node(last)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+
+
+def _layer_calls(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
+    modules = dict(gm.named_modules())
+    calls: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+            calls.setdefault(node.target, []).append(node)
+    return calls
+
+
+def _edge_names(names: list[str], modules: Mapping[str, nn.Module]) -> set[str]:
+    """The first conv and the last linear (the last layer if there is no linear)."""
+    if not names:
+        return set()
+    convs = [n for n in names if isinstance(modules[n], nn.Conv2d)]
+    linears = [n for n in names if isinstance(modules[n], nn.Linear)]
+    return {(convs or names)[0], (linears or names)[-1]}
+
+
+def _swap_layers(root: nn.Module, signed: Mapping[str, bool], edges: set[str], config: QuantConfig) -> None:
+    modules = dict(root.named_modules())
+    wq_cls = WEIGHT_QUANTIZERS[config.weight_quantizer]
+    for name, is_signed in signed.items():
+        mod = modules[name]
+        edge = name in edges and config.edge_layers != "search"
+        bits = config.edge_bits() if edge else config.bits
+        out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+        a_q, w_q = act_quantizer(bits, is_signed), wq_cls(bits, out_ch)
+        cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
+        q = cls.from_float(mod, a_q.to(mod.weight.device), w_q.to(mod.weight.device))
+        q.searchable = not edge
+        _set_module(root, name, q)
+
+
+def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
+    """Return the quantized twin of ``model`` (which is left untouched).
+
+    Every Conv2d/Linear becomes a QuantConv2d/QuantLinear with an input quantizer (PACT when its input
+    is non-negative, signed symmetric otherwise) and a weight quantizer; with ``quantize_adds`` each
+    tensor add becomes a QuantAdd. Layer names are the float model's module paths.
+    """
+    config = config or QuantConfig()
+    model = copy.deepcopy(model)
+    try:
+        root: nn.Module = fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back to a module walk
+        warnings.warn(f"torch.fx could not trace {type(model).__name__} ({exc}); residual adds stay "
+                      "float and every activation grid is signed", stacklevel=2)
+        modules = dict(model.named_modules())
+        names = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        _swap_layers(model, {n: True for n in names}, _edge_names(names, modules), config)
+        return model
+    if config.quantize_adds:
+        _insert_quant_adds(root, config.fixed_bits())
+    modules = dict(root.named_modules())
+    calls = _layer_calls(root)
+    signed = {name: any(not _nonnegative(c.args[0], modules) for c in nodes) for name, nodes in calls.items()}
+    _swap_layers(root, signed, _edge_names(list(calls), modules), config)
+    return root
+
+
+# --- looking at a quantized model ----------------------------------------------------------------
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    """All quantized conv/linear layers by module path, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+def searchable_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    """The layers whose bits the search may change."""
+    return {n: m for n, m in quant_layers(model).items() if m.searchable}
+
+
+def set_uniform_bits(model: nn.Module, bits: int, layers: Iterable[str] | None = None) -> None:
+    """Set weight and activation bits of the searchable layers (or of ``layers``)."""
+    check_bits(bits)
+    chosen = searchable_layers(model) if layers is None else {n: quant_layers(model)[n] for n in layers}
+    for layer in chosen.values():
+        layer.set_bits(w=bits, a=bits)
+
+
+def load_float_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load a float (or quantized) state dict into a quantized twin.
+
+    Keys the quantizers add may be missing (they initialise on the first forward); anything else
+    missing or unexpected is an error naming the first culprits.
+    """
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if "quantizer" not in k]
+    absent = {k.rpartition(".")[0] for k in result.missing_keys if k.endswith(".alpha")}
+    for name, mod in model.named_modules():
+        if name in absent and isinstance(mod, Quantizer) and not isinstance(mod, DoReFaWeightQuantizer):
+            mod.initialized = False  # its range comes from the loaded tensors, on the next forward
+    if missing or result.unexpected_keys:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}")
+        if result.unexpected_keys:
+            parts.append(f"unexpected {', '.join(result.unexpected_keys[:3])}")
+        raise ValueError("state dict does not match the model: " + "; ".join(parts))

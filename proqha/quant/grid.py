@@ -1,0 +1,75 @@
+"""Integer grids and the fake-quantization math, as small pure functions.
+
+A grid is what an exporter needs to reproduce a quantizer exactly:
+``x_q = clamp(round(x / scale), qmin, qmax) * scale`` with zero point 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FULL_PRECISION = 32
+VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The integer grid of one quantizer.
+
+    ``scale`` has one entry per channel along ``axis`` (``axis`` None: a single entry).
+    ``odd_levels`` marks the DoReFa grid, whose integers are the odd numbers in [qmin, qmax].
+    """
+
+    bits: int
+    scale: torch.Tensor
+    qmin: int
+    qmax: int
+    signed: bool
+    axis: int | None
+    zero_point: int = 0
+    odd_levels: bool = False
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """Symmetric signed levels ±(2^(b-1)-1): the narrow range, zero point 0."""
+    q = 2 ** (bits - 1) - 1
+    return -q, q
+
+
+def unsigned_range(bits: int) -> tuple[int, int]:
+    """Unsigned levels 0..2^b-1, zero point 0."""
+    return 0, 2**bits - 1
+
+
+def lsq_grad_factor(numel: int, qmax: int) -> float:
+    """LSQ's step-size gradient scale 1/sqrt(N * Qp), which keeps scale updates comparable to weights'."""
+    return 1.0 / float(max(numel, 1) * max(qmax, 1)) ** 0.5
+
+
+def fake_quant_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int,
+                          grad_factor: float) -> torch.Tensor:
+    """Fused fake quantization with a learnable per-tensor scale (LSQ gradients, straight-through input)."""
+    return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, qmin, qmax, grad_factor)
+
+
+def fake_quant_per_channel(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int, qmin: int,
+                           qmax: int, grad_factor: float) -> torch.Tensor:
+    """Fused fake quantization with a learnable scale per channel along ``axis``."""
+    return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero, axis, qmin, qmax, grad_factor)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def to_integers(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, axis: int | None) -> torch.Tensor:
+    """The integers a tensor maps to on a grid (int32), the same rounding as the fake-quant ops."""
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    # x * (1/scale), as torch's fake-quantize kernels compute it, so ties round identically.
+    return torch.clamp(torch.round(x * (1.0 / scale)), qmin, qmax).to(torch.int32)

@@ -1,0 +1,172 @@
+"""Quantizer modules: plain modules with visible state (bits, signed, axis, clip range alpha).
+
+Every quantizer is parameterised by a learnable clip range ``alpha`` (per channel for weights) and
+derives its scale as ``alpha / qmax``, so lowering the bit-width at run time keeps the range and only
+coarsens the grid. The range is initialised from the first tensor the quantizer sees (weights: their
+per-channel max |w|; activations: the batch max), which is also what makes a float checkpoint load
+into the quantized twin. ``bits = 32`` switches a quantizer off (identity).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from proqha.quant import grid as g
+
+_EPS = 1e-8
+
+
+def check_bits(bits: object, what: str = "bits") -> int:
+    """Return ``bits`` if it is an int in 2..8 or 32, else raise ValueError naming ``what``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in g.VALID_BITS:
+        raise ValueError(f"{what} must be an integer in 2..8 or 32 (full precision), got {bits!r}")
+    return bits
+
+
+class Quantizer(nn.Module):
+    """Base: bit-width, lazy range initialisation, integer grid, and bits kept in the state dict."""
+
+    signed: bool = True
+    axis: int | None = None
+
+    def __init__(self, bits: int = 8, channels: int = 1) -> None:
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.alpha = nn.Parameter(torch.ones(channels))
+        self.register_buffer("_zero", torch.zeros(channels), persistent=False)
+        self.initialized = False
+
+    # -- grid -------------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self.bits != g.FULL_PRECISION
+
+    def qrange(self) -> tuple[int, int]:
+        return g.signed_range(self.bits) if self.signed else g.unsigned_range(self.bits)
+
+    def scale(self) -> torch.Tensor:
+        """Current step size(s): ``|alpha| / qmax``."""
+        return self.alpha.abs().clamp_min(_EPS) / self.qrange()[1]
+
+    def grid(self) -> g.Grid:
+        """The integer grid an exporter reproduces (fails for a quantizer that is off)."""
+        if not self.enabled:
+            raise ValueError("quantizer is off (32 bit): it has no integer grid")
+        qmin, qmax = self.qrange()
+        return g.Grid(self.bits, self.scale().detach().clone(), qmin, qmax, self.signed, self.axis)
+
+    def integers(self, x: torch.Tensor) -> torch.Tensor:
+        """The integers ``x`` maps to on this quantizer's grid."""
+        gr = self.grid()
+        return g.to_integers(x.detach(), gr.scale, gr.qmin, gr.qmax, gr.axis)
+
+    # -- range initialisation ---------------------------------------------------------------------
+    def _initial_alpha(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().abs().amax().reshape(1)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Set the clip range from a tensor (called on the first forward)."""
+        self.alpha.copy_(self._initial_alpha(x).clamp_min(1e-4).to(self.alpha))
+        self.initialized = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if not self.initialized:
+            self.initialize(x)
+        return self._fake_quant(x)
+
+    def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        qmin, qmax = self.qrange()
+        factor = g.lsq_grad_factor(x.numel() // max(x.shape[0], 1), qmax)
+        return g.fake_quant_per_tensor(x, self.scale(), self._zero, qmin, qmax, factor)
+
+    # -- state: bits and the initialised flag travel with the state dict ----------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"bits": self.bits, "initialized": self.initialized}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.bits = check_bits(int(state["bits"]))
+        self.initialized = bool(state["initialized"])
+
+    def extra_repr(self) -> str:
+        kind = "signed" if self.signed else "unsigned"
+        return f"bits={self.bits}, {kind}, axis={self.axis}"
+
+
+class PACTQuantizer(Quantizer):
+    """Activations known to be non-negative: PACT clip at learnable alpha, unsigned grid 0..2^b-1.
+
+    With the LSQ scale gradient, dL/dalpha is 1 for inputs above alpha (PACT's gradient) plus the
+    rounding-error term inside the range.
+    """
+
+    signed = False
+
+
+class SignedActQuantizer(Quantizer):
+    """Activations that can be negative: symmetric signed grid ±(2^(b-1)-1), learnable range."""
+
+    signed = True
+
+
+class WeightQuantizer(Quantizer):
+    """Weights: symmetric signed per output channel, ±(2^(b-1)-1), zero point 0, LSQ-learned scale."""
+
+    signed = True
+    axis = 0
+
+    def _initial_alpha(self, w: torch.Tensor) -> torch.Tensor:
+        return w.detach().abs().flatten(1).amax(dim=1)
+
+    def _fake_quant(self, w: torch.Tensor) -> torch.Tensor:
+        qmin, qmax = self.qrange()
+        factor = g.lsq_grad_factor(w[0].numel(), qmax)
+        return g.fake_quant_per_channel(w, self.scale(), self._zero, 0, qmin, qmax, factor)
+
+
+class DoReFaWeightQuantizer(Quantizer):
+    """The paper's weights (DoReFa): tanh normalisation to [-1, 1], 2^b levels on odd integers.
+
+    ``w_q = (2k - n) / n`` with ``k = round(n * (tanh(w) / (2 max|tanh w|) + 1/2))`` and ``n = 2^b - 1``.
+    Its grid has scale ``1/n`` (one per tensor; no learnable range) and the odd integers in [-n, n],
+    which int8 holds exactly only up to 7 bit.
+    """
+
+    signed = True
+    axis = None
+
+    def __init__(self, bits: int = 8, channels: int = 1) -> None:
+        super().__init__(bits, 1)
+        self.alpha.requires_grad_(False)
+        self.initialized = True
+
+    def qrange(self) -> tuple[int, int]:
+        n = 2**self.bits - 1
+        return -n, n
+
+    def scale(self) -> torch.Tensor:
+        return torch.full((1,), 1.0 / (2**self.bits - 1), device=self.alpha.device)
+
+    def grid(self) -> g.Grid:
+        gr = super().grid()
+        return g.Grid(gr.bits, gr.scale, gr.qmin, gr.qmax, True, None, odd_levels=True)
+
+    def _normalized(self, w: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(w)
+        return t / (2 * t.abs().amax().clamp_min(_EPS)) + 0.5
+
+    def _fake_quant(self, w: torch.Tensor) -> torch.Tensor:
+        n = 2**self.bits - 1
+        return 2 * g.round_ste(self._normalized(w) * n) / n - 1
+
+    def integers(self, w: torch.Tensor) -> torch.Tensor:
+        n = 2**self.bits - 1
+        return (2 * torch.round(self._normalized(w.detach()) * n) - n).to(torch.int32)
+
+
+WEIGHT_QUANTIZERS: dict[str, type[Quantizer]] = {"lsq": WeightQuantizer, "dorefa": DoReFaWeightQuantizer}

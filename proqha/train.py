@@ -1,0 +1,248 @@
+"""Quantization-aware training: flat functions (``train_one_epoch``, ``evaluate``, ``fit``) that the
+search's fine-tuning reuses. No printing here: callers pass callbacks for progress."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from proqha.builder import ModelRecipe, build_model
+from proqha.checkpoint import load_checkpoint, save_checkpoint
+from proqha.data import get_dataset_spec, load_dataset
+from proqha.errors import ProqhaError
+from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
+from proqha.models import get_model_spec
+from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
+from proqha.quant.quantizers import check_bits
+
+OPTIMIZERS = ("sgd", "adam")
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
+
+BatchCallback = Callable[[int, int, int, float], None]  # (epoch, batch index, batches, loss)
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run (written to the run's config.json)."""
+
+    arch: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    bits: int = 8
+    bits_file: str | None = None
+    weight_quantizer: str = "lsq"
+    edge_layers: str = "int8"
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    init: str | None = None
+
+    def resolved(self) -> "TrainConfig":
+        """Fill defaults that depend on other options and validate ranges (ProqhaError on bad input)."""
+        data = get_dataset_spec(self.dataset)
+        arch = self.arch or data.default_arch
+        get_model_spec(arch)
+        try:
+            check_bits(self.bits, "--bits")
+            QuantConfig(bits=self.bits, weight_quantizer=self.weight_quantizer, edge_layers=self.edge_layers)
+        except ValueError as exc:
+            raise ProqhaError(str(exc)) from None
+        if self.optimizer not in OPTIMIZERS:
+            raise ProqhaError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name, value, ok in [("--epochs", self.epochs, self.epochs >= 1),
+                                ("--batch-size", self.batch_size, self.batch_size >= 1),
+                                ("--workers", self.workers, self.workers >= 0),
+                                ("--lr", self.lr, self.lr is None or (math.isfinite(self.lr) and self.lr > 0)),
+                                ("--weight-decay", self.weight_decay, self.weight_decay >= 0)]:
+            if not ok:
+                raise ProqhaError(f"{name} out of range: {value}")
+        lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return TrainConfig(**(asdict(self) | {"arch": arch, "lr": lr}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is a ProqhaError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ProqhaError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProqhaError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ProqhaError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
+                      drop_last=False, pin_memory=False)
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+                   ) -> torch.optim.Optimizer:
+    """SGD (Nesterov-free, momentum) or Adam; no weight decay on biases, BN and quantizer ranges."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
+    k = min(max(ks), logits.shape[1])
+    pred = logits.topk(k, dim=1).indices
+    hit = pred.eq(target.unsqueeze(1))
+    return [int(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, device: torch.device, epoch: int = 0,
+                    on_batch: BatchCallback | None = None) -> dict[str, float]:
+    """One pass over ``loader``; the scheduler steps every batch. Stops on a non-finite loss."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise ProqhaError(f"loss became {loss.item()} at epoch {epoch}, batch {i}; lower --lr "
+                              "(the last good checkpoint is kept)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if on_batch is not None:
+            on_batch(epoch, i, len(loader), float(loss.detach()))
+    return {"train_loss": float(loss_sum) / max(seen, 1), "train_top1": 100.0 * float(correct) / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over ``loader``."""
+    model.eval()
+    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        c1, c5 = _topk_correct(logits, y, (1, 5))
+        top1, top5, seen = top1 + c1, top5 + c5, seen + len(y)
+    n = max(seen, 1)
+    return {"test_loss": loss_sum / n, "test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n}
+
+
+def recipe_for(cfg: TrainConfig) -> ModelRecipe:
+    """The model recipe a (resolved) training config describes."""
+    data = get_dataset_spec(cfg.dataset)
+    quant = QuantConfig(bits=cfg.bits, weight_quantizer=cfg.weight_quantizer, edge_layers=cfg.edge_layers)
+    return ModelRecipe(cfg.arch, data.num_classes, data.input_size[0], data.input_size, quant.to_dict())
+
+
+def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, ModelRecipe]:
+    """Build the model of a resolved config, load ``--init`` weights and apply ``--bits-file``."""
+    recipe = recipe_for(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(recipe)
+    if cfg.init:
+        state = load_checkpoint(Path(cfg.init))
+        try:
+            load_float_state_dict(model, state["model"])
+        except (ValueError, RuntimeError) as exc:
+            raise ProqhaError(f"--init {cfg.init} does not fit {cfg.arch}: {str(exc).splitlines()[0][:200]}") from None
+    if cfg.bits_file:
+        BitConfig.load(cfg.bits_file).apply(model)
+    return model.to(device), recipe
+
+
+def _checkpoint(model, optimizer, scheduler, epoch, best, cfg, recipe, row) -> dict[str, Any]:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "best_top1": best, "config": cfg.to_dict(), "recipe": recipe.to_dict(),
+            "bits": BitConfig.from_model(model).to_dict(), "metrics": row}
+
+
+def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCallback | None = None,
+        on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, bits.json, checkpoints/last.pt, best.pt).
+
+    Data, model and options are all checked before anything is written. With ``resume``, continue from ``checkpoints/last.pt``: the same seed gives the same result as an
+    uninterrupted run, because every epoch's data order and randomness derive from (seed, epoch).
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    device = resolve_device(cfg.device)
+    data = get_dataset_spec(cfg.dataset)
+    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
+    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
+    model, recipe = prepare_model(cfg, device)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    start_epoch, best = 0, -1.0
+    if on_start is not None:
+        on_start()  # everything is validated; nothing is written yet
+    if resume:
+        state = load_checkpoint(ckpt_dir / "last.pt", device)
+        load_float_state_dict(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = int(state["epoch"]), float(state["best_top1"])
+        kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch] \
+            if (run_dir / "metrics.jsonl").exists() else []
+        write_jsonl(run_dir / "metrics.jsonl", kept)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"recipe": recipe.to_dict(),
+                                                                    "num_classes": data.num_classes})
+    BitConfig.from_model(model).save(run_dir / "bits.json")
+    test_loader = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers)
+    row: dict[str, Any] = {}
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+                             workers=cfg.workers)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row |= train_one_epoch(model, loader, optimizer, scheduler, device, epoch, on_batch)
+        row |= evaluate(model, test_loader, device)
+        row["time_s"] = time.perf_counter() - t0
+        row["images_per_s"] = len(train_set) / max(row["time_s"], 1e-9)
+        append_jsonl(run_dir / "metrics.jsonl", row)
+        state = _checkpoint(model, optimizer, scheduler, epoch, max(best, row["test_top1"]), cfg, recipe, row)
+        if row["test_top1"] > best:
+            best = row["test_top1"]
+            save_checkpoint(state, ckpt_dir / "best.pt")
+        save_checkpoint(state, ckpt_dir / "last.pt")
+        if on_epoch is not None:
+            on_epoch(row)
+    return {"run_dir": str(run_dir), "best_top1": best, "last": row, "epochs": cfg.epochs}
