@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Sequence
 
 import torch
@@ -20,6 +21,11 @@ from torch import nn
 from proqha.quant.convert import quant_layers
 
 FLOAT_BITS = 32
+
+
+def format_ratio(value: float, digits: int = 4) -> str:
+    """A cost ratio as the paper prints it: rounded half up (5/32 = 0.15625 -> "0.1563")."""
+    return str(Decimal(repr(value)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 @dataclass

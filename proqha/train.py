@@ -176,10 +176,12 @@ def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Mo
     model = build_model(recipe)
     if cfg.init:
         state = load_checkpoint(Path(cfg.init))
+        wanted = BitConfig.from_model(model)  # the checkpoint's weights and ranges, this run's bits
         try:
             load_float_state_dict(model, state["model"])
         except (ValueError, RuntimeError) as exc:
             raise ProqhaError(f"--init {cfg.init} does not fit {cfg.arch}: {str(exc).splitlines()[0][:200]}") from None
+        wanted.apply(model)
     if cfg.bits_file:
         BitConfig.load(cfg.bits_file).apply(model)
     return model.to(device), recipe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -10,7 +11,8 @@ from rich.console import Console
 
 from proqha.errors import ProqhaError
 
-console = Console()
+# Piped output (no terminal to measure) gets wide tables rather than truncated layer names.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from proqha.cli.common import console, handle_errors, parse_int_tuple
-from proqha.cost import cost_report
+from proqha.cost import cost_report, format_ratio
 from proqha.errors import ProqhaError
 from proqha.models import create_model, get_model_spec
 from proqha.quant import BitConfig, QuantConfig, quantize_model
@@ -56,6 +56,6 @@ def cost(
     totals = Table(title="totals")
     for col in ("paper cost", "GMACs", "GBitOPs", "BitOPs ratio", "size (bytes)", "float size (bytes)"):
         totals.add_column(col, justify="right")
-    totals.add_row(f"{t['paper_cost']:.4f}", f"{t['macs'] / 1e9:.3f}", f"{t['gbitops']:.3f}",
-                   f"{t['bitops_ratio']:.4f}", f"{t['size_bytes']:,}", f"{t['float_size_bytes']:,}")
+    totals.add_row(format_ratio(t["paper_cost"]), f"{t['macs'] / 1e9:.3f}", f"{t['gbitops']:.3f}",
+                   format_ratio(t["bitops_ratio"]), f"{t['size_bytes']:,}", f"{t['float_size_bytes']:,}")
     console.print(totals)

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from proqha.cli.common import console, err_console, handle_errors
+from proqha.cli.common import console, err_console, fail, handle_errors
 from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
 from proqha.train import TrainConfig, fit
@@ -83,10 +83,14 @@ def train(
                                f"  test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%"
                                f"  {row['time_s']:.1f}s")
 
-    with progress:
-        result = fit(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
-                     on_start=lambda: progress.console.print(
-                         f"training {cfg.arch} on {cfg.dataset} at {cfg.bits} bit into {run_dir}"))
+    try:
+        with progress:
+            result = fit(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
+                         on_start=lambda: progress.console.print(
+                             f"training {cfg.arch} on {cfg.dataset} at {cfg.bits} bit into {run_dir}"))
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; the last completed epoch is saved: proqha train --resume --run-dir {run_dir}",
+                   130) from None
     last = result["last"]
     table = Table(title=f"proqha train: {cfg.arch} on {cfg.dataset}")
     for col in ("run", "epochs", "test top-1", "test top-5", "best top-1"):

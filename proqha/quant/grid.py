@@ -48,10 +48,46 @@ def lsq_grad_factor(numel: int, qmax: int) -> float:
     return 1.0 / float(max(numel, 1) * max(qmax, 1)) ** 0.5
 
 
-def fake_quant_per_tensor(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int,
+class _FakeQuantPerTensor(torch.autograd.Function):
+    """``clamp(round(x / s), qmin, qmax) * s`` with LSQ gradients.
+
+    d/dx: 1 where qmin < x/s < qmax (straight-through), else 0.
+    d/ds: round(x/s) - x/s inside the range, qmin or qmax where clipped; times ``grad_factor``.
+    Written as a few in-place vectorised passes and two dot products: on CPU this is several times
+    faster than torch's fused learnable fake-quantize op, which runs single-threaded.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
+                grad_factor: float) -> torch.Tensor:
+        inv = 1.0 / scale
+        y = (x * inv).clamp_(qmin, qmax).round_().mul_(scale)  # one allocation: the output
+        ctx.save_for_backward(x, y, inv)  # x and y are usually kept alive by their neighbours anyway
+        ctx.bounds = (float(qmin), float(qmax), grad_factor)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, y, inv = ctx.saved_tensors
+        qmin, qmax, grad_factor = ctx.bounds
+        g = grad.contiguous()
+        if x.is_cuda:  # keep the scale on the device: no host synchronisation
+            xs = x * inv
+            g_x = torch.ops.aten.hardtanh_backward(g, xs, qmin, qmax)
+            dot_gx_xs = torch.dot(g_x.reshape(-1), xs.reshape(-1))
+        else:  # on the CPU reading the scale is free, and the mask needs no temporary tensor
+            step = 1.0 / float(inv)
+            g_x = torch.ops.aten.hardtanh_backward(g, x, qmin * step, qmax * step)
+            dot_gx_xs = torch.dot(g_x.reshape(-1), x.reshape(-1)) * inv
+        # d/ds = sum(g * q) - sum(g * x/s * inside), with q = y / s
+        grad_s = torch.dot(g.reshape(-1), y.reshape(-1)) * inv - dot_gx_xs
+        return g_x, (grad_s * grad_factor).reshape(1), None, None, None
+
+
+def fake_quant_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
                           grad_factor: float) -> torch.Tensor:
-    """Fused fake quantization with a learnable per-tensor scale (LSQ gradients, straight-through input)."""
-    return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, qmin, qmax, grad_factor)
+    """Fake quantization with a learnable per-tensor scale (shape [1]); LSQ gradients."""
+    return _FakeQuantPerTensor.apply(x, scale, qmin, qmax, grad_factor)
 
 
 def fake_quant_per_channel(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, axis: int, qmin: int,

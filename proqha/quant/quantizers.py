@@ -83,7 +83,7 @@ class Quantizer(nn.Module):
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         qmin, qmax = self.qrange()
         factor = g.lsq_grad_factor(x.numel() // max(x.shape[0], 1), qmax)
-        return g.fake_quant_per_tensor(x, self.scale(), self._zero, qmin, qmax, factor)
+        return g.fake_quant_per_tensor(x, self.scale(), qmin, qmax, factor)
 
     # -- state: bits and the initialised flag travel with the state dict ----------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""The real CLI: `proqha train` end to end, resume, and bad input (exit 2, one line, nothing written)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from proqha.cli.app import app
+from proqha.files import read_jsonl
+
+runner = CliRunner()
+
+
+def test_default_train_reaches_95_percent_on_digits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(tmp_path / "runs" / "train-1" / "metrics.jsonl")
+    assert len(rows) == 15
+    assert rows[-1]["test_top1"] >= 95.0
+    assert "proqha train" in result.stdout and "test top-1" in result.stdout
+
+
+def test_cli_resume_continues_the_latest_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = runner.invoke(app, ["train", "--epochs", "1", "--batch-size", "256"])
+    assert first.exit_code == 0, first.output
+    row1 = read_jsonl(tmp_path / "runs" / "train-1" / "metrics.jsonl")[0]
+    again = runner.invoke(app, ["train", "--resume", "--epochs", "2"])
+    assert again.exit_code == 0, again.output
+    rows = read_jsonl(tmp_path / "runs" / "train-1" / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0] == row1
+    assert not (tmp_path / "runs" / "train-2").exists()
+    # a second plain run gets the next number
+    second = runner.invoke(app, ["train", "--epochs", "1", "--batch-size", "256"])
+    assert second.exit_code == 0 and (tmp_path / "runs" / "train-2" / "checkpoints" / "last.pt").is_file()
+
+
+BAD = [
+    (["train", "--arch", "nope"], "unknown architecture 'nope'"),
+    (["train", "--bits", "9"], "--bits must be an integer in 2..8 or 32"),
+    (["train", "--dataset", "cifar10", "--data-dir", "missing-dir"], "data directory not found: missing-dir"),
+    (["train", "--dataset", "cifar10"], "needs --data-dir"),
+    (["train", "--bits-file", "nope.json"], "bit config file not found"),
+    (["train", "--init", "nope.pt"], "checkpoint not found"),
+    (["train", "--resume"], "no train run found"),
+    (["train", "--device", "cuda:0"], "CUDA is not available"),
+    (["train", "--epochs", "0"], "--epochs out of range"),
+    (["cost", "--arch", "nope"], "unknown architecture"),
+    (["cost", "--bits", "1"], "bits must be an integer in 2..8 or 32"),
+    (["cost", "--input-size", "3,abc"], "--input-size must be comma-separated integers"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["train", "--run-dir", str(run)])
+    assert result.exit_code == 2 and "already exists" in result.stderr
+    assert [p.name for p in run.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--bits", "4.5"], "--bits"),
+    (["train", "--no-such-option"], "No such option"),
+])
+def test_console_script_usage_errors_are_one_line(args, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "proqha", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert list(tmp_path.iterdir()) == []
