@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -82,6 +82,22 @@ class CostReport:
     @property
     def float_size_bytes(self) -> int:
         return 4 * (sum(layer.params for layer in self.layers) + self.other_params)
+
+    def with_bits(self, bits: Mapping[str, Mapping[str, int]]) -> "CostReport":
+        """The same layers at other bits (layers not in ``bits`` keep theirs): no forward pass needed."""
+        layers = [replace(layer, w_bits=bits[layer.name]["w"], a_bits=bits[layer.name]["a"])
+                  if layer.name in bits else layer for layer in self.layers]
+        return CostReport(self.input_size, layers, self.other_params)
+
+    def metric(self, name: str) -> float:
+        """One scalar cost by name: "size" (the paper cost), "bitops", or "size_mb"."""
+        if name == "size":
+            return self.paper_cost
+        if name == "bitops":
+            return float(self.bitops)
+        if name == "size_mb":
+            return self.size_bytes / 1e6
+        raise ValueError(f"unknown cost metric {name!r}")
 
     def totals(self) -> dict[str, Any]:
         return {

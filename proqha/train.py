@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import load_checkpoint, save_checkpoint
+from proqha.cost import cost_report
 from proqha.data import get_dataset_spec, load_dataset
 from proqha.errors import ProqhaError
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
@@ -195,7 +196,7 @@ def _checkpoint(model, optimizer, scheduler, epoch, best, cfg, recipe, row) -> d
 
 def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCallback | None = None,
         on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, bits.json, checkpoints/last.pt, best.pt).
+    """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, bits.json, cost.json, checkpoints/).
 
     Data, model and options are all checked before anything is written. With ``resume``, continue from ``checkpoints/last.pt``: the same seed gives the same result as an
     uninterrupted run, because every epoch's data order and randomness derive from (seed, epoch).
@@ -227,6 +228,7 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
         atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"recipe": recipe.to_dict(),
                                                                     "num_classes": data.num_classes})
     BitConfig.from_model(model).save(run_dir / "bits.json")
+    atomic_write_json(run_dir / "cost.json", cost_report(model, recipe.input_size).to_dict())
     test_loader = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers)
     row: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):

@@ -10,18 +10,24 @@ from proqha.data import list_datasets, load_dataset
 from proqha.errors import ProqhaError
 
 
+def _labels(ds) -> list[int]:
+    return [int(ds[i][1]) for i in range(len(ds))]
+
+
 def test_digits_split_is_fixed_and_stratified():
-    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    assert len(train) + len(test) == 1797 and len(test) == 450
+    train, calib, test = (load_dataset("digits", s) for s in ("train", "calib", "test"))
+    assert len(train) + len(calib) + len(test) == 1797 and len(test) == 450 and len(calib) == 134
     x, y = train[0]
     assert tuple(x.shape) == (1, 8, 8)
-    train_counts = Counter(int(t) for t in train.tensors[1])
-    test_counts = Counter(int(t) for t in test.tensors[1])
+    train_counts = Counter(_labels(train)) + Counter(_labels(calib))
+    test_counts = Counter(_labels(test))
     for cls in range(10):
         share = test_counts[cls] / (train_counts[cls] + test_counts[cls])
         assert share == pytest.approx(0.25, abs=0.02)
-    again = load_dataset("digits", "test")
-    assert (again.tensors[1] == test.tensors[1]).all()
+    assert _labels(load_dataset("digits", "test")) == _labels(test)
+    # the calibration split is held out of training, and fixed
+    assert not set(calib.indices) & set(train.indices)
+    assert load_dataset("digits", "calib").indices == calib.indices
 
 
 def test_registry_lists_the_documented_datasets():

@@ -8,11 +8,15 @@ import typer
 
 from proqha.cli.common import fail
 from proqha.cli.cost import cost
+from proqha.cli.report import report
+from proqha.cli.search import search
 from proqha.cli.train import train
 
 app = typer.Typer(name="proqha", help="ProQHA: progressive mixed-precision quantization, from QAT to deployment.",
                   add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 app.command()(train)
+app.command()(search)
+app.command()(report)
 app.command()(cost)
 
 

@@ -32,5 +32,5 @@ def _arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 @register_dataset(num_classes=10, input_size=(1, 8, 8), default_arch="digits_resnet", needs_data_dir=False)
 def digits(data_dir: Path | None, split: str, download: bool) -> Dataset:
     """Handwritten digits from scikit-learn (offline, the default)."""
-    x, y = _arrays()[split]
+    x, y = _arrays()["test" if split == "test" else "train"]
     return TensorDataset(torch.from_numpy(x).unsqueeze(1).contiguous(), torch.from_numpy(y))

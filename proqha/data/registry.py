@@ -1,4 +1,10 @@
-"""Dataset registry: each entry builds a split (``train``/``test``) as a torch Dataset."""
+"""Dataset registry: each entry builds a split as a torch Dataset.
+
+Builders know two file sets, ``train`` and ``test``, and a third view ``train-eval`` (the training files
+with evaluation transforms). The registry carves a fixed calibration split out of the training files:
+``calib`` (10%, at most 5000 samples, seed 0) is held out from ``train``, so a search can score
+candidates on data that neither training nor the test set uses.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Subset
 
 from proqha.errors import ProqhaError
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "calib", "test")
+CALIB_FRACTION = 0.1
+CALIB_MAX = 5000
+CALIB_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -68,4 +78,15 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
             raise ProqhaError(f"data directory not found: {path} (pass --download to fetch {name!r} there)")
         if path.exists() and not path.is_dir():
             raise ProqhaError(f"data directory is not a folder: {path}")
-    return spec.build(path, split, download)
+    if split == "test":
+        return spec.build(path, "test", download)
+    full = spec.build(path, "train" if split == "train" else "train-eval", download)
+    calib_idx, train_idx = calibration_split(len(full))
+    return Subset(full, train_idx if split == "train" else calib_idx)
+
+
+def calibration_split(n: int) -> tuple[list[int], list[int]]:
+    """Fixed (calibration, training) index lists over ``n`` training samples."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(CALIB_SEED)).tolist()
+    n_calib = min(max(1, int(n * CALIB_FRACTION)), CALIB_MAX)
+    return sorted(order[:n_calib]), sorted(order[n_calib:])

@@ -32,21 +32,21 @@ def _cifar_transform(split: str, stats) -> T.Compose:
 def mnist(data_dir: Path, split: str, download: bool) -> Dataset:
     """MNIST in torchvision's format under --data-dir."""
     tf = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
-    return _open(torchvision.datasets.MNIST, "MNIST", data_dir, train=split == "train", download=download,
+    return _open(torchvision.datasets.MNIST, "MNIST", data_dir, train=split != "test", download=download,
                  transform=tf)
 
 
 @register_dataset(num_classes=10, input_size=(3, 32, 32), default_arch="resnet20_post")
 def cifar10(data_dir: Path, split: str, download: bool) -> Dataset:
     """CIFAR-10 in torchvision's format under --data-dir."""
-    return _open(torchvision.datasets.CIFAR10, "CIFAR-10", data_dir, train=split == "train", download=download,
+    return _open(torchvision.datasets.CIFAR10, "CIFAR-10", data_dir, train=split != "test", download=download,
                  transform=_cifar_transform(split, _CIFAR10_STATS))
 
 
 @register_dataset(num_classes=100, input_size=(3, 32, 32), default_arch="resnet20_post")
 def cifar100(data_dir: Path, split: str, download: bool) -> Dataset:
     """CIFAR-100 in torchvision's format under --data-dir."""
-    return _open(torchvision.datasets.CIFAR100, "CIFAR-100", data_dir, train=split == "train",
+    return _open(torchvision.datasets.CIFAR100, "CIFAR-100", data_dir, train=split != "test",
                  download=download, transform=_cifar_transform(split, _CIFAR100_STATS))
 
 
@@ -55,7 +55,7 @@ def imagefolder(data_dir: Path, split: str, download: bool) -> Dataset:
     """ImageNet layout: --data-dir/train/<class>/*.jpeg and --data-dir/val/<class>/*.jpeg."""
     if download:
         raise ProqhaError("imagefolder cannot be downloaded; point --data-dir at a folder with train/ and val/")
-    folder = data_dir / ("train" if split == "train" else "val")
+    folder = data_dir / ("val" if split == "test" else "train")
     if not folder.is_dir():
         raise ProqhaError(f"image folder missing: {folder} (expected {data_dir}/train and {data_dir}/val)")
     if split == "train":

@@ -1,0 +1,60 @@
+"""`proqha report RUN`: a search run's frontier as a table, frontier.png and bits.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from proqha.cli.common import console, err_console, handle_errors
+from proqha.cost import format_ratio
+from proqha.deploy.report import is_nan, pick_row, plot_bits, plot_frontier, read_frontier, uniform_baselines
+from proqha.errors import ProqhaError
+from proqha.runs import DEFAULT_ROOT, latest_run_dir
+
+
+def frontier_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """The frontier as a rich table: one row per step."""
+    table = Table(title=title)
+    for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "size (KB)", "score", "train top-1",
+                "test top-1", "seconds"):
+        table.add_column(col, justify="right")
+
+    def num(value: float, fmt: str) -> str:
+        return "-" if is_nan(value) else format(value, fmt)
+
+    for r in rows:
+        table.add_row(str(r["step"]), format_ratio(r["cost"]), f"{r['bitops'] / 1e9:.4f}",
+                      format_ratio(r["bitops_ratio"]), f"{r['size_bytes'] / 1e3:.1f}", num(r["score"], ".3g"),
+                      num(r["train_top1"], ".2f"), num(r["test_top1"], ".2f"), num(r["wall_s"], ".1f"))
+    return table
+
+
+def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None) -> list[Path]:
+    """frontier.png (with uniform-bit train runs found beside the search) and bits.png of one step."""
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    arch = config.get("recipe", {}).get("arch", "")
+    baselines = uniform_baselines(run_dir.parent, arch, config.get("dataset", "")) if arch else []
+    row = pick_row(rows, step)
+    return [plot_frontier(rows, baselines, run_dir / "frontier.png", f"{arch} ProQHA frontier ({run_dir.name})"),
+            plot_bits(row, run_dir / "bits.png")]
+
+
+@handle_errors
+def report(
+    run: Annotated[Optional[Path], typer.Argument(help="Search run directory (default: the latest).")] = None,
+    step: Annotated[Optional[int], typer.Option(help="Step whose per-layer bits go to bits.png (default: last).")] = None,
+) -> None:
+    """Print a search run's frontier and write frontier.png and bits.png into it."""
+    run_dir = run or latest_run_dir("search", DEFAULT_ROOT)
+    if run_dir is None:
+        raise ProqhaError(f"no search run found under {DEFAULT_ROOT}/ (pass RUN)")
+    if not run_dir.is_dir():
+        raise ProqhaError(f"run directory not found: {run_dir}")
+    rows = read_frontier(run_dir)
+    console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
+    for path in write_plots(run_dir, rows, step):
+        err_console.print(f"wrote {path}")

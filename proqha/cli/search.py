@@ -1,0 +1,110 @@
+"""`proqha search`: the progressive mixed-precision search from a trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from proqha.cli.common import console, err_console, fail, handle_errors
+from proqha.cli.report import frontier_table, write_plots
+from proqha.deploy.report import read_frontier
+from proqha.errors import ProqhaError
+from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
+from proqha.search import SearchConfig, run_search
+
+STOP_MESSAGES = {
+    "steps": "ran all {steps} steps",
+    "target": "target met at step {steps}",
+    "floor": "stopped after step {steps}: no knob can be lowered by --interval without going below --min-bits",
+}
+
+
+def _resume_config(run_dir: Path | None, steps: int | None) -> tuple[SearchConfig, Path]:
+    run_dir = run_dir or latest_run_dir("search", DEFAULT_ROOT)
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        raise ProqhaError(f"--resume: no search run found ({run_dir or DEFAULT_ROOT}); pass --run-dir")
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProqhaError(f"--resume: cannot read {run_dir / 'config.json'}: {exc}") from None
+    names = {f.name for f in fields(SearchConfig)}
+    cfg = SearchConfig(**{k: v for k, v in saved.items() if k in names})
+    if steps is not None:
+        cfg.steps = steps
+    return cfg.resolved(), run_dir
+
+
+@handle_errors
+def search(
+    source: Annotated[Optional[Path], typer.Option("--from", help="Train run, search run or checkpoint to start from (default: the latest train run).")] = None,
+    lam: Annotated[float, typer.Option(help="Weight of cost saving against sensitivity (0: the reference's choice).")] = 0.1,
+    candidates: Annotated[int, typer.Option(help="Candidates sampled per step.")] = 16,
+    ratio: Annotated[float, typer.Option(help="Fraction of all knobs each candidate lowers, in (0, 1].")] = 0.5,
+    interval: Annotated[int, typer.Option(help="Bits a chosen knob drops by: 1, 2 or 4.")] = 1,
+    min_bits: Annotated[int, typer.Option(help="Floor for every knob (2..8).")] = 2,
+    criterion: Annotated[str, typer.Option(help="hessian (the reference's score), acc (calibration accuracy), or random (a control).")] = "hessian",
+    steps: Annotated[Optional[int], typer.Option(help="Progressive steps (default 8; with --resume, extends the run).")] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="Adam fine-tuning epochs after each step.")] = 2,
+    lr: Annotated[float, typer.Option(help="Adam learning rate for scoring and fine-tuning.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Batch size (also the scoring batch).")] = 64,
+    cost_metric: Annotated[Optional[str], typer.Option(help="What --lam trades against: size (paper cost) or bitops; follows the target.")] = None,
+    target_cost: Annotated[Optional[float], typer.Option(help="Stop once the paper cost is at or below this.")] = None,
+    target_bitops: Annotated[Optional[float], typer.Option(help="Stop once BitOPs are at or below this (<= 1: ratio to 32x32 bits).")] = None,
+    target_size_mb: Annotated[Optional[float], typer.Option(help="Stop once the model is at or below this many MB.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same search on the same machine.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/search-<n>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the search in --run-dir (default: the latest) from its last step.")] = False,
+) -> None:
+    """Lower per-layer weight/activation bits step by step, fine-tuning after each; log the frontier."""
+    if resume:
+        cfg, run_dir = _resume_config(run_dir, steps)
+    else:
+        if source is None:
+            source = latest_run_dir("train", DEFAULT_ROOT)
+            if source is None:
+                raise ProqhaError(f"no train run under {DEFAULT_ROOT}/ to search from; run `proqha train` or pass --from")
+        cfg = SearchConfig(source=str(source), candidates=candidates, ratio=ratio, interval=interval,
+                           min_bits=min_bits, criterion=criterion, lam=lam, steps=steps if steps is not None else 8,
+                           finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size, cost_metric=cost_metric,
+                           target_cost=target_cost, target_bitops=target_bitops, target_size_mb=target_size_mb,
+                           seed=seed, device=device, workers=workers).resolved()
+        run_dir = run_dir or next_run_dir("search", DEFAULT_ROOT)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True)
+    step_task = progress.add_task("steps", total=cfg.steps, info="")
+    cand_task = progress.add_task("candidates", total=cfg.candidates, info="")
+
+    def on_candidate(step: int, i: int, n: int) -> None:
+        progress.update(cand_task, completed=i + 1, total=n, info=f"step {step}")
+
+    def on_step(row: dict) -> None:
+        progress.update(step_task, completed=row["step"],
+                        info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
+        progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}"
+                               f"  score {row['score']:.3g}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
+
+    def on_start(s) -> None:
+        progress.console.print(f"searching {s.recipe.arch} ({len(s.knobs)} knobs) on {s.dataset}, "
+                               f"criterion {cfg.criterion}, lam {cfg.lam}, into {run_dir}")
+
+    try:
+        with progress:
+            result = run_search(cfg, run_dir, resume=resume, on_candidate=on_candidate, on_step=on_step,
+                                on_start=on_start)
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; completed steps are saved: proqha search --resume --run-dir {run_dir}", 130) from None
+    rows = read_frontier(run_dir)
+    console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
+    for path in write_plots(run_dir, rows):
+        err_console.print(f"wrote {path}")
+    err_console.print(STOP_MESSAGES[result["stopped"]].format(steps=result["steps"]))

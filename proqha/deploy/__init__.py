@@ -1,0 +1,1 @@
+"""Runtimes, latency benchmarks, reports and plots (never imported by the core)."""

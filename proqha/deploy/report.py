@@ -1,0 +1,138 @@
+"""Reading a search run's frontier and drawing it: accuracy against paper cost and BitOPs, per-layer bits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from proqha.errors import ProqhaError  # noqa: E402
+from proqha.files import atomic_write_bytes, read_jsonl  # noqa: E402
+
+KNOB_SEP = "/"
+
+
+def read_frontier(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``frontier.csv`` with numbers parsed (NaN where a step has no value)."""
+    path = Path(run_dir) / "frontier.csv"
+    if not path.is_file():
+        raise ProqhaError(f"{run_dir} is not a search run (no frontier.csv)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    parsed = []
+    for row in rows:
+        out: dict[str, Any] = {}
+        for key, value in row.items():
+            out[key] = int(value) if key == "step" or KNOB_SEP in key else float(value or "nan")
+        parsed.append(out)
+    if not parsed:
+        raise ProqhaError(f"{path} has no completed step yet")
+    return parsed
+
+
+def knob_layers(row: dict[str, Any]) -> list[str]:
+    """Layer names of the knob columns, in column order."""
+    return list(dict.fromkeys(k.split(KNOB_SEP)[0] for k in row if KNOB_SEP in k))
+
+
+@dataclass
+class UniformPoint:
+    """A uniform-bit QAT run found beside the search, for comparison."""
+
+    run: str
+    bits: int
+    cost: float
+    bitops: float
+    test_top1: float
+
+
+def uniform_baselines(root: Path, arch: str, dataset: str) -> list[UniformPoint]:
+    """Train runs under ``root`` of the same architecture and dataset at uniform bits (no bits file)."""
+    points = []
+    for run in sorted(Path(root).glob("train-*")):
+        try:
+            config = json.loads((run / "config.json").read_text())
+            cost = json.loads((run / "cost.json").read_text())["totals"]
+            rows = read_jsonl(run / "metrics.jsonl")
+        except (OSError, ValueError, KeyError):
+            continue
+        if not rows or config.get("bits_file") or config.get("arch") != arch or config.get("dataset") != dataset:
+            continue
+        points.append(UniformPoint(run.name, int(config["bits"]), float(cost["paper_cost"]), float(cost["bitops"]),
+                                   float(rows[-1]["test_top1"])))
+    return points
+
+
+def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], path: Path, title: str = "") -> Path:
+    """``frontier.png``: test top-1 against paper cost (left) and GBitOPs (right), steps labelled."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label, scale in ((axes[0], "cost", "paper cost (weight bits / 32)", 1.0),
+                                  (axes[1], "bitops", "GBitOPs", 1e-9)):
+        xs = [r[key] * scale for r in rows]
+        ys = [r["test_top1"] for r in rows]
+        ax.plot(xs, ys, "o-", color="tab:blue", label="ProQHA search steps")
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(str(r["step"]), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        for point in baselines:
+            value = point.cost if key == "cost" else point.bitops * scale
+            ax.plot([value], [point.test_top1], "s", color="tab:red")
+            ax.annotate(f"uniform {point.bits}b", (value, point.test_top1), textcoords="offset points",
+                        xytext=(3, -10), fontsize=7, color="tab:red")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1 (%)")
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+    if baselines:
+        axes[0].plot([], [], "s", color="tab:red", label="uniform-bit QAT")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(title or "accuracy against cost")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
+    """``bits.png``: weight and activation bits of every searchable layer at one step."""
+    layers = knob_layers(row)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4))
+    xs = range(len(layers))
+    ax.bar([x - 0.2 for x in xs], [row[f"{n}{KNOB_SEP}w"] for n in layers], 0.4, label="weights")
+    ax.bar([x + 0.2 for x in xs], [row[f"{n}{KNOB_SEP}a"] for n in layers], 0.4, label="activations")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("bits")
+    ax.set_ylim(0, 8.5)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"step {row['step']}: cost {row['cost']:.4f}, top-1 {row['test_top1']:.2f}%")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def pick_row(rows: list[dict[str, Any]], step: int | None) -> dict[str, Any]:
+    """The row of ``step`` (default: the last)."""
+    if step is None:
+        return rows[-1]
+    for row in rows:
+        if row["step"] == step:
+            return row
+    raise ProqhaError(f"--step {step}: the run has steps {rows[0]['step']}..{rows[-1]['step']}")
+
+
+def is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

@@ -1,0 +1,346 @@
+"""The progressive search loop (ProQHA): sample, score, choose, fine-tune, log, repeat.
+
+Every step's randomness derives from (seed, step), so a search resumed from its last completed step
+gives the same result as an uninterrupted one. Each step leaves a row in ``frontier.csv``, a checkpoint
+``checkpoints/step-NNN.pt`` and ``bits-stepNNN.json``; step 0 is the starting point.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from proqha.builder import ModelRecipe, load_model
+from proqha.checkpoint import save_checkpoint
+from proqha.cost import CostReport, cost_report
+from proqha.data import load_dataset
+from proqha.errors import ProqhaError
+from proqha.files import atomic_write_json, atomic_write_text
+from proqha.quant import BitConfig
+from proqha.search.knobs import Knob, lowerable_knobs, model_knobs, sample_candidates
+from proqha.search.scores import accuracy_score, hessian_score, restore, snapshot
+from proqha.search.select import choose_candidate
+from proqha.train import evaluate, make_loader, make_optimizer, resolve_device, train_one_epoch
+
+CRITERIA = ("hessian", "acc", "random")
+INTERVALS = (1, 2, 4)
+COST_METRICS = ("size", "bitops")
+START_BITS = 8  # a float (32-bit) knob enters the search here
+STEP_CKPT = re.compile(r"^step-(\d{3,})\.pt$")
+
+CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)
+StepCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SearchConfig:
+    """Every option of a search (written to the run's config.json)."""
+
+    source: str = ""
+    candidates: int = 16
+    ratio: float = 0.5
+    interval: int = 1
+    min_bits: int = 2
+    criterion: str = "hessian"
+    lam: float = 0.1
+    steps: int = 8
+    finetune_epochs: int = 2
+    lr: float = 1e-3
+    batch_size: int = 64
+    cost_metric: str | None = None
+    target_cost: float | None = None
+    target_bitops: float | None = None
+    target_size_mb: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+
+    def resolved(self) -> "SearchConfig":
+        """Validate ranges and combinations (ProqhaError naming the option); fill the cost metric."""
+        checks = [
+            ("--lam", self.lam, math.isfinite(self.lam) and self.lam >= 0, "must be >= 0"),
+            ("--ratio", self.ratio, 0 < self.ratio <= 1, "must be in (0, 1]"),
+            ("--interval", self.interval, self.interval in INTERVALS, "must be 1, 2 or 4"),
+            ("--min-bits", self.min_bits, 2 <= self.min_bits <= 8, "must be in 2..8"),
+            ("--candidates", self.candidates, self.candidates >= 1, "must be >= 1"),
+            ("--steps", self.steps, self.steps >= 1, "must be >= 1"),
+            ("--finetune-epochs", self.finetune_epochs, self.finetune_epochs >= 0, "must be >= 0"),
+            ("--lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "must be > 0"),
+            ("--batch-size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
+            ("--criterion", self.criterion, self.criterion in CRITERIA, f"must be one of {', '.join(CRITERIA)}"),
+        ]
+        for option, value, ok, why in checks:
+            if not ok:
+                raise ProqhaError(f"{option} {why}, got {value}")
+        targets = {"--target-cost": self.target_cost, "--target-bitops": self.target_bitops,
+                   "--target-size-mb": self.target_size_mb}
+        given = {k: v for k, v in targets.items() if v is not None}
+        if len(given) > 1:
+            raise ProqhaError(f"give one target at a time, got {' and '.join(given)}")
+        for option, value in given.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ProqhaError(f"{option} must be > 0, got {value}")
+        follows = "bitops" if self.target_bitops is not None else "size" if given else None
+        metric = self.cost_metric or follows or "size"
+        if metric not in COST_METRICS:
+            raise ProqhaError(f"--cost-metric must be size or bitops, got {metric!r}")
+        if follows and self.cost_metric and self.cost_metric != follows:
+            raise ProqhaError(f"--cost-metric {self.cost_metric} conflicts with {next(iter(given))} "
+                              f"(which trades against {follows})")
+        return SearchConfig(**(asdict(self) | {"cost_metric": metric}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_source(path: Path) -> Path:
+    """A checkpoint file, or the checkpoint a run stands at (train: last.pt; search: its last step)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ProqhaError(f"--from {path}: no such checkpoint or run directory")
+    if (path / "checkpoints" / "last.pt").is_file():
+        return path / "checkpoints" / "last.pt"
+    steps = step_checkpoints(path)
+    if steps:
+        return steps[-1][1]
+    raise ProqhaError(f"--from {path}: the run has no checkpoint yet")
+
+
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The step checkpoints of a search run, in step order."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CKPT.match(p.name))]
+    return sorted(found)
+
+
+def _step_seed(seed: int, step: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + step * 10_007 + salt) % (2**63)
+
+
+def target_met(cfg: SearchConfig, report: CostReport) -> bool:
+    """Whether the model's cost satisfies the configured target (BitOPs <= 1: a ratio to 32x32)."""
+    if cfg.target_cost is not None:
+        return report.paper_cost <= cfg.target_cost + 1e-12
+    if cfg.target_bitops is not None:
+        value = report.bitops_ratio if cfg.target_bitops <= 1 else report.bitops
+        return value <= cfg.target_bitops * (1 + 1e-12)
+    if cfg.target_size_mb is not None:
+        return report.size_bytes / 1e6 <= cfg.target_size_mb
+    return False
+
+
+class FrontierLog:
+    """``frontier.csv``: one row per completed step, knob columns fixed at the start."""
+
+    FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "score", "train_top1", "test_top1",
+              "test_top5", "wall_s"]
+
+    def __init__(self, path: Path, knobs: list[Knob]) -> None:
+        self.path = path
+        self.columns = self.FIELDS + [k.column for k in knobs]
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def resume_at(self, step: int, row: dict[str, Any]) -> None:
+        """Make the log end at ``step``, whose checkpointed ``row`` is re-added if a kill lost it."""
+        rows = [r for r in self.rows() if int(r["step"]) < step]
+        self._write(rows + [{c: row.get(c, "") for c in self.columns}])
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._write(self.rows() + [{c: row.get(c, "") for c in self.columns}])
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+class ProgressiveSearch:
+    """One search run: the model, its data, and the step loop. Use ``run_search`` from outside."""
+
+    def __init__(self, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device) -> None:
+        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
+        self.model, state = load_model(source, device)
+        self.source_metrics: dict[str, Any] = state.get("metrics", {})
+        self.model.to(device)
+        self.recipe = ModelRecipe.from_dict(state["recipe"])
+        train_cfg = state.get("config", {})
+        self.dataset = train_cfg.get("dataset", "digits")
+        data_dir, download = train_cfg.get("data_dir"), bool(train_cfg.get("download", False))
+        self.data_options = {"dataset": self.dataset, "data_dir": data_dir, "download": download}
+        self.train_set = load_dataset(self.dataset, "train", data_dir, download)
+        self.calib_set = load_dataset(self.dataset, "calib", data_dir, download)
+        self.test_set = load_dataset(self.dataset, "test", data_dir, download)
+        self.knobs = model_knobs(self.model)
+        if not self.knobs:
+            raise ProqhaError(f"{self.recipe.arch} has no searchable layers (edge layers only)")
+        bits = BitConfig.from_model(self.model).to_dict()
+        for knob in self.knobs:
+            if bits[knob.layer][knob.kind] == 32:
+                bits[knob.layer][knob.kind] = START_BITS
+        BitConfig(bits).apply(self.model)
+        self.base_cost = cost_report(self.model, self.recipe.input_size)
+        self.frontier = FrontierLog(self.run_dir / "frontier.csv", self.knobs)
+
+    # -- pieces of a step -------------------------------------------------------------------------
+    def bits(self) -> dict[str, dict[str, int]]:
+        return BitConfig.from_model(self.model).to_dict()
+
+    def cost_of(self, bits: dict[str, dict[str, int]]) -> CostReport:
+        return self.base_cost.with_bits(bits)
+
+    def score_candidates(self, step: int, candidates: list[dict], on_candidate: CandidateCallback | None
+                         ) -> list[float]:
+        cfg = self.cfg
+        if cfg.criterion == "random":
+            return [math.nan] * len(candidates)
+        snap = snapshot(self.model)
+        gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 1))
+        idx = torch.randperm(len(self.train_set), generator=gen)[: cfg.batch_size].tolist()
+        xs, ys = zip(*(self.train_set[i] for i in idx))
+        x, y = torch.stack(xs).to(self.device), torch.as_tensor(ys).to(self.device)
+        calib = make_loader(self.calib_set, max(cfg.batch_size, 256), shuffle=False, workers=cfg.workers)
+        scores = []
+        for i, cand in enumerate(candidates):
+            restore(self.model, snap)
+            BitConfig(cand).apply(self.model)
+            if cfg.criterion == "hessian":
+                scores.append(hessian_score(self.model, x, y, snap, lr=cfg.lr))
+            else:
+                scores.append(accuracy_score(self.model, calib, self.device))
+            if on_candidate is not None:
+                on_candidate(step, i, len(candidates))
+        restore(self.model, snap)
+        return scores
+
+    def finetune(self, step: int, on_batch: Callable | None) -> float:
+        cfg = self.cfg
+        if cfg.finetune_epochs == 0:
+            return math.nan
+        optimizer = make_optimizer(self.model, "adam", cfg.lr, 0.0)
+        steps = cfg.finetune_epochs * math.ceil(len(self.train_set) / cfg.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        top1 = math.nan
+        for epoch in range(cfg.finetune_epochs):
+            seed = _step_seed(cfg.seed, step, 100 + epoch)
+            torch.manual_seed(seed)
+            loader = make_loader(self.train_set, cfg.batch_size, shuffle=True, seed=seed, workers=cfg.workers)
+            top1 = train_one_epoch(self.model, loader, optimizer, scheduler, self.device, epoch, on_batch)["train_top1"]
+        return top1
+
+    def evaluate_row(self, step: int, score: float, train_top1: float, t0: float) -> dict[str, Any]:
+        bits = self.bits()
+        report = self.cost_of(bits)
+        test = evaluate(self.model, make_loader(self.test_set, 256, shuffle=False, workers=self.cfg.workers),
+                        self.device)
+        row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
+                               "bitops_ratio": report.bitops_ratio, "size_bytes": report.size_bytes,
+                               "score": score, "train_top1": train_top1, "test_top1": test["test_top1"],
+                               "test_top5": test["test_top5"], "wall_s": time.perf_counter() - t0}
+        row |= {k.column: bits[k.layer][k.kind] for k in self.knobs}
+        return row
+
+    def save_step(self, step: int, row: dict[str, Any]) -> None:
+        bits = BitConfig.from_model(self.model)
+        bits.save(self.run_dir / f"bits-step{step:03d}.json")
+        save_checkpoint({"model": self.model.state_dict(), "recipe": self.recipe.to_dict(), "bits": bits.to_dict(),
+                         "step": step, "search": self.cfg.to_dict(), "metrics": row,
+                         "config": self.data_options},
+                        self.run_dir / "checkpoints" / f"step-{step:03d}.pt")
+        self.frontier.append(row)  # after the checkpoint: a logged step is always resumable
+        bits.save(self.run_dir / "bits.json")
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, start_step: int, on_candidate: CandidateCallback | None = None,
+            on_step: StepCallback | None = None, on_batch: Callable | None = None) -> dict[str, Any]:
+        cfg = self.cfg
+        if start_step == 0:
+            t0 = time.perf_counter()
+            row = self.evaluate_row(0, math.nan, math.nan, t0)
+            self.save_step(0, row)
+            if on_step is not None:
+                on_step(row)
+        reason, last_step = "steps", start_step
+        if target_met(cfg, self.cost_of(self.bits())):
+            return {"stopped": "target", "steps": start_step, "run_dir": str(self.run_dir)}
+        for step in range(start_step + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            torch.manual_seed(_step_seed(cfg.seed, step))
+            current = self.bits()
+            gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 2))
+            candidates = sample_candidates(current, self.knobs, cfg.candidates, cfg.ratio, cfg.interval,
+                                           cfg.min_bits, gen)
+            if not candidates:
+                reason = "floor"
+                break
+            base = self.cost_of(current).metric(cfg.cost_metric)
+            savings = [base - self.cost_of(c).metric(cfg.cost_metric) for c in candidates]
+            scores = self.score_candidates(step, candidates, on_candidate)
+            if cfg.criterion == "random":
+                chosen = int(torch.randint(len(candidates), (1,), generator=gen))
+            else:
+                chosen = choose_candidate(scores, savings, cfg.lam)
+                if not math.isfinite(scores[chosen]):
+                    raise ProqhaError(f"step {step}: every candidate's loss is non-finite; lower --lr")
+            BitConfig(candidates[chosen]).apply(self.model)
+            train_top1 = self.finetune(step, on_batch)
+            row = self.evaluate_row(step, scores[chosen], train_top1, t0)
+            self.save_step(step, row)
+            last_step = step
+            if on_step is not None:
+                on_step(row)
+            if target_met(cfg, self.cost_of(self.bits())):
+                reason = "target"
+                break
+        return {"stopped": reason, "steps": last_step, "run_dir": str(self.run_dir)}
+
+
+def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
+               on_candidate: CandidateCallback | None = None, on_step: StepCallback | None = None,
+               on_batch: Callable | None = None, on_start: Callable[[ProgressiveSearch], None] | None = None
+               ) -> dict[str, Any]:
+    """Run (or with ``resume``, continue) a search of ``cfg`` in ``run_dir``.
+
+    Returns ``{"stopped": "steps" | "target" | "floor", "steps": last completed step, "run_dir": ...}``.
+    Everything is validated before anything is written.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    start = 0
+    if resume:
+        done = step_checkpoints(run_dir)
+        if not done:
+            raise ProqhaError(f"--resume: {run_dir} has no completed search step")
+        start, source = done[-1]
+    else:
+        source = resolve_source(Path(cfg.source))
+    search = ProgressiveSearch(cfg, run_dir, source, device)
+    if on_start is not None:
+        on_start(search)
+    if resume:
+        search.frontier.resume_at(start, search.source_metrics)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"source_checkpoint": str(source),
+                                                                    "recipe": search.recipe.to_dict(),
+                                                                    "dataset": search.dataset})
+    return search.run(start, on_candidate, on_step, on_batch)
