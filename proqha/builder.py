@@ -53,9 +53,11 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[nn
         recipe = ModelRecipe.from_dict(state["recipe"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ProqhaError(f"checkpoint {path} has no usable model recipe ({exc})") from None
-    model = build_model(recipe, BitConfig(state["bits"]) if "bits" in state else None)
+    model = build_model(recipe)
     try:
+        if "bits" in state:
+            BitConfig(state["bits"]).apply(model)
         load_float_state_dict(model, state["model"])
-    except (ValueError, RuntimeError) as exc:
+    except (ProqhaError, ValueError, RuntimeError) as exc:
         raise ProqhaError(f"checkpoint {path} does not fit {recipe.arch}: {str(exc).splitlines()[0][:200]}") from None
     return model, state

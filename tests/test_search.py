@@ -1,0 +1,251 @@
+"""The progressive search: its score, knob sampling, selection, stopping, resume, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from typer.testing import CliRunner
+
+from proqha.checkpoint import load_checkpoint, save_checkpoint
+from proqha.cli.app import app
+from proqha.errors import ProqhaError
+from proqha.search import Knob, SearchConfig, choose_candidate, hessian_score, run_search, sample_candidates
+from proqha.search.scores import snapshot
+from proqha.train import TrainConfig, fit
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A digits model trained at 8 bit for 3 epochs."""
+    run = tmp_path_factory.mktemp("train") / "run"
+    fit(TrainConfig(epochs=3, batch_size=128).resolved(), run)
+    return run
+
+
+def _search_cfg(trained, **kw) -> SearchConfig:
+    base = {"source": str(trained), "candidates": 4, "steps": 3, "finetune_epochs": 1, "batch_size": 128}
+    return SearchConfig(**(base | kw)).resolved()
+
+
+def _frontier(run_dir):
+    with open(run_dir / "frontier.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- the score -------------------------------------------------------------------------------------
+
+def test_hessian_score_equals_hand_computation():
+    torch.manual_seed(3)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    lr, eps, beta2 = 1e-2, 1e-8, 0.999
+    # gradient of mean cross-entropy of a linear layer, by hand
+    p = torch.softmax(x @ w0.T + b0, dim=1)
+    g_out = (p - F.one_hot(y, 2).float()) / len(y)
+    grads = [g_out.T @ x, g_out.sum(0)]
+    assert torch.cat([g.flatten() for g in grads]).norm() < 5  # below the clipping norm
+    expected = 0.0
+    for g in grads:
+        v = (1 - beta2) * g.square()  # Adam's second moment after one step
+        delta = lr * g / (g.abs() + eps)  # Adam's first (bias-corrected) step
+        expected += float(((v.sqrt() + eps) * delta.square()).sum())
+    score = hessian_score(model, x, y, snapshot(model), lr=lr)
+    assert score == pytest.approx(expected, rel=1e-5)
+    assert not torch.equal(model.weight.detach(), w0)  # the model took the step (callers restore it)
+
+
+def test_hessian_score_of_a_non_finite_loss_is_inf():
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(float("nan"))
+    assert hessian_score(model, torch.randn(2, 3), torch.tensor([0, 1]), snapshot(model)) == math.inf
+
+
+# --- knobs and selection ---------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.lists(st.integers(2, 8), min_size=4, max_size=12), interval=st.sampled_from([1, 2, 4]),
+       min_bits=st.integers(2, 6), ratio=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
+def test_knobs_never_go_below_the_floor_and_move_by_the_interval(start, interval, min_bits, ratio, seed):
+    knobs = [Knob(f"l{i // 2}", "wa"[i % 2]) for i in range(len(start) // 2 * 2)]
+    bits = {k.layer: {} for k in knobs}
+    for k, b in zip(knobs, start):
+        bits[k.layer][k.kind] = b
+    gen = torch.Generator().manual_seed(seed)
+    cands = sample_candidates(bits, knobs, 5, ratio, interval, min_bits, gen)
+    lowerable = [k for k in knobs if bits[k.layer][k.kind] - interval >= min_bits]
+    if not lowerable:
+        assert cands == []
+        return
+    for cand in cands:
+        changes = [bits[k.layer][k.kind] - cand[k.layer][k.kind] for k in knobs]
+        assert set(changes) <= {0, interval}
+        assert all(cand[k.layer][k.kind] >= min(min_bits, bits[k.layer][k.kind]) for k in knobs)
+        assert changes.count(interval) == min(len(lowerable), max(1, int(ratio * len(knobs))))
+
+
+def test_lam_zero_picks_the_lowest_score_and_lam_trades_for_savings():
+    scores, savings = [3.0, 1.0, 2.0], [0.0, 1.0, 5.0]
+    assert choose_candidate(scores, savings, 0.0) == 1
+    assert choose_candidate(scores, savings, 10.0) == 2
+    assert choose_candidate([math.inf, 2.0, 1.5], [9.0, 1.0, 1.0], 0.0) == 2  # non-finite never chosen
+
+
+# --- whole searches --------------------------------------------------------------------------------
+
+def test_cost_falls_every_step_and_files_are_written(trained, tmp_path):
+    result = run_search(_search_cfg(trained), tmp_path / "s")
+    assert result == {"stopped": "steps", "steps": 3, "run_dir": str(tmp_path / "s")}
+    rows = _frontier(tmp_path / "s")
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    costs = [float(r["cost"]) for r in rows]
+    assert all(b < a for a, b in zip(costs, costs[1:]))
+    for step in range(4):
+        assert (tmp_path / "s" / "checkpoints" / f"step-{step:03d}.pt").is_file()
+        assert (tmp_path / "s" / f"bits-step{step:03d}.json").is_file()
+    ckpt = load_checkpoint(tmp_path / "s" / "checkpoints" / "step-003.pt")
+    assert ckpt["bits"]["layer1.0.conv1"]["w"] == int(rows[-1]["layer1.0.conv1/w"])
+
+
+def test_stopped_then_resumed_search_equals_uninterrupted(trained, tmp_path):
+    run_search(_search_cfg(trained), tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_1(row):
+        if row["step"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search(_search_cfg(trained), tmp_path / "cut", on_step=kill_after_step_1)
+    # simulate a kill between the checkpoint and the log line of step 1
+    rows = _frontier(tmp_path / "cut")
+    with open(tmp_path / "cut" / "frontier.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:1])
+    run_search(_search_cfg(trained), tmp_path / "cut", resume=True)
+    full, cut = _frontier(tmp_path / "full"), _frontier(tmp_path / "cut")
+    assert len(full) == len(cut) == 4
+    for a, b in zip(full, cut):
+        assert {k: v for k, v in a.items() if k != "wall_s"} == {k: v for k, v in b.items() if k != "wall_s"}
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "step-003.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "step-003.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+
+
+@pytest.mark.parametrize("target", [{"target_cost": 0.2}, {"target_bitops": 0.04}, {"target_size_mb": 0.06}])
+def test_targets_stop_the_search(trained, tmp_path, target):
+    result = run_search(_search_cfg(trained, steps=20, finetune_epochs=0, **target), tmp_path / "s")
+    assert result["stopped"] == "target"
+    rows = _frontier(tmp_path / "s")
+    assert len(rows) == result["steps"] + 1 < 21
+    last, before = rows[-1], rows[-2]
+    key, value = next(iter(target.items()))
+    measure = {"target_cost": lambda r: float(r["cost"]), "target_bitops": lambda r: float(r["bitops_ratio"]),
+               "target_size_mb": lambda r: float(r["size_bytes"]) / 1e6}[key]
+    assert measure(last) <= value < measure(before)
+
+
+def test_search_stops_at_the_floor(trained, tmp_path):
+    result = run_search(_search_cfg(trained, min_bits=7, ratio=0.5, steps=10, finetune_epochs=0), tmp_path / "s")
+    assert result == {"stopped": "floor", "steps": 2, "run_dir": str(tmp_path / "s")}
+    last = _frontier(tmp_path / "s")[-1]
+    assert all(int(v) == 7 for k, v in last.items() if "/" in k)
+
+
+@pytest.mark.parametrize("criterion", ["acc", "random"])
+def test_other_criteria_run(trained, tmp_path, criterion):
+    result = run_search(_search_cfg(trained, criterion=criterion, steps=1), tmp_path / "s")
+    assert result["steps"] == 1
+    row = _frontier(tmp_path / "s")[1]
+    assert (row["score"] == "nan") == (criterion == "random")
+
+
+def test_same_seed_same_search(trained, tmp_path):
+    run_search(_search_cfg(trained, steps=2, finetune_epochs=0), tmp_path / "a")
+    run_search(_search_cfg(trained, steps=2, finetune_epochs=0), tmp_path / "b")
+    run_search(_search_cfg(trained, steps=2, finetune_epochs=0, seed=1), tmp_path / "c")
+    knobs = lambda rows: [{k: v for k, v in r.items() if "/" in k} for r in rows]  # noqa: E731
+    assert knobs(_frontier(tmp_path / "a")) == knobs(_frontier(tmp_path / "b"))
+    assert knobs(_frontier(tmp_path / "a")) != knobs(_frontier(tmp_path / "c"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"lam": -1.0}, "--lam must be >= 0"),
+    ({"ratio": 0.0}, "--ratio must be in (0, 1]"),
+    ({"interval": 3}, "--interval must be 1, 2 or 4"),
+    ({"target_cost": 0.1, "target_bitops": 0.1}, "one target at a time"),
+    ({"target_bitops": 0.1, "cost_metric": "size"}, "conflicts with --target-bitops"),
+])
+def test_bad_config(kw, message):
+    with pytest.raises(ProqhaError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SearchConfig(source="x", **kw).resolved()
+
+
+# --- the CLI ---------------------------------------------------------------------------------------
+
+def test_train_then_search_with_no_other_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["train", "--epochs", "3"]).exit_code == 0
+    result = runner.invoke(app, ["search", "--lam", "0.1"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "search-1"
+    assert len(_frontier(run)) == 9  # step 0 and the 8 default steps
+    assert len(list((run / "checkpoints").glob("step-*.pt"))) == 9
+    assert len(list(run.glob("bits-step*.json"))) == 9
+    for png in ("frontier.png", "bits.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ProQHA frontier" in result.stdout and "ran all 8 steps" in result.stderr
+    report = runner.invoke(app, ["report", "--step", "3"])
+    assert report.exit_code == 0 and "paper cost" in report.stdout
+    bad_step = runner.invoke(app, ["report", "--step", "99"])
+    assert bad_step.exit_code == 2 and "--step 99" in bad_step.stderr
+
+
+def _wrong_arch_checkpoint(trained, tmp_path):
+    state = load_checkpoint(trained / "checkpoints" / "last.pt")
+    state["recipe"]["arch"] = "resnet20_post"
+    save_checkpoint(state, tmp_path / "wrong.pt")
+    return tmp_path / "wrong.pt"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lam", "-1"], "--lam must be >= 0"),
+    (["--ratio", "0"], "--ratio must be in (0, 1]"),
+    (["--ratio", "1.5"], "--ratio must be in (0, 1]"),
+    (["--interval", "3"], "--interval must be 1, 2 or 4"),
+    (["--criterion", "magic"], "--criterion must be one of"),
+    (["--from", "WRONG"], "does not fit resnet20_post"),
+    (["--from", "missing-run"], "no such checkpoint or run directory"),
+])
+def test_cli_bad_input_exits_2_with_one_line(trained, tmp_path, monkeypatch, args, message):
+    wrong = _wrong_arch_checkpoint(trained, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = [str(wrong) if a == "WRONG" else a for a in args]
+    if "--from" not in args:
+        args += ["--from", str(trained)]
+    result = runner.invoke(app, ["search", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert list(work.iterdir()) == []
+
+
+def test_cli_search_without_a_train_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["search"])
+    assert result.exit_code == 2 and "run `proqha train`" in result.stderr
