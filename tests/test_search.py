@@ -17,7 +17,7 @@ from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cli.app import app
 from proqha.errors import ProqhaError
 from proqha.search import Knob, SearchConfig, choose_candidate, hessian_score, run_search, sample_candidates
-from proqha.search.scores import snapshot
+from proqha.search.scores import Snapshot
 from proqha.train import TrainConfig, fit
 
 runner = CliRunner()
@@ -59,7 +59,7 @@ def test_hessian_score_equals_hand_computation():
         v = (1 - beta2) * g.square()  # Adam's second moment after one step
         delta = lr * g / (g.abs() + eps)  # Adam's first (bias-corrected) step
         expected += float(((v.sqrt() + eps) * delta.square()).sum())
-    score = hessian_score(model, x, y, snapshot(model), lr=lr)
+    score = hessian_score(model, x, y, Snapshot(model).tensors, lr=lr)
     assert score == pytest.approx(expected, rel=1e-5)
     assert not torch.equal(model.weight.detach(), w0)  # the model took the step (callers restore it)
 
@@ -68,7 +68,7 @@ def test_hessian_score_of_a_non_finite_loss_is_inf():
     model = nn.Linear(3, 2)
     with torch.no_grad():
         model.weight.fill_(float("nan"))
-    assert hessian_score(model, torch.randn(2, 3), torch.tensor([0, 1]), snapshot(model)) == math.inf
+    assert hessian_score(model, torch.randn(2, 3), torch.tensor([0, 1]), Snapshot(model).tensors) == math.inf
 
 
 # --- knobs and selection ---------------------------------------------------------------------------

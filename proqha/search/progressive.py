@@ -27,7 +27,7 @@ from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json, atomic_write_text
 from proqha.quant import BitConfig
 from proqha.search.knobs import Knob, lowerable_knobs, model_knobs, sample_candidates
-from proqha.search.scores import accuracy_score, hessian_score, restore, snapshot
+from proqha.search.scores import Snapshot, accuracy_score, hessian_score
 from proqha.search.select import choose_candidate
 from proqha.train import evaluate, make_loader, make_optimizer, resolve_device, train_one_epoch
 
@@ -213,7 +213,7 @@ class ProgressiveSearch:
         cfg = self.cfg
         if cfg.criterion == "random":
             return [math.nan] * len(candidates)
-        snap = snapshot(self.model)
+        snap = Snapshot(self.model)
         gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 1))
         idx = torch.randperm(len(self.train_set), generator=gen)[: cfg.batch_size].tolist()
         xs, ys = zip(*(self.train_set[i] for i in idx))
@@ -221,15 +221,15 @@ class ProgressiveSearch:
         calib = make_loader(self.calib_set, max(cfg.batch_size, 256), shuffle=False, workers=cfg.workers)
         scores = []
         for i, cand in enumerate(candidates):
-            restore(self.model, snap)
+            snap.restore(self.model)
             BitConfig(cand).apply(self.model)
             if cfg.criterion == "hessian":
-                scores.append(hessian_score(self.model, x, y, snap, lr=cfg.lr))
+                scores.append(hessian_score(self.model, x, y, snap.tensors, lr=cfg.lr))
             else:
                 scores.append(accuracy_score(self.model, calib, self.device))
             if on_candidate is not None:
                 on_candidate(step, i, len(candidates))
-        restore(self.model, snap)
+        snap.restore(self.model)
         return scores
 
     def finetune(self, step: int, on_batch: Callable | None) -> float:

@@ -3,55 +3,64 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from proqha.quant import BitConfig
 from proqha.train import evaluate
 
-Snapshot = dict[str, Any]
+class Snapshot:
+    """The model's parameters, buffers and bits at one moment, restorable in place (no module copies)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        named = list(model.named_parameters()) + list(model.named_buffers())
+        self._live = [t for _, t in named]
+        self._saved = [t.detach().clone() for t in self._live]
+        self.tensors = {name: saved for (name, _), saved in zip(named, self._saved)}
+        self.bits = BitConfig.from_model(model)
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        """Put every parameter, buffer and bit-width back as they were."""
+        torch._foreach_copy_(self._live, self._saved)
+        self.bits.apply(model)
 
 
-def snapshot(model: nn.Module) -> Snapshot:
-    """A copy of the model's state (parameters, buffers, quantizer bits) to restore candidates from."""
-    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
-
-
-def restore(model: nn.Module, snap: Snapshot) -> None:
-    """Put the model back to ``snap`` (in place; no new modules)."""
-    model.load_state_dict(snap)
-
-
-def hessian_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Snapshot, lr: float = 1e-3,
-                  clip_norm: float | None = 5.0) -> float:
+def hessian_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Mapping[str, torch.Tensor],
+                  lr: float = 1e-3, clip_norm: float | None = 5.0) -> float:
     """The reference's score: one Adam step on one batch, then
     ``sum over parameters of (sqrt(v) + eps) * (theta_before - theta_after)^2``.
 
     ``v`` is Adam's (uncorrected) second-moment estimate after that step, a diagonal curvature proxy.
-    ``before`` holds the parameters as they were (the step's snapshot). The model is left updated;
-    callers restore it. A non-finite loss scores ``inf``.
+    ``before`` maps parameter names to their values before the step (``Snapshot.tensors``). The model
+    is left updated; callers restore it. A non-finite loss scores ``inf``.
     """
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam([p for _, p in named], lr=lr)
+    params = [p for _, p in named]
+    optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
     loss = F.cross_entropy(model(x), y)
     if not torch.isfinite(loss):
         return math.inf
     loss.backward()
     if clip_norm:
-        nn.utils.clip_grad_norm_([p for _, p in named], clip_norm)
+        nn.utils.clip_grad_norm_(params, clip_norm, foreach=True)
     optimizer.step()
     eps = optimizer.defaults["eps"]
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for name, p in named:
-        state = optimizer.state.get(p)
-        if not state:  # no gradient reached this parameter
-            continue
-        delta = before[name].to(p.device) - p.detach()
-        total += ((state["exp_avg_sq"].sqrt() + eps) * delta.square()).sum(dtype=torch.float64)
+    stepped = [(n, p) for n, p in named if optimizer.state.get(p)]  # parameters a gradient reached
+    if not stepped:
+        return 0.0
+    with torch.no_grad():
+        weights = torch._foreach_sqrt([optimizer.state[p]["exp_avg_sq"] for _, p in stepped])
+        torch._foreach_add_(weights, eps)
+        deltas = torch._foreach_sub([before[n].to(p.device) for n, p in stepped], [p for _, p in stepped])
+        torch._foreach_mul_(deltas, deltas)
+        torch._foreach_mul_(deltas, weights)
+        total = torch.stack([d.sum(dtype=torch.float64) for d in deltas]).sum()
     model.zero_grad(set_to_none=True)
     return float(total)
 
