@@ -87,6 +87,16 @@ def test_residual_adds_get_8_bit_quantizers_and_fold_relu():
     assert isinstance(layers["fc"].input_quantizer, PACTQuantizer)  # ReLU -> avg pool -> flatten -> fc
 
 
+def test_every_conv_output_reaches_exactly_one_quantizer():
+    model, _ = _float_model("digits_resnet")
+    twin = quantize_model(model)
+    # the stem's ReLU output feeds layer1.0.conv1 and the residual add: one shared quantizer
+    assert isinstance(twin.conv1.output_quantizer, PACTQuantizer)
+    assert isinstance(twin.get_submodule("layer1.0.add").input_quantizer_b, nn.Identity)
+    assert isinstance(twin.fc.output_quantizer, SignedActQuantizer)
+    assert not hasattr(twin.get_submodule("layer1.0.conv1"), "output_quantizer")  # its ReLU feeds conv2 only
+
+
 def test_linear_bottleneck_adds_are_signed():
     model, _ = _float_model("mobilenet_v2")
     twin = quantize_model(model)
@@ -154,8 +164,11 @@ def test_hand_written_model_adds_found_and_shape_arithmetic_ignored():
     twin = quantize_model(_HandWritten())
     adds = [m for m in twin.modules() if isinstance(m, QuantAdd)]
     assert len(adds) == 1
-    assert isinstance(adds[0].input_quantizer_a, PACTQuantizer)  # the ReLU output
-    assert isinstance(adds[0].input_quantizer_b, SignedActQuantizer)
+    # the stem's ReLU output feeds two branches: quantized once, shared, and not again at the add
+    assert isinstance(twin.stem.output_quantizer, PACTQuantizer)
+    assert isinstance(adds[0].input_quantizer_a, nn.Identity)
+    assert isinstance(adds[0].input_quantizer_b, SignedActQuantizer)  # the pointwise conv's linear output
+    assert isinstance(twin.head.output_quantizer, SignedActQuantizer)  # the logits get one grid too
     assert twin(torch.randn(2, 3, 8, 8)).shape == (2, 5)
 
 

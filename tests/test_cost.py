@@ -44,9 +44,10 @@ def test_bitops_and_size_of_a_hand_computable_net():
     assert report.bitops == 288 * 4 * 8 + 96 * 2 * 3
     assert report.bitops_ratio == pytest.approx((288 * 32 + 96 * 6) / (384 * 1024))
     assert report.paper_cost == pytest.approx((4 * 18 + 2 * 96) / (32 * 114))
-    # 9 + 24 bytes of packed weights; biases (5) and quantizer ranges (1+2 + 1+3) as float32
-    assert report.size_bytes == 9 + 24 + 4 * 12
-    assert report.float_size_bytes == 4 * (114 + 12)
+    # 9 + 24 bytes of packed weights; biases (5) and quantizer ranges as float32: input and weight
+    # (1+2, 1+3) plus the output quantizers of conv (its ReLU feeds a flatten) and fc (the logits)
+    assert report.size_bytes == 9 + 24 + 4 * 14
+    assert report.float_size_bytes == 4 * (114 + 14)
 
 
 def test_cost_does_not_touch_the_model():

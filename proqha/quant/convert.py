@@ -35,12 +35,16 @@ class QuantConfig:
     edge_layers: first conv and last linear: "int8" (8 bit, outside the search; the default),
         "float" (full precision, as the reference), or "search" (treated like every other layer).
     quantize_adds: insert the 8-bit residual-add quantizers integer deployment needs.
+    quantize_outputs: quantize every conv/linear output (after its BN and activation) exactly once:
+        where it feeds anything but a single quantizer (two branches, a pooling op, the model output),
+        an 8-bit ``output_quantizer`` is inserted, so a deployed conv ends in one QuantizeLinear.
     """
 
     bits: int = 8
     weight_quantizer: str = "lsq"
     edge_layers: str = "int8"
     quantize_adds: bool = True
+    quantize_outputs: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -92,6 +96,8 @@ def _nonnegative(node: Any, modules: Mapping[str, nn.Module]) -> bool:
         mod = modules[node.target]
         if isinstance(mod, QuantAdd):
             return mod.relu
+        if isinstance(mod, Quantizer):
+            return not mod.signed
         return isinstance(mod, _PASS_MODULES) and _nonnegative(first, modules)
     if node.op == "call_function":
         if node.target is torch.cat:
@@ -159,7 +165,7 @@ def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
         fuse_relu = len(users) == 1 and _is_relu(users[0], modules)
         inputs = []
         for arg in node.args:
-            already = arg.op == "call_module" and isinstance(modules[arg.target], QuantAdd)
+            already = arg.op == "call_module" and isinstance(modules[arg.target], (QuantAdd, Quantizer))
             inputs.append(nn.Identity() if already else act_quantizer(bits, signed=not _nonnegative(arg, modules)))
         owner = _owner_path(node)
         name = _unique_name(gm, f"{owner}.add" if owner else "add")
@@ -173,6 +179,61 @@ def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
         if fuse_relu:
             graph.erase_node(last)
         graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+
+
+_CHAIN_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6)
+
+
+def _block_end(node: fx.Node, modules: Mapping[str, nn.Module]) -> fx.Node:
+    """Follow a conv/linear through its BatchNorm and activation (single-user chain) to the block output."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        chained = (user.op == "call_module" and isinstance(modules[user.target], _CHAIN_MODULES)) or _is_relu(user, modules)
+        if not chained:
+            break
+        node = user
+    return node
+
+
+def _quantizes_input(user: fx.Node, arg: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    """Whether ``user`` quantizes the tensor ``arg`` as its input (a conv/linear, or a QuantAdd input)."""
+    if user.op != "call_module":
+        return False
+    mod = modules[user.target]
+    if isinstance(mod, (nn.Conv2d, nn.Linear, Quantizer)):
+        return True
+    if isinstance(mod, QuantAdd):
+        side = mod.input_quantizer_a if user.args[0] is arg else mod.input_quantizer_b
+        return not isinstance(side, nn.Identity)
+    return False
+
+
+def _insert_output_quantizers(gm: fx.GraphModule, bits: int) -> None:
+    """Give every conv/linear block output that does not feed exactly one quantizer its own quantizer."""
+    graph = gm.graph
+    modules = dict(gm.named_modules())
+    layers = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear))]
+    for layer in layers:
+        end = _block_end(layer, modules)
+        users = list(end.users)
+        if len(users) == 1 and _quantizes_input(users[0], end, modules):
+            continue
+        name = _unique_name(gm, f"{layer.target}.output_quantizer")
+        quantizer = act_quantizer(bits, signed=not _nonnegative(end, modules))
+        gm.add_submodule(name, quantizer)
+        with graph.inserting_after(end):
+            new = graph.call_module(name, (end,))
+        end.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+        modules = dict(gm.named_modules())
+        for user in users:  # an add input that is now quantized upstream passes straight through
+            if user.op == "call_module" and isinstance(modules[user.target], QuantAdd):
+                qadd = modules[user.target]
+                if user.args[0] is new:
+                    qadd.input_quantizer_a = nn.Identity()
+                if user.args[1] is new:
+                    qadd.input_quantizer_b = nn.Identity()
     graph.lint()
     gm.recompile()
 
@@ -230,6 +291,8 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
         return model
     if config.quantize_adds:
         _insert_quant_adds(root, config.fixed_bits())
+    if config.quantize_outputs:
+        _insert_output_quantizers(root, config.fixed_bits())
     modules = dict(root.named_modules())
     calls = _layer_calls(root)
     signed = {name: any(not _nonnegative(c.args[0], modules) for c in nodes) for name, nodes in calls.items()}

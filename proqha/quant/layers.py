@@ -42,9 +42,12 @@ class QuantLayer:
 
 
 def _adopt(dst: nn.Module, src: nn.Module) -> None:
-    """Share the float layer's parameters (``dst`` was built on the meta device) and its training flag."""
+    """Share the float layer's parameters (``dst`` was built on the meta device), any child modules it
+    carries (an inserted ``output_quantizer``) and its training flag."""
     dst.weight = src.weight
     dst.bias = src.bias
+    for name, child in src.named_children():
+        setattr(dst, name, child)
     dst.train(src.training)
 
 
