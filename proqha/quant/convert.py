@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from proqha.quant.layers import QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
+from proqha.quant.layers import FoldedBatchNorm2d, QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
 from proqha.quant.quantizers import WEIGHT_QUANTIZERS, DoReFaWeightQuantizer, Quantizer, check_bits
 
 EDGE_CHOICES = ("int8", "float", "search")
@@ -271,6 +271,26 @@ def _swap_layers(root: nn.Module, signed: Mapping[str, bool], edges: set[str], c
         _set_module(root, name, q)
 
 
+def _conv_bn_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
+    """(conv, batchnorm) module paths where the BN is the conv's only user: a deployed graph folds them."""
+    modules = dict(gm.named_modules())
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d) and len(node.users) == 1:
+            user = next(iter(node.users))
+            if user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d):
+                pairs.append((node.target, user.target))
+    return pairs
+
+
+def _fold_batchnorms(gm: fx.GraphModule, pairs: list[tuple[str, str]]) -> None:
+    for conv_path, bn_path in pairs:
+        bn = gm.get_submodule(bn_path)
+        folded = bn if isinstance(bn, FoldedBatchNorm2d) else FoldedBatchNorm2d.from_bn(bn)
+        folded.attach(gm.get_submodule(conv_path))
+        _set_module(gm, bn_path, folded)
+
+
 def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
     """Return the quantized twin of ``model`` (which is left untouched).
 
@@ -296,7 +316,9 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
     modules = dict(root.named_modules())
     calls = _layer_calls(root)
     signed = {name: any(not _nonnegative(c.args[0], modules) for c in nodes) for name, nodes in calls.items()}
+    pairs = _conv_bn_pairs(root)
     _swap_layers(root, signed, _edge_names(list(calls), modules), config)
+    _fold_batchnorms(root, pairs)
     return root
 
 

@@ -101,6 +101,16 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def weight_int_factor(qmax: int) -> int:
+    """The largest k with k * qmax <= 127.
+
+    A deployed weight is stored as k times its trained integers at 1/k of its scale: the same real
+    weight, but an accumulator step (input scale * weight scale) k times finer, so the int32 bias that
+    integer kernels need rounds k times more finely. Quantized layers round their bias to that step.
+    """
+    return max(1, 127 // max(qmax, 1))
+
+
 def to_integers(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, axis: int | None) -> torch.Tensor:
     """The integers a tensor maps to on a grid (int32), the same rounding as the fake-quant ops."""
     if axis is not None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from proqha.quant.grid import round_ste, weight_int_factor
 from proqha.quant.quantizers import PACTQuantizer, Quantizer, SignedActQuantizer
 
 
@@ -40,6 +41,22 @@ class QuantLayer:
         """The weight as the forward pass uses it (fake-quantized)."""
         return self.weight_quantizer(self.weight)
 
+    def accumulator_step(self) -> torch.Tensor | None:
+        """Per-output-channel step of a deployed int32 accumulator (and bias): input scale * weight scale
+        / k (see ``weight_int_factor``); None when either quantizer is off."""
+        a, w = self.input_quantizer, self.weight_quantizer
+        if not (a.enabled and w.enabled and a.initialized and w.initialized):
+            return None
+        step = a.scale() * w.scale() / weight_int_factor(w.qrange()[1])
+        return step.expand(self.weight.shape[0])
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        """The bias on the accumulator grid (straight-through), as an int32 deployed bias holds it."""
+        step = self.accumulator_step()
+        if self.bias is None or step is None:
+            return self.bias
+        return round_ste(self.bias / step) * step
+
 
 def _adopt(dst: nn.Module, src: nn.Module) -> None:
     """Share the float layer's parameters (``dst`` was built on the meta device), any child modules it
@@ -64,7 +81,8 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        x = self.input_quantizer(x)
+        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
 
 
 class QuantLinear(QuantLayer, nn.Linear):
@@ -79,7 +97,40 @@ class QuantLinear(QuantLayer, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias)
+        x = self.input_quantizer(x)
+        return F.linear(x, self.quantized_weight(), self.quantized_bias())
+
+
+class FoldedBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm that a deployed graph folds into the quantized conv before it.
+
+    Training is plain BatchNorm. In eval mode its shift is rounded to the conv's accumulator grid
+    (times |gamma / sigma|), exactly as the folded int32 bias of the deployed conv is; so the eval model
+    computes what the exported graph computes.
+    """
+
+    conv: "QuantConv2d | None" = None
+
+    @classmethod
+    def from_bn(cls, bn: nn.BatchNorm2d) -> "FoldedBatchNorm2d":
+        folded = cls.__new__(cls)
+        folded.__dict__.update(bn.__dict__)  # the same parameters, buffers and hooks
+        return folded
+
+    def attach(self, conv: "QuantConv2d") -> None:
+        object.__setattr__(self, "conv", conv)  # a reference, not a child module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        step = self.conv.accumulator_step() if self.conv is not None and not self.training else None
+        if step is None or not self.track_running_stats:
+            return super().forward(x)
+        factor = self.weight / torch.sqrt(self.running_var + self.eps) if self.affine else \
+            1.0 / torch.sqrt(self.running_var + self.eps)
+        beta = self.bias if self.affine else torch.zeros_like(factor)
+        shift = beta - self.running_mean * factor
+        grid = step * factor.abs()
+        shift = torch.round(shift / grid) * grid
+        return x * factor.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
 class QuantAdd(nn.Module):

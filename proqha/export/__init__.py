@@ -1,0 +1,1 @@
+"""Export: BN folding, the QDQ ONNX writer, graph validation and parity."""

@@ -1,0 +1,50 @@
+"""A small ONNX graph builder: unique names, initializers, nodes (deterministic in its inputs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class GraphBuilder:
+    """Collects nodes and initializers; names derive from the callers' base names only."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._used: set[str] = set()
+
+    def name(self, base: str) -> str:
+        name, i = base, 1
+        while name in self._used:
+            name, i = f"{base}_{i}", i + 1
+        self._used.add(name)
+        return name
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.name(base)
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))  # keeps 0-d scalars
+        return name
+
+    def node(self, op: str, inputs: list[str], base: str, **attrs: Any) -> str:
+        out = self.name(base)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def model(self, input_name: str, input_shape: list[Any], output_name: str, output_shape: list[Any],
+              opset: int, metadata: dict[str, str]) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes, "proqha",
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
+            [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)],
+            self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                  producer_name="proqha")
+        model.ir_version = 9
+        for key, value in metadata.items():
+            prop = model.metadata_props.add()
+            prop.key, prop.value = key, value
+        return model

@@ -1,0 +1,80 @@
+"""How each quantizer grid is written as Q/DQ nodes, per deployment profile.
+
+``ort`` (onnxruntime, x86): activations as uint8 with zero point 0 (unsigned grids) or 128 (signed
+    grids, the same symmetric levels shifted); grids narrower than the type are clamped on the integer
+    tensor (QuantizeLinear -> Clip -> DequantizeLinear), which keeps QLinearConv/QLinearAdd fusion.
+``trt`` (TensorRT explicit quantization): int8 only, zero point 0; every grid is clamped in float
+    before QuantizeLinear (TensorRT fuses that Clip into the int8 kernel). Unsigned 8-bit grids
+    (0..255) do not fit int8: they become 0..127 over the same range (step ``alpha/127``), which
+    rounds twice as coarsely; the parity report measures that effect.
+Weights are int8 per output channel (axis 0), zero point 0, in both profiles; biases int32 with
+scale ``input scale * weight scale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from proqha.export.graph_builder import GraphBuilder
+from proqha.quant.grid import Grid
+
+PROFILES = ("ort", "trt")
+SIGNED_ZERO_POINT = 128
+
+
+@dataclass(frozen=True)
+class EmittedGrid:
+    """The per-tensor activation grid as written: step, integer range in grid units (zero point 0)."""
+
+    scale: float
+    qmin: int
+    qmax: int
+
+
+def emitted_grid(grid: Grid, profile: str) -> EmittedGrid:
+    """The grid a profile writes for an activation quantizer (identical except trt's unsigned 8 bit)."""
+    scale = float(grid.scale.reshape(-1)[0])
+    if profile == "trt" and grid.qmax > 127:
+        return EmittedGrid(scale * grid.qmax / 127, 0, 127)
+    return EmittedGrid(scale, grid.qmin, grid.qmax)
+
+
+def activation(b: GraphBuilder, x: str, grid: Grid, profile: str, base: str) -> tuple[str, float]:
+    """Emit the Q/DQ of an activation grid; returns (dequantized tensor name, emitted step)."""
+    g = emitted_grid(grid, profile)
+    scale = b.const(f"{base}.scale", np.array(g.scale, np.float32))
+    if profile == "trt":
+        lo = b.const(f"{base}.clip_min", np.array(g.qmin * g.scale, np.float32))
+        hi = b.const(f"{base}.clip_max", np.array(g.qmax * g.scale, np.float32))
+        clipped = b.node("Clip", [x, lo, hi], f"{base}.clip")
+        zero = b.const(f"{base}.zero_point", np.array(0, np.int8))
+        q = b.node("QuantizeLinear", [clipped, scale, zero], f"{base}.q")
+        return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
+    zp = SIGNED_ZERO_POINT if grid.signed else 0
+    zero = b.const(f"{base}.zero_point", np.array(zp, np.uint8))
+    q = b.node("QuantizeLinear", [x, scale, zero], f"{base}.q")
+    if g.qmin + zp > 0 or g.qmax + zp < 255:
+        lo = b.const(f"{base}.int_min", np.array(g.qmin + zp, np.uint8))
+        hi = b.const(f"{base}.int_max", np.array(g.qmax + zp, np.uint8))
+        q = b.node("Clip", [q, lo, hi], f"{base}.int_clip")
+    return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
+
+
+def weight(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str) -> str:
+    """int8 weights with a per-output-channel DequantizeLinear (axis 0, zero point 0)."""
+    w = b.const(f"{base}.weight_int8", ints.astype(np.int8))
+    s = b.const(f"{base}.weight_scale", scale.astype(np.float32))
+    z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
+    return b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0)
+
+
+def bias(b: GraphBuilder, value: np.ndarray, x_scale: float, w_scale: np.ndarray, base: str) -> str:
+    """int32 bias at scale ``x_scale * w_scale`` (what onnxruntime needs to fuse), dequantized."""
+    scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
+    ints = np.clip(np.round(value.astype(np.float64) / scale), -(2**31), 2**31 - 1).astype(np.int32)
+    v = b.const(f"{base}.bias_int32", ints)
+    s = b.const(f"{base}.bias_scale", scale)
+    z = b.const(f"{base}.bias_zero_point", np.zeros(len(scale), np.int32))
+    return b.node("DequantizeLinear", [v, s, z], f"{base}.bias", axis=0)
