@@ -8,6 +8,8 @@ import typer
 
 from proqha.cli.common import fail
 from proqha.cli.cost import cost
+from proqha.cli.export import export
+from proqha.cli.parity import parity_command
 from proqha.cli.report import report
 from proqha.cli.search import search
 from proqha.cli.train import train
@@ -17,6 +19,8 @@ app = typer.Typer(name="proqha", help="ProQHA: progressive mixed-precision quant
 app.command()(train)
 app.command()(search)
 app.command()(report)
+app.command()(export)
+app.command("parity")(parity_command)
 app.command()(cost)
 
 

@@ -1,0 +1,166 @@
+"""`proqha export`: a QDQ ONNX graph (or its float twin) of a train run or a search step, validated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+from torch.utils.data import DataLoader, Subset
+
+from proqha import __version__
+from proqha.builder import load_model
+from proqha.cli.common import console, err_console, fail, handle_errors
+from proqha.cost import cost_report, format_ratio
+from proqha.data import load_dataset
+from proqha.deploy.report import read_frontier
+from proqha.errors import ProqhaError
+from proqha.export.onnx_export import ExportInfo, export_onnx
+from proqha.export.validate import ValidationReport, validate_export
+from proqha.files import atomic_write_bytes, atomic_write_json
+from proqha.quant import BitConfig
+from proqha.runs import DEFAULT_ROOT, latest_run_dir
+from proqha.search.progressive import step_checkpoints
+
+FORMATS = ("onnx", "onnx-fp32")
+
+
+def resolve_source(run: Path | None, step: int | None, best_under_cost: float | None) -> tuple[Path, Path, int | None]:
+    """(checkpoint, run directory, search step) for RUN: a search run (a step of it), a train run, or a file."""
+    if run is None:
+        run = latest_run_dir("search", DEFAULT_ROOT) or latest_run_dir("train", DEFAULT_ROOT)
+        if run is None:
+            raise ProqhaError(f"no train or search run under {DEFAULT_ROOT}/ to export (pass RUN)")
+    if run.is_file():
+        if step is not None or best_under_cost is not None:
+            raise ProqhaError("--step/--best-under-cost need a search run directory, not a checkpoint file")
+        return run, run.parent, None
+    if not run.is_dir():
+        raise ProqhaError(f"RUN not found: {run}")
+    if (run / "frontier.csv").is_file():
+        rows = read_frontier(run)
+        if step is not None and best_under_cost is not None:
+            raise ProqhaError("give --step or --best-under-cost, not both")
+        if best_under_cost is not None:
+            fitting = [r for r in rows if r["cost"] <= best_under_cost + 1e-12]
+            if not fitting:
+                raise ProqhaError(f"--best-under-cost {best_under_cost}: no step of {run} is that cheap "
+                                  f"(lowest {min(r['cost'] for r in rows):.4f})")
+            step = max(fitting, key=lambda r: (r["test_top1"], -r["cost"]))["step"]
+        done = dict(step_checkpoints(run))
+        step = rows[-1]["step"] if step is None else step
+        if step not in done:
+            raise ProqhaError(f"--step {step}: {run} has steps {min(done)}..{max(done)}")
+        return done[step], run, step
+    if step is not None or best_under_cost is not None:
+        raise ProqhaError(f"--step/--best-under-cost: {run} is not a search run")
+    last = run / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise ProqhaError(f"{run} has no checkpoint (checkpoints/last.pt)")
+    return last, run, None
+
+
+def test_batches(state: dict[str, Any], samples: int | None, batch_size: int = 64) -> DataLoader:
+    """The first ``samples`` test images of the checkpoint's dataset, streamed in batches."""
+    config = state.get("config", {})
+    test = load_dataset(config.get("dataset", "digits"), "test", config.get("data_dir"), bool(config.get("download")))
+    if samples is not None:
+        test = Subset(test, range(min(samples, len(test))))
+    return DataLoader(test, batch_size=batch_size, shuffle=False)
+
+
+def metadata(model, state: dict[str, Any], checkpoint: Path, step: int | None, info: ExportInfo, fmt: str
+             ) -> dict[str, str]:
+    """What the exported file carries about itself: bits, paper cost, BitOPs, source and step."""
+    recipe = state["recipe"]
+    cost = cost_report(model, tuple(recipe["input_size"]))
+    bits = BitConfig.from_model(model).to_dict()
+    for name, layer in info.layers.items():
+        bits[name]["weight_int_factor"] = layer.int_factor
+    return {
+        "proqha.version": __version__, "proqha.format": fmt, "proqha.profile": info.profile,
+        "proqha.arch": recipe["arch"], "proqha.dataset": state.get("config", {}).get("dataset", ""),
+        "proqha.input_size": json.dumps(recipe["input_size"]), "proqha.bits": json.dumps(bits, sort_keys=True),
+        "proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
+        "proqha.bitops_ratio": repr(cost.bitops_ratio), "proqha.size_bytes": str(cost.size_bytes),
+        "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step),
+        "proqha.output_scale": "" if info.output_scale is None else repr(info.output_scale),
+    }
+
+
+def print_report(report: ValidationReport, title: str) -> None:
+    """Kernel counts and parity as rich tables."""
+    if report.kernels is not None:
+        k = report.kernels
+        table = Table(title=f"{title}: what onnxruntime runs")
+        for col in ("int8 conv/linear", "float conv/linear", "int8 adds", "float adds"):
+            table.add_column(col, justify="right")
+        table.add_row(str(k.integer_layers), str(k.float_layers), str(k.integer_adds), str(k.float_adds))
+        console.print(table)
+    table = Table(title=f"{title}: parity with PyTorch")
+    for col in ("runtime", "images", "top-1 agreement", "PyTorch top-1", "runtime top-1", "max |diff| (steps)",
+                "mean (steps)", "within 2 steps"):
+        table.add_column(col, justify="right")
+
+    def steps(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for p in report.parity:
+        table.add_row(p.runtime, str(p.samples), f"{p.agreement:.2f}%", f"{p.torch_top1:.2f}%", f"{p.runtime_top1:.2f}%",
+                      f"{p.max_abs_diff:.4g} ({steps(p.max_steps, '.2f')})", f"{steps(p.mean_steps, '.4f')}",
+                      "-" if p.within_2_steps is None else f"{p.within_2_steps:.2f}%")
+    console.print(table)
+
+
+def parity_path(model_path: Path) -> Path:
+    return model_path.with_name(model_path.stem + ".parity.json")
+
+
+@handle_errors
+def export(
+    run: Annotated[Optional[Path], typer.Argument(help="Search run, train run or checkpoint (default: the latest search, else train, run).")] = None,
+    step: Annotated[Optional[int], typer.Option(help="Search step to export (default: the last).")] = None,
+    best_under_cost: Annotated[Optional[float], typer.Option(help="Export the most accurate step at or below this paper cost.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="onnx (QDQ, integer) or onnx-fp32 (the float graph of the same model).")] = "onnx",
+    profile: Annotated[str, typer.Option(help="ort (onnxruntime, exact) or trt (TensorRT's int8-only rules).")] = "ort",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default RUN/export/model[-stepN][-profile].onnx).")] = None,
+    check: Annotated[bool, typer.Option(help="Validate (checker, weight ranges, int8 kernels, parity) before writing.")] = True,
+    samples: Annotated[int, typer.Option(help="Test images for the parity check.")] = 256,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
+) -> None:
+    """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
+    if fmt not in FORMATS:
+        raise ProqhaError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if samples < 1:
+        raise ProqhaError(f"--samples must be >= 1, got {samples}")
+    checkpoint, run_dir, step = resolve_source(run, step, best_under_cost)
+    if out is None:
+        suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "") + \
+                 ("-trt" if profile == "trt" else "")
+        out = run_dir / "export" / f"model{suffix}.onnx"
+    if out.exists() and not force:
+        raise ProqhaError(f"--out {out} exists; pass --force to overwrite")
+    if out.exists() and out.is_dir():
+        raise ProqhaError(f"--out {out} is a folder")
+    model, state = load_model(checkpoint)
+    input_size = tuple(state["recipe"]["input_size"])
+    proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt == "onnx")
+    for key, value in metadata(model, state, checkpoint, step, info, fmt).items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    data = proto.SerializeToString()
+    if check:
+        report = validate_export(proto, info, model, test_batches(state, samples))
+        print_report(report, out.name)
+        if not report.ok:
+            for failure in report.failures:
+                err_console.print(f"error: {failure}", markup=False)
+            raise fail(f"export failed {len(report.failures)} check(s); nothing written to {out}", 1)
+    atomic_write_bytes(out, data)
+    if check:
+        atomic_write_json(parity_path(out), report.to_dict() | {"model": str(out), "source": str(checkpoint)})
+    cost = json.loads(dict((p.key, p.value) for p in proto.metadata_props)["proqha.bits"])
+    err_console.print(f"wrote {out} ({len(data):,} bytes; {len(cost)} layers; paper cost "
+                      f"{format_ratio(float(dict((p.key, p.value) for p in proto.metadata_props)['proqha.paper_cost']))})")

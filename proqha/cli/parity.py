@@ -1,0 +1,69 @@
+"""`proqha parity MODEL.onnx`: re-run the parity check of an exported model on the full test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import onnx
+import typer
+
+from proqha.builder import load_model
+from proqha.cli.common import err_console, fail, handle_errors
+from proqha.cli.export import parity_path, print_report, resolve_source, test_batches
+from proqha.errors import ProqhaError
+from proqha.export.validate import ValidationReport, check_graph, check_parity, ort_kernels, parity
+from proqha.files import atomic_write_json
+
+MAX_BYTES = 2 * 1024**3
+
+
+def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
+    """Load an ONNX file a user hands us, refusing anything that is not a valid model (ProqhaError)."""
+    if not path.is_file():
+        raise ProqhaError(f"ONNX model not found: {path}")
+    size = path.stat().st_size
+    if size == 0 or size > MAX_BYTES:
+        raise ProqhaError(f"{path} is {size} bytes: not a usable ONNX model")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for corrupt bytes
+        raise ProqhaError(f"{path} is not a valid ONNX file ({type(exc).__name__})") from None
+    problems = check_graph(proto) if proto.graph.node else ["the graph is empty"]
+    if problems:
+        raise ProqhaError(f"{path} is not a valid ONNX model: {problems[0]}")
+    return proto, data
+
+
+@handle_errors
+def parity_command(
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="An ONNX file written by proqha export.")],
+    run: Annotated[Optional[Path], typer.Option(help="Run or checkpoint of the PyTorch model (default: the one the file names).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Test images (default: the full test split).")] = None,
+    reference: Annotated[bool, typer.Option(help="Also run the ONNX reference evaluator (slow on large models).")] = True,
+) -> None:
+    """Compare an exported model with its PyTorch model on the test split (onnxruntime and reference)."""
+    if samples is not None and samples < 1:
+        raise ProqhaError(f"--samples must be >= 1, got {samples}")
+    proto, data = read_onnx(model_path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if run is None:
+        source = meta.get("proqha.source")
+        if not source:
+            raise ProqhaError(f"{model_path} names no source checkpoint; pass --run")
+        checkpoint = Path(source)
+    else:
+        checkpoint = resolve_source(run, None, None)[0]
+    model, state = load_model(checkpoint)
+    step = float(meta["proqha.output_scale"]) if meta.get("proqha.output_scale") else None
+    results = parity(model, data, test_batches(state, samples), step, reference)
+    exact = meta.get("proqha.format") == "onnx" and meta.get("proqha.profile") == "ort"
+    failures = check_parity(results, step is not None) if exact else []
+    report = ValidationReport(failures, ort_kernels(data), results, 0)
+    print_report(report, model_path.name)
+    atomic_write_json(parity_path(model_path), report.to_dict() | {"model": str(model_path), "source": str(checkpoint)})
+    for failure in failures:
+        err_console.print(f"error: {failure}", markup=False)
+    if failures:
+        raise fail(f"parity failed {len(failures)} check(s)", 1)

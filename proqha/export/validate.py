@@ -1,0 +1,225 @@
+"""Validation of an exported graph: ONNX rules, weight ranges, which layers onnxruntime runs in int8, and
+parity against the PyTorch model on real test images (onnxruntime and the ONNX reference evaluator).
+
+Parity is judged on predictions and on logits counted in output quantization steps, never on bit
+equality: onnxruntime accumulates in int32 and the reference evaluator in float.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from proqha.export.onnx_export import ExportInfo
+
+INTEGER_LAYER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
+FLOAT_LAYER_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+MIN_AGREEMENT_ORT = 99.5  # % top-1 agreement with PyTorch
+MIN_WITHIN_2_STEPS = 99.0  # % of logits within 2 output steps of PyTorch
+MIN_AGREEMENT_REFERENCE = 99.9
+
+
+def check_graph(proto: onnx.ModelProto) -> list[str]:
+    """onnx.checker (full check) and strict shape inference; one message per failure."""
+    failures = []
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        failures.append(f"onnx.checker: {str(exc).splitlines()[0]}")
+    try:
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+        failures.append(f"shape inference: {str(exc).splitlines()[0]}")
+    return failures
+
+
+def check_weight_ranges(proto: onnx.ModelProto, info: ExportInfo) -> list[str]:
+    """Every int8 weight initializer holds (k times) integers inside its layer's declared range."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    failures = []
+    for name, layer in info.layers.items():
+        if layer.initializer is None:
+            continue
+        values = numpy_helper.to_array(inits[layer.initializer]).astype(np.int64)
+        k = layer.int_factor
+        ints = values // k
+        if np.any(values % k) or ints.min() < layer.qmin or ints.max() > layer.qmax:
+            failures.append(f"{name}: weights outside the {layer.w_bits}-bit grid [{layer.qmin}, {layer.qmax}] "
+                            f"(x{k})")
+        elif layer.odd_levels and np.any(ints % 2 == 0):
+            failures.append(f"{name}: DoReFa weights must be odd integers")
+    return failures
+
+
+@dataclass
+class KernelCounts:
+    """What onnxruntime's optimized graph runs: integer and float layer kernels, integer and float adds."""
+
+    ops: dict[str, int]
+    integer_layers: int
+    float_layers: int
+    integer_adds: int
+    float_adds: int
+
+
+def ort_session(model_bytes: bytes, optimized_path: str | None = None, threads: int | None = None):
+    """An onnxruntime CPU session with all graph optimizations (optionally saving the optimized graph)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def ort_kernels(model_bytes: bytes) -> KernelCounts:
+    """Count the kernels in the graph onnxruntime actually runs (``optimized_model_filepath``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        ort_session(model_bytes, path)
+        ops = Counter(n.op_type for n in onnx.load(path).graph.node)
+    return KernelCounts(dict(sorted(ops.items())), sum(ops[o] for o in INTEGER_LAYER_OPS),
+                        sum(ops[o] for o in FLOAT_LAYER_OPS), ops["QLinearAdd"], ops["Add"] + ops["Sum"])
+
+
+def check_kernels(counts: KernelCounts, info: ExportInfo) -> list[str]:
+    """Every quantized conv/linear and residual add must run as an onnxruntime integer kernel."""
+    failures = []
+    expected_float = len(info.layers) - info.integer_layers
+    if counts.integer_layers != info.integer_layers or counts.float_layers != expected_float:
+        failures.append(f"onnxruntime runs {counts.integer_layers} of {info.integer_layers} quantized conv/linear "
+                        f"layers in int8 ({counts.float_layers} float kernels, {expected_float} expected)")
+    if counts.integer_adds != info.quant_adds:
+        failures.append(f"onnxruntime runs {counts.integer_adds} of {info.quant_adds} quantized adds in int8")
+    return failures
+
+
+@dataclass
+class Parity:
+    """Agreement of one runtime with the PyTorch model over ``samples`` test images."""
+
+    runtime: str
+    samples: int = 0
+    agreement: float = 0.0
+    torch_top1: float = 0.0
+    runtime_top1: float = 0.0
+    max_abs_diff: float = 0.0
+    mean_abs_diff: float = 0.0
+    max_steps: float | None = None
+    mean_steps: float | None = None
+    within_2_steps: float | None = None
+    _agree: int = field(default=0, repr=False)
+    _torch_ok: int = field(default=0, repr=False)
+    _rt_ok: int = field(default=0, repr=False)
+    _sum: float = field(default=0.0, repr=False)
+    _within: int = field(default=0, repr=False)
+    _elements: int = field(default=0, repr=False)
+
+    def update(self, ref: np.ndarray, out: np.ndarray, labels: np.ndarray, step: float | None) -> None:
+        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        self.samples += len(labels)
+        self._agree += int((out.argmax(1) == ref.argmax(1)).sum())
+        self._torch_ok += int((ref.argmax(1) == labels).sum())
+        self._rt_ok += int((out.argmax(1) == labels).sum())
+        self._sum += float(diff.sum())
+        self._elements += diff.size
+        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
+        if step:
+            self._within += int((diff / step <= 2 + 1e-6).sum())
+        n = max(self.samples, 1)
+        self.agreement, self.torch_top1, self.runtime_top1 = (100 * self._agree / n, 100 * self._torch_ok / n,
+                                                              100 * self._rt_ok / n)
+        self.mean_abs_diff = self._sum / max(self._elements, 1)
+        if step:
+            self.max_steps, self.mean_steps = self.max_abs_diff / step, self.mean_abs_diff / step
+            self.within_2_steps = 100 * self._within / max(self._elements, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+def parity(model: torch.nn.Module, model_bytes: bytes, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+           output_step: float | None, reference: bool = True) -> list[Parity]:
+    """Stream ``batches`` through PyTorch, onnxruntime and (optionally) the ONNX reference evaluator."""
+    session = ort_session(model_bytes)
+    evaluator = None
+    if reference:
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(onnx.load_from_string(model_bytes))
+    results = [Parity("onnxruntime")] + ([Parity("onnx.reference")] if reference else [])
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        for x, y in batches:
+            ref = model(x.to(device)).float().cpu().numpy()
+            feed = {"input": x.cpu().numpy().astype(np.float32)}
+            labels = y.cpu().numpy()
+            results[0].update(ref, session.run(None, feed)[0], labels, output_step)
+            if evaluator is not None:
+                results[1].update(ref, evaluator.run(None, feed)[0], labels, output_step)
+    return results
+
+
+def check_parity(results: list[Parity], has_steps: bool) -> list[str]:
+    """The thresholds a deploy-exact export must meet."""
+    failures = []
+    for r in results:
+        need = MIN_AGREEMENT_ORT if r.runtime == "onnxruntime" else MIN_AGREEMENT_REFERENCE
+        if r.agreement < need:
+            failures.append(f"{r.runtime}: top-1 agreement with PyTorch {r.agreement:.2f}% < {need}%")
+        if r.runtime == "onnxruntime" and has_steps and (r.within_2_steps or 0) < MIN_WITHIN_2_STEPS:
+            failures.append(f"{r.runtime}: {r.within_2_steps:.2f}% of logits within 2 output steps < "
+                            f"{MIN_WITHIN_2_STEPS}%")
+    return failures
+
+
+@dataclass
+class ValidationReport:
+    """Everything validation found; ``failures`` empty means the export is valid."""
+
+    failures: list[str]
+    kernels: KernelCounts | None
+    parity: list[Parity]
+    weights_checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "failures": self.failures, "weights_checked": self.weights_checked,
+                "kernels": asdict(self.kernels) if self.kernels else None,
+                "parity": [p.to_dict() for p in self.parity],
+                "thresholds": {"min_agreement_onnxruntime": MIN_AGREEMENT_ORT,
+                               "min_within_2_steps": MIN_WITHIN_2_STEPS,
+                               "min_agreement_reference": MIN_AGREEMENT_REFERENCE}}
+
+
+def validate_export(proto: onnx.ModelProto, info: ExportInfo, model: torch.nn.Module,
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], reference: bool = True
+                    ) -> ValidationReport:
+    """All checks of an export. Kernel and parity rules apply to the exact (ort-profile, quantized)
+    graph; for the trt profile and the float graph they are measured and reported, not enforced."""
+    model_bytes = proto.SerializeToString()
+    failures = check_graph(proto) + check_weight_ranges(proto, info)
+    enforce = info.quantized and info.profile == "ort"
+    kernels = ort_kernels(model_bytes)
+    if enforce:
+        failures += check_kernels(kernels, info)
+    results = parity(model, model_bytes, batches, info.output_scale, reference)
+    if enforce:
+        failures += check_parity(results, info.output_scale is not None)
+    return ValidationReport(failures, kernels, results, sum(1 for v in info.layers.values() if v.initializer))
