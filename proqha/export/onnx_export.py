@@ -22,10 +22,9 @@ from torch import nn
 
 from proqha.errors import ProqhaError
 from proqha.export import qdq
-from proqha.export.fold import fold_into_float, fold_into_grid
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant import QuantAdd, QuantConv2d, QuantLinear, Quantizer
-from proqha.quant.grid import weight_int_factor
+from proqha.quant.fold import float_layer, integer_layer
 
 OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator's Q/DQ
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -96,6 +95,7 @@ class _Writer:
         return self.b.const(base, t.detach().cpu().numpy().astype(np.float32))
 
     def folded_bn(self, node: fx.Node) -> nn.BatchNorm2d | None:
+        """The BatchNorm this conv absorbs: its only user."""
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_module" and isinstance(self.modules[users[0].target], nn.BatchNorm2d):
             return self.modules[users[0].target]
@@ -107,35 +107,30 @@ class _Writer:
         x = self.act(self.env[node.args[0]], layer.input_quantizer, f"{name}.input")
         bn = self.folded_bn(node) if isinstance(layer, QuantConv2d) else None
         wq = layer.weight_quantizer
-        bias = layer.quantized_bias().detach().cpu() if layer.bias is not None else None
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
-        if self.quantized and wq.enabled:
+        b = None
+        if self.quantized and wq.enabled and x in self.scales:
             grid = wq.grid()
-            ints = wq.integers(layer.weight).cpu().to(torch.int64)
-            if ints.abs().max() > 127:
+            deployed = integer_layer(layer, bn)
+            if deployed.ints.abs().max() > 127:
                 raise ProqhaError(f"{name}: {type(wq).__name__} at {wq.bits} bit has levels up to "
-                                  f"{int(ints.abs().max())}, beyond int8; export it at <= 7 bit")
-            scale = grid.scale.detach().cpu().reshape(-1).expand(layer.weight.shape[0]).clone()
-            if bn is not None:
-                ints, scale, bias = fold_into_grid(ints, scale, bias, bn.cpu())
-            k = weight_int_factor(grid.qmax)
-            w = qdq.weight(self.b, (ints * k).numpy(), (scale / k).numpy(), name)
+                                  f"{int(deployed.ints.abs().max())}, beyond int8; export it at <= 7 bit")
+            if self.profile == "trt" and abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
+                deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # the trt re-gridded input
+            w = qdq.weight(self.b, deployed.ints.cpu().numpy(), deployed.scale.cpu().numpy(), name)
             record.initializer = self.b.initializers[-3].name
-            record.qmin, record.qmax, record.odd_levels, record.int_factor = grid.qmin, grid.qmax, grid.odd_levels, k
-            scale = scale / k
-            if bias is not None:
-                b = (qdq.bias(self.b, bias.numpy(), self.scales[x], scale.numpy(), name) if x in self.scales
-                     else self.const(f"{name}.bias", bias))
+            record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
+            record.int_factor = deployed.int_factor
+            if deployed.bias_ints is not None:
+                b = qdq.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(), name)
         else:
-            wf = layer.quantized_weight().detach().cpu()
-            if bn is not None:
-                wf, bias = fold_into_float(wf, bias, bn.cpu())
+            wf, bias = float_layer(layer, bn)
             w = self.const(f"{name}.weight", wf)
             if bias is not None:
                 b = self.const(f"{name}.bias", bias)
         self.info.layers[name] = record
-        inputs = [x, w] + ([b] if bias is not None else [])
+        inputs = [x, w] + ([b] if b is not None else [])
         if isinstance(layer, QuantLinear):
             y = self.b.node("Gemm", inputs, name, transB=1)
         else:

@@ -70,11 +70,9 @@ def weight(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str) -> s
     return b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0)
 
 
-def bias(b: GraphBuilder, value: np.ndarray, x_scale: float, w_scale: np.ndarray, base: str) -> str:
-    """int32 bias at scale ``x_scale * w_scale`` (what onnxruntime needs to fuse), dequantized."""
-    scale = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
-    ints = np.clip(np.round(value.astype(np.float64) / scale), -(2**31), 2**31 - 1).astype(np.int32)
-    v = b.const(f"{base}.bias_int32", ints)
-    s = b.const(f"{base}.bias_scale", scale)
+def bias(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str) -> str:
+    """int32 bias at scale ``input scale * weight scale`` (what onnxruntime needs to fuse), dequantized."""
+    v = b.const(f"{base}.bias_int32", ints.astype(np.int32))
+    s = b.const(f"{base}.bias_scale", scale.astype(np.float32))
     z = b.const(f"{base}.bias_zero_point", np.zeros(len(scale), np.int32))
     return b.node("DequantizeLinear", [v, s, z], f"{base}.bias", axis=0)

@@ -31,7 +31,8 @@ class QuantConfig:
     """How to quantize a model.
 
     bits: starting weight and activation bits of the searchable layers (32: full precision).
-    weight_quantizer: "lsq" (deploy-exact, default) or "dorefa" (the paper's).
+    weight_quantizer: "lsq" (deploy-exact, default) or "dorefa" (the paper's; searchable layers only,
+        fixed edge layers keep LSQ since 8-bit DoReFa does not fit int8).
     edge_layers: first conv and last linear: "int8" (8 bit, outside the search; the default),
         "float" (full precision, as the reference), or "search" (treated like every other layer).
     quantize_adds: insert the 8-bit residual-add quantizers integer deployment needs.
@@ -264,7 +265,8 @@ def _swap_layers(root: nn.Module, signed: Mapping[str, bool], edges: set[str], c
         edge = name in edges and config.edge_layers != "search"
         bits = config.edge_bits() if edge else config.bits
         out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
-        a_q, w_q = act_quantizer(bits, is_signed), wq_cls(bits, out_ch)
+        # fixed edge layers keep the int8-exact LSQ grid (8-bit DoReFa has levels up to 255)
+        a_q, w_q = act_quantizer(bits, is_signed), (WEIGHT_QUANTIZERS["lsq"] if edge else wq_cls)(bits, out_ch)
         cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
         q = cls.from_float(mod, a_q.to(mod.weight.device), w_q.to(mod.weight.device))
         q.searchable = not edge

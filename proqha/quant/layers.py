@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from proqha.quant.grid import round_ste, weight_int_factor
+from proqha.quant.fold import integer_layer
 from proqha.quant.quantizers import PACTQuantizer, Quantizer, SignedActQuantizer
 
 
@@ -41,21 +41,32 @@ class QuantLayer:
         """The weight as the forward pass uses it (fake-quantized)."""
         return self.weight_quantizer(self.weight)
 
-    def accumulator_step(self) -> torch.Tensor | None:
-        """Per-output-channel step of a deployed int32 accumulator (and bias): input scale * weight scale
-        / k (see ``weight_int_factor``); None when either quantizer is off."""
+    def deployed(self) -> bool:
+        """Whether this forward computes with the deployed integer tensors (eval mode, both quantizers on)."""
         a, w = self.input_quantizer, self.weight_quantizer
-        if not (a.enabled and w.enabled and a.initialized and w.initialized):
-            return None
-        step = a.scale() * w.scale() / weight_int_factor(w.qrange()[1])
-        return step.expand(self.weight.shape[0])
+        return not self.training and a.enabled and w.enabled and a.initialized and w.initialized
 
-    def quantized_bias(self) -> torch.Tensor | None:
-        """The bias on the accumulator grid (straight-through), as an int32 deployed bias holds it."""
-        step = self.accumulator_step()
-        if self.bias is None or step is None:
-            return self.bias
-        return round_ste(self.bias / step) * step
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input quantizer's output; also settles the weight range on a first call, so ``deployed()``
+        gives the same answer to this layer and to the BatchNorm folded into it."""
+        if self.weight_quantizer.enabled and not self.weight_quantizer.initialized:
+            self.weight_quantizer.initialize(self.weight)
+        return self.input_quantizer(x)
+
+    def integer_forward(self, x: torch.Tensor, op) -> torch.Tensor:
+        """Eval mode: compute as integer kernels do. ``x`` (already on the input grid) becomes integers,
+        the accumulator ``op(x_int, w_int) + bias_int`` is formed in float32 (exact while it stays below
+        2^24, which covers typical layers; beyond, float32 rounds at 6e-8 relative), and one multiply by
+        ``input scale * weight scale`` gives the output, as onnxruntime's requantization does."""
+        d = integer_layer(self, self.folded_bn)
+        x_int = torch.round(x * (1.0 / d.input_scale))
+        acc = op(x_int, d.ints.to(x.dtype))
+        shape = (1, -1) + (1,) * (acc.dim() - 2)
+        if d.bias_ints is not None:
+            acc = acc + d.bias_ints.to(x.dtype).reshape(shape)
+        return acc * d.bias_scale.to(x.dtype).reshape(shape)
+
+    folded_bn: "nn.BatchNorm2d | None" = None
 
 
 def _adopt(dst: nn.Module, src: nn.Module) -> None:
@@ -81,8 +92,10 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_quantizer(x)
-        return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
+        x = self.quantize_input(x)
+        if self.deployed():
+            return self.integer_forward(x, lambda xi, wi: self._conv_forward(xi, wi, None))
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
 
 
 class QuantLinear(QuantLayer, nn.Linear):
@@ -97,16 +110,17 @@ class QuantLinear(QuantLayer, nn.Linear):
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_quantizer(x)
-        return F.linear(x, self.quantized_weight(), self.quantized_bias())
+        x = self.quantize_input(x)
+        if self.deployed():
+            return self.integer_forward(x, lambda xi, wi: F.linear(xi, wi))
+        return F.linear(x, self.quantized_weight(), self.bias)
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
     """A BatchNorm that a deployed graph folds into the quantized conv before it.
 
-    Training is plain BatchNorm. In eval mode its shift is rounded to the conv's accumulator grid
-    (times |gamma / sigma|), exactly as the folded int32 bias of the deployed conv is; so the eval model
-    computes what the exported graph computes.
+    Training: plain BatchNorm. Eval: when the conv computes with its deployed tensors (which include
+    this BatchNorm), it passes its input through; otherwise it is a plain eval BatchNorm.
     """
 
     conv: "QuantConv2d | None" = None
@@ -118,19 +132,14 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
         return folded
 
     def attach(self, conv: "QuantConv2d") -> None:
-        object.__setattr__(self, "conv", conv)  # a reference, not a child module
+        """Pair with ``conv`` (references, not child modules)."""
+        object.__setattr__(self, "conv", conv)
+        object.__setattr__(conv, "folded_bn", self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        step = self.conv.accumulator_step() if self.conv is not None and not self.training else None
-        if step is None or not self.track_running_stats:
-            return super().forward(x)
-        factor = self.weight / torch.sqrt(self.running_var + self.eps) if self.affine else \
-            1.0 / torch.sqrt(self.running_var + self.eps)
-        beta = self.bias if self.affine else torch.zeros_like(factor)
-        shift = beta - self.running_mean * factor
-        grid = step * factor.abs()
-        shift = torch.round(shift / grid) * grid
-        return x * factor.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        if self.conv is not None and self.conv.deployed():
+            return x
+        return super().forward(x)
 
 
 class QuantAdd(nn.Module):

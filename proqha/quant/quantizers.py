@@ -162,7 +162,8 @@ class DoReFaWeightQuantizer(Quantizer):
 
     def _fake_quant(self, w: torch.Tensor) -> torch.Tensor:
         n = 2**self.bits - 1
-        return 2 * g.round_ste(self._normalized(w) * n) / n - 1
+        # (2k - n) * (1/n): the integers times the grid's scale, as a deployed DequantizeLinear computes it
+        return (2 * g.round_ste(self._normalized(w) * n) - n) * self.scale()
 
     def integers(self, w: torch.Tensor) -> torch.Tensor:
         n = 2**self.bits - 1

@@ -1,0 +1,211 @@
+"""onnxruntime accuracy parity tests: exported QDQ graphs compute what the PyTorch model computes.
+
+Real onnxruntime sessions and the ONNX reference evaluator, on the digits model and on a CIFAR-shape
+ResNet with random weights, at uniform 8, 4 and 2 bit and at mixed 2..8-bit configs (LSQ and DoReFa).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch.utils.data import DataLoader, Subset, TensorDataset
+from typer.testing import CliRunner
+
+from conftest import calibrate_bn
+from proqha.builder import load_model
+from proqha.cli.app import app
+from proqha.data import load_dataset
+from proqha.export.onnx_export import export_onnx
+from proqha.export.validate import validate_export
+from proqha.models import create_model
+from proqha.quant import (
+    BitConfig,
+    DoReFaWeightQuantizer,
+    QuantConfig,
+    quant_layers,
+    quantize_model,
+    searchable_layers,
+)
+from proqha.train import TrainConfig, fit
+
+runner = CliRunner()
+
+
+def _configure(model, config: str) -> None:
+    """uniform N, or "mixed": every searchable knob cycles through 2..8 (2..7 for DoReFa)."""
+    bits = BitConfig.from_model(model).to_dict()
+    dorefa = any(isinstance(m.weight_quantizer, DoReFaWeightQuantizer) for m in quant_layers(model).values())
+    cycle = itertools.cycle(range(2, 8 if dorefa else 9))
+    for name in searchable_layers(model):
+        if config == "mixed":
+            bits[name] = {"w": next(cycle), "a": next(cycle)}
+        else:
+            bits[name] = {"w": int(config), "a": int(config)}
+    BitConfig(bits).apply(model)
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    run = tmp_path_factory.mktemp("digits") / "run"
+    fit(TrainConfig(epochs=3, batch_size=128).resolved(), run)
+    return run / "checkpoints" / "last.pt"
+
+
+def _digits_batches(n=256):
+    return DataLoader(Subset(load_dataset("digits", "test"), range(n)), batch_size=64)
+
+
+def _random_cifar(weights: str) -> tuple[torch.nn.Module, DataLoader]:
+    torch.manual_seed(0)
+    x = torch.randn(96, 3, 32, 32)
+    model = quantize_model(create_model("resnet20_post"), QuantConfig(weight_quantizer=weights))
+    calibrate_bn(model, x[:32])  # BN statistics and quantizer ranges from data, then eval
+    return model, DataLoader(TensorDataset(x[32:], torch.randint(0, 10, (64,))), batch_size=32)
+
+
+def _assert_exact(report, info):
+    assert report.ok, report.failures
+    k = report.kernels
+    assert k.integer_layers == len(info.layers) and k.float_layers == 0  # every conv/linear in int8
+    assert k.integer_adds == info.quant_adds and k.float_adds == 0
+    ort_parity, ref_parity = report.parity
+    assert ort_parity.agreement >= 99.5 and ort_parity.within_2_steps >= 99.0
+    assert ref_parity.agreement >= 99.9
+
+
+@pytest.mark.parametrize("config", ["8", "4", "2", "mixed"])
+def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
+    model, _ = load_model(digits_model)
+    _configure(model, config)
+    proto, info = export_onnx(model, (1, 8, 8))
+    _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
+
+
+@pytest.mark.parametrize("weights, config", [("lsq", "8"), ("lsq", "4"), ("lsq", "2"), ("lsq", "mixed"),
+                                             ("dorefa", "mixed"), ("dorefa", "2")])
+def test_cifar_shape_random_weights(weights, config):
+    model, batches = _random_cifar(weights)
+    _configure(model, config)
+    proto, info = export_onnx(model, (3, 32, 32))
+    _assert_exact(validate_export(proto, info, model, batches), info)
+
+
+def test_digits_dorefa_mixed(tmp_path):
+    run = tmp_path / "run"
+    fit(TrainConfig(epochs=2, batch_size=128, weight_quantizer="dorefa", bits=6).resolved(), run)
+    model, _ = load_model(run / "checkpoints" / "last.pt")
+    _configure(model, "mixed")
+    proto, info = export_onnx(model, (1, 8, 8))
+    assert any(layer.odd_levels for layer in info.layers.values())
+    _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
+
+
+def test_dorefa_at_8_bit_is_refused_as_not_int8_exact():
+    from proqha.errors import ProqhaError
+
+    model, _ = _random_cifar("dorefa")
+    _configure(model, "8")
+    with pytest.raises(ProqhaError, match="beyond int8"):
+        export_onnx(model, (3, 32, 32))
+
+
+def test_bn_folding_keeps_the_integer_weights():
+    model, batches = _random_cifar("lsq")
+    _configure(model, "4")
+    bn = model.get_submodule("layer1.0.bn1")
+    with torch.no_grad():  # a negative gamma moves that channel's sign into the integers
+        bn.weight[0] = -abs(bn.weight[0])
+    proto, info = export_onnx(model, (3, 32, 32))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for name, layer in quant_layers(model).items():
+        record = info.layers[name]
+        stored = inits[record.initializer].astype(np.int64) // record.int_factor
+        trained = layer.weight_quantizer.integers(layer.weight).numpy()
+        if name == "layer1.0.conv1":
+            assert record.bn_folded
+            assert np.array_equal(stored[0], -trained[0]) and np.array_equal(stored[1:], trained[1:])
+        else:
+            assert np.array_equal(stored, trained), name
+    assert validate_export(proto, info, model, batches).ok
+
+
+def test_re_export_is_byte_identical():
+    model, _ = _random_cifar("lsq")
+    _configure(model, "mixed")
+    first, _ = export_onnx(model, (3, 32, 32))
+    second, _ = export_onnx(model, (3, 32, 32))
+    assert first.SerializeToString() == second.SerializeToString()
+
+
+def test_graph_is_opset_19_with_a_dynamic_batch():
+    model, _ = _random_cifar("lsq")
+    proto, _ = export_onnx(model, (3, 32, 32))
+    assert proto.opset_import[0].version >= 19
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch"
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    from proqha.search import SearchConfig, run_search
+
+    root = tmp_path_factory.mktemp("runs")
+    fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
+    run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1).resolved(),
+               root / "search-1")
+    return root / "search-1"
+
+
+def test_cli_export_writes_model_metadata_and_parity(search_run):
+    result = runner.invoke(app, ["export", str(search_run), "--step", "1", "--force"])
+    assert result.exit_code == 0, result.output
+    path = search_run / "export" / "model-step001.onnx"
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert meta["proqha.step"] == "1" and meta["proqha.arch"] == "digits_resnet"
+    assert float(meta["proqha.paper_cost"]) < 0.25 and int(meta["proqha.bitops"]) > 0
+    assert (search_run / "export" / "model-step001.parity.json").is_file()
+    assert "parity with PyTorch" in result.stdout
+    again = runner.invoke(app, ["parity", str(path), "--samples", "64"])
+    assert again.exit_code == 0, again.output
+    exists = runner.invoke(app, ["export", str(search_run), "--step", "1"])
+    assert exists.exit_code == 2 and "exists; pass --force" in exists.stderr
+
+
+def test_cli_export_fp32_and_best_under_cost(search_run):
+    result = runner.invoke(app, ["export", str(search_run), "--format", "onnx-fp32", "--best-under-cost", "0.25",
+                                 "--out", str(search_run / "fp32.onnx")])
+    assert result.exit_code == 0, result.output
+    ops = {n.op_type for n in onnx.load(search_run / "fp32.onnx").graph.node}
+    assert "QuantizeLinear" not in ops and "Conv" in ops
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_parity_refuses_a_corrupted_model_with_one_line(search_run, tmp_path, damage):
+    runner.invoke(app, ["export", str(search_run), "--out", str(tmp_path / "good.onnx"), "--no-check"])
+    data = (tmp_path / "good.onnx").read_bytes()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes({"truncate": data[: len(data) // 3], "garbage": b"\x00\xff" * 500, "empty": b""}[damage])
+    result = runner.invoke(app, ["parity", str(bad)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.onnx" in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--step", "99"], "--step 99"),
+    (["--best-under-cost", "0.001"], "no step"),
+    (["--format", "tflite"], "--format must be one of"),
+    (["--profile", "coreml"], "--profile must be one of"),
+])
+def test_cli_export_bad_input(search_run, args, message):
+    result = runner.invoke(app, ["export", str(search_run), *args, "--out", str(search_run / "x.onnx")])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (search_run / "x.onnx").exists()
