@@ -202,9 +202,14 @@ class _Writer:
         return self.b.node("GlobalAveragePool", [x], name)
 
     def flatten(self, x: str, start: int, end: int, name: str) -> str:
-        if end != -1:
-            raise ProqhaError(f"{name}: flatten with end_dim {end} cannot be exported")
-        return self.b.node("Flatten", [x], name, axis=int(start))
+        if end != -1 or start not in (0, 1):
+            raise ProqhaError(f"{name}: flatten({start}, {end}) cannot be exported")
+        if start == 0:
+            return self.b.node("Flatten", [x], name, axis=0)
+        # Reshape rather than Flatten: onnxruntime moves Q/DQ across Reshape, so a pooled tensor
+        # feeding a quantized linear keeps an integer GlobalAveragePool
+        shape = self.b.const(f"{name}.shape", np.array([0, -1], np.int64))
+        return self.b.node("Reshape", [x, shape], name)
 
     # -- functions and methods ----------------------------------------------------------------------
     def function(self, node: fx.Node) -> str:

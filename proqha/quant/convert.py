@@ -184,14 +184,17 @@ def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
     gm.recompile()
 
 
-_CHAIN_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6)
+_CHAIN_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.MaxPool2d)
 
 
 def _block_end(node: fx.Node, modules: Mapping[str, nn.Module]) -> fx.Node:
-    """Follow a conv/linear through its BatchNorm and activation (single-user chain) to the block output."""
+    """Follow a conv/linear through its BatchNorm, activation and max pooling (single-user chain) to the
+    block output. Max pooling commutes with a monotone quantizer, so quantizing after it is the same
+    function, and a deployed graph pools on the integer grid."""
     while len(node.users) == 1:
         user = next(iter(node.users))
-        chained = (user.op == "call_module" and isinstance(modules[user.target], _CHAIN_MODULES)) or _is_relu(user, modules)
+        chained = (user.op == "call_module" and isinstance(modules[user.target], _CHAIN_MODULES)) or \
+            _is_relu(user, modules) or (user.op == "call_function" and user.target is F.max_pool2d)
         if not chained:
             break
         node = user

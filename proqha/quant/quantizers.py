@@ -109,9 +109,15 @@ class PACTQuantizer(Quantizer):
 
 
 class SignedActQuantizer(Quantizer):
-    """Activations that can be negative: symmetric signed grid ±(2^(b-1)-1), learnable range."""
+    """Activations that can be negative: signed grid -2^(b-1)..2^(b-1)-1 with step alpha / (2^(b-1)-1),
+    zero point 0. The full signed range (one level below -alpha) fills int8/uint8-with-offset exactly,
+    so an 8-bit signed activation needs no integer clamp when deployed."""
 
     signed = True
+
+    def qrange(self) -> tuple[int, int]:
+        lo, hi = g.signed_range(self.bits)
+        return lo - 1, hi
 
 
 class WeightQuantizer(Quantizer):
