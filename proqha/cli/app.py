@@ -7,9 +7,11 @@ import sys
 import typer
 
 from proqha.cli.common import fail
+from proqha.cli.bench import bench
 from proqha.cli.cost import cost
 from proqha.cli.export import export
 from proqha.cli.parity import parity_command
+from proqha.cli.pipeline import pipeline
 from proqha.cli.report import report
 from proqha.cli.search import search
 from proqha.cli.train import train
@@ -21,6 +23,8 @@ app.command()(search)
 app.command()(report)
 app.command()(export)
 app.command("parity")(parity_command)
+app.command()(bench)
+app.command()(pipeline)
 app.command()(cost)
 
 

@@ -96,7 +96,7 @@ def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], pat
     axes[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(title or "accuracy against cost")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
@@ -113,10 +113,11 @@ def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.legend(fontsize=8)
     ax.set_title(title or f"step {row['step']}: cost {row['cost']:.4f}, top-1 {row['test_top1']:.2f}%")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a figure as PNG atomically and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

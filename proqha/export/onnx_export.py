@@ -122,7 +122,9 @@ class _Writer:
             record.initializer = self.b.initializers[-3].name
             record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
             record.int_factor = deployed.int_factor
-            if deployed.bias_ints is not None:
+            if deployed.bias_ints is not None and self.profile == "trt":  # TensorRT takes float biases
+                b = self.const(f"{name}.bias", deployed.bias())
+            elif deployed.bias_ints is not None:
                 b = qdq.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(), name)
         else:
             wf, bias = float_layer(layer, bn)

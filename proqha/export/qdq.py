@@ -8,7 +8,8 @@
     (0..255) do not fit int8: they become 0..127 over the same range (step ``alpha/127``), which
     rounds twice as coarsely; the parity report measures that effect.
 Weights are int8 per output channel (axis 0), zero point 0, in both profiles; biases int32 with
-scale ``input scale * weight scale``.
+scale ``input scale * weight scale`` for ``ort``, and the same values as float for ``trt`` (its Q/DQ
+types are INT8/FP8/INT4 only; it quantizes biases itself).
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ class KernelCounts:
 
 
 def ort_session(model_bytes: bytes, optimized_path: str | None = None, threads: int | None = None,
-                spin: bool = True):
+                spin: bool = True, providers: list[str] | None = None):
     """An onnxruntime CPU session with all graph optimizations (optionally saving the optimized graph).
     ``spin=False`` stops idle worker threads from spinning, for sessions timed side by side."""
     import onnxruntime as ort
@@ -85,7 +85,7 @@ def ort_session(model_bytes: bytes, optimized_path: str | None = None, threads: 
         so.intra_op_num_threads = threads
     if optimized_path:
         so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, so, providers=providers or ["CPUExecutionProvider"])
 
 
 def ort_kernels(model_bytes: bytes) -> KernelCounts:

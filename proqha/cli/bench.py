@@ -1,0 +1,131 @@
+"""`proqha bench`: measured latency next to the paper's cost figures, per engine and batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from proqha.builder import load_model
+from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
+from proqha.cli.export import resolve_source, test_batches
+from proqha.cost import cost_report, format_ratio
+from proqha.deploy.bench import BenchModel, BenchResult, float_twin, plot_results, run_bench, write_results
+from proqha.deploy.runtime import ENGINES
+from proqha.deploy.trt_check import check_trt_graph
+from proqha.errors import ProqhaError
+from proqha.export.onnx_export import export_onnx
+from proqha.search.progressive import step_checkpoints
+from proqha.train import resolve_device
+
+
+def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool) -> tuple[BenchModel, dict]:
+    model, state = load_model(checkpoint)
+    size = tuple(state["recipe"]["input_size"])
+    proto, _ = export_onnx(model, size)
+    trt_bytes = None
+    if want_trt:
+        trt_proto, _ = export_onnx(model, size, profile="trt")
+        problems = check_trt_graph(trt_proto)
+        if problems:
+            raise ProqhaError(f"{label}: the trt-profile graph breaks a TensorRT rule: {problems[0]}")
+        trt_bytes = trt_proto.SerializeToString()
+    return BenchModel(label, model, proto.SerializeToString(), cost_report(model, size), True, step, trt_bytes), state
+
+
+def _fp32_model(base: BenchModel, size: tuple[int, ...]) -> BenchModel:
+    twin = float_twin(base.model)
+    proto, _ = export_onnx(twin, size, quantized=False)
+    data = proto.SerializeToString()
+    return BenchModel("fp32", twin, data, cost_report(twin, size), False, base.step, data)
+
+
+def print_bench(result: BenchResult, title: str) -> None:
+    """The side-by-side table: latency and speed-up next to paper cost, BitOPs, size and accuracy."""
+    table = Table(title=title)
+    for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32", "paper cost",
+                "GBitOPs (ratio)", "size KB", "top-1 torch", "top-1 engine"):
+        table.add_column(col, justify="left" if col in ("model", "engine") else "right")
+    for r in result.rows:
+        speed = "-" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x"
+        table.add_row(r["model"], r["engine"], str(r["batch"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                      f"{r['p99_ms']:.3f}", f"{r['throughput']:.0f}", speed, format_ratio(r["paper_cost"]),
+                      f"{r['gbitops']:.4f} ({format_ratio(r['bitops_ratio'])})", f"{r['size_bytes'] / 1e3:.1f}",
+                      f"{r['torch_top1']:.2f}", f"{r['engine_top1']:.2f}")
+    console.print(table)
+
+
+@handle_errors
+def bench(
+    run: Annotated[Optional[Path], typer.Argument(help="Search run, train run or checkpoint (default: the latest search, else train, run).")] = None,
+    engine: Annotated[Optional[list[str]], typer.Option(help="ort, trt or torch; repeat for several (default ort).")] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
+    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 5,
+    iters: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per batch size instead of --iters.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: its own).")] = None,
+    samples: Annotated[int, typer.Option(help="Test images for each accuracy figure.")] = 256,
+    step: Annotated[Optional[int], typer.Option(help="Search step (default: the last).")] = None,
+    best_under_cost: Annotated[Optional[float], typer.Option(help="The most accurate step at or below this paper cost.")] = None,
+    all_steps: Annotated[bool, typer.Option(help="Export and time every step of the search run.")] = False,
+    plot: Annotated[bool, typer.Option(help="Write latency_vs_bitops.png and accuracy_vs_latency.png.")] = False,
+    device: Annotated[str, typer.Option(help="Device of the torch engine: auto, cpu, cuda, cuda:N.")] = "auto",
+    out_dir: Annotated[Optional[Path], typer.Option(help="Where bench.json/bench.csv go (default RUN/bench).")] = None,
+) -> None:
+    """Time the chosen model, its fp32 twin and the uniform 8-bit start on each engine and batch size."""
+    engines = engine or ["ort"]
+    for e in engines:
+        if e not in ENGINES:
+            raise ProqhaError(f"--engine must be one of {', '.join(ENGINES)}, got {e!r}")
+    batches = list(parse_int_tuple(batch, "--batch"))
+    for option, value, ok in (("--warmup", warmup, warmup >= 0), ("--iters", iters, iters >= 1),
+                              ("--seconds", seconds, seconds is None or seconds > 0),
+                              ("--threads", threads, threads is None or threads >= 1),
+                              ("--samples", samples, samples >= 1)):
+        if not ok:
+            raise ProqhaError(f"{option} out of range: {value}")
+    torch_device = resolve_device(device) if "torch" in engines else None
+    if "trt" in engines:
+        from proqha.deploy.runtime_trt import require_tensorrt
+
+        require_tensorrt()
+    checkpoint, run_dir, chosen_step = resolve_source(run, step, best_under_cost)
+    want_trt = "trt" in engines
+    chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
+                                 chosen_step, want_trt)
+    size = tuple(state["recipe"]["input_size"])
+    models = [chosen, _fp32_model(chosen, size)]
+    if chosen_step is not None:
+        others = step_checkpoints(run_dir) if all_steps else [(s, p) for s, p in step_checkpoints(run_dir)[:1]]
+        for s, path in others:
+            if s != chosen_step:
+                label = "step 0 (uniform 8)" if s == 0 else f"step {s}"
+                models.append(_bench_model(label, path, s, want_trt)[0])
+
+    def make_runtime(name: str, bm: BenchModel):
+        if name == "ort":
+            from proqha.deploy.runtime_ort import OrtRuntime
+
+            return OrtRuntime(bm.onnx, threads)
+        if name == "torch":
+            from proqha.deploy.runtime_torch import TorchRuntime
+
+            return TorchRuntime(bm.model, torch_device)
+        from proqha.deploy.runtime_trt import TrtRuntime, build_engine
+
+        engine_bytes, _ = build_engine(bm.trt_onnx or bm.onnx, size, max_batch=max(batches))
+        return TrtRuntime(engine_bytes)
+
+    sanity_x = next(iter(test_batches(state, 64, 64)))[0].numpy()
+    result = run_bench(models, engines, batches, make_runtime, sanity_x, lambda: test_batches(state, samples, 32),
+                       size, warmup, None if seconds else iters, seconds,
+                       on_progress=lambda what: err_console.print(f"timing {what}"))
+    out = out_dir or run_dir / "bench"
+    paths = write_results(result, out)
+    if plot:
+        paths += plot_results(result, out)
+    print_bench(result, f"proqha bench: {run_dir}")
+    for path in paths:
+        err_console.print(f"wrote {path}")

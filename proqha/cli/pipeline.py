@@ -1,0 +1,50 @@
+"""`proqha pipeline`: train -> search -> export -> bench in one command, with defaults that finish offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from proqha.cli.bench import bench
+from proqha.cli.common import err_console, handle_errors
+from proqha.cli.export import export
+from proqha.cli.search import search
+from proqha.cli.train import train
+from proqha.runs import DEFAULT_ROOT, next_run_dir
+
+
+@handle_errors
+def pipeline(
+    arch: Annotated[Optional[str], typer.Option(help="Architecture (default: the dataset's own).")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset (default digits, offline).")] = "digits",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the dataset's files.")] = None,
+    epochs: Annotated[int, typer.Option(help="QAT epochs at 8 bit.")] = 15,
+    lam: Annotated[float, typer.Option(help="Search: weight of cost saving against sensitivity.")] = 0.1,
+    steps: Annotated[int, typer.Option(help="Search steps.")] = 8,
+    target_cost: Annotated[Optional[float], typer.Option(help="Search: stop at this paper cost.")] = None,
+    criterion: Annotated[str, typer.Option(help="Search score: hessian, acc or random.")] = "hessian",
+    engine: Annotated[Optional[list[str]], typer.Option(help="Bench engines: ort, trt, torch (repeatable).")] = None,
+    batch: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
+    iters: Annotated[int, typer.Option(help="Bench timed runs per batch size.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed for training and search.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Train, search, export (validated) and benchmark; ends with the latency/cost/accuracy table."""
+    train_dir, search_dir = next_run_dir("train", DEFAULT_ROOT), next_run_dir("search", DEFAULT_ROOT)
+    err_console.print(f"[1/4] train -> {train_dir}")
+    train(arch=arch, dataset=dataset, data_dir=data_dir, download=False, bits=8, bits_file=None,
+          weight_quantizer="lsq", edge_layers="int8", epochs=epochs, batch_size=64, lr=None, optimizer="sgd",
+          weight_decay=5e-4, seed=seed, workers=0, device=device, init=None, run_dir=train_dir, resume=False)
+    err_console.print(f"[2/4] search -> {search_dir}")
+    search(source=train_dir, lam=lam, candidates=16, ratio=0.5, interval=1, min_bits=2, criterion=criterion,
+           steps=steps, finetune_epochs=2, lr=1e-3, batch_size=64, cost_metric=None, target_cost=target_cost,
+           target_bitops=None, target_size_mb=None, seed=seed, device=device, workers=0, run_dir=search_dir,
+           resume=False)
+    err_console.print("[3/4] export")
+    export(run=search_dir, step=None, best_under_cost=None, fmt="onnx", profile="ort", out=None, check=True,
+           samples=256, force=False)
+    err_console.print("[4/4] bench")
+    bench(run=search_dir, engine=engine or ["ort"], batch=batch, warmup=5, iters=iters, seconds=None, threads=None,
+          samples=256, step=None, best_under_cost=None, all_steps=False, plot=True, device=device, out_dir=None)

@@ -1,0 +1,167 @@
+"""`proqha bench`: latency, speed-up over fp32, paper cost, BitOPs, size and accuracy, per model, engine
+and batch size, side by side."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from proqha.cost import CostReport
+from proqha.deploy.latency import measure
+from proqha.deploy.runtime import Runtime
+from proqha.errors import ProqhaError
+from proqha.files import atomic_write_json, atomic_write_text
+from proqha.quant import Quantizer
+
+SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
+CSV_FIELDS = ["model", "step", "engine", "batch", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
+              "throughput", "speedup_vs_fp32", "paper_cost", "gbitops", "bitops_ratio", "size_bytes", "torch_top1",
+              "engine_top1", "sanity_agreement"]
+
+
+@dataclass
+class BenchModel:
+    """One model to time: its PyTorch form, its graphs, and its cost figures."""
+
+    label: str
+    model: nn.Module
+    onnx: bytes
+    cost: CostReport
+    quantized: bool
+    step: int | None = None
+    trt_onnx: bytes | None = None
+
+
+def float_twin(model: nn.Module) -> nn.Module:
+    """The same network with every quantizer off: what the fp32 graph computes."""
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, Quantizer):
+            m.bits = 32
+    return twin.eval()
+
+
+def sanity(runtime: Runtime, model: nn.Module, x: np.ndarray) -> float:
+    """Top-1 agreement (%) of a runtime with the PyTorch model on a fixed batch; ProqhaError below the bar."""
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        ref = model.eval()(torch.from_numpy(x).to(device)).cpu().numpy()
+    out = runtime.run(x)
+    agreement = 100.0 * float((out.argmax(1) == ref.argmax(1)).mean())
+    if agreement < SANITY_AGREEMENT:
+        raise ProqhaError(f"{runtime.name}: output disagrees with PyTorch on the sanity batch "
+                          f"({agreement:.1f}% top-1 agreement < {SANITY_AGREEMENT}%); not timing it")
+    return agreement
+
+
+def accuracy(run: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 (%) of ``run`` over streamed test batches."""
+    correct = seen = 0
+    for x, y in batches:
+        out = run(x.numpy().astype(np.float32))
+        correct += int((out.argmax(1) == y.numpy()).sum())
+        seen += len(y)
+    return 100.0 * correct / max(seen, 1)
+
+
+@dataclass
+class BenchResult:
+    """Rows (one per model, engine and batch) and what each engine ran on."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    devices: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": 1, "settings": self.settings, "devices": self.devices, "rows": self.rows}
+
+
+def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
+              make_runtime: Callable[[str, BenchModel], Runtime], sanity_batch: np.ndarray,
+              test_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], input_size: tuple[int, ...],
+              warmup: int = 5, iters: int | None = 50, seconds: float | None = None,
+              on_progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Sanity-check, measure accuracy and time every (model, engine, batch)."""
+    result = BenchResult(settings={"engines": engines, "batches": batches, "warmup": warmup, "iters": iters,
+                                   "seconds": seconds, "input_size": list(input_size)})
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.standard_normal((b, *input_size)).astype(np.float32) for b in batches}
+    for bm in models:
+        torch_top1 = accuracy(lambda x: _torch_run(bm.model, x), test_batches())
+        for engine in engines:
+            if on_progress is not None:
+                on_progress(f"{bm.label} on {engine}")
+            runtime = make_runtime(engine, bm)
+            result.devices.setdefault(engine, runtime.describe())
+            agreement = sanity(runtime, bm.model, sanity_batch)
+            engine_top1 = accuracy(runtime.run, test_batches())
+            for b in batches:
+                stats = measure(runtime, inputs[b], warmup, iters, seconds)
+                result.rows.append({
+                    "model": bm.label, "step": bm.step, "engine": engine, **stats.to_dict(),
+                    "paper_cost": bm.cost.paper_cost, "gbitops": bm.cost.bitops / 1e9,
+                    "bitops_ratio": bm.cost.bitops_ratio, "size_bytes": bm.cost.size_bytes,
+                    "torch_top1": torch_top1, "engine_top1": engine_top1, "sanity_agreement": agreement,
+                    "quantized": bm.quantized})
+    _speedups(result.rows)
+    return result
+
+
+def _torch_run(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(x).to(device)).cpu().numpy()
+
+
+def _speedups(rows: list[dict[str, Any]]) -> None:
+    """Speed-up over the fp32 row of the same engine and batch (the first float model)."""
+    base = {(r["engine"], r["batch"]): r["median_ms"] for r in rows if not r["quantized"]}
+    for r in rows:
+        ref = base.get((r["engine"], r["batch"]))
+        r["speedup_vs_fp32"] = ref / r["median_ms"] if ref and r["median_ms"] > 0 else None
+
+
+def write_results(result: BenchResult, out_dir: Path) -> list[Path]:
+    """bench.json (everything) and bench.csv (the rows)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "bench.json", result.to_dict())
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result.rows)
+    atomic_write_text(out_dir / "bench.csv", buf.getvalue())
+    return [out_dir / "bench.json", out_dir / "bench.csv"]
+
+
+def plot_results(result: BenchResult, out_dir: Path) -> list[Path]:
+    """latency_vs_bitops.png and accuracy_vs_latency.png (the smallest batch, per engine)."""
+    from proqha.deploy.report import save_figure, plt
+
+    batch = min(r["batch"] for r in result.rows)
+    rows = [r for r in result.rows if r["batch"] == batch]
+    paths = []
+    for name, (xkey, ykey, xlabel, ylabel) in {
+            "latency_vs_bitops.png": ("gbitops", "median_ms", "GBitOPs", f"median latency, batch {batch} (ms)"),
+            "accuracy_vs_latency.png": ("median_ms", "engine_top1", f"median latency, batch {batch} (ms)",
+                                        "top-1 (%)")}.items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for engine in sorted({r["engine"] for r in rows}):
+            pts = [r for r in rows if r["engine"] == engine]
+            ax.plot([r[xkey] for r in pts], [r[ykey] for r in pts], "o", label=engine)
+            for r in pts:
+                ax.annotate(r["model"], (r[xkey], r[ykey]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(save_figure(fig, out_dir / name))
+    return paths
