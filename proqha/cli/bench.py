@@ -12,11 +12,12 @@ from proqha.builder import load_model
 from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import resolve_source, test_batches
 from proqha.cost import cost_report, format_ratio
-from proqha.deploy.bench import BenchModel, BenchResult, float_twin, plot_results, run_bench, write_results
+from proqha.deploy.bench import BenchModel, BenchResult, plot_results, run_bench, write_results
 from proqha.deploy.runtime import ENGINES
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
 from proqha.export.onnx_export import export_onnx
+from proqha.quant import float_twin
 from proqha.search.progressive import step_checkpoints
 from proqha.train import resolve_device
 

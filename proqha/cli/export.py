@@ -16,15 +16,16 @@ from proqha.cli.common import console, err_console, fail, handle_errors
 from proqha.cost import cost_report, format_ratio
 from proqha.data import load_dataset
 from proqha.deploy.report import read_frontier
+from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
 from proqha.export.onnx_export import ExportInfo, export_onnx
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
-from proqha.quant import BitConfig
+from proqha.quant import BitConfig, float_twin
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 from proqha.search.progressive import step_checkpoints
 
-FORMATS = ("onnx", "onnx-fp32")
+FORMATS = ("onnx", "onnx-fp32", "trt")
 
 
 def resolve_source(run: Path | None, step: int | None, best_under_cost: float | None) -> tuple[Path, Path, int | None]:
@@ -123,7 +124,7 @@ def export(
     run: Annotated[Optional[Path], typer.Argument(help="Search run, train run or checkpoint (default: the latest search, else train, run).")] = None,
     step: Annotated[Optional[int], typer.Option(help="Search step to export (default: the last).")] = None,
     best_under_cost: Annotated[Optional[float], typer.Option(help="Export the most accurate step at or below this paper cost.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="onnx (QDQ, integer) or onnx-fp32 (the float graph of the same model).")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="onnx (QDQ, integer), onnx-fp32 (the float graph of the same model), or trt (a TensorRT engine, beside its trt-profile ONNX).")] = "onnx",
     profile: Annotated[str, typer.Option(help="ort (onnxruntime, exact) or trt (TensorRT's int8-only rules).")] = "ort",
     out: Annotated[Optional[Path], typer.Option(help="Output file (default RUN/export/model[-stepN][-profile].onnx).")] = None,
     check: Annotated[bool, typer.Option(help="Validate (checker, weight ranges, int8 kernels, parity) before writing.")] = True,
@@ -135,6 +136,11 @@ def export(
         raise ProqhaError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if samples < 1:
         raise ProqhaError(f"--samples must be >= 1, got {samples}")
+    if fmt == "trt":
+        from proqha.deploy.runtime_trt import require_tensorrt
+
+        require_tensorrt()  # before any work: one line naming what is missing
+        profile = "trt"
     checkpoint, run_dir, step = resolve_source(run, step, best_under_cost)
     if out is None:
         suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "") + \
@@ -145,12 +151,20 @@ def export(
     if out.exists() and out.is_dir():
         raise ProqhaError(f"--out {out} is a folder")
     model, state = load_model(checkpoint)
+    if fmt == "onnx-fp32":
+        model = float_twin(model)
     input_size = tuple(state["recipe"]["input_size"])
-    proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt == "onnx")
+    proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt != "onnx-fp32")
     for key, value in metadata(model, state, checkpoint, step, info, fmt).items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
     data = proto.SerializeToString()
+    if profile == "trt":
+        problems = check_trt_graph(proto)
+        for problem in problems:
+            err_console.print(f"error: {problem}", markup=False)
+        if problems:
+            raise fail(f"the graph breaks {len(problems)} TensorRT rule(s); nothing written to {out}", 1)
     if check:
         report = validate_export(proto, info, model, test_batches(state, samples))
         print_report(report, out.name)
@@ -161,6 +175,14 @@ def export(
     atomic_write_bytes(out, data)
     if check:
         atomic_write_json(parity_path(out), report.to_dict() | {"model": str(out), "source": str(checkpoint)})
+    if fmt == "trt":
+        from proqha.deploy.runtime_trt import TrtRuntime, build_engine
+
+        engine, settings = build_engine(data, input_size)
+        atomic_write_bytes(out.with_suffix(".engine"), engine)
+        atomic_write_json(out.with_suffix(".engine.json"), settings | {"onnx": str(out),
+                                                                       "layers": TrtRuntime(engine).layer_precisions()})
+        err_console.print(f"wrote {out.with_suffix('.engine')}")
     cost = json.loads(dict((p.key, p.value) for p in proto.metadata_props)["proqha.bits"])
     err_console.print(f"wrote {out} ({len(data):,} bytes; {len(cost)} layers; paper cost "
                       f"{format_ratio(float(dict((p.key, p.value) for p in proto.metadata_props)['proqha.paper_cost']))})")

@@ -3,7 +3,6 @@ and batch size, side by side."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from proqha.deploy.latency import measure
 from proqha.deploy.runtime import Runtime
 from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json, atomic_write_text
-from proqha.quant import Quantizer
 
 SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
 CSV_FIELDS = ["model", "step", "engine", "batch", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
@@ -38,15 +36,6 @@ class BenchModel:
     quantized: bool
     step: int | None = None
     trt_onnx: bytes | None = None
-
-
-def float_twin(model: nn.Module) -> nn.Module:
-    """The same network with every quantizer off: what the fp32 graph computes."""
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, Quantizer):
-            m.bits = 32
-    return twin.eval()
 
 
 def sanity(runtime: Runtime, model: nn.Module, x: np.ndarray) -> float:

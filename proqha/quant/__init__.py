@@ -3,6 +3,7 @@
 from proqha.quant.bitconfig import BitConfig
 from proqha.quant.convert import (
     QuantConfig,
+    float_twin,
     load_float_state_dict,
     quant_layers,
     quantize_model,
@@ -21,6 +22,7 @@ from proqha.quant.quantizers import (
 
 __all__ = [
     "BitConfig", "DoReFaWeightQuantizer", "Grid", "PACTQuantizer", "QuantAdd", "QuantConfig", "QuantConv2d",
-    "QuantLayer", "QuantLinear", "Quantizer", "SignedActQuantizer", "WeightQuantizer", "load_float_state_dict",
+    "QuantLayer", "QuantLinear", "Quantizer", "SignedActQuantizer", "WeightQuantizer", "float_twin",
+    "load_float_state_dict",
     "quant_layers", "quantize_model", "searchable_layers", "set_uniform_bits",
 ]

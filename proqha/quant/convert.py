@@ -347,6 +347,15 @@ def set_uniform_bits(model: nn.Module, bits: int, layers: Iterable[str] | None =
         layer.set_bits(w=bits, a=bits)
 
 
+def float_twin(model: nn.Module) -> nn.Module:
+    """A copy of a quantized model with every quantizer off: the float network it was trained from."""
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, Quantizer):
+            m.bits = 32
+    return twin.eval()
+
+
 def load_float_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Load a float (or quantized) state dict into a quantized twin.
 

@@ -1,0 +1,114 @@
+"""proqha bench: latency statistics on real onnxruntime sessions, the report, and missing TensorRT."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from proqha.cli.app import app
+from proqha.deploy.bench import CSV_FIELDS
+from proqha.deploy.latency import measure, stats_from
+from proqha.deploy.runtime_ort import OrtRuntime
+from proqha.export.onnx_export import export_onnx
+from proqha.models import create_model
+from proqha.quant import quantize_model
+from proqha.search import SearchConfig, run_search
+from proqha.train import TrainConfig, fit
+
+runner = CliRunner()
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
+    run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1).resolved(),
+               root / "search-1")
+    return root / "search-1"
+
+
+def _ort_runtime():
+    model = quantize_model(create_model("digits_resnet")).eval()
+    model(torch.randn(8, 1, 8, 8))
+    proto, _ = export_onnx(model, (1, 8, 8))
+    return OrtRuntime(proto.SerializeToString(), threads=1)
+
+
+def test_statistics_on_a_real_session_are_ordered():
+    runtime = _ort_runtime()
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    stats = measure(runtime, x, warmup=2, iters=20)
+    assert stats.runs == 20 and stats.batch == 4
+    assert 0 < stats.min_ms <= stats.median_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+    assert stats.throughput == pytest.approx(4 / (stats.median_ms / 1e3))
+    timed = measure(runtime, x, warmup=0, iters=None, seconds=0.05)
+    assert timed.runs >= 3
+
+
+def test_stats_from_hand_values():
+    s = stats_from([0.001, 0.002, 0.003, 0.004], batch=2)
+    assert s.median_ms == pytest.approx(2.5) and s.min_ms == pytest.approx(1) and s.max_ms == pytest.approx(4)
+    assert s.mean_ms == pytest.approx(2.5)
+
+
+def test_bench_cli_table_json_csv_and_plots(search_run):
+    result = runner.invoke(app, ["bench", str(search_run), "--engine", "ort", "--engine", "torch", "--batch", "1,4",
+                                 "--iters", "5", "--warmup", "1", "--samples", "64", "--plot"])
+    assert result.exit_code == 0, result.output
+    for col in ("median ms", "p99 ms", "vs fp32", "paper cost", "GBitOPs", "size KB", "top-1 engine"):
+        assert col in result.stdout
+    data = json.loads((search_run / "bench" / "bench.json").read_text())
+    assert set(data) == {"schema", "settings", "devices", "rows"} and data["schema"] == 1
+    assert set(data["devices"]) == {"ort", "torch"}
+    rows = data["rows"]
+    assert {r["model"] for r in rows} == {"step 2", "fp32", "step 0 (uniform 8)"}
+    assert len(rows) == 3 * 2 * 2
+    assert set(CSV_FIELDS) <= set(rows[0])
+    for r in rows:
+        assert r["median_ms"] > 0 and r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        if r["model"] == "fp32":
+            assert r["speedup_vs_fp32"] == pytest.approx(1.0) and r["paper_cost"] == 1.0
+        else:
+            assert r["paper_cost"] < 1.0 and r["engine_top1"] == pytest.approx(r["torch_top1"], abs=2.0)
+    with open(search_run / "bench" / "bench.csv", newline="") as f:
+        assert next(csv.reader(f)) == CSV_FIELDS
+    for png in ("latency_vs_bitops.png", "accuracy_vs_latency.png"):
+        assert (search_run / "bench" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")
+@pytest.mark.parametrize("args", [["bench", "--engine", "trt"], ["export", "--format", "trt"]])
+def test_trt_without_tensorrt_is_one_line_exit_2(search_run, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in search_run.rglob("*"))
+    result = runner.invoke(app, [args[0], str(search_run), *args[1:]])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'proqha[trt]'" in lines[0]
+    assert sorted(p.name for p in search_run.rglob("*")) == before
+
+
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and an NVIDIA GPU (pip install 'proqha[trt]')")
+def test_trt_engine_builds_and_matches(search_run):
+    result = runner.invoke(app, ["bench", str(search_run), "--engine", "trt", "--batch", "1", "--iters", "5"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "tpu"], "--engine must be one of"),
+    (["--batch", "0"], "--batch must be"),
+    (["--batch", "a,b"], "--batch must be comma-separated integers"),
+    (["--iters", "0"], "--iters out of range"),
+    (["--step", "9"], "--step 9"),
+])
+def test_bench_bad_input(search_run, args, message):
+    result = runner.invoke(app, ["bench", str(search_run), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

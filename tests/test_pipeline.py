@@ -1,0 +1,24 @@
+"""proqha pipeline: train -> search -> export -> bench in one command."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from proqha.cli.app import app
+
+
+def test_pipeline_ends_with_the_latency_cost_accuracy_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["pipeline", "--epochs", "3", "--steps", "2", "--batch", "1,8", "--iters", "5"])
+    assert result.exit_code == 0, result.output
+    search = tmp_path / "runs" / "search-1"
+    assert (tmp_path / "runs" / "train-1" / "checkpoints" / "last.pt").is_file()
+    assert (search / "export" / "model-step002.onnx").is_file()
+    rows = json.loads((search / "bench" / "bench.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"step 2", "fp32", "step 0 (uniform 8)"}
+    assert all(r["engine"] == "ort" and r["median_ms"] > 0 for r in rows)
+    tail = result.stdout[result.stdout.rindex("proqha bench"):]
+    for col in ("median ms", "vs fp32", "paper cost", "GBitOPs", "size KB", "top-1 engine"):
+        assert col in tail
