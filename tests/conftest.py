@@ -19,3 +19,16 @@ def calibrate_bn(model: torch.nn.Module, x: torch.Tensor, passes: int = 2) -> to
         for _ in range(passes):
             model(x)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    """runs/train-1 (digits, 3 epochs at 8 bit) and runs/search-1 (2 steps) in a fresh folder per module."""
+    from proqha.search import SearchConfig, run_search
+    from proqha.train import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("runs")
+    fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
+    run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1).resolved(),
+               root / "search-1")
+    return root / "search-1"

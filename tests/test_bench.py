@@ -18,20 +18,9 @@ from proqha.deploy.runtime_ort import OrtRuntime
 from proqha.export.onnx_export import export_onnx
 from proqha.models import create_model
 from proqha.quant import quantize_model
-from proqha.search import SearchConfig, run_search
-from proqha.train import TrainConfig, fit
 
 runner = CliRunner()
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module")
-def search_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
-    run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1).resolved(),
-               root / "search-1")
-    return root / "search-1"
 
 
 def _ort_runtime():

@@ -155,17 +155,6 @@ def test_graph_is_opset_19_with_a_dynamic_batch():
 
 # --- the CLI -----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def search_run(tmp_path_factory):
-    from proqha.search import SearchConfig, run_search
-
-    root = tmp_path_factory.mktemp("runs")
-    fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
-    run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1).resolved(),
-               root / "search-1")
-    return root / "search-1"
-
-
 def test_cli_export_writes_model_metadata_and_parity(search_run):
     result = runner.invoke(app, ["export", str(search_run), "--step", "1", "--force"])
     assert result.exit_code == 0, result.output

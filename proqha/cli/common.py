@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
 
 from proqha.errors import ProqhaError
+from proqha.runs import DEFAULT_ROOT, latest_run_dir
 
 # Piped output (no terminal to measure) gets wide tables rather than truncated layer names.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -48,3 +52,27 @@ def parse_int_tuple(text: str, option: str, length: int | None = None) -> tuple[
     if (length is not None and len(values) != length) or any(v <= 0 for v in values):
         raise ProqhaError(f"{option} must be {length or 'some'} positive integers, got {text!r}")
     return values
+
+
+C = TypeVar("C")
+
+
+def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, **overrides: Any) -> tuple[C, Path]:
+    """The saved options of a run to resume (default: the latest of ``stage``), with overrides left at None
+    ignored; ProqhaError when there is no such run."""
+    run_dir = run_dir or latest_run_dir(stage, DEFAULT_ROOT)
+    if run_dir is None:
+        raise ProqhaError(f"--resume: no {stage} run found under {DEFAULT_ROOT}/ (pass --run-dir)")
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ProqhaError(f"--resume: {run_dir} is not a {stage} run (no config.json)")
+    try:
+        saved = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProqhaError(f"--resume: cannot read {config_file}: {exc}") from None
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    cfg = config_cls(**{k: v for k, v in saved.items() if k in names})
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg.resolved(), run_dir

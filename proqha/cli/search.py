@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from proqha.cli.common import console, err_console, fail, handle_errors
+from proqha.cli.common import console, err_console, fail, handle_errors, resume_config
 from proqha.cli.report import frontier_table, write_plots
 from proqha.deploy.report import read_frontier
 from proqha.errors import ProqhaError
@@ -22,21 +20,6 @@ STOP_MESSAGES = {
     "target": "target met at step {steps}",
     "floor": "stopped after step {steps}: no knob can be lowered by --interval without going below --min-bits",
 }
-
-
-def _resume_config(run_dir: Path | None, steps: int | None) -> tuple[SearchConfig, Path]:
-    run_dir = run_dir or latest_run_dir("search", DEFAULT_ROOT)
-    if run_dir is None or not (run_dir / "config.json").is_file():
-        raise ProqhaError(f"--resume: no search run found ({run_dir or DEFAULT_ROOT}); pass --run-dir")
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProqhaError(f"--resume: cannot read {run_dir / 'config.json'}: {exc}") from None
-    names = {f.name for f in fields(SearchConfig)}
-    cfg = SearchConfig(**{k: v for k, v in saved.items() if k in names})
-    if steps is not None:
-        cfg.steps = steps
-    return cfg.resolved(), run_dir
 
 
 @handle_errors
@@ -64,7 +47,7 @@ def search(
 ) -> None:
     """Lower per-layer weight/activation bits step by step, fine-tuning after each; log the frontier."""
     if resume:
-        cfg, run_dir = _resume_config(run_dir, steps)
+        cfg, run_dir = resume_config("search", SearchConfig, run_dir, steps=steps)
     else:
         if source is None:
             source = latest_run_dir("train", DEFAULT_ROOT)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,28 +9,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from proqha.cli.common import console, err_console, fail, handle_errors
+from proqha.cli.common import console, err_console, fail, handle_errors, resume_config
 from proqha.errors import ProqhaError
-from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
+from proqha.runs import DEFAULT_ROOT, next_run_dir
 from proqha.train import TrainConfig, fit
-
-
-def _config_for_resume(run_dir: Path | None, epochs: int | None) -> tuple[TrainConfig, Path]:
-    run_dir = run_dir or latest_run_dir("train", DEFAULT_ROOT)
-    if run_dir is None:
-        raise ProqhaError(f"--resume: no train run found under {DEFAULT_ROOT}/ (pass --run-dir)")
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise ProqhaError(f"--resume: {run_dir} is not a train run (no config.json)")
-    try:
-        saved = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProqhaError(f"--resume: cannot read {config_file}: {exc}") from None
-    names = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
-    if epochs is not None:
-        cfg.epochs = epochs
-    return cfg.resolved(), run_dir
 
 
 @handle_errors
@@ -59,7 +39,7 @@ def train(
 ) -> None:
     """Train a model quantization-aware (or float with --bits 32) and save checkpoints each epoch."""
     if resume:
-        cfg, run_dir = _config_for_resume(run_dir, epochs)
+        cfg, run_dir = resume_config("train", TrainConfig, run_dir, epochs=epochs)
     else:
         cfg = TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
                           download=download, bits=bits, bits_file=str(bits_file) if bits_file else None,

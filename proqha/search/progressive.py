@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from proqha.builder import ModelRecipe, load_model
 from proqha.checkpoint import save_checkpoint
@@ -26,7 +25,7 @@ from proqha.data import load_dataset
 from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json, atomic_write_text
 from proqha.quant import BitConfig
-from proqha.search.knobs import Knob, lowerable_knobs, model_knobs, sample_candidates
+from proqha.search.knobs import Knob, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score
 from proqha.search.select import choose_candidate
 from proqha.train import evaluate, make_loader, make_optimizer, resolve_device, train_one_epoch
