@@ -11,19 +11,28 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
+from proqha.errors import ProqhaError
+
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a read-only folder: the previous file is still whole
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = "; the previous version is intact" if path.exists() else ""
+        raise ProqhaError(f"could not write {path}: {exc.strerror or exc}{kept}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

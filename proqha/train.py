@@ -17,12 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cost import cost_report
-from proqha.data import get_dataset_spec, load_dataset
+from proqha.data import check_data_dir, get_dataset_spec, load_dataset
 from proqha.errors import ProqhaError
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from proqha.models import get_model_spec
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
 from proqha.quant.quantizers import check_bits
+from proqha.runs import run_lock
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
@@ -57,6 +58,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill defaults that depend on other options and validate ranges (ProqhaError on bad input)."""
         data = get_dataset_spec(self.dataset)
+        check_data_dir(self.dataset, self.data_dir, self.download)
         arch = self.arch or data.default_arch
         get_model_spec(arch)
         try:
@@ -120,6 +122,14 @@ def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...
     return [int(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
 
 
+def first_non_finite(model: nn.Module) -> str:
+    """Where a model went non-finite: the first parameter with NaN/inf, else its first such output."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"parameter {name} is non-finite"
+    return "parameters finite; the activations overflowed"
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device, epoch: int = 0,
                     on_batch: BatchCallback | None = None) -> dict[str, float]:
@@ -133,8 +143,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
-            raise ProqhaError(f"loss became {loss.item()} at epoch {epoch}, batch {i}; lower --lr "
-                              "(the last good checkpoint is kept)")
+            raise ProqhaError(f"loss became {loss.item()} at epoch {epoch}, batch {i} ({first_non_finite(model)}); "
+                              "lower --lr (the last good checkpoint is kept)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -198,11 +208,12 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
         on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, bits.json, cost.json, checkpoints/).
 
-    Data, model and options are all checked before anything is written. With ``resume``, continue from ``checkpoints/last.pt``: the same seed gives the same result as an
-    uninterrupted run, because every epoch's data order and randomness derive from (seed, epoch).
+    Data, model and options are all checked before anything is written; the run directory is locked
+    while training. With ``resume``, continue from ``checkpoints/last.pt`` (from the start if a kill came
+    before the first epoch completed): the same seed gives the same result as an uninterrupted run,
+    because every epoch's data order and randomness derive from (seed, epoch).
     """
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
     device = resolve_device(cfg.device)
     data = get_dataset_spec(cfg.dataset)
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
@@ -211,10 +222,18 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    start_epoch, best = 0, -1.0
     if on_start is not None:
         on_start()  # everything is validated; nothing is written yet
-    if resume:
+    with run_lock(run_dir):
+        return _fit_locked(cfg, run_dir, resume, device, data.num_classes, train_set, test_set, model, recipe,
+                           optimizer, scheduler, on_batch, on_epoch)
+
+
+def _fit_locked(cfg, run_dir, resume, device, num_classes, train_set, test_set, model, recipe, optimizer,
+                scheduler, on_batch, on_epoch) -> dict[str, Any]:
+    ckpt_dir = run_dir / "checkpoints"
+    start_epoch, best = 0, -1.0
+    if resume and (ckpt_dir / "last.pt").is_file():
         state = load_checkpoint(ckpt_dir / "last.pt", device)
         load_float_state_dict(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -224,9 +243,9 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
             if (run_dir / "metrics.jsonl").exists() else []
         write_jsonl(run_dir / "metrics.jsonl", kept)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"recipe": recipe.to_dict(),
-                                                                    "num_classes": data.num_classes})
+        write_jsonl(run_dir / "metrics.jsonl", [])
+        atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"stage": "train", "recipe": recipe.to_dict(),
+                                                                    "num_classes": num_classes})
     BitConfig.from_model(model).save(run_dir / "bits.json")
     atomic_write_json(run_dir / "cost.json", cost_report(model, recipe.input_size).to_dict())
     test_loader = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers)

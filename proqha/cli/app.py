@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
-from proqha.cli.common import fail
+from proqha.cli.common import fail, options
 from proqha.cli.bench import bench
 from proqha.cli.cost import cost
 from proqha.cli.export import export
@@ -18,6 +19,14 @@ from proqha.cli.train import train
 
 app = typer.Typer(name="proqha", help="ProQHA: progressive mixed-precision quantization, from QAT to deployment.",
                   add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of any error.")] = False) -> None:
+    """ProQHA: progressive mixed-precision quantization, from QAT to deployment."""
+    options.debug = debug
+
+
 app.command()(train)
 app.command()(search)
 app.command()(report)
@@ -35,7 +44,10 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     except Exception as exc:  # click.ClickException, whichever click package Typer uses
-        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+        if options.debug:
             raise
-        sys.exit(fail(" ".join(exc.format_message().split())).exit_code)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            sys.exit(fail(" ".join(exc.format_message().split())).exit_code)
+        sys.exit(fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                      "(rerun with proqha --debug for the traceback)", 1).exit_code)
     sys.exit(code if isinstance(code, int) else 0)

@@ -22,6 +22,13 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _Options:
+    debug = False  # set by `proqha --debug`: errors keep their traceback
+
+
+options = _Options()
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` on one line of stderr; return the Exit to raise."""
     err_console.print(f"error: {message}", markup=False)
@@ -36,6 +43,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ProqhaError as exc:
+            if options.debug:
+                raise
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
@@ -70,6 +79,8 @@ def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, **overr
         saved = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ProqhaError(f"--resume: cannot read {config_file}: {exc}") from None
+    if saved.get("stage") != stage:
+        raise ProqhaError(f"--resume: {run_dir} is a {saved.get('stage', 'unknown')} run, not a {stage} run")
     names = {f.name for f in dataclasses.fields(config_cls)}
     cfg = config_cls(**{k: v for k, v in saved.items() if k in names})
     for key, value in overrides.items():

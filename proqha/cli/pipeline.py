@@ -8,11 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from proqha.cli.bench import bench
-from proqha.cli.common import err_console, handle_errors
+from proqha.cli.common import err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import export
 from proqha.cli.search import search
 from proqha.cli.train import train
+from proqha.deploy.runtime import ENGINES
+from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, next_run_dir
+from proqha.search import SearchConfig
+from proqha.train import TrainConfig
 
 
 @handle_errors
@@ -32,6 +36,17 @@ def pipeline(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Train, search, export (validated) and benchmark; ends with the latency/cost/accuracy table."""
+    # every stage's options are checked before the first stage starts
+    TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
+                seed=seed, device=device).resolved()
+    SearchConfig(source="(the train run)", lam=lam, steps=steps, target_cost=target_cost, criterion=criterion,
+                 seed=seed, device=device).resolved()
+    for e in engine or ["ort"]:
+        if e not in ENGINES:
+            raise ProqhaError(f"--engine must be one of {', '.join(ENGINES)}, got {e!r}")
+    parse_int_tuple(batch, "--batch")
+    if iters < 1:
+        raise ProqhaError(f"--iters out of range: {iters}")
     train_dir, search_dir = next_run_dir("train", DEFAULT_ROOT), next_run_dir("search", DEFAULT_ROOT)
     err_console.print(f"[1/4] train -> {train_dir}")
     train(arch=arch, dataset=dataset, data_dir=data_dir, download=False, bits=8, bits_file=None,

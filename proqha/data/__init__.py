@@ -1,6 +1,13 @@
 """Dataset registry: digits (offline default), mnist, cifar10, cifar100, imagefolder."""
 
 from proqha.data import digits, vision  # noqa: F401  (registration)
-from proqha.data.registry import DatasetSpec, get_dataset_spec, list_datasets, load_dataset, register_dataset
+from proqha.data.registry import (
+    DatasetSpec,
+    check_data_dir,
+    get_dataset_spec,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+)
 
-__all__ = ["DatasetSpec", "get_dataset_spec", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DatasetSpec", "check_data_dir", "get_dataset_spec", "list_datasets", "load_dataset", "register_dataset"]

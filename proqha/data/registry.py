@@ -70,6 +70,17 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
     spec = get_dataset_spec(name)
     if split not in SPLITS:
         raise ProqhaError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    path = check_data_dir(name, data_dir, download)
+    if split == "test":
+        return spec.build(path, "test", download)
+    full = spec.build(path, "train" if split == "train" else "train-eval", download)
+    calib_idx, train_idx = calibration_split(len(full))
+    return Subset(full, train_idx if split == "train" else calib_idx)
+
+
+def check_data_dir(name: str, data_dir: str | Path | None, download: bool = False) -> Path | None:
+    """The data folder of a dataset, checked without reading it (ProqhaError when missing or not a folder)."""
+    spec = get_dataset_spec(name)
     path = Path(data_dir) if data_dir is not None else None
     if spec.needs_data_dir:
         if path is None:
@@ -78,11 +89,7 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
             raise ProqhaError(f"data directory not found: {path} (pass --download to fetch {name!r} there)")
         if path.exists() and not path.is_dir():
             raise ProqhaError(f"data directory is not a folder: {path}")
-    if split == "test":
-        return spec.build(path, "test", download)
-    full = spec.build(path, "train" if split == "train" else "train-eval", download)
-    calib_idx, train_idx = calibration_split(len(full))
-    return Subset(full, train_idx if split == "train" else calib_idx)
+    return path
 
 
 def calibration_split(n: int) -> tuple[list[int], list[int]]:

@@ -25,6 +25,7 @@ from proqha.data import load_dataset
 from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json, atomic_write_text
 from proqha.quant import BitConfig
+from proqha.runs import run_lock
 from proqha.search.knobs import Knob, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score
 from proqha.search.select import choose_candidate
@@ -320,26 +321,23 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
     """Run (or with ``resume``, continue) a search of ``cfg`` in ``run_dir``.
 
     Returns ``{"stopped": "steps" | "target" | "floor", "steps": last completed step, "run_dir": ...}``.
-    Everything is validated before anything is written.
+    Everything is validated before anything is written; the run directory is locked while searching.
+    A resume before any completed step starts over from ``cfg.source``.
     """
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
-    start = 0
-    if resume:
-        done = step_checkpoints(run_dir)
-        if not done:
-            raise ProqhaError(f"--resume: {run_dir} has no completed search step")
-        start, source = done[-1]
-    else:
-        source = resolve_source(Path(cfg.source))
+    done = step_checkpoints(run_dir) if resume else []
+    start, source = done[-1] if done else (0, resolve_source(Path(cfg.source)))  # no step yet: from the start
     search = ProgressiveSearch(cfg, run_dir, source, device)
     if on_start is not None:
         on_start(search)
-    if resume:
-        search.frontier.resume_at(start, search.source_metrics)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"source_checkpoint": str(source),
-                                                                    "recipe": search.recipe.to_dict(),
-                                                                    "dataset": search.dataset})
-    return search.run(start, on_candidate, on_step, on_batch)
+    with run_lock(run_dir):
+        if done:
+            search.frontier.resume_at(start, search.source_metrics)
+        else:
+            search.frontier.path.unlink(missing_ok=True)
+            atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"stage": "search",
+                                                                        "source_checkpoint": str(source),
+                                                                        "recipe": search.recipe.to_dict(),
+                                                                        "dataset": search.dataset})
+        return search.run(start, on_candidate, on_step, on_batch)

@@ -1,0 +1,295 @@
+"""Nothing lost, nothing executed: kills and resumes, hostile files, bad input across the CLI, full disks.
+
+Kill/resume rounds run the real console command in subprocesses and compare with an uninterrupted run
+of the same seed; bad invocations go through the console entry point (`proqha.cli.app.main`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proqha.checkpoint import load_checkpoint
+from proqha.cli.app import main
+from proqha.errors import ProqhaError
+from proqha.files import read_jsonl
+from proqha.quant import BitConfig
+from proqha.runs import run_lock
+from proqha.train import TrainConfig, fit
+
+PROQHA = [sys.executable, "-m", "proqha"]
+KILL_ROUNDS = 3
+
+
+def _run_with_kills(first: list[str], resume: list[str], run_dir: Path, cwd: Path, seed: int) -> int:
+    """Start, SIGKILL at random moments KILL_ROUNDS times (resuming each time), then finish. Returns kills."""
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(KILL_ROUNDS):
+        cmd = resume if (run_dir / "config.json").is_file() else first
+        proc = subprocess.Popen(PROQHA + cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 7.0))  # start-up is ~3 s: kills land in training, saving, or scoring
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    cmd = resume if (run_dir / "config.json").is_file() else first
+    done = subprocess.run(PROQHA + cmd, cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return kills
+
+
+def _state_equal(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa if isinstance(sa[k], torch.Tensor))
+
+
+def test_sigkill_train_then_resume_equals_uninterrupted(tmp_path):
+    args = ["train", "--epochs", "10", "--batch-size", "128", "--seed", "3"]
+    ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    kills = _run_with_kills(args + ["--run-dir", "cut"], ["train", "--resume", "--run-dir", "cut"],
+                            tmp_path / "cut", tmp_path, seed=11)
+    a, b = read_jsonl(tmp_path / "ref" / "metrics.jsonl"), read_jsonl(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["epoch"] for r in b] == list(range(1, 11))
+    assert [(r["train_loss"], r["test_top1"]) for r in a] == [(r["train_loss"], r["test_top1"]) for r in b]
+    assert _state_equal(tmp_path / "ref" / "checkpoints" / "last.pt", tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert kills >= 1
+    print(f"train: {kills} SIGKILL/resume rounds, result identical")
+
+
+def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
+    fit(TrainConfig(epochs=2, batch_size=128).resolved(), tmp_path / "train")
+    args = ["search", "--from", "train", "--steps", "5", "--candidates", "8", "--finetune-epochs", "1",
+            "--batch-size", "128"]
+    ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    kills = _run_with_kills(args + ["--run-dir", "cut"], ["search", "--resume", "--run-dir", "cut"],
+                            tmp_path / "cut", tmp_path, seed=5)
+
+    def rows(run):
+        with open(tmp_path / run / "frontier.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
+
+    assert rows("ref") == rows("cut") and len(rows("cut")) == 6
+    assert _state_equal(tmp_path / "ref" / "checkpoints" / "step-005.pt", tmp_path / "cut" / "checkpoints" / "step-005.pt")
+    print(f"search: {kills} SIGKILL/resume rounds, result identical")
+
+
+def test_sigint_stops_cleanly_with_the_resume_command(tmp_path):
+    proc = subprocess.Popen(PROQHA + ["train", "--epochs", "200", "--run-dir", "r"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "r" / "checkpoints" / "last.pt").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert "proqha train --resume --run-dir r" in err
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] >= 1
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    fit(TrainConfig(epochs=1, batch_size=256).resolved(), tmp_path / "r")
+    with run_lock(tmp_path / "r"):
+        with pytest.raises(ProqhaError, match=f"in use \\(pid {os.getpid()}\\)"):
+            fit(TrainConfig(epochs=2, batch_size=256).resolved(), tmp_path / "r", resume=True)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import proqha.files as files
+
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) > 2:  # epoch 1 writes best.pt and last.pt; epoch 2 hits a full disk
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(files.torch if hasattr(files, "torch") else torch, "save", failing_save)
+    with pytest.raises(ProqhaError, match="No space left on device; the previous version is intact"):
+        fit(TrainConfig(epochs=3, batch_size=256).resolved(), tmp_path / "r")
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1
+    assert not list((tmp_path / "r").rglob("*.tmp"))
+
+
+def test_non_finite_loss_stops_naming_epoch_batch_and_parameter(tmp_path):
+    from proqha.checkpoint import save_checkpoint
+
+    fit(TrainConfig(epochs=1, batch_size=256).resolved(), tmp_path / "good")
+    state = load_checkpoint(tmp_path / "good" / "checkpoints" / "last.pt")
+    state["model"]["layer2.0.bn1.weight"][0] = float("nan")
+    save_checkpoint(state, tmp_path / "poisoned.pt")
+    with pytest.raises(ProqhaError, match=r"loss became nan at epoch 1, batch 0 \(parameter layer2.0.bn1.weight "
+                                          r"is non-finite\)"):
+        fit(TrainConfig(epochs=2, batch_size=256, init=str(tmp_path / "poisoned.pt")).resolved(), tmp_path / "r")
+
+
+# --- hostile files -----------------------------------------------------------------------------------
+
+class _Payload:
+    target = ""
+
+    def __reduce__(self):
+        import pathlib
+        return (pathlib.Path.touch, (pathlib.Path(_Payload.target),))
+
+
+@pytest.mark.parametrize("command", [["search", "--from"], ["export"], ["bench"], ["train", "--init"]])
+def test_malicious_checkpoint_never_runs(tmp_path, monkeypatch, capsys, command):
+    _Payload.target = str(tmp_path / "pwned")
+    torch.save({"model": _Payload(), "recipe": {}}, tmp_path / "evil.pt")
+    monkeypatch.chdir(tmp_path)
+    code, err = _main([*command, str(tmp_path / "evil.pt")], monkeypatch, capsys)
+    assert code == 2 and "refused" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+# --- bad input everywhere ----------------------------------------------------------------------------
+
+def _main(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["proqha", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code, capsys.readouterr().err.strip()
+
+
+@pytest.fixture(scope="module")
+def runs(search_run):
+    return search_run.parent
+
+
+def _snapshot(*roots: Path) -> set[str]:
+    return {str(p) for root in roots for p in root.rglob("*")}
+
+
+BAD = [
+    (["train", "--arch", "vgg99"], "unknown architecture 'vgg99'"),
+    (["train", "--dataset", "imagenet22k"], "unknown dataset"),
+    (["train", "--bits", "9"], "--bits must be an integer in 2..8 or 32"),
+    (["train", "--bits", "1"], "--bits must be an integer in 2..8 or 32"),
+    (["train", "--bits", "four"], "--bits"),
+    (["train", "--epochs", "0"], "--epochs out of range"),
+    (["train", "--batch-size", "-4"], "--batch-size out of range"),
+    (["train", "--lr", "-0.1"], "--lr out of range"),
+    (["train", "--lr", "nan"], "--lr out of range"),
+    (["train", "--optimizer", "lbfgs"], "--optimizer"),
+    (["train", "--weight-quantizer", "ternary"], "weight_quantizer"),
+    (["train", "--edge-layers", "fp16"], "edge_layers"),
+    (["train", "--dataset", "cifar10", "--data-dir", "nowhere"], "data directory not found: nowhere"),
+    (["train", "--dataset", "cifar10", "--data-dir", "FILE"], "not a folder"),
+    (["train", "--device", "cuda"], "CUDA is not available"),
+    (["train", "--device", "tpu"], "--device must be"),
+    (["train", "--bits-file", "FILE"], "not readable JSON"),
+    (["train", "--run-dir", "RUNS/train-1"], "already exists"),
+    (["train", "--frobnicate"], "No such option"),
+    (["search", "--from", "RUNS/train-1", "--lam", "-1"], "--lam must be >= 0"),
+    (["search", "--from", "RUNS/train-1", "--ratio", "0"], "--ratio must be in (0, 1]"),
+    (["search", "--from", "RUNS/train-1", "--ratio", "1.01"], "--ratio must be in (0, 1]"),
+    (["search", "--from", "RUNS/train-1", "--interval", "3"], "--interval must be 1, 2 or 4"),
+    (["search", "--from", "RUNS/train-1", "--min-bits", "1"], "--min-bits must be in 2..8"),
+    (["search", "--from", "RUNS/train-1", "--candidates", "0"], "--candidates must be >= 1"),
+    (["search", "--from", "RUNS/train-1", "--target-cost", "0"], "--target-cost must be > 0"),
+    (["search", "--from", "RUNS/train-1", "--target-cost", "0.1", "--target-size-mb", "1"], "one target at a time"),
+    (["search", "--from", "nowhere"], "no such checkpoint or run directory"),
+    (["search", "--resume", "--run-dir", "RUNS/train-1"], "is a train run, not a search run"),
+    (["export", "RUNS/search-1", "--step", "42"], "--step 42"),
+    (["export", "RUNS/search-1", "--format", "pdf"], "--format must be one of"),
+    (["export", "RUNS/search-1", "--profile", "tpu"], "--profile must be one of"),
+    (["export", "RUNS/search-1", "--step", "1", "--best-under-cost", "0.2"], "not both"),
+    (["export", "RUNS/train-1", "--step", "1"], "is not a search run"),
+    (["export", "RUNS/search-1", "--samples", "0"], "--samples must be >= 1"),
+    (["parity", "nowhere.onnx"], "ONNX model not found"),
+    (["parity", "FILE"], "not a valid ONNX"),
+    (["bench", "RUNS/search-1", "--engine", "npu"], "--engine must be one of"),
+    (["bench", "RUNS/search-1", "--batch", "1,0"], "--batch must be"),
+    (["bench", "RUNS/search-1", "--iters", "0"], "--iters out of range"),
+    (["bench", "RUNS/search-1", "--seconds", "-1"], "--seconds out of range"),
+    (["report", "nowhere"], "run directory not found"),
+    (["report", "RUNS/search-1", "--step", "77"], "--step 77"),
+    (["cost", "--arch", "nope"], "unknown architecture"),
+    (["cost", "--input-size", "3,224"], "--input-size must be 3 positive integers"),
+    (["cost", "--num-classes", "0"], "--num-classes must be positive"),
+    (["cost", "--bits-file", "nowhere.json"], "bit config file not found"),
+    (["pipeline", "--lam", "-2", "--epochs", "1"], "--lam must be >= 0"),
+    (["pipeline", "--engine", "gpu", "--epochs", "1"], "--engine must be one of"),
+    (["pipeline", "--dataset", "mnist"], "needs --data-dir"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a)[:50] for a, _ in BAD])
+def test_bad_invocation_exits_2_with_one_line_and_writes_nothing(runs, tmp_path, monkeypatch, capsys, args, message):
+    (tmp_path / "file").write_text("not json, not a folder, not onnx")
+    subst = {"FILE": str(tmp_path / "file")}
+    args = [subst.get(a, a.replace("RUNS", str(runs))) for a in args]
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path, runs)
+    code, err = _main(args, monkeypatch, capsys)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err
+    assert _snapshot(tmp_path, runs) == before
+
+
+def test_at_least_30_bad_invocations_are_covered():
+    assert len(BAD) >= 30
+    assert {a[0] for a, _ in BAD} >= {"train", "search", "export", "parity", "bench", "report", "cost", "pipeline"}
+
+
+def test_debug_shows_the_traceback(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["proqha", "--debug", "train", "--bits", "9"])
+    with pytest.raises(ProqhaError):
+        main()
+
+
+# --- property tests ----------------------------------------------------------------------------------
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-40, 40) | st.floats(allow_nan=True) |
+                           st.text(max_size=5), lambda inner: st.lists(inner, max_size=3) |
+                           st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.dictionaries(st.sampled_from(["conv1", "fc", "layer1.0.conv1", "x"]),
+                            st.dictionaries(st.sampled_from(["w", "a", "b"]), json_values, max_size=3) | json_values,
+                            max_size=4) | json_values)
+def test_property_random_bitconfig_json_is_accepted_or_one_clear_error(data):
+    try:
+        config = BitConfig(data)
+    except ProqhaError as exc:
+        assert "\n" not in str(exc)
+        return
+    for knobs in config.values():
+        assert set(knobs) == {"w", "a"}
+        assert all(type(b) is int and (2 <= b <= 8 or b == 32) for b in knobs.values())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bits=st.one_of(st.integers(-5, 40), st.sampled_from(["x", "4.5", "", "nan"])),
+       size=st.one_of(st.sampled_from(["1,8,8", "1,16,16", "0,8,8", "1,8", "a,b,c", "1x8x8", "-1,8,8"])))
+def test_property_random_cli_values_exit_0_or_2_with_one_line(bits, size, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, err = _main(["cost", "--arch", "digits_resnet", "--bits", str(bits), "--input-size", size, "--json"],
+                      monkeypatch, capsys)
+    valid_bits = str(bits) in {str(b) for b in (2, 3, 4, 5, 6, 7, 8, 32)}
+    valid_size = size in ("1,8,8", "1,16,16", "1x8x8")
+    assert code == (0 if valid_bits and valid_size else 2), err
+    if code:
+        assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    else:
+        assert json.loads(capsys.readouterr().out or "{}") is not None
+    assert list(tmp_path.iterdir()) == []
