@@ -26,8 +26,11 @@ from proqha.quant.quantizers import check_bits
 from proqha.runs import run_lock
 
 OPTIMIZERS = ("sgd", "adam")
+AMP_MODES = ("none", "bf16", "fp16")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 
+SYNC_EVERY = 20
 BatchCallback = Callable[[int, int, int, float], None]  # (epoch, batch index, batches, loss)
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -54,6 +57,8 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     init: str | None = None
+    amp: str = "none"
+    channels_last: bool = False
 
     def resolved(self) -> "TrainConfig":
         """Fill defaults that depend on other options and validate ranges (ProqhaError on bad input)."""
@@ -68,6 +73,10 @@ class TrainConfig:
             raise ProqhaError(str(exc)) from None
         if self.optimizer not in OPTIMIZERS:
             raise ProqhaError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.amp not in AMP_MODES:
+            raise ProqhaError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.amp == "fp16" and resolve_device(self.device).type != "cuda":
+            raise ProqhaError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
         for name, value, ok in [("--epochs", self.epochs, self.epochs >= 1),
                                 ("--batch-size", self.batch_size, self.batch_size >= 1),
                                 ("--workers", self.workers, self.workers >= 0),
@@ -97,11 +106,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed``."""
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (workers persist across epochs of one loader)."""
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
-                      drop_last=False, pin_memory=False)
+                      drop_last=False, pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
+@dataclass
+class StepOptions:
+    """How a training step runs: mixed precision for the float parts, memory format."""
+
+    amp: str = "none"
+    channels_last: bool = False
+
+    def autocast(self, device: torch.device):
+        dtype = AMP_DTYPES.get(self.amp)
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
@@ -132,28 +154,38 @@ def first_non_finite(model: nn.Module) -> str:
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device, epoch: int = 0,
-                    on_batch: BatchCallback | None = None) -> dict[str, float]:
-    """One pass over ``loader``; the scheduler steps every batch. Stops on a non-finite loss."""
+                    on_batch: BatchCallback | None = None, options: StepOptions | None = None) -> dict[str, float]:
+    """One pass over ``loader``; the scheduler steps every batch. Stops on a non-finite loss.
+
+    On CUDA the loss is read back (finiteness, progress) every ``SYNC_EVERY`` batches only, so the step
+    never waits for the host; on the CPU every batch.
+    """
+    options = options or StepOptions()
     model.train()
+    scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
+    memory = torch.channels_last if options.channels_last else torch.contiguous_format
+    sync_every = 1 if device.type == "cpu" else SYNC_EVERY
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for i, (x, y) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
+        x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
+        with options.autocast(device):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        if (i % sync_every == 0 or i == len(loader) - 1) and not torch.isfinite(loss):
             raise ProqhaError(f"loss became {loss.item()} at epoch {epoch}, batch {i} ({first_non_finite(model)}); "
                               "lower --lr (the last good checkpoint is kept)")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        if on_batch is not None:
+        if on_batch is not None and (i % sync_every == 0 or i == len(loader) - 1):
             on_batch(epoch, i, len(loader), float(loss.detach()))
     return {"train_loss": float(loss_sum) / max(seen, 1), "train_top1": 100.0 * float(correct) / max(seen, 1)}
 
@@ -219,6 +251,8 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
     model, recipe = prepare_model(cfg, device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
@@ -254,9 +288,10 @@ def _fit_locked(cfg, run_dir, resume, device, num_classes, train_set, test_set, 
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
-                             workers=cfg.workers)
+                             workers=cfg.workers, pin_memory=device.type == "cuda")
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row |= train_one_epoch(model, loader, optimizer, scheduler, device, epoch, on_batch)
+        row |= train_one_epoch(model, loader, optimizer, scheduler, device, epoch, on_batch,
+                               StepOptions(cfg.amp, cfg.channels_last))
         row |= evaluate(model, test_loader, device)
         row["time_s"] = time.perf_counter() - t0
         row["images_per_s"] = len(train_set) / max(row["time_s"], 1e-9)

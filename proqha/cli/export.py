@@ -23,6 +23,7 @@ from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
 from proqha.quant import BitConfig, float_twin
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
+from proqha.train import resolve_device
 from proqha.search.progressive import step_checkpoints
 
 FORMATS = ("onnx", "onnx-fp32", "trt")
@@ -130,6 +131,7 @@ def export(
     check: Annotated[bool, typer.Option(help="Validate (checker, weight ranges, int8 kernels, parity) before writing.")] = True,
     samples: Annotated[int, typer.Option(help="Test images for the parity check.")] = 256,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
+    device: Annotated[str, typer.Option(help="Device of the PyTorch model during export and parity: auto, cpu, cuda, cuda:N.")] = "cpu",
 ) -> None:
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
     if fmt not in FORMATS:
@@ -141,6 +143,7 @@ def export(
 
         require_tensorrt()  # before any work: one line naming what is missing
         profile = "trt"
+    torch_device = resolve_device(device)
     checkpoint, run_dir, step = resolve_source(run, step, best_under_cost)
     if out is None:
         suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "") + \
@@ -150,7 +153,8 @@ def export(
         raise ProqhaError(f"--out {out} exists; pass --force to overwrite")
     if out.exists() and out.is_dir():
         raise ProqhaError(f"--out {out} is a folder")
-    model, state = load_model(checkpoint)
+    model, state = load_model(checkpoint, torch_device)
+    model.to(torch_device)
     if fmt == "onnx-fp32":
         model = float_twin(model)
     input_size = tuple(state["recipe"]["input_size"])

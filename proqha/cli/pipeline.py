@@ -51,15 +51,17 @@ def pipeline(
     err_console.print(f"[1/4] train -> {train_dir}")
     train(arch=arch, dataset=dataset, data_dir=data_dir, download=False, bits=8, bits_file=None,
           weight_quantizer="lsq", edge_layers="int8", epochs=epochs, batch_size=64, lr=None, optimizer="sgd",
-          weight_decay=5e-4, seed=seed, workers=0, device=device, init=None, run_dir=train_dir, resume=False)
+          weight_decay=5e-4, seed=seed, workers=0, device=device, init=None, amp="none", channels_last=False,
+          run_dir=train_dir, resume=False)
     err_console.print(f"[2/4] search -> {search_dir}")
     search(source=train_dir, lam=lam, candidates=16, ratio=0.5, interval=1, min_bits=2, criterion=criterion,
-           steps=steps, finetune_epochs=2, lr=1e-3, batch_size=64, cost_metric=None, target_cost=target_cost,
+           steps=steps, finetune_epochs=2, lr=1e-3, weight_decay=0.0, batch_size=64, cost_metric=None,
+           target_cost=target_cost,
            target_bitops=None, target_size_mb=None, seed=seed, device=device, workers=0, run_dir=search_dir,
            resume=False)
     err_console.print("[3/4] export")
     export(run=search_dir, step=None, best_under_cost=None, fmt="onnx", profile="ort", out=None, check=True,
-           samples=256, force=False)
+           samples=256, force=False, device=device)
     err_console.print("[4/4] bench")
     bench(run=search_dir, engine=engine or ["ort"], batch=batch, warmup=5, iters=iters, seconds=None, threads=None,
           samples=256, step=None, best_under_cost=None, all_steps=False, plot=True, device=device, out_dir=None)

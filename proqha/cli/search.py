@@ -34,6 +34,7 @@ def search(
     steps: Annotated[Optional[int], typer.Option(help="Progressive steps (default 8; with --resume, extends the run).")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Adam fine-tuning epochs after each step.")] = 2,
     lr: Annotated[float, typer.Option(help="Adam learning rate for scoring and fine-tuning.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay of the fine-tuning (the reference: 1e-4).")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Batch size (also the scoring batch).")] = 64,
     cost_metric: Annotated[Optional[str], typer.Option(help="What --lam trades against: size (paper cost) or bitops; follows the target.")] = None,
     target_cost: Annotated[Optional[float], typer.Option(help="Stop once the paper cost is at or below this.")] = None,
@@ -55,7 +56,7 @@ def search(
                 raise ProqhaError(f"no train run under {DEFAULT_ROOT}/ to search from; run `proqha train` or pass --from")
         cfg = SearchConfig(source=str(source), candidates=candidates, ratio=ratio, interval=interval,
                            min_bits=min_bits, criterion=criterion, lam=lam, steps=steps if steps is not None else 8,
-                           finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size, cost_metric=cost_metric,
+                           finetune_epochs=finetune_epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, cost_metric=cost_metric,
                            target_cost=target_cost, target_bitops=target_bitops, target_size_mb=target_size_mb,
                            seed=seed, device=device, workers=workers).resolved()
         run_dir = run_dir or next_run_dir("search", DEFAULT_ROOT)

@@ -34,6 +34,8 @@ def train(
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint (float or quantized).")] = None,
+    amp: Annotated[str, typer.Option(help="Mixed precision for the float parts: none, bf16, fp16 (CUDA); quantizer math stays float32.")] = "none",
+    channels_last: Annotated[bool, typer.Option(help="Train in channels_last memory format.")] = False,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/train-<n>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: the latest) from its last epoch.")] = False,
 ) -> None:
@@ -46,7 +48,8 @@ def train(
                           weight_quantizer=weight_quantizer, edge_layers=edge_layers,
                           epochs=epochs if epochs is not None else TrainConfig.epochs, batch_size=batch_size,
                           lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed, workers=workers,
-                          device=device, init=str(init) if init else None).resolved()
+                          device=device, init=str(init) if init else None, amp=amp,
+                          channels_last=channels_last).resolved()
         run_dir = run_dir or next_run_dir("train", DEFAULT_ROOT)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")

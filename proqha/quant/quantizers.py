@@ -19,6 +19,13 @@ from proqha.quant import grid as g
 _EPS = 1e-8
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return False
+
+
 def check_bits(bits: object, what: str = "bits") -> int:
     """Return ``bits`` if it is an int in 2..8 or 32, else raise ValueError naming ``what``."""
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in g.VALID_BITS:
@@ -76,6 +83,10 @@ class Quantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
+        if x.dtype != torch.float32 or _autocast_on(x.device.type):
+            # mixed precision covers the float parts only: the grid math stays in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.float())
         if not self.initialized:
             self.initialize(x)
         return self._fake_quant(x)

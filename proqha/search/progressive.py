@@ -55,6 +55,7 @@ class SearchConfig:
     steps: int = 8
     finetune_epochs: int = 2
     lr: float = 1e-3
+    weight_decay: float = 0.0
     batch_size: int = 64
     cost_metric: str | None = None
     target_cost: float | None = None
@@ -75,6 +76,7 @@ class SearchConfig:
             ("--steps", self.steps, self.steps >= 1, "must be >= 1"),
             ("--finetune-epochs", self.finetune_epochs, self.finetune_epochs >= 0, "must be >= 0"),
             ("--lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "must be > 0"),
+            ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
             ("--criterion", self.criterion, self.criterion in CRITERIA, f"must be one of {', '.join(CRITERIA)}"),
         ]
@@ -236,7 +238,7 @@ class ProgressiveSearch:
         cfg = self.cfg
         if cfg.finetune_epochs == 0:
             return math.nan
-        optimizer = make_optimizer(self.model, "adam", cfg.lr, 0.0)
+        optimizer = make_optimizer(self.model, "adam", cfg.lr, cfg.weight_decay)
         steps = cfg.finetune_epochs * math.ceil(len(self.train_set) / cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         top1 = math.nan
