@@ -53,14 +53,24 @@ class QuantLayer:
             self.weight_quantizer.initialize(self.weight)
         return self.input_quantizer(x)
 
-    def integer_forward(self, x: torch.Tensor, op) -> torch.Tensor:
+    def op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The float layer's computation (conv or linear) with the given weight and bias."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantize_input(x)
+        if self.deployed():
+            return self.integer_forward(x)
+        return self.op(x, self.quantized_weight(), self.bias)
+
+    def integer_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eval mode: compute as integer kernels do. ``x`` (already on the input grid) becomes integers,
         the accumulator ``op(x_int, w_int) + bias_int`` is formed in float32 (exact while it stays below
         2^24, which covers typical layers; beyond, float32 rounds at 6e-8 relative), and one multiply by
         ``input scale * weight scale`` gives the output, as onnxruntime's requantization does."""
         d = integer_layer(self, self.folded_bn)
         x_int = torch.round(x * (1.0 / d.input_scale))
-        acc = op(x_int, d.ints.to(x.dtype))
+        acc = self.op(x_int, d.ints.to(x.dtype), None)
         shape = (1, -1) + (1,) * (acc.dim() - 2)
         if d.bias_ints is not None:
             acc = acc + d.bias_ints.to(x.dtype).reshape(shape)
@@ -69,14 +79,17 @@ class QuantLayer:
     folded_bn: "nn.BatchNorm2d | None" = None
 
 
-def _adopt(dst: nn.Module, src: nn.Module) -> None:
-    """Share the float layer's parameters (``dst`` was built on the meta device), any child modules it
-    carries (an inserted ``output_quantizer``) and its training flag."""
+def _adopt(dst: nn.Module, src: nn.Module, a_quant: Quantizer, w_quant: Quantizer) -> nn.Module:
+    """Give ``dst`` (built on the meta device) the float layer's parameters, any child modules it carries
+    (an inserted ``output_quantizer``), its training flag, and the two quantizers."""
     dst.weight = src.weight
     dst.bias = src.bias
     for name, child in src.named_children():
         setattr(dst, name, child)
     dst.train(src.training)
+    dst.input_quantizer = a_quant
+    dst.weight_quantizer = w_quant
+    return dst
 
 
 class QuantConv2d(QuantLayer, nn.Conv2d):
@@ -86,16 +99,10 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
     def from_float(cls, conv: nn.Conv2d, a_quant: Quantizer, w_quant: Quantizer) -> "QuantConv2d":
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
-        _adopt(q, conv)
-        q.input_quantizer = a_quant
-        q.weight_quantizer = w_quant
-        return q
+        return _adopt(q, conv, a_quant, w_quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.quantize_input(x)
-        if self.deployed():
-            return self.integer_forward(x, lambda xi, wi: self._conv_forward(xi, wi, None))
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+    def op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self._conv_forward(x, weight, bias)
 
 
 class QuantLinear(QuantLayer, nn.Linear):
@@ -103,17 +110,10 @@ class QuantLinear(QuantLayer, nn.Linear):
 
     @classmethod
     def from_float(cls, fc: nn.Linear, a_quant: Quantizer, w_quant: Quantizer) -> "QuantLinear":
-        q = cls(fc.in_features, fc.out_features, fc.bias is not None, device="meta")
-        _adopt(q, fc)
-        q.input_quantizer = a_quant
-        q.weight_quantizer = w_quant
-        return q
+        return _adopt(cls(fc.in_features, fc.out_features, fc.bias is not None, device="meta"), fc, a_quant, w_quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.quantize_input(x)
-        if self.deployed():
-            return self.integer_forward(x, lambda xi, wi: F.linear(xi, wi))
-        return F.linear(x, self.quantized_weight(), self.bias)
+    def op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias)
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
