@@ -3,6 +3,7 @@ search's fine-tuning reuses. No printing here: callers pass callbacks for progre
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from proqha import distributed
 from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cost import cost_report
@@ -107,11 +109,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (workers persist across epochs of one loader)."""
+                pin_memory: bool = False, shard: bool = False) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (workers persist across epochs of one loader).
+
+    ``shard``: under torchrun, each rank reads its share (DistributedSampler seeded by ``seed``) and
+    ``batch_size`` stays the global batch (split evenly over ranks).
+    """
+    if shard and distributed.active():
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+        per_rank = max(1, batch_size // distributed.world_size())
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
+                          pin_memory=pin_memory, persistent_workers=workers > 0)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
                       drop_last=False, pin_memory=pin_memory, persistent_workers=workers > 0)
+
+
+def calibrate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> None:
+    """Initialise quantizer ranges that are not yet set from the first ``batch_size`` training samples
+    (the same on every rank, so every rank starts from the same ranges)."""
+    from proqha.quant import Quantizer
+
+    if all(q.initialized for q in model.modules() if isinstance(q, Quantizer) and q.enabled):
+        return
+    x = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))]).to(device)
+    model.train()
+    with torch.no_grad():
+        model(x)
 
 
 @dataclass
@@ -167,7 +193,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     sync_every = 1 if device.type == "cpu" else SYNC_EVERY
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    seen = torch.zeros((), device=device, dtype=torch.long)
     for i, (x, y) in enumerate(loader):
         x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
         with options.autocast(device):
@@ -187,7 +213,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         seen += len(y)
         if on_batch is not None and (i % sync_every == 0 or i == len(loader) - 1):
             on_batch(epoch, i, len(loader), float(loss.detach()))
-    return {"train_loss": float(loss_sum) / max(seen, 1), "train_top1": 100.0 * float(correct) / max(seen, 1)}
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype), seen.to(loss_sum.dtype)]))
+    n = max(float(totals[2]), 1.0)
+    return {"train_loss": float(totals[0]) / n, "train_top1": 100.0 * float(totals[1]) / n}
 
 
 @torch.no_grad()
@@ -246,19 +274,24 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
     because every epoch's data order and randomness derive from (seed, epoch).
     """
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    distributed.setup()
+    device = distributed.local_device(resolve_device(cfg.device))
     data = get_dataset_spec(cfg.dataset)
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
     model, recipe = prepare_model(cfg, device)
+    calibrate(model, train_set, cfg.batch_size, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train_set) / distributed.world_size() /
+                                max(1, cfg.batch_size // distributed.world_size()))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    if on_start is not None:
+    if on_start is not None and distributed.is_main():
         on_start()  # everything is validated; nothing is written yet
-    with run_lock(run_dir):
+    if not distributed.is_main():
+        on_batch = on_epoch = None
+    with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
         return _fit_locked(cfg, run_dir, resume, device, data.num_classes, train_set, test_set, model, recipe,
                            optimizer, scheduler, on_batch, on_epoch)
 
@@ -266,6 +299,7 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
 def _fit_locked(cfg, run_dir, resume, device, num_classes, train_set, test_set, model, recipe, optimizer,
                 scheduler, on_batch, on_epoch) -> dict[str, Any]:
     ckpt_dir = run_dir / "checkpoints"
+    main = distributed.is_main()  # under torchrun only rank 0 writes
     start_epoch, best = 0, -1.0
     if resume and (ckpt_dir / "last.pt").is_file():
         state = load_checkpoint(ckpt_dir / "last.pt", device)
@@ -275,32 +309,41 @@ def _fit_locked(cfg, run_dir, resume, device, num_classes, train_set, test_set, 
         start_epoch, best = int(state["epoch"]), float(state["best_top1"])
         kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch] \
             if (run_dir / "metrics.jsonl").exists() else []
-        write_jsonl(run_dir / "metrics.jsonl", kept)
-    else:
+        if main:
+            write_jsonl(run_dir / "metrics.jsonl", kept)
+    elif main:
         write_jsonl(run_dir / "metrics.jsonl", [])
         atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"stage": "train", "recipe": recipe.to_dict(),
                                                                     "num_classes": num_classes})
-    BitConfig.from_model(model).save(run_dir / "bits.json")
-    atomic_write_json(run_dir / "cost.json", cost_report(model, recipe.input_size).to_dict())
+    if main:
+        BitConfig.from_model(model).save(run_dir / "bits.json")
+        atomic_write_json(run_dir / "cost.json", cost_report(model, recipe.input_size).to_dict())
+    net = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     test_loader = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers)
     row: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
-                             workers=cfg.workers, pin_memory=device.type == "cuda")
+                             workers=cfg.workers, pin_memory=device.type == "cuda", shard=True)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row |= train_one_epoch(model, loader, optimizer, scheduler, device, epoch, on_batch,
+        row |= train_one_epoch(net, loader, optimizer, scheduler, device, epoch, on_batch,
                                StepOptions(cfg.amp, cfg.channels_last))
         row |= evaluate(model, test_loader, device)
         row["time_s"] = time.perf_counter() - t0
         row["images_per_s"] = len(train_set) / max(row["time_s"], 1e-9)
-        append_jsonl(run_dir / "metrics.jsonl", row)
         state = _checkpoint(model, optimizer, scheduler, epoch, max(best, row["test_top1"]), cfg, recipe, row)
-        if row["test_top1"] > best:
-            best = row["test_top1"]
-            save_checkpoint(state, ckpt_dir / "best.pt")
-        save_checkpoint(state, ckpt_dir / "last.pt")
+        improved = row["test_top1"] > best
+        best = max(best, row["test_top1"])
+        if main:
+            append_jsonl(run_dir / "metrics.jsonl", row)
+            if improved:
+                save_checkpoint(state, ckpt_dir / "best.pt")
+            save_checkpoint(state, ckpt_dir / "last.pt")
         if on_epoch is not None:
             on_epoch(row)
     return {"run_dir": str(run_dir), "best_top1": best, "last": row, "epochs": cfg.epochs}

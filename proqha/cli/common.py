@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from proqha.errors import ProqhaError
-from proqha.runs import DEFAULT_ROOT, latest_run_dir
+from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
 
 # Piped output (no terminal to measure) gets wide tables rather than truncated layer names.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -87,3 +87,11 @@ def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, **overr
         if value is not None:
             setattr(cfg, key, value)
     return cfg.resolved(), run_dir
+
+
+def fresh_run_dir(stage: str, run_dir: Path | None) -> Path:
+    """``run_dir``, or the next ``runs/<stage>-<n>``; an existing non-empty folder is a ProqhaError."""
+    run_dir = run_dir or next_run_dir(stage, DEFAULT_ROOT)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
+    return run_dir

@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from proqha.cli.common import console, err_console, fail, handle_errors, resume_config
+from proqha import distributed
+from proqha.cli.common import console, err_console, fail, fresh_run_dir, handle_errors, resume_config
 from proqha.cli.report import frontier_table, write_plots
 from proqha.deploy.report import read_frontier
 from proqha.errors import ProqhaError
-from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
+from proqha.runs import DEFAULT_ROOT, latest_run_dir
 from proqha.search import SearchConfig, run_search
 
 STOP_MESSAGES = {
@@ -46,7 +47,11 @@ def search(
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/search-<n>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the search in --run-dir (default: the latest) from its last step.")] = False,
 ) -> None:
-    """Lower per-layer weight/activation bits step by step, fine-tuning after each; log the frontier."""
+    """Lower per-layer weight/activation bits step by step, fine-tuning after each; log the frontier.
+
+    Under torchrun each rank scores its share of a step's candidates and the fine-tuning runs as DDP;
+    the chosen bits are those of a single-process run with the same seed."""
+    distributed.setup()
     if resume:
         cfg, run_dir = resume_config("search", SearchConfig, run_dir, steps=steps)
     else:
@@ -59,12 +64,11 @@ def search(
                            finetune_epochs=finetune_epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, cost_metric=cost_metric,
                            target_cost=target_cost, target_bitops=target_bitops, target_size_mb=target_size_mb,
                            seed=seed, device=device, workers=workers).resolved()
-        run_dir = run_dir or next_run_dir("search", DEFAULT_ROOT)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
+        run_dir = distributed.decide_on_main(lambda: fresh_run_dir("search", run_dir))
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True)
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
+                        disable=not distributed.is_main())
     step_task = progress.add_task("steps", total=cfg.steps, info="")
     cand_task = progress.add_task("candidates", total=cfg.candidates, info="")
 
@@ -87,6 +91,8 @@ def search(
                                 on_start=on_start)
     except KeyboardInterrupt:
         raise fail(f"interrupted; completed steps are saved: proqha search --resume --run-dir {run_dir}", 130) from None
+    if not distributed.is_main():
+        return
     rows = read_frontier(run_dir)
     console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
     for path in write_plots(run_dir, rows):

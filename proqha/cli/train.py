@@ -9,9 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from proqha.cli.common import console, err_console, fail, handle_errors, resume_config
-from proqha.errors import ProqhaError
-from proqha.runs import DEFAULT_ROOT, next_run_dir
+from proqha import distributed
+from proqha.cli.common import console, err_console, fail, fresh_run_dir, handle_errors, resume_config
 from proqha.train import TrainConfig, fit
 
 
@@ -39,7 +38,11 @@ def train(
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/train-<n>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: the latest) from its last epoch.")] = False,
 ) -> None:
-    """Train a model quantization-aware (or float with --bits 32) and save checkpoints each epoch."""
+    """Train a model quantization-aware (or float with --bits 32) and save checkpoints each epoch.
+
+    Under torchrun (`torchrun --nproc_per_node=N -m proqha train ...`) it trains with
+    DistributedDataParallel; --batch-size stays the global batch and only rank 0 writes or prints."""
+    distributed.setup()
     if resume:
         cfg, run_dir = resume_config("train", TrainConfig, run_dir, epochs=epochs)
     else:
@@ -50,12 +53,10 @@ def train(
                           lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed, workers=workers,
                           device=device, init=str(init) if init else None, amp=amp,
                           channels_last=channels_last).resolved()
-        run_dir = run_dir or next_run_dir("train", DEFAULT_ROOT)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
+        run_dir = distributed.decide_on_main(lambda: fresh_run_dir("train", run_dir))
     progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                        console=err_console, transient=True)
+                        console=err_console, transient=True, disable=not distributed.is_main())
     task = progress.add_task("train", total=None, epoch=0, epochs=cfg.epochs, loss=float("nan"))
 
     def on_batch(epoch: int, i: int, n: int, loss: float) -> None:
@@ -74,6 +75,8 @@ def train(
     except KeyboardInterrupt:
         raise fail(f"interrupted; the last completed epoch is saved: proqha train --resume --run-dir {run_dir}",
                    130) from None
+    if not distributed.is_main():
+        return
     last = result["last"]
     table = Table(title=f"proqha train: {cfg.arch} on {cfg.dataset}")
     for col in ("run", "epochs", "test top-1", "test top-5", "best top-1"):

@@ -7,6 +7,7 @@ gives the same result as an uninterrupted one. Each step leaves a row in ``front
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from proqha import distributed
 from proqha.builder import ModelRecipe, load_model
 from proqha.checkpoint import save_checkpoint
 from proqha.cost import CostReport, cost_report
@@ -221,32 +223,44 @@ class ProgressiveSearch:
         xs, ys = zip(*(self.train_set[i] for i in idx))
         x, y = torch.stack(xs).to(self.device), torch.as_tensor(ys).to(self.device)
         calib = make_loader(self.calib_set, max(cfg.batch_size, 256), shuffle=False, workers=cfg.workers)
-        scores = []
-        for i, cand in enumerate(candidates):
+        mine: dict[int, float] = {}
+        rank, world = distributed.rank(), distributed.world_size()
+        for i in range(rank, len(candidates), world):  # under torchrun each rank scores its share
             snap.restore(self.model)
-            BitConfig(cand).apply(self.model)
+            BitConfig(candidates[i]).apply(self.model)
             if cfg.criterion == "hessian":
-                scores.append(hessian_score(self.model, x, y, snap.tensors, lr=cfg.lr))
+                mine[i] = hessian_score(self.model, x, y, snap.tensors, lr=cfg.lr)
             else:
-                scores.append(accuracy_score(self.model, calib, self.device))
+                mine[i] = accuracy_score(self.model, calib, self.device)
             if on_candidate is not None:
                 on_candidate(step, i, len(candidates))
         snap.restore(self.model)
-        return scores
+        scores: dict[int, float] = {}
+        for part in distributed.all_gather(mine):
+            scores.update(part)
+        return [scores[i] for i in range(len(candidates))]
 
     def finetune(self, step: int, on_batch: Callable | None) -> float:
         cfg = self.cfg
         if cfg.finetune_epochs == 0:
             return math.nan
         optimizer = make_optimizer(self.model, "adam", cfg.lr, cfg.weight_decay)
-        steps = cfg.finetune_epochs * math.ceil(len(self.train_set) / cfg.batch_size)
+        world = distributed.world_size()
+        steps = cfg.finetune_epochs * math.ceil(len(self.train_set) / world / max(1, cfg.batch_size // world))
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        net = self.model
+        if distributed.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                          else None)
         top1 = math.nan
         for epoch in range(cfg.finetune_epochs):
             seed = _step_seed(cfg.seed, step, 100 + epoch)
             torch.manual_seed(seed)
-            loader = make_loader(self.train_set, cfg.batch_size, shuffle=True, seed=seed, workers=cfg.workers)
-            top1 = train_one_epoch(self.model, loader, optimizer, scheduler, self.device, epoch, on_batch)["train_top1"]
+            loader = make_loader(self.train_set, cfg.batch_size, shuffle=True, seed=seed, workers=cfg.workers,
+                                 shard=True)
+            top1 = train_one_epoch(net, loader, optimizer, scheduler, self.device, epoch, on_batch)["train_top1"]
         return top1
 
     def evaluate_row(self, step: int, score: float, train_top1: float, t0: float) -> dict[str, Any]:
@@ -262,6 +276,8 @@ class ProgressiveSearch:
         return row
 
     def save_step(self, step: int, row: dict[str, Any]) -> None:
+        if not distributed.is_main():
+            return
         bits = BitConfig.from_model(self.model)
         bits.save(self.run_dir / f"bits-step{step:03d}.json")
         save_checkpoint({"model": self.model.state_dict(), "recipe": self.recipe.to_dict(), "bits": bits.to_dict(),
@@ -327,16 +343,20 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
     A resume before any completed step starts over from ``cfg.source``.
     """
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    distributed.setup()
+    device = distributed.local_device(resolve_device(cfg.device))
     done = step_checkpoints(run_dir) if resume else []
     start, source = done[-1] if done else (0, resolve_source(Path(cfg.source)))  # no step yet: from the start
     search = ProgressiveSearch(cfg, run_dir, source, device)
-    if on_start is not None:
+    main = distributed.is_main()  # under torchrun only rank 0 writes and reports
+    if not main:
+        on_candidate = on_step = on_batch = None
+    if on_start is not None and main:
         on_start(search)
-    with run_lock(run_dir):
-        if done:
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        if done and main:
             search.frontier.resume_at(start, search.source_metrics)
-        else:
+        elif main:
             search.frontier.path.unlink(missing_ok=True)
             atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"stage": "search",
                                                                         "source_checkpoint": str(source),
