@@ -77,7 +77,7 @@ def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
     ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     kills = _run_with_kills(args + ["--run-dir", "cut"], ["search", "--resume", "--run-dir", "cut"],
-                            tmp_path / "cut", tmp_path, seed=5)
+                            tmp_path / "cut", tmp_path, seed=int(os.environ.get("KSEED", "5")))
 
     def rows(run):
         with open(tmp_path / run / "frontier.csv", newline="") as f:

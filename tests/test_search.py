@@ -117,6 +117,19 @@ def test_cost_falls_every_step_and_files_are_written(trained, tmp_path):
     assert ckpt["bits"]["layer1.0.conv1"]["w"] == int(rows[-1]["layer1.0.conv1/w"])
 
 
+def test_resume_right_after_the_step_0_checkpoint_logs_step_0_once(trained, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_0(row):
+        raise Killed
+
+    with pytest.raises(Killed):
+        run_search(_search_cfg(trained, steps=2), tmp_path / "s", on_step=kill_at_step_0)
+    run_search(_search_cfg(trained, steps=2), tmp_path / "s", resume=True)
+    assert [int(r["step"]) for r in _frontier(tmp_path / "s")] == [0, 1, 2]
+
+
 def test_stopped_then_resumed_search_equals_uninterrupted(trained, tmp_path):
     run_search(_search_cfg(trained), tmp_path / "full")
 

@@ -289,9 +289,11 @@ class ProgressiveSearch:
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, start_step: int, on_candidate: CandidateCallback | None = None,
-            on_step: StepCallback | None = None, on_batch: Callable | None = None) -> dict[str, Any]:
+            on_step: StepCallback | None = None, on_batch: Callable | None = None, fresh: bool = True
+            ) -> dict[str, Any]:
+        """Steps ``start_step + 1`` onwards; a ``fresh`` run first records step 0 (the starting point)."""
         cfg = self.cfg
-        if start_step == 0:
+        if fresh:
             t0 = time.perf_counter()
             row = self.evaluate_row(0, math.nan, math.nan, t0)
             self.save_step(0, row)
@@ -362,4 +364,4 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
                                                                         "source_checkpoint": str(source),
                                                                         "recipe": search.recipe.to_dict(),
                                                                         "dataset": search.dataset})
-        return search.run(start, on_candidate, on_step, on_batch)
+        return search.run(start, on_candidate, on_step, on_batch, fresh=not done)
