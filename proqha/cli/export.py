@@ -159,7 +159,8 @@ def export(
         model = float_twin(model)
     input_size = tuple(state["recipe"]["input_size"])
     proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt != "onnx-fp32")
-    for key, value in metadata(model, state, checkpoint, step, info, fmt).items():
+    meta = metadata(model, state, checkpoint, step, info, fmt)
+    for key, value in meta.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
     data = proto.SerializeToString()
@@ -187,6 +188,5 @@ def export(
         atomic_write_json(out.with_suffix(".engine.json"), settings | {"onnx": str(out),
                                                                        "layers": TrtRuntime(engine).layer_precisions()})
         err_console.print(f"wrote {out.with_suffix('.engine')}")
-    cost = json.loads(dict((p.key, p.value) for p in proto.metadata_props)["proqha.bits"])
-    err_console.print(f"wrote {out} ({len(data):,} bytes; {len(cost)} layers; paper cost "
-                      f"{format_ratio(float(dict((p.key, p.value) for p in proto.metadata_props)['proqha.paper_cost']))})")
+    err_console.print(f"wrote {out} ({len(data):,} bytes; {len(info.layers)} layers; paper cost "
+                      f"{format_ratio(float(meta['proqha.paper_cost']))})")
