@@ -102,15 +102,16 @@ def print_report(report: ValidationReport, title: str) -> None:
         table.add_row(str(k.integer_layers), str(k.float_layers), str(k.integer_adds), str(k.float_adds))
         console.print(table)
     table = Table(title=f"{title}: parity with PyTorch")
-    for col in ("runtime", "images", "top-1 agreement", "PyTorch top-1", "runtime top-1", "max |diff| (steps)",
-                "mean (steps)", "within 2 steps"):
+    for col in ("runtime", "images", "top-1 agreement (ties)", "PyTorch top-1", "runtime top-1",
+                "max |diff| (steps)", "mean (steps)", "within 2 steps"):
         table.add_column(col, justify="right")
 
     def steps(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
     for p in report.parity:
-        table.add_row(p.runtime, str(p.samples), f"{p.agreement:.2f}%", f"{p.torch_top1:.2f}%", f"{p.runtime_top1:.2f}%",
+        table.add_row(p.runtime, str(p.samples), f"{p.agreement:.2f}% ({p.agreement_ties:.2f}%)", f"{p.torch_top1:.2f}%",
+                      f"{p.runtime_top1:.2f}%",
                       f"{p.max_abs_diff:.4g} ({steps(p.max_steps, '.2f')})", f"{steps(p.mean_steps, '.4f')}",
                       "-" if p.within_2_steps is None else f"{p.within_2_steps:.2f}%")
     console.print(table)

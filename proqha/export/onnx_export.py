@@ -23,7 +23,7 @@ from torch import nn
 from proqha.errors import ProqhaError
 from proqha.export import qdq
 from proqha.export.graph_builder import GraphBuilder
-from proqha.quant import QuantAdd, QuantConv2d, QuantLinear, Quantizer
+from proqha.quant import PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
 from proqha.quant.fold import float_layer, integer_layer
 
 OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator's Q/DQ
@@ -86,6 +86,8 @@ class _Writer:
     # -- helpers ----------------------------------------------------------------------------------
     def act(self, x: str, quantizer: nn.Module, base: str) -> str:
         if not self.quantized or not isinstance(quantizer, Quantizer) or not quantizer.enabled:
+            if isinstance(quantizer, PACTQuantizer) and quantizer.absorbs_relu:  # the ReLU it stands in for
+                return self.b.node("Relu", [x], f"{base}.relu")
             return x
         out, scale = qdq.activation(self.b, x, quantizer.grid(), self.profile, base)
         self.scales[out] = scale

@@ -117,6 +117,7 @@ class Parity:
     runtime: str
     samples: int = 0
     agreement: float = 0.0
+    agreement_ties: float = 0.0
     torch_top1: float = 0.0
     runtime_top1: float = 0.0
     max_abs_diff: float = 0.0
@@ -125,6 +126,7 @@ class Parity:
     mean_steps: float | None = None
     within_2_steps: float | None = None
     _agree: int = field(default=0, repr=False)
+    _agree_ties: int = field(default=0, repr=False)
     _torch_ok: int = field(default=0, repr=False)
     _rt_ok: int = field(default=0, repr=False)
     _sum: float = field(default=0.0, repr=False)
@@ -135,6 +137,11 @@ class Parity:
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
         self.samples += len(labels)
         self._agree += int((out.argmax(1) == ref.argmax(1)).sum())
+        # a runtime pick whose PyTorch logit is within one output step of PyTorch's best is a tie at the
+        # deployed precision (quantized logits that differ by one step, which parity allows)
+        picked = ref[np.arange(len(ref)), out.argmax(1)]
+        tol = (step or 0.0) * (1 + 1e-6)
+        self._agree_ties += int((picked >= ref.max(1) - tol).sum())
         self._torch_ok += int((ref.argmax(1) == labels).sum())
         self._rt_ok += int((out.argmax(1) == labels).sum())
         self._sum += float(diff.sum())
@@ -145,6 +152,7 @@ class Parity:
         n = max(self.samples, 1)
         self.agreement, self.torch_top1, self.runtime_top1 = (100 * self._agree / n, 100 * self._torch_ok / n,
                                                               100 * self._rt_ok / n)
+        self.agreement_ties = 100 * self._agree_ties / n
         self.mean_abs_diff = self._sum / max(self._elements, 1)
         if step:
             self.max_steps, self.mean_steps = self.max_abs_diff / step, self.mean_abs_diff / step
@@ -182,8 +190,11 @@ def check_parity(results: list[Parity], has_steps: bool) -> list[str]:
     failures = []
     for r in results:
         need = MIN_AGREEMENT_ORT if r.runtime == "onnxruntime" else MIN_AGREEMENT_REFERENCE
-        if r.agreement < need:
-            failures.append(f"{r.runtime}: top-1 agreement with PyTorch {r.agreement:.2f}% < {need}%")
+        agreement = r.agreement_ties if has_steps else r.agreement
+        if agreement < need:
+            failures.append(f"{r.runtime}: top-1 agreement with PyTorch {agreement:.2f}% < {need}% "
+                            "(ties within one output step count as agreement)" if has_steps else
+                            f"{r.runtime}: top-1 agreement with PyTorch {agreement:.2f}% < {need}%")
         if r.runtime == "onnxruntime" and has_steps and (r.within_2_steps or 0) < MIN_WITHIN_2_STEPS:
             failures.append(f"{r.runtime}: {r.within_2_steps:.2f}% of logits within 2 output steps < "
                             f"{MIN_WITHIN_2_STEPS}%")

@@ -113,10 +113,17 @@ class PACTQuantizer(Quantizer):
     """Activations known to be non-negative: PACT clip at learnable alpha, unsigned grid 0..2^b-1.
 
     With the LSQ scale gradient, dL/dalpha is 1 for inputs above alpha (PACT's gradient) plus the
-    rounding-error term inside the range.
+    rounding-error term inside the range. ``absorbs_relu``: the ReLU before it was removed from the graph
+    (the grid's clamp at 0 is the same function and gradient); when off (32 bit) it applies that ReLU.
     """
 
     signed = False
+    absorbs_relu = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled and self.absorbs_relu:
+            return torch.relu(x)
+        return super().forward(x)
 
 
 class SignedActQuantizer(Quantizer):
