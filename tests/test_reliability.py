@@ -110,8 +110,6 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import proqha.files as files
-
     real_save, calls = torch.save, []
 
     def failing_save(obj, f, *a, **k):
@@ -120,7 +118,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_save(obj, f, *a, **k)
 
-    monkeypatch.setattr(files.torch if hasattr(files, "torch") else torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(ProqhaError, match="No space left on device; the previous version is intact"):
         fit(TrainConfig(epochs=3, batch_size=256).resolved(), tmp_path / "r")
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1
