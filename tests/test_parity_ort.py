@@ -91,8 +91,11 @@ def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
     _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
 
 
+# DoReFa at mixed 2..7 bit on random weights is chaotic: one-step float ties between PyTorch and both ONNX
+# runtimes grow to several output steps (measured on AVX2: ORT and onnx.reference alike, 6 steps), so the
+# mixed DoReFa case runs on the trained digits model (test_digits_dorefa_mixed)
 @pytest.mark.parametrize("weights, config", [("lsq", "8"), ("lsq", "4"), ("lsq", "2"), ("lsq", "mixed"),
-                                             ("dorefa", "mixed")])
+                                             ("dorefa", "4")])
 def test_cifar_shape_random_weights(weights, config):
     model, batches = _random_cifar(weights)
     _configure(model, config)
@@ -129,7 +132,7 @@ def test_bn_folding_keeps_the_integer_weights():
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     for name, layer in quant_layers(model).items():
         record = info.layers[name]
-        stored = inits[record.initializer].astype(np.int64) // record.int_factor
+        stored = (inits[record.initializer].astype(np.int64) - record.weight_zero_point) // record.int_factor
         trained = layer.weight_quantizer.integers(layer.weight).numpy()
         if name == "layer1.0.conv1":
             assert record.bn_folded

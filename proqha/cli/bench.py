@@ -10,22 +10,23 @@ from rich.table import Table
 
 from proqha.builder import load_model
 from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
-from proqha.cli.export import resolve_source, test_batches
+from proqha.cli.export import cpu_line, resolve_source, test_batches
 from proqha.cost import cost_report, format_ratio
 from proqha.deploy.bench import BenchModel, BenchResult, plot_results, run_bench, write_results
 from proqha.deploy.runtime import ENGINES
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
-from proqha.export.onnx_export import export_onnx
+from proqha.export.onnx_export import check_int8_kernels, export_onnx
 from proqha.quant import float_twin
 from proqha.search.progressive import step_checkpoints
 from proqha.train import resolve_device
 
 
-def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool) -> tuple[BenchModel, dict]:
+def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable"
+                 ) -> tuple[BenchModel, dict]:
     model, state = load_model(checkpoint)
     size = tuple(state["recipe"]["input_size"])
-    proto, _ = export_onnx(model, size)
+    proto, _ = export_onnx(model, size, int8_kernels=int8_kernels)
     trt_bytes = None
     if want_trt:
         trt_proto, _ = export_onnx(model, size, profile="trt")
@@ -74,6 +75,7 @@ def bench(
     plot: Annotated[bool, typer.Option(help="Write latency_vs_bitops.png and accuracy_vs_latency.png.")] = False,
     device: Annotated[str, typer.Option(help="Device of the torch engine: auto, cpu, cuda, cuda:N.")] = "auto",
     out_dir: Annotated[Optional[Path], typer.Option(help="Where bench.json/bench.csv go (default RUN/bench).")] = None,
+    int8_kernels: Annotated[str, typer.Option(help="The onnxruntime graph form: portable (exact on every CPU) or vnni (exact only with VNNI/AMX or on ARM64).")] = "portable",
 ) -> None:
     """Time the chosen model, its fp32 twin and the uniform 8-bit start on each engine and batch size."""
     engines = engine or ["ort"]
@@ -87,6 +89,7 @@ def bench(
                               ("--samples", samples, samples >= 1)):
         if not ok:
             raise ProqhaError(f"{option} out of range: {value}")
+    check_int8_kernels(int8_kernels)
     torch_device = resolve_device(device) if "torch" in engines else None
     if "trt" in engines:
         from proqha.deploy.runtime_trt import require_tensorrt
@@ -95,7 +98,7 @@ def bench(
     checkpoint, run_dir, chosen_step = resolve_source(run, step, best_under_cost)
     want_trt = "trt" in engines
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
-                                 chosen_step, want_trt)
+                                 chosen_step, want_trt, int8_kernels)
     size = tuple(state["recipe"]["input_size"])
     models = [chosen, _fp32_model(chosen, size)]
     if chosen_step is not None:
@@ -103,7 +106,7 @@ def bench(
         for s, path in others:
             if s != chosen_step:
                 label = "step 0 (uniform 8)" if s == 0 else f"step {s}"
-                models.append(_bench_model(label, path, s, want_trt)[0])
+                models.append(_bench_model(label, path, s, want_trt, int8_kernels)[0])
 
     def make_runtime(name: str, bm: BenchModel):
         if name == "ort":
@@ -128,5 +131,7 @@ def bench(
     if plot:
         paths += plot_results(result, out)
     print_bench(result, f"proqha bench: {run_dir}")
+    if "ort" in engines:
+        console.print(f"{cpu_line()} (graphs: {int8_kernels})", markup=False)
     for path in paths:
         err_console.print(f"wrote {path}")

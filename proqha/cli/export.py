@@ -18,7 +18,8 @@ from proqha.data import load_dataset
 from proqha.deploy.report import read_frontier
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
-from proqha.export.onnx_export import ExportInfo, export_onnx
+from proqha.export.onnx_export import EXACT_ON, ExportInfo, check_int8_kernels, export_onnx
+from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
 from proqha.quant import BitConfig, float_twin
@@ -81,7 +82,10 @@ def metadata(model, state: dict[str, Any], checkpoint: Path, step: int | None, i
     bits = BitConfig.from_model(model).to_dict()
     for name, layer in info.layers.items():
         bits[name]["weight_int_factor"] = layer.int_factor
-    return {
+        bits[name]["weight_zero_point"] = layer.weight_zero_point
+    exact = {"proqha.int8_kernels": info.int8_kernels, "proqha.exact_on": EXACT_ON[info.int8_kernels]} \
+        if info.quantized and info.profile == "ort" else {}
+    return exact | {
         "proqha.version": __version__, "proqha.format": fmt, "proqha.profile": info.profile,
         "proqha.arch": recipe["arch"], "proqha.dataset": state.get("config", {}).get("dataset", ""),
         "proqha.input_size": json.dumps(recipe["input_size"]), "proqha.bits": json.dumps(bits, sort_keys=True),
@@ -92,8 +96,13 @@ def metadata(model, state: dict[str, Any], checkpoint: Path, step: int | None, i
     }
 
 
+def cpu_line() -> str:
+    """Which int8 kernel path onnxruntime takes on this CPU, for printing next to parity and latency."""
+    return f"onnxruntime int8 kernels on this CPU: {cpu_int8_path().description}"
+
+
 def print_report(report: ValidationReport, title: str) -> None:
-    """Kernel counts and parity as rich tables."""
+    """Kernel counts, the int16 pair-sum bound, the CPU's int8 path and parity."""
     if report.kernels is not None:
         k = report.kernels
         table = Table(title=f"{title}: what onnxruntime runs")
@@ -101,6 +110,14 @@ def print_report(report: ValidationReport, title: str) -> None:
             table.add_column(col, justify="right")
         table.add_row(str(k.integer_layers), str(k.float_layers), str(k.integer_adds), str(k.float_adds))
         console.print(table)
+    if report.pair_sums:
+        wide = sum(1 for b in report.pair_sums if b.worst is None)
+        worst = max((b.worst for b in report.pair_sums if b.worst is not None), default=0)
+        over = sum(1 for b in report.pair_sums if not b.fits)
+        console.print(f"int8 graph ({report.int8_kernels}, exact on {EXACT_ON[report.int8_kernels]}): "
+                      f"{len(report.pair_sums) - wide} layers uint8 x int8 with worst pair sum {worst} "
+                      f"({over} over 32767), {wide} layers uint8 x uint8", markup=False)
+    console.print(cpu_line(), markup=False)
     table = Table(title=f"{title}: parity with PyTorch")
     for col in ("runtime", "images", "top-1 agreement (ties)", "PyTorch top-1", "runtime top-1",
                 "max |diff| (steps)", "mean (steps)", "within 2 steps"):
@@ -133,12 +150,14 @@ def export(
     samples: Annotated[int, typer.Option(help="Test images for the parity check.")] = 256,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
     device: Annotated[str, typer.Option(help="Device of the PyTorch model during export and parity: auto, cpu, cuda, cuda:N.")] = "cpu",
+    int8_kernels: Annotated[str, typer.Option(help="portable: exact on every CPU (uint8 weights where int8 pair sums could pass int16); vnni: int8 weights everywhere, exact only on CPUs with VNNI/AMX or ARM64.")] = "portable",
 ) -> None:
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
     if fmt not in FORMATS:
         raise ProqhaError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if samples < 1:
         raise ProqhaError(f"--samples must be >= 1, got {samples}")
+    check_int8_kernels(int8_kernels)
     if fmt == "trt":
         from proqha.deploy.runtime_trt import require_tensorrt
 
@@ -159,7 +178,8 @@ def export(
     if fmt == "onnx-fp32":
         model = float_twin(model)
     input_size = tuple(state["recipe"]["input_size"])
-    proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt != "onnx-fp32")
+    proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt != "onnx-fp32",
+                              int8_kernels=int8_kernels)
     meta = metadata(model, state, checkpoint, step, info, fmt)
     for key, value in meta.items():
         prop = proto.metadata_props.add()

@@ -12,6 +12,7 @@ from proqha.builder import load_model
 from proqha.cli.common import err_console, fail, handle_errors
 from proqha.cli.export import parity_path, print_report, resolve_source, test_batches
 from proqha.errors import ProqhaError
+from proqha.export.pair_sums import check_pair_sums, pair_sum_bounds
 from proqha.export.validate import ValidationReport, check_graph, check_parity, ort_kernels, parity
 from proqha.files import atomic_write_json
 
@@ -59,8 +60,13 @@ def parity_command(
     step = float(meta["proqha.output_scale"]) if meta.get("proqha.output_scale") else None
     results = parity(model, data, test_batches(state, samples), step, reference)
     exact = meta.get("proqha.format") == "onnx" and meta.get("proqha.profile") == "ort"
-    failures = check_parity(results, step is not None) if exact else []
-    report = ValidationReport(failures, ort_kernels(data), results, 0)
+    int8_kernels = meta.get("proqha.int8_kernels", "portable")  # files before the option claimed every CPU
+    failures = []
+    if exact and int8_kernels == "portable":
+        failures += check_pair_sums(proto)  # a bound on the file's integers: the same verdict on every CPU
+    if exact:
+        failures += check_parity(results, step is not None)
+    report = ValidationReport(failures, ort_kernels(data), results, 0, pair_sum_bounds(proto), int8_kernels=int8_kernels)
     print_report(report, model_path.name)
     atomic_write_json(parity_path(model_path), report.to_dict() | {"model": str(model_path), "source": str(checkpoint)})
     for failure in failures:

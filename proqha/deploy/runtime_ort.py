@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from proqha.deploy.runtime import WallClockTimed
+from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.validate import ort_session
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -34,4 +35,5 @@ class OrtRuntime(WallClockTimed):
         import onnxruntime as ort
 
         return {"engine": self.name, "onnxruntime": ort.__version__, "providers": self.session.get_providers(),
-                "threads": self.threads, "device": platform.processor() or platform.machine()}
+                "threads": self.threads, "device": platform.processor() or platform.machine(),
+                "int8_path": cpu_int8_path().description}

@@ -25,15 +25,20 @@ from proqha.export import qdq
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant import PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
 from proqha.quant.fold import float_layer, integer_layer
+from proqha.quant.grid import pair_sum_fits_int16, uint8_activation_max
 
 OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator's Q/DQ
+INT8_KERNELS = ("portable", "vnni")
+EXACT_ON = {"portable": "every CPU (x86 with or without VNNI, ARM64)",
+            "vnni": "CPUs whose int8 kernels sum in int32: x86 with AVX512-VNNI, AVX-VNNI or AMX; ARM64"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 @dataclass
 class LayerExport:
-    """What was written for one conv/linear: its int8 initializer, the factor its trained integers were
-    multiplied by, and the range those integers must stay in."""
+    """What was written for one conv/linear: its integer weight initializer (int8, or uint8 at zero point
+    128 where int8 pair sums could pass int16), the factor its trained integers were multiplied by, and
+    the range those integers must stay in."""
 
     kind: str
     w_bits: int
@@ -44,9 +49,8 @@ class LayerExport:
     odd_levels: bool
     bn_folded: bool
     int_factor: int = 1
-
-
-
+    weight_zero_point: int = 0
+    act_max: int = 0  # the largest uint8 value its input takes in an integer kernel
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ExportInfo:
 
     profile: str
     quantized: bool
+    int8_kernels: str = "portable"
     layers: dict[str, LayerExport] = field(default_factory=dict)
     quant_adds: int = 0
     output_scale: float | None = None
@@ -75,12 +80,12 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
 
 
 class _Writer:
-    def __init__(self, model: fx.GraphModule, profile: str, quantized: bool) -> None:
+    def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str) -> None:
         self.model, self.profile, self.quantized = model, profile, quantized
         self.modules = dict(model.named_modules())
         self.b = GraphBuilder()
         self.env: dict[fx.Node, str] = {}
-        self.info = ExportInfo(profile, quantized)
+        self.info = ExportInfo(profile, quantized, int8_kernels)
         self.scales: dict[str, float] = {}  # emitted activation step of a tensor name
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -120,8 +125,12 @@ class _Writer:
                                   f"{int(deployed.ints.abs().max())}, beyond int8; export it at <= 7 bit")
             if self.profile == "trt" and abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
                 deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # the trt re-gridded input
-            w = qdq.weight(self.b, deployed.ints.cpu().numpy(), deployed.scale.cpu().numpy(), name)
-            record.initializer = self.b.initializers[-3].name
+            record.act_max = uint8_activation_max(layer.input_quantizer.grid())
+            wide = (self.profile == "ort" and self.info.int8_kernels == "portable"
+                    and not pair_sum_fits_int16(record.act_max, deployed.int_factor * grid.qmax))
+            w, record.initializer = qdq.weight(self.b, deployed.ints.cpu().numpy(), deployed.scale.cpu().numpy(),
+                                               name, wide)
+            record.weight_zero_point = qdq.WIDE_WEIGHT_ZERO_POINT if wide else 0
             record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
             record.int_factor = deployed.int_factor
             if deployed.bias_ints is not None and self.profile == "trt":  # TensorRT takes float biases
@@ -278,24 +287,35 @@ class _Writer:
                             metadata)
 
 
+def check_int8_kernels(value: str) -> str:
+    """``value`` if it names a graph form in ``INT8_KERNELS``, else ProqhaError (one line)."""
+    if value not in INT8_KERNELS:
+        raise ProqhaError(f"--int8-kernels must be one of {', '.join(INT8_KERNELS)}, got {value!r}")
+    return value
+
+
 @torch.no_grad()
 def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "ort", quantized: bool = True,
-                metadata: dict[str, str] | None = None) -> tuple[onnx.ModelProto, ExportInfo]:
+                metadata: dict[str, str] | None = None, int8_kernels: str = "portable"
+                ) -> tuple[onnx.ModelProto, ExportInfo]:
     """Write ``model`` (a quantized twin from ``quantize_model``) as an ONNX graph.
 
     ``profile`` picks how activation grids are written (see ``proqha.export.qdq``); ``quantized=False``
     gives the float graph. Weights are stored as k times their trained integers at scale / k (k from
     ``weight_int_factor``: the same weights, a finer int32 bias grid, which the quantized layers round
-    their bias to as well). The model is put in eval mode. Returns the model proto and what validation
-    needs to know about it.
+    their bias to as well). ``int8_kernels="portable"`` (default) keeps every uint8 x int8 pair sum inside
+    int16, storing uint8 weights where int8 ones could overflow, so the graph is exact on every CPU;
+    ``"vnni"`` stores int8 weights everywhere, exact only where int8 kernels sum in int32 (``EXACT_ON``).
+    The model is put in eval mode. Returns the model proto and what validation needs to know about it.
     """
     if profile not in qdq.PROFILES:
         raise ProqhaError(f"--profile must be one of {', '.join(qdq.PROFILES)}, got {profile!r}")
+    check_int8_kernels(int8_kernels)
     if not isinstance(model, fx.GraphModule):
         raise ProqhaError("only models that torch.fx could trace can be exported (this one fell back to a module walk)")
     model = model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     output_size = tuple(model(torch.zeros(1, *input_size, device=device)).shape[1:])
-    writer = _Writer(model, profile, quantized)
+    writer = _Writer(model, profile, quantized, int8_kernels)
     proto = writer.run(tuple(input_size), output_size, metadata or {})
     return proto, writer.info

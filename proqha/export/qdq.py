@@ -7,7 +7,10 @@
     before QuantizeLinear (TensorRT fuses that Clip into the int8 kernel). Unsigned 8-bit grids
     (0..255) do not fit int8: they become 0..127 over the same range (step ``alpha/127``), which
     rounds twice as coarsely; the parity report measures that effect.
-Weights are int8 per output channel (axis 0), zero point 0, in both profiles; biases int32 with
+Weights are int8 per output channel (axis 0), zero point 0, in both profiles; for ``ort`` a layer whose
+uint8 x int8 pair sums could pass int16 (``proqha.quant.grid.pair_sum_fits_int16``: 8-bit weights on
+8-bit or signed activations) stores them as uint8 with zero point 128 instead, which onnxruntime runs
+with its U8U8 kernels (int16 operands, int32 pair sums: exact on every CPU). Biases are int32 with
 scale ``input scale * weight scale`` for ``ort``, and the same values as float for ``trt`` (its Q/DQ
 types are INT8/FP8/INT4 only; it quantizes biases itself).
 """
@@ -19,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from proqha.export.graph_builder import GraphBuilder
-from proqha.quant.grid import Grid
+from proqha.quant.grid import UINT8_SIGNED_OFFSET, Grid
 
 PROFILES = ("ort", "trt")
-SIGNED_ZERO_POINT = 128
+WIDE_WEIGHT_ZERO_POINT = 128  # uint8 weights: the symmetric levels shifted into 1..255
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def activation(b: GraphBuilder, x: str, grid: Grid, profile: str, base: str) -> 
         zero = b.const(f"{base}.zero_point", np.array(0, np.int8))
         q = b.node("QuantizeLinear", [clipped, scale, zero], f"{base}.q")
         return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
-    zp = SIGNED_ZERO_POINT if grid.signed else 0
+    zp = UINT8_SIGNED_OFFSET if grid.signed else 0
     zero = b.const(f"{base}.zero_point", np.array(zp, np.uint8))
     q = b.node("QuantizeLinear", [x, scale, zero], f"{base}.q")
     if g.qmin + zp > 0 or g.qmax + zp < 255:
@@ -63,12 +66,18 @@ def activation(b: GraphBuilder, x: str, grid: Grid, profile: str, base: str) -> 
     return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
 
 
-def weight(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str) -> str:
-    """int8 weights with a per-output-channel DequantizeLinear (axis 0, zero point 0)."""
-    w = b.const(f"{base}.weight_int8", ints.astype(np.int8))
+def weight(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str, wide: bool = False) -> tuple[str, str]:
+    """Weights with a per-output-channel DequantizeLinear (axis 0): int8 with zero point 0, or with
+    ``wide`` uint8 holding ``ints + 128`` with zero point 128 (the same values, U8U8 kernels).
+    Returns (dequantized weight, integer initializer)."""
+    if wide:
+        w = b.const(f"{base}.weight_uint8", (ints.astype(np.int16) + WIDE_WEIGHT_ZERO_POINT).astype(np.uint8))
+        z = b.const(f"{base}.weight_zero_point", np.full(len(scale), WIDE_WEIGHT_ZERO_POINT, np.uint8))
+    else:
+        w = b.const(f"{base}.weight_int8", ints.astype(np.int8))
+        z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
     s = b.const(f"{base}.weight_scale", scale.astype(np.float32))
-    z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
-    return b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0)
+    return b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0), w
 
 
 def bias(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str) -> str:

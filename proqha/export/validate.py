@@ -18,7 +18,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from proqha.export.onnx_export import ExportInfo
+from proqha.export.onnx_export import EXACT_ON, ExportInfo
+from proqha.export.pair_sums import CpuInt8Path, PairSumBound, check_pair_sums, cpu_int8_path, pair_sum_bounds
 
 INTEGER_LAYER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
 FLOAT_LAYER_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
@@ -42,13 +43,14 @@ def check_graph(proto: onnx.ModelProto) -> list[str]:
 
 
 def check_weight_ranges(proto: onnx.ModelProto, info: ExportInfo) -> list[str]:
-    """Every int8 weight initializer holds (k times) integers inside its layer's declared range."""
+    """Every weight initializer holds (k times) integers inside its layer's declared range (after its
+    zero point: 128 for uint8 weights)."""
     inits = {t.name: t for t in proto.graph.initializer}
     failures = []
     for name, layer in info.layers.items():
         if layer.initializer is None:
             continue
-        values = numpy_helper.to_array(inits[layer.initializer]).astype(np.int64)
+        values = numpy_helper.to_array(inits[layer.initializer]).astype(np.int64) - layer.weight_zero_point
         k = layer.int_factor
         ints = values // k
         if np.any(values % k) or ints.min() < layer.qmin or ints.max() > layer.qmax:
@@ -209,6 +211,9 @@ class ValidationReport:
     kernels: KernelCounts | None
     parity: list[Parity]
     weights_checked: int
+    pair_sums: list[PairSumBound] = field(default_factory=list)
+    cpu: CpuInt8Path = field(default_factory=cpu_int8_path)
+    int8_kernels: str = "portable"
 
     @property
     def ok(self) -> bool:
@@ -217,6 +222,9 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "failures": self.failures, "weights_checked": self.weights_checked,
                 "kernels": asdict(self.kernels) if self.kernels else None,
+                "int8_kernels": self.int8_kernels, "exact_on": EXACT_ON[self.int8_kernels],
+                "cpu_int8_path": asdict(self.cpu),
+                "pair_sums": [asdict(b) | {"fits_int16": b.fits} for b in self.pair_sums],
                 "parity": [p.to_dict() for p in self.parity],
                 "thresholds": {"min_agreement_onnxruntime": MIN_AGREEMENT_ORT,
                                "min_within_2_steps": MIN_WITHIN_2_STEPS,
@@ -226,15 +234,25 @@ class ValidationReport:
 def validate_export(proto: onnx.ModelProto, info: ExportInfo, model: torch.nn.Module,
                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]], reference: bool = True
                     ) -> ValidationReport:
-    """All checks of an export. Kernel and parity rules apply to the exact (ort-profile, quantized)
-    graph; for the trt profile and the float graph they are measured and reported, not enforced."""
+    """All checks of an export. Kernel, int16 pair-sum and parity rules apply to the exact (ort-profile,
+    quantized) graph; for the trt profile and the float graph they are measured and reported, not
+    enforced. The pair-sum rule is a bound on the graph's integers, so it holds whatever CPU runs it;
+    a ``vnni`` graph is exempt from it (it claims exactness only where int8 sums are int32)."""
     model_bytes = proto.SerializeToString()
     failures = check_graph(proto) + check_weight_ranges(proto, info)
     enforce = info.quantized and info.profile == "ort"
+    cpu = cpu_int8_path()
+    if enforce and info.int8_kernels == "portable":
+        failures += check_pair_sums(proto)
     kernels = ort_kernels(model_bytes)
     if enforce:
         failures += check_kernels(kernels, info)
     results = parity(model, model_bytes, batches, info.output_scale, reference)
     if enforce:
-        failures += check_parity(results, info.output_scale is not None)
-    return ValidationReport(failures, kernels, results, sum(1 for v in info.layers.values() if v.initializer))
+        parity_failures = check_parity(results, info.output_scale is not None)
+        if parity_failures and info.int8_kernels == "vnni" and cpu.sums == "int16":
+            parity_failures.append(f"this CPU ({cpu.description}) cannot run a --int8-kernels vnni graph exactly; "
+                                   "validate it on a VNNI machine, or export the portable default")
+        failures += parity_failures
+    return ValidationReport(failures, kernels, results, sum(1 for v in info.layers.values() if v.initializer),
+                            pair_sum_bounds(proto) if info.quantized else [], cpu, info.int8_kernels)

@@ -7,8 +7,8 @@ agree up to float summation order.
 ``bn(conv(x, w) + b) = conv(x, w * f) + (b - mean) * f + beta`` with ``f = gamma / sqrt(var + eps)``:
 with a per-channel weight grid ``w * f = ints * (scale * f)``, so the trained integers stay (a
 negative ``f`` moves its sign into them, as scales are positive). Integers are then stored times
-``k = weight_int_factor(qmax)`` at ``scale / k``, and the bias is rounded to the accumulator step
-``input scale * weight scale``.
+``k = weight_int_factor(qmax, act_max)`` at ``scale / k`` (k keeps every uint8 x int8 pair sum inside
+int16), and the bias is rounded to the accumulator step ``input scale * weight scale``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from proqha.quant.grid import weight_int_factor
+from proqha.quant.grid import uint8_activation_max, weight_int_factor
 
 
 def bn_factor(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +65,7 @@ def integer_layer(layer: nn.Module, bn: nn.BatchNorm2d | None = None, input_scal
         ints = ints * torch.where(f < 0, -1, 1).reshape(-1, *([1] * (ints.dim() - 1)))
         scale = scale * f.abs()
         bias = (bias if bias is not None else torch.zeros_like(f)) * f + shift
-    k = weight_int_factor(grid.qmax)
+    k = weight_int_factor(grid.qmax, uint8_activation_max(aq.grid()))
     ints, scale = ints * k, scale / k
     x_scale = aq.scale().detach().reshape(()) if input_scale is None else torch.tensor(float(input_scale))
     bias_scale = x_scale * scale

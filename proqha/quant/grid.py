@@ -101,14 +101,37 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def weight_int_factor(qmax: int) -> int:
-    """The largest k with k * qmax <= 127.
+INT16_MAX = 32767
+UINT8_SIGNED_OFFSET = 128  # a signed activation grid travels as uint8 with zero point 128
+
+
+def uint8_activation_max(grid: Grid) -> int:
+    """The largest uint8 value an activation on ``grid`` takes inside an x86 int8 kernel: its top integer,
+    shifted by 128 when the grid is signed (signed grids are stored as uint8 with zero point 128)."""
+    return grid.qmax + (UINT8_SIGNED_OFFSET if grid.signed else 0)
+
+
+def pair_sum_fits_int16(act_max: int, weight_max: int) -> bool:
+    """Whether two uint8 x int8 products ``a0*w0 + a1*w1`` always fit int16.
+
+    x86 CPUs without VNNI (AVX2, AVX-512BW) multiply uint8 activations by int8 weights with vpmaddubsw,
+    which adds pairs of products in int16 and saturates at 32767; 255 x 127 x 2 = 64770 does not fit.
+    """
+    return 2 * act_max * weight_max <= INT16_MAX
+
+
+def weight_int_factor(qmax: int, act_max: int) -> int:
+    """The largest k with k * qmax <= 127 whose pair sums stay in int16 (at least 1).
 
     A deployed weight is stored as k times its trained integers at 1/k of its scale: the same real
     weight, but an accumulator step (input scale * weight scale) k times finer, so the int32 bias that
     integer kernels need rounds k times more finely. Quantized layers round their bias to that step.
+    ``act_max`` (``uint8_activation_max`` of the input grid) caps k so that a uint8 x int8 kernel cannot
+    saturate; a layer that overflows even at k = 1 (8-bit weights on 8-bit activations) is exported
+    with uint8 weights instead (see ``pair_sum_fits_int16``).
     """
-    return max(1, 127 // max(qmax, 1))
+    qmax = max(qmax, 1)
+    return max(1, min(127 // qmax, INT16_MAX // (2 * max(act_max, 1) * qmax)))
 
 
 def to_integers(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, axis: int | None) -> torch.Tensor:
