@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 SYNC_EVERY = 20
 BatchCallback = Callable[[int, int, int, float], None]  # (epoch, batch index, batches, loss)
 EpochCallback = Callable[[dict[str, Any]], None]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> mean loss
 
 
 @dataclass
@@ -64,9 +65,12 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Fill defaults that depend on other options and validate ranges (ProqhaError on bad input)."""
-        data = get_dataset_spec(self.dataset)
         check_data_dir(self.dataset, self.data_dir, self.download)
+        data = get_dataset_spec(self.dataset, self.data_dir)
         arch = self.arch or data.default_arch
+        if arch is None:
+            raise ProqhaError(f"--dataset {self.dataset} has no default architecture; pass --arch (a name or "
+                              "package.module:factory)")
         get_model_spec(arch)
         try:
             check_bits(self.bits, "--bits")
@@ -127,17 +131,42 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
                       drop_last=False, pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
-def calibrate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> None:
+def calibrate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+              num_classes: int | None = None) -> None:
     """Initialise quantizer ranges that are not yet set from the first ``batch_size`` training samples
-    (the same on every rank, so every rank starts from the same ranges)."""
+    (the same on every rank, so every rank starts from the same ranges). A model that cannot run on the
+    data, or whose output is not ``(batch, num_classes)`` logits, is a ProqhaError."""
     from proqha.quant import Quantizer
 
     if all(q.initialized for q in model.modules() if isinstance(q, Quantizer) and q.enabled):
         return
     x = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))]).to(device)
+    forward_checked(model, x, num_classes, "the model cannot run on the data (input {shape})")
+
+
+def forward_checked(model: nn.Module, x: torch.Tensor, num_classes: int | None, what: str) -> None:
+    """One training-mode forward without gradients (it sets quantizer ranges); ProqhaError ``what`` (with
+    ``{shape}``) and the first line of the cause when the model cannot run on ``x``, or when its output
+    is not (batch, num_classes) logits."""
     model.train()
     with torch.no_grad():
-        model(x)
+        try:
+            out = model(x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ProqhaError(f"{what.format(shape=tuple(x.shape))}: {cause}") from exc
+    check_logits(out, len(x), num_classes)
+
+
+def check_logits(out: Any, batch: int, num_classes: int | None) -> None:
+    """A classifier's output must be a ``(batch, num_classes)`` tensor (ProqhaError otherwise)."""
+    if not isinstance(out, torch.Tensor):
+        raise ProqhaError(f"the model returns {type(out).__name__}; expected a tensor of logits")
+    want = (batch, num_classes) if num_classes is not None else None
+    if out.dim() != 2 or out.shape[0] != batch or (want is not None and tuple(out.shape) != want):
+        raise ProqhaError(f"the model's output has shape {tuple(out.shape)}; expected (batch, "
+                          f"{num_classes if num_classes is not None else 'classes'}) = "
+                          f"({batch}, {num_classes if num_classes is not None else '...'})")
 
 
 @dataclass
@@ -178,10 +207,12 @@ def first_non_finite(model: nn.Module) -> str:
     return "parameters finite; the activations overflowed"
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device, epoch: int = 0,
-                    on_batch: BatchCallback | None = None, options: StepOptions | None = None) -> dict[str, float]:
-    """One pass over ``loader``; the scheduler steps every batch. Stops on a non-finite loss.
+                    on_batch: BatchCallback | None = None, options: StepOptions | None = None,
+                    loss_fn: LossFn | None = None) -> dict[str, float]:
+    """One pass over ``loader`` (``(x, y)`` batches); the scheduler steps every batch. Stops on a
+    non-finite loss. ``loss_fn(logits, y)`` defaults to cross-entropy; top-1 reads ``y`` as class indices.
 
     On CUDA the loss is read back (finiteness, progress) every ``SYNC_EVERY`` batches only, so the step
     never waits for the host; on the CPU every batch.
@@ -198,7 +229,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
         with options.autocast(device):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = (loss_fn or F.cross_entropy)(logits.float(), y)
         if (i % sync_every == 0 or i == len(loader) - 1) and not torch.isfinite(loss):
             raise ProqhaError(f"loss became {loss.item()} at epoch {epoch}, batch {i} ({first_non_finite(model)}); "
                               "lower --lr (the last good checkpoint is kept)")
@@ -219,14 +250,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over ``loader``."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: LossFn | None = None
+             ) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over ``loader``; ``loss_fn`` as in ``train_one_epoch``."""
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        if loss_fn is None:
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        else:
+            loss_sum += float(loss_fn(logits.float(), y)) * len(y)
         c1, c5 = _topk_correct(logits, y, (1, 5))
         top1, top5, seen = top1 + c1, top5 + c5, seen + len(y)
     n = max(seen, 1)
@@ -235,7 +270,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict
 
 def recipe_for(cfg: TrainConfig) -> ModelRecipe:
     """The model recipe a (resolved) training config describes."""
-    data = get_dataset_spec(cfg.dataset)
+    data = get_dataset_spec(cfg.dataset, cfg.data_dir)
     quant = QuantConfig(bits=cfg.bits, weight_quantizer=cfg.weight_quantizer, edge_layers=cfg.edge_layers)
     return ModelRecipe(cfg.arch, data.num_classes, data.input_size[0], data.input_size, quant.to_dict())
 
@@ -276,11 +311,11 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
     run_dir = Path(run_dir)
     distributed.setup()
     device = distributed.local_device(resolve_device(cfg.device))
-    data = get_dataset_spec(cfg.dataset)
+    data = get_dataset_spec(cfg.dataset, cfg.data_dir)
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
     model, recipe = prepare_model(cfg, device)
-    calibrate(model, train_set, cfg.batch_size, device)
+    calibrate(model, train_set, cfg.batch_size, device, data.num_classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)

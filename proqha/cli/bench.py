@@ -11,13 +11,12 @@ from rich.table import Table
 from proqha.builder import load_model
 from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line, resolve_source, test_batches
-from proqha.cost import cost_report, format_ratio
-from proqha.deploy.bench import BenchModel, BenchResult, plot_results, run_bench, write_results
+from proqha.cost import format_ratio
+from proqha.deploy.bench import (BenchModel, BenchResult, bench_model, fp32_model, make_runtime, plot_results,
+                                 run_bench, write_results)
 from proqha.deploy.runtime import ENGINES
-from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
-from proqha.export.onnx_export import check_int8_kernels, export_onnx
-from proqha.quant import float_twin
+from proqha.export.onnx_export import check_int8_kernels
 from proqha.search.progressive import step_checkpoints
 from proqha.train import resolve_device
 
@@ -26,22 +25,7 @@ def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool,
                  ) -> tuple[BenchModel, dict]:
     model, state = load_model(checkpoint)
     size = tuple(state["recipe"]["input_size"])
-    proto, _ = export_onnx(model, size, int8_kernels=int8_kernels)
-    trt_bytes = None
-    if want_trt:
-        trt_proto, _ = export_onnx(model, size, profile="trt")
-        problems = check_trt_graph(trt_proto)
-        if problems:
-            raise ProqhaError(f"{label}: the trt-profile graph breaks a TensorRT rule: {problems[0]}")
-        trt_bytes = trt_proto.SerializeToString()
-    return BenchModel(label, model, proto.SerializeToString(), cost_report(model, size), True, step, trt_bytes), state
-
-
-def _fp32_model(base: BenchModel, size: tuple[int, ...]) -> BenchModel:
-    twin = float_twin(base.model)
-    proto, _ = export_onnx(twin, size, quantized=False)
-    data = proto.SerializeToString()
-    return BenchModel("fp32", twin, data, cost_report(twin, size), False, base.step, data)
+    return bench_model(label, model, size, step, want_trt, int8_kernels), state
 
 
 def print_bench(result: BenchResult, title: str) -> None:
@@ -100,7 +84,7 @@ def bench(
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
                                  chosen_step, want_trt, int8_kernels)
     size = tuple(state["recipe"]["input_size"])
-    models = [chosen, _fp32_model(chosen, size)]
+    models = [chosen, fp32_model(chosen, size)]
     if chosen_step is not None:
         others = step_checkpoints(run_dir) if all_steps else [(s, p) for s, p in step_checkpoints(run_dir)[:1]]
         for s, path in others:
@@ -108,22 +92,11 @@ def bench(
                 label = "step 0 (uniform 8)" if s == 0 else f"step {s}"
                 models.append(_bench_model(label, path, s, want_trt, int8_kernels)[0])
 
-    def make_runtime(name: str, bm: BenchModel):
-        if name == "ort":
-            from proqha.deploy.runtime_ort import OrtRuntime
-
-            return OrtRuntime(bm.onnx, threads)
-        if name == "torch":
-            from proqha.deploy.runtime_torch import TorchRuntime
-
-            return TorchRuntime(bm.model, torch_device)
-        from proqha.deploy.runtime_trt import TrtRuntime, build_engine
-
-        engine_bytes, _ = build_engine(bm.trt_onnx or bm.onnx, size, max_batch=max(batches))
-        return TrtRuntime(engine_bytes)
+    def runtime(name: str, bm: BenchModel):
+        return make_runtime(name, bm, threads, torch_device, size, max(batches))
 
     sanity_x = next(iter(test_batches(state, 64, 64)))[0].numpy()
-    result = run_bench(models, engines, batches, make_runtime, sanity_x, lambda: test_batches(state, samples, 32),
+    result = run_bench(models, engines, batches, runtime, sanity_x, lambda: test_batches(state, samples, 32),
                        size, warmup, None if seconds else iters, seconds,
                        on_progress=lambda what: err_console.print(f"timing {what}"))
     out = out_dir or run_dir / "bench"

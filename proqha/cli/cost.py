@@ -18,7 +18,7 @@ from proqha.quant import BitConfig, QuantConfig, quantize_model
 
 @handle_errors
 def cost(
-    arch: Annotated[str, typer.Option(help="Architecture.")] = "resnet18",
+    arch: Annotated[str, typer.Option(help="Architecture: a registered name or package.module:factory.")] = "resnet18",
     bits: Annotated[int, typer.Option(help="Uniform weight/activation bits of searchable layers (2..8, 32).")] = 8,
     bits_file: Annotated[Optional[Path], typer.Option(help="Per-layer bits (JSON BitConfig) instead of --bits.")] = None,
     edge_layers: Annotated[str, typer.Option(help="First conv and last linear: int8, float, or search.")] = "int8",
@@ -29,6 +29,8 @@ def cost(
     """Print per-layer cost and the totals: paper cost, BitOPs, size."""
     spec = get_model_spec(arch)
     size = parse_int_tuple(input_size, "--input-size", 3) if input_size else spec.input_size
+    if size is None:
+        raise ProqhaError(f"--arch {arch} is an import path: pass --input-size C,H,W")
     if num_classes is not None and num_classes < 1:
         raise ProqhaError(f"--num-classes must be positive, got {num_classes}")
     try:

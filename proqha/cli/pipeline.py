@@ -21,8 +21,8 @@ from proqha.train import TrainConfig
 
 @handle_errors
 def pipeline(
-    arch: Annotated[Optional[str], typer.Option(help="Architecture (default: the dataset's own).")] = None,
-    dataset: Annotated[str, typer.Option(help="Dataset (default digits, offline).")] = "digits",
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: a registered name, or package.module:factory for your own (default: the dataset's own).")] = None,
+    dataset: Annotated[str, typer.Option(help="Dataset (default digits, offline), or package.module:factory for your own.")] = "digits",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the dataset's files.")] = None,
     epochs: Annotated[int, typer.Option(help="QAT epochs at 8 bit.")] = 15,
     lam: Annotated[float, typer.Option(help="Search: weight of cost saving against sensitivity.")] = 0.1,

@@ -16,8 +16,8 @@ from proqha.train import TrainConfig, fit
 
 @handle_errors
 def train(
-    arch: Annotated[Optional[str], typer.Option(help="Architecture (default: the dataset's own).")] = None,
-    dataset: Annotated[str, typer.Option(help="digits (offline default), mnist, cifar10, cifar100, imagefolder.")] = "digits",
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: a registered name, or package.module:factory for your own (default: the dataset's own).")] = None,
+    dataset: Annotated[str, typer.Option(help="digits (offline default), mnist, cifar10, cifar100, imagefolder, or package.module:factory for your own.")] = "digits",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the dataset's files.")] = None,
     download: Annotated[bool, typer.Option(help="Download the dataset into --data-dir if missing.")] = False,
     bits: Annotated[int, typer.Option(help="Weight and activation bits of searchable layers: 2..8, or 32 for float.")] = 8,

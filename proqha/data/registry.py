@@ -4,6 +4,9 @@ Builders know two file sets, ``train`` and ``test``, and a third view ``train-ev
 with evaluation transforms). The registry carves a fixed calibration split out of the training files:
 ``calib`` (10%, at most 5000 samples, seed 0) is held out from ``train``, so a search can score
 candidates on data that neither training nor the test set uses.
+
+A name of the form ``package.module:factory`` is the user's own dataset factory (``proqha.data.custom``):
+the same three splits, carved the same way unless the factory returns its own ``calib``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from proqha.errors import ProqhaError
+from proqha.imports import is_import_path
 
 SPLITS = ("train", "calib", "test")
 CALIB_FRACTION = 0.1
@@ -32,7 +36,7 @@ class DatasetSpec:
     num_classes: int
     input_size: tuple[int, int, int]
     needs_data_dir: bool
-    default_arch: str
+    default_arch: str | None
     description: str
 
 
@@ -57,8 +61,15 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def get_dataset_spec(name: str) -> DatasetSpec:
-    """The spec of a registered dataset (ProqhaError for an unknown name)."""
+def get_dataset_spec(name: str, data_dir: str | Path | None = None) -> DatasetSpec:
+    """The spec of a registered dataset, or of a ``module:factory`` import path (whose factory is called,
+    with ``data_dir``, and checked); ProqhaError for an unknown name or a bad factory."""
+    if is_import_path(name):
+        from proqha.data.custom import load_splits
+
+        splits = load_splits(name, None if data_dir is None else str(data_dir))
+        return DatasetSpec(name, lambda path, split, download: splits.test if split == "test" else splits.train, splits.num_classes,
+                           splits.input_size, False, None, f"user dataset {name}")
     try:
         return _DATASETS[name]
     except KeyError:
@@ -66,11 +77,22 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 
 def load_dataset(name: str, split: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
-    """Build one split of a registered dataset; a missing or malformed folder is one ProqhaError."""
-    spec = get_dataset_spec(name)
+    """Build one split of a registered (or import-path) dataset; a missing or malformed folder is one
+    ProqhaError."""
     if split not in SPLITS:
         raise ProqhaError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     path = check_data_dir(name, data_dir, download)
+    if is_import_path(name):
+        from proqha.data.custom import load_splits
+
+        splits = load_splits(name, None if path is None else str(path))
+        if split == "test" or (split == "calib" and splits.calib is not None):
+            return splits.test if split == "test" else splits.calib
+        if splits.calib is not None:
+            return splits.train
+        calib_idx, train_idx = calibration_split(len(splits.train))
+        return Subset(splits.train, train_idx if split == "train" else calib_idx)
+    spec = get_dataset_spec(name)
     if split == "test":
         return spec.build(path, "test", download)
     full = spec.build(path, "train" if split == "train" else "train-eval", download)
@@ -79,9 +101,14 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
 
 
 def check_data_dir(name: str, data_dir: str | Path | None, download: bool = False) -> Path | None:
-    """The data folder of a dataset, checked without reading it (ProqhaError when missing or not a folder)."""
-    spec = get_dataset_spec(name)
+    """The data folder of a dataset, checked without reading it (ProqhaError when missing or not a folder).
+    An import-path dataset needs none; one given to it must exist."""
     path = Path(data_dir) if data_dir is not None else None
+    if is_import_path(name):
+        if path is not None and not path.is_dir():
+            raise ProqhaError(f"data directory not found: {path}")
+        return path
+    spec = get_dataset_spec(name)
     if spec.needs_data_dir:
         if path is None:
             raise ProqhaError(f"dataset {name!r} needs --data-dir (the folder holding its files)")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from proqha.cost import CostReport
+from proqha.cost import CostReport, cost_report
 from proqha.deploy.latency import measure
 from proqha.deploy.runtime import Runtime
 from proqha.errors import ProqhaError
@@ -36,6 +36,52 @@ class BenchModel:
     quantized: bool
     step: int | None = None
     trt_onnx: bytes | None = None
+
+
+def bench_model(label: str, model: nn.Module, input_size: tuple[int, ...], step: int | None = None,
+                want_trt: bool = False, int8_kernels: str = "portable") -> BenchModel:
+    """A quantized model ready to time: its onnxruntime graph (and trt-profile graph, checked against
+    TensorRT's rules, when ``want_trt``) and its cost figures."""
+    from proqha.deploy.trt_check import check_trt_graph
+    from proqha.export.onnx_export import export_onnx
+
+    proto, _ = export_onnx(model, input_size, int8_kernels=int8_kernels)
+    trt_bytes = None
+    if want_trt:
+        trt_proto, _ = export_onnx(model, input_size, profile="trt")
+        problems = check_trt_graph(trt_proto)
+        if problems:
+            raise ProqhaError(f"{label}: the trt-profile graph breaks a TensorRT rule: {problems[0]}")
+        trt_bytes = trt_proto.SerializeToString()
+    return BenchModel(label, model, proto.SerializeToString(), cost_report(model, input_size), True, step, trt_bytes)
+
+
+def fp32_model(base: BenchModel, input_size: tuple[int, ...]) -> BenchModel:
+    """The fp32 twin of a quantized bench model (every quantizer off): the speed-up baseline."""
+    from proqha.export.onnx_export import export_onnx
+    from proqha.quant import float_twin
+
+    twin = float_twin(base.model)
+    proto, _ = export_onnx(twin, input_size, quantized=False)
+    data = proto.SerializeToString()
+    return BenchModel("fp32", twin, data, cost_report(twin, input_size), False, base.step, data)
+
+
+def make_runtime(engine: str, bm: BenchModel, threads: int | None = None, device: torch.device | None = None,
+                 input_size: tuple[int, ...] | None = None, max_batch: int = 1) -> Runtime:
+    """The runtime ``engine`` (ort, torch or trt) over one bench model."""
+    if engine == "ort":
+        from proqha.deploy.runtime_ort import OrtRuntime
+
+        return OrtRuntime(bm.onnx, threads)
+    if engine == "torch":
+        from proqha.deploy.runtime_torch import TorchRuntime
+
+        return TorchRuntime(bm.model, device or torch.device("cpu"))
+    from proqha.deploy.runtime_trt import TrtRuntime, build_engine
+
+    engine_bytes, _ = build_engine(bm.trt_onnx or bm.onnx, input_size, max_batch=max_batch)
+    return TrtRuntime(engine_bytes)
 
 
 def sanity(runtime: Runtime, model: nn.Module, x: np.ndarray) -> float:

@@ -34,6 +34,12 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
+    def multi(self, op: str, inputs: list[str], base: str, outputs: int, **attrs: Any) -> list[str]:
+        """A node with several outputs, named ``base.0``, ``base.1``, ..."""
+        names = [self.name(f"{base}.{i}") for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, names, name=self.name(base), **attrs))
+        return names
+
     def model(self, input_name: str, input_shape: list[Any], output_name: str, output_shape: list[Any],
               opset: int, metadata: dict[str, str]) -> onnx.ModelProto:
         graph = helper.make_graph(

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
 from torch import nn
 
 from proqha.errors import ProqhaError
-from proqha.export import qdq
+from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant import PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
 from proqha.quant.fold import float_layer, integer_layer
@@ -32,6 +32,7 @@ INT8_KERNELS = ("portable", "vnni")
 EXACT_ON = {"portable": "every CPU (x86 with or without VNNI, ARM64)",
             "vnni": "CPUs whose int8 kernels sum in int32: x86 with AVX512-VNNI, AVX-VNNI or AMX; ARM64"}
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+PROBE_BATCH = 2  # the batch of the shape-propagation pass; reshapes keep dimension 0 free
 
 
 @dataclass
@@ -69,16 +70,6 @@ class ExportInfo:
         return sum(1 for layer in self.layers.values() if layer.initializer and layer.a_bits != 32)
 
 
-def _pair(v: Any) -> list[int]:
-    return list(v) if isinstance(v, (tuple, list)) else [int(v), int(v)]
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
 class _Writer:
     def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str) -> None:
         self.model, self.profile, self.quantized = model, profile, quantized
@@ -87,6 +78,7 @@ class _Writer:
         self.env: dict[fx.Node, str] = {}
         self.info = ExportInfo(profile, quantized, int8_kernels)
         self.scales: dict[str, float] = {}  # emitted activation step of a tensor name
+        self.probe_batch = PROBE_BATCH
 
     # -- helpers ----------------------------------------------------------------------------------
     def act(self, x: str, quantizer: nn.Module, base: str) -> str:
@@ -94,7 +86,7 @@ class _Writer:
             if isinstance(quantizer, PACTQuantizer) and quantizer.absorbs_relu:  # the ReLU it stands in for
                 return self.b.node("Relu", [x], f"{base}.relu")
             return x
-        out, scale = qdq.activation(self.b, x, quantizer.grid(), self.profile, base)
+        out, scale = qdq.activation(self.b, x, quantizer.grid(), self.profile, base, requantize=x in self.scales)
         self.scales[out] = scale
         return out
 
@@ -111,7 +103,12 @@ class _Writer:
     # -- conv / linear ----------------------------------------------------------------------------
     def layer(self, node: fx.Node, layer: QuantConv2d | QuantLinear) -> str:
         name = node.target
-        x = self.act(self.env[node.args[0]], layer.input_quantizer, f"{name}.input")
+        x = self.env[node.args[0]]
+        tokens = isinstance(layer, QuantLinear) and len(self.shape(node.args[0])) != 2
+        if tokens:  # a linear on N-d input (tokens, channels-last MLPs): a Gemm on the rows, features last
+            rows = self.b.const(f"{name}.rows", np.array([-1, layer.in_features], np.int64))
+            x = self.b.node("Reshape", [x, rows], f"{name}.to_rows")
+        x = self.act(x, layer.input_quantizer, f"{name}.input")
         bn = self.folded_bn(node) if isinstance(layer, QuantConv2d) else None
         wq = layer.weight_quantizer
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
@@ -146,31 +143,26 @@ class _Writer:
         inputs = [x, w] + ([b] if b is not None else [])
         if isinstance(layer, QuantLinear):
             y = self.b.node("Gemm", inputs, name, transB=1)
+            if tokens:
+                y = ops.reshape_to(self, y, node, f"{name}.from_rows")
         else:
             if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
                 raise ProqhaError(f"{name}: only numeric zero padding can be exported")
-            ph, pw = _pair(layer.padding)
-            y = self.b.node("Conv", inputs, name, kernel_shape=_pair(layer.kernel_size), strides=_pair(layer.stride),
-                            pads=[ph, pw, ph, pw], dilations=_pair(layer.dilation), group=layer.groups)
+            ph, pw = ops.pair(layer.padding)
+            y = self.b.node("Conv", inputs, name, kernel_shape=ops.pair(layer.kernel_size), strides=ops.pair(layer.stride),
+                            pads=[ph, pw, ph, pw], dilations=ops.pair(layer.dilation), group=layer.groups)
         if bn is not None:
             self.env[next(iter(node.users))] = y
         return y
 
-    # -- other modules ----------------------------------------------------------------------------
-    def module(self, node: fx.Node) -> str | None:
+    # -- the rest: quantizers and adds here, float operators from the tables in ``ops`` ----------------
+    def module(self, node: fx.Node) -> str | list[str] | None:
         mod = self.modules[node.target]
         name = node.target
-        x = self.env[node.args[0]] if node.args else None
         if isinstance(mod, (QuantConv2d, QuantLinear)):
             return self.layer(node, mod)
-        if isinstance(mod, nn.BatchNorm2d):
-            if node in self.env:  # folded into the conv before it
-                return None
-            return self.b.node("BatchNormalization", [x, self.const(f"{name}.gamma", mod.weight),
-                                                      self.const(f"{name}.beta", mod.bias),
-                                                      self.const(f"{name}.mean", mod.running_mean),
-                                                      self.const(f"{name}.var", mod.running_var)],
-                               name, epsilon=float(mod.eps))
+        if isinstance(mod, nn.BatchNorm2d) and node in self.env:  # folded into the conv before it
+            return None
         if isinstance(mod, QuantAdd):
             a = self.act(self.env[node.args[0]], mod.input_quantizer_a, f"{name}.input_a")
             c = self.act(self.env[node.args[1]], mod.input_quantizer_b, f"{name}.input_b")
@@ -181,90 +173,70 @@ class _Writer:
                 self.info.quant_adds += 1
             return self.act(y, mod.output_quantizer, f"{name}.output")
         if isinstance(mod, Quantizer):
-            return self.act(x, mod, name)
-        if isinstance(mod, nn.ReLU):
-            return self.b.node("Relu", [x], name)
-        if isinstance(mod, nn.ReLU6):
-            return self.relu6(x, name)
-        if isinstance(mod, (nn.Identity, nn.Dropout)):
-            return x
-        if isinstance(mod, nn.MaxPool2d):
-            return self.pool("MaxPool", x, name, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode)
-        if isinstance(mod, nn.AvgPool2d):
-            return self.pool("AveragePool", x, name, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode)
-        if isinstance(mod, nn.AdaptiveAvgPool2d):
-            return self.global_pool(x, mod.output_size, name)
-        if isinstance(mod, nn.Flatten):
-            return self.flatten(x, mod.start_dim, mod.end_dim, name)
-        raise ProqhaError(f"cannot export module {name} ({type(mod).__name__})")
+            return self.act(self.env[node.args[0]], mod, name)
+        handler = ops.module_handler(mod)
+        if handler is None:
+            raise ProqhaError(f"cannot export module {name} ({type(mod).__name__})")
+        return handler(self, node)
 
-    def relu6(self, x: str, name: str) -> str:
-        lo = self.b.const(f"{name}.min", np.array(0.0, np.float32))
-        hi = self.b.const(f"{name}.max", np.array(6.0, np.float32))
-        return self.b.node("Clip", [x, lo, hi], name)
+    def function(self, node: fx.Node) -> str | list[str] | None:
+        if self.is_shape_value(node):
+            return None
+        handler = ops.FUNCTION_OPS.get(node.target)
+        if handler is None:
+            raise ProqhaError(f"cannot export function {getattr(node.target, '__name__', node.target)} "
+                              f"(node {node.name})")
+        return handler(self, node)
 
-    def pool(self, op: str, x: str, name: str, kernel: Any, stride: Any, padding: Any, ceil: bool) -> str:
-        ph, pw = _pair(padding)
-        attrs = {"kernel_shape": _pair(kernel), "strides": _pair(stride if stride else kernel),
-                 "pads": [ph, pw, ph, pw], "ceil_mode": int(bool(ceil))}
-        return self.b.node(op, [x], name, **attrs)
+    def method(self, node: fx.Node) -> str | list[str] | None:
+        if node.target in ops.SHAPE_METHODS:
+            return None
+        handler = ops.METHOD_OPS.get(node.target)
+        if handler is None:
+            raise ProqhaError(f"cannot export method .{node.target}() (node {node.name})")
+        return handler(self, node)
 
-    def global_pool(self, x: str, size: Any, name: str) -> str:
-        if _pair(size) != [1, 1]:
-            raise ProqhaError(f"{name}: adaptive average pooling to {size} cannot be exported (only 1x1)")
-        return self.b.node("GlobalAveragePool", [x], name)
+    def get_attr(self, node: fx.Node) -> str:
+        value = self.model.get_parameter(node.target) if node.target in dict(self.model.named_parameters()) \
+            else self.model.get_buffer(node.target)
+        return self.const(node.target, value)
 
-    def flatten(self, x: str, start: int, end: int, name: str) -> str:
-        if end != -1 or start not in (0, 1):
-            raise ProqhaError(f"{name}: flatten({start}, {end}) cannot be exported")
-        if start == 0:
-            return self.b.node("Flatten", [x], name, axis=0)
-        # Reshape rather than Flatten: onnxruntime moves Q/DQ across Reshape, so a pooled tensor
-        # feeding a quantized linear keeps an integer GlobalAveragePool
-        shape = self.b.const(f"{name}.shape", np.array([0, -1], np.int64))
-        return self.b.node("Reshape", [x, shape], name)
+    # -- what handlers ask --------------------------------------------------------------------------
+    def base(self, node: fx.Node) -> str:
+        """The ONNX name a node's output is based on: its module path, else its fx name."""
+        return node.target if node.op == "call_module" else node.name
 
-    # -- functions and methods ----------------------------------------------------------------------
-    def function(self, node: fx.Node) -> str:
-        fn, name = node.target, node.name
-        x = self.env.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
-        if fn in (operator.add, operator.iadd, torch.add):
-            return self.b.node("Add", [self.env[node.args[0]], self.env[node.args[1]]], name)
-        if fn in (F.relu, torch.relu):
-            return self.b.node("Relu", [x], name)
-        if fn is F.relu6:
-            return self.relu6(x, name)
-        if fn is torch.flatten:
-            return self.flatten(x, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1), name)
-        if fn is F.adaptive_avg_pool2d:
-            return self.global_pool(x, _arg(node, 1, "output_size"), name)
-        if fn is F.max_pool2d or fn is F.avg_pool2d:
-            kernel = _arg(node, 1, "kernel_size")
-            op = "MaxPool" if fn is F.max_pool2d else "AveragePool"
-            return self.pool(op, x, name, kernel, _arg(node, 2, "stride") or kernel, _arg(node, 3, "padding", 0),
-                             bool(_arg(node, 5 if op == "MaxPool" else 4, "ceil_mode", False)))
-        if fn is F.dropout:
-            return x
-        raise ProqhaError(f"cannot export function {getattr(fn, '__name__', fn)} (node {name})")
+    def shapes(self, node: fx.Node) -> list[tuple[int, ...]]:
+        """The propagated output shape(s) of a node (probe batch ``probe_batch``)."""
+        meta = node.meta.get("tensor_meta")
+        if meta is None:
+            raise ProqhaError(f"node {node.name}: no propagated shape")
+        metas = [meta] if hasattr(meta, "shape") else list(meta)  # TensorMetadata is itself a tuple
+        return [tuple(m.shape) for m in metas]
 
-    def method(self, node: fx.Node) -> str:
-        x, name = self.env[node.args[0]], node.name
-        if node.target == "flatten":
-            return self.flatten(x, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1), name)
-        if node.target in ("relu", "relu_"):
-            return self.b.node("Relu", [x], name)
-        if node.target == "contiguous":
-            return x
-        if node.target == "mean" and sorted(d % 4 for d in _arg(node, 1, "dim", ())) == [2, 3]:
-            y = self.b.node("GlobalAveragePool", [x], name)
-            return y if _arg(node, 2, "keepdim", False) else self.b.node("Flatten", [y], f"{name}.flatten", axis=1)
-        raise ProqhaError(f"cannot export method .{node.target}() (node {name})")
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        return self.shapes(node)[0]
+
+    def value(self, v: Any, name: str = "const") -> str | None:
+        """The tensor name of a node argument, or a constant for a Python number (None stays None)."""
+        if v is None:
+            return None
+        if isinstance(v, fx.Node):
+            return self.env[v]
+        if isinstance(v, (int, float)):
+            return self.b.const(name, np.array(v, np.float32))
+        raise ProqhaError(f"cannot export argument {v!r} ({name})")
+
+    def is_shape_value(self, node: fx.Node) -> bool:
+        """An int computed from tensor sizes (x.size(0) // 2): reshapes use the propagated shapes instead."""
+        return "tensor_meta" not in node.meta and not isinstance(node.meta.get("val", None), torch.Tensor)
 
     # -- the walk ---------------------------------------------------------------------------------
     def run(self, input_size: tuple[int, ...], output_size: tuple[int, ...], metadata: dict[str, str]
             ) -> onnx.ModelProto:
-        handlers: dict[str, Callable[[fx.Node], str | None]] = {
-            "call_module": self.module, "call_function": self.function, "call_method": self.method}
+        handlers: dict[str, Callable[[fx.Node], str | list[str] | None]] = {
+            "call_module": self.module, "call_function": self.function, "call_method": self.method,
+            "get_attr": self.get_attr}
         out = None
         for node in self.model.graph.nodes:
             if node.op == "placeholder":
@@ -315,7 +287,9 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
         raise ProqhaError("only models that torch.fx could trace can be exported (this one fell back to a module walk)")
     model = model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    output_size = tuple(model(torch.zeros(1, *input_size, device=device)).shape[1:])
+    probe = torch.zeros(PROBE_BATCH, *input_size, device=device)
+    ShapeProp(model).propagate(probe)  # every node's output shape, for reshapes and N-d linears
+    output_size = tuple(model(probe).shape[1:])
     writer = _Writer(model, profile, quantized, int8_kernels)
     proto = writer.run(tuple(input_size), output_size, metadata or {})
     return proto, writer.info

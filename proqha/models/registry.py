@@ -1,5 +1,6 @@
 """Model registry: a decorator fills a dict; ``create_model`` drops options left at None so a CLI
-default never overrides a model's own."""
+default never overrides a model's own. A name of the form ``package.module:factory`` is the user's own
+model factory, imported from the working directory or sys.path (``proqha.imports``)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from typing import Any, Callable
 from torch import nn
 
 from proqha.errors import ProqhaError
+from proqha.imports import call_factory, import_callable, is_import_path
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered architecture: its builder and the input it was designed for."""
+    """A registered architecture: its builder and the input it was designed for (None for a user factory,
+    which serves whatever data it is given)."""
 
     name: str
     builder: Callable[..., nn.Module]
-    input_size: tuple[int, int, int]
-    num_classes: int
+    input_size: tuple[int, int, int] | None
+    num_classes: int | None
     description: str
 
 
@@ -42,7 +45,12 @@ def list_models() -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """The spec of a registered architecture (ProqhaError for an unknown name)."""
+    """The spec of a registered architecture or of a ``module:factory`` import path (ProqhaError for an
+    unknown name or a path that does not import to a callable)."""
+    if is_import_path(name):
+        fn = import_callable(name, "--arch")
+        doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+        return ModelSpec(name, fn, None, None, doc[0] if doc else "")
     try:
         return _MODELS[name]
     except KeyError:
@@ -51,7 +59,17 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None,
                  **kwargs: Any) -> nn.Module:
-    """Build a registered float model; options left at None keep the model's defaults."""
+    """Build a float model; options left at None keep the model's defaults.
+
+    For an import path the factory gets those options its signature names (``make_net(num_classes,
+    in_channels)``, both optional); it must return an ``nn.Module`` (ProqhaError otherwise).
+    """
     spec = get_model_spec(name)
-    options = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
-    return spec.builder(**{k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in {"num_classes": num_classes, "in_channels": in_channels, **kwargs}.items()
+               if v is not None}
+    if not is_import_path(name):
+        return spec.builder(**options)
+    model = call_factory(spec.builder, name, "--arch", **options)
+    if not isinstance(model, nn.Module):
+        raise ProqhaError(f"--arch {name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -24,6 +24,15 @@ from proqha.quant.layers import FoldedBatchNorm2d, QuantAdd, QuantConv2d, QuantL
 from proqha.quant.quantizers import WEIGHT_QUANTIZERS, DoReFaWeightQuantizer, PACTQuantizer, Quantizer, check_bits
 
 EDGE_CHOICES = ("int8", "float", "search")
+QUANT_LAYER_TYPES: dict[type[nn.Module], type[QuantLayer]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+_FLOAT_LAYERS = tuple(QUANT_LAYER_TYPES)
+
+
+def quant_layer_type(mod: nn.Module) -> type[QuantLayer]:
+    """The quantized twin class of a float layer (its type or nearest base class in QUANT_LAYER_TYPES)."""
+    return next(QUANT_LAYER_TYPES[cls] for cls in type(mod).__mro__ if cls in QUANT_LAYER_TYPES)
 
 
 @dataclass
@@ -156,6 +165,29 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 # --- conversion ----------------------------------------------------------------------------------
 
+def _train_dependent_modules() -> tuple[type, ...]:
+    """Modules whose forward branches on ``self.training`` outside torch.nn (fx would bake the mode in)."""
+    try:
+        from torchvision.ops import StochasticDepth
+    except ImportError:
+        return ()
+    return (StochasticDepth,)
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, keeping train/eval-dependent modules (stochastic depth) as calls, so that the traced
+    model still drops paths in training and none in eval."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, _train_dependent_modules()) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _Tracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
 def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
     graph = gm.graph
     for node in list(graph.nodes):
@@ -206,7 +238,7 @@ def _quantizes_input(user: fx.Node, arg: fx.Node, modules: Mapping[str, nn.Modul
     if user.op != "call_module":
         return False
     mod = modules[user.target]
-    if isinstance(mod, (nn.Conv2d, nn.Linear, Quantizer)):
+    if isinstance(mod, (*_FLOAT_LAYERS, Quantizer)):
         return True
     if isinstance(mod, QuantAdd):
         side = mod.input_quantizer_a if user.args[0] is arg else mod.input_quantizer_b
@@ -218,7 +250,7 @@ def _insert_output_quantizers(gm: fx.GraphModule, bits: int) -> None:
     """Give every conv/linear block output that does not feed exactly one quantizer its own quantizer."""
     graph = gm.graph
     modules = dict(gm.named_modules())
-    layers = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear))]
+    layers = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], _FLOAT_LAYERS)]
     for layer in layers:
         end = _block_end(layer, modules)
         users = list(end.users)
@@ -246,7 +278,7 @@ def _layer_calls(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
     modules = dict(gm.named_modules())
     calls: dict[str, list[fx.Node]] = {}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+        if node.op == "call_module" and isinstance(modules[node.target], _FLOAT_LAYERS):
             calls.setdefault(node.target, []).append(node)
     return calls
 
@@ -270,8 +302,7 @@ def _swap_layers(root: nn.Module, signed: Mapping[str, bool], edges: set[str], c
         out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
         # fixed edge layers keep the int8-exact LSQ grid (8-bit DoReFa has levels up to 255)
         a_q, w_q = act_quantizer(bits, is_signed), (WEIGHT_QUANTIZERS["lsq"] if edge else wq_cls)(bits, out_ch)
-        cls = QuantConv2d if isinstance(mod, nn.Conv2d) else QuantLinear
-        q = cls.from_float(mod, a_q.to(mod.weight.device), w_q.to(mod.weight.device))
+        q = quant_layer_type(mod).from_float(mod, a_q.to(mod.weight.device), w_q.to(mod.weight.device))
         q.searchable = not edge
         _set_module(root, name, q)
 
@@ -331,12 +362,12 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
     config = config or QuantConfig()
     model = copy.deepcopy(model)
     try:
-        root: nn.Module = fx.symbolic_trace(model)
+        root: nn.Module = _trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back to a module walk
         warnings.warn(f"torch.fx could not trace {type(model).__name__} ({exc}); residual adds stay "
                       "float and every activation grid is signed", stacklevel=2)
         modules = dict(model.named_modules())
-        names = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        names = [n for n, m in modules.items() if isinstance(m, _FLOAT_LAYERS)]
         _swap_layers(model, {n: True for n in names}, _edge_names(names, modules), config)
         return model
     if config.quantize_adds:

@@ -22,6 +22,7 @@ class QuantLayer:
     input_quantizer: Quantizer
     weight_quantizer: Quantizer
     searchable: bool = True
+    channel_axis: int = 1  # where the output channels are: 1 for conv, -1 for linear
 
     @property
     def w_bits(self) -> int:
@@ -71,7 +72,8 @@ class QuantLayer:
         d = integer_layer(self, self.folded_bn)
         x_int = torch.round(x * (1.0 / d.input_scale))
         acc = self.op(x_int, d.ints.to(x.dtype), None)
-        shape = (1, -1) + (1,) * (acc.dim() - 2)
+        shape = [1] * acc.dim()
+        shape[self.channel_axis] = -1  # conv: N C H W; linear: channels last on any number of dims
         if d.bias_ints is not None:
             acc = acc + d.bias_ints.to(x.dtype).reshape(shape)
         return acc * d.bias_scale.to(x.dtype).reshape(shape)
@@ -106,7 +108,9 @@ class QuantConv2d(QuantLayer, nn.Conv2d):
 
 
 class QuantLinear(QuantLayer, nn.Linear):
-    """Linear with input and weight quantizers."""
+    """Linear with input and weight quantizers (on 2-D or N-d inputs, features last)."""
+
+    channel_axis = -1
 
     @classmethod
     def from_float(cls, fc: nn.Linear, a_quant: Quantizer, w_quant: Quantizer) -> "QuantLinear":

@@ -28,10 +28,11 @@ from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json, atomic_write_text
 from proqha.quant import BitConfig
 from proqha.runs import run_lock
+from proqha.search.data import DatasetData, SearchData
 from proqha.search.knobs import Knob, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score
 from proqha.search.select import choose_candidate
-from proqha.train import evaluate, make_loader, make_optimizer, resolve_device, train_one_epoch
+from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train_one_epoch
 
 CRITERIA = ("hessian", "acc", "random")
 INTERVALS = (1, 2, 4)
@@ -179,31 +180,49 @@ class FrontierLog:
 
 
 class ProgressiveSearch:
-    """One search run: the model, its data, and the step loop. Use ``run_search`` from outside."""
+    """One search run: a quantized model, its data, and the step loop.
 
-    def __init__(self, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device) -> None:
-        self.cfg, self.run_dir, self.device = cfg, Path(run_dir), device
-        self.model, state = load_model(source, device)
-        self.source_metrics: dict[str, Any] = state.get("metrics", {})
-        self.model.to(device)
-        self.recipe = ModelRecipe.from_dict(state["recipe"])
-        train_cfg = state.get("config", {})
-        self.dataset = train_cfg.get("dataset", "digits")
-        data_dir, download = train_cfg.get("data_dir"), bool(train_cfg.get("download", False))
-        self.data_options = {"dataset": self.dataset, "data_dir": data_dir, "download": download}
-        self.train_set = load_dataset(self.dataset, "train", data_dir, download)
-        self.calib_set = load_dataset(self.dataset, "calib", data_dir, download)
-        self.test_set = load_dataset(self.dataset, "test", data_dir, download)
+    ``from_checkpoint`` builds one from a checkpoint and its dataset (the CLI); the Python API passes
+    the caller's model and batches. With ``run_dir`` None nothing is written: the rows stay in ``rows``.
+    """
+
+    def __init__(self, cfg: SearchConfig, model: torch.nn.Module, data: SearchData, input_size: tuple[int, ...],
+                 device: torch.device, run_dir: Path | None = None, recipe: ModelRecipe | None = None,
+                 dataset: str = "", data_options: dict[str, Any] | None = None,
+                 source_metrics: dict[str, Any] | None = None, loss_fn: LossFn | None = None) -> None:
+        self.cfg, self.device = cfg, device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.model, self.data, self.input_size = model.to(device), data, tuple(input_size)
+        self.recipe, self.dataset, self.loss_fn = recipe, dataset, loss_fn
+        self.data_options = data_options or {}
+        self.source_metrics: dict[str, Any] = source_metrics or {}
+        self.rows: list[dict[str, Any]] = []
         self.knobs = model_knobs(self.model)
         if not self.knobs:
-            raise ProqhaError(f"{self.recipe.arch} has no searchable layers (edge layers only)")
+            name = recipe.arch if recipe is not None else type(model).__name__
+            raise ProqhaError(f"{name} has no searchable layers (edge layers only)")
         bits = BitConfig.from_model(self.model).to_dict()
         for knob in self.knobs:
             if bits[knob.layer][knob.kind] == 32:
                 bits[knob.layer][knob.kind] = START_BITS
         BitConfig(bits).apply(self.model)
-        self.base_cost = cost_report(self.model, self.recipe.input_size)
-        self.frontier = FrontierLog(self.run_dir / "frontier.csv", self.knobs)
+        self.base_cost = cost_report(self.model, self.input_size)
+        self.frontier = FrontierLog(self.run_dir / "frontier.csv", self.knobs) if self.run_dir is not None else None
+
+    @classmethod
+    def from_checkpoint(cls, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device
+                        ) -> "ProgressiveSearch":
+        """The search of a checkpoint: its model rebuilt from the recipe, its training run's dataset."""
+        model, state = load_model(source, device)
+        recipe = ModelRecipe.from_dict(state["recipe"])
+        train_cfg = state.get("config", {})
+        dataset = train_cfg.get("dataset", "digits")
+        data_dir, download = train_cfg.get("data_dir"), bool(train_cfg.get("download", False))
+        data = DatasetData(load_dataset(dataset, "train", data_dir, download),
+                           load_dataset(dataset, "calib", data_dir, download),
+                           load_dataset(dataset, "test", data_dir, download), cfg.batch_size, cfg.workers)
+        return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, dataset,
+                   {"dataset": dataset, "data_dir": data_dir, "download": download}, state.get("metrics", {}))
 
     # -- pieces of a step -------------------------------------------------------------------------
     def bits(self) -> dict[str, dict[str, int]]:
@@ -218,18 +237,16 @@ class ProgressiveSearch:
         if cfg.criterion == "random":
             return [math.nan] * len(candidates)
         snap = Snapshot(self.model)
-        gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 1))
-        idx = torch.randperm(len(self.train_set), generator=gen)[: cfg.batch_size].tolist()
-        xs, ys = zip(*(self.train_set[i] for i in idx))
-        x, y = torch.stack(xs).to(self.device), torch.as_tensor(ys).to(self.device)
-        calib = make_loader(self.calib_set, max(cfg.batch_size, 256), shuffle=False, workers=cfg.workers)
+        x, y = self.data.scoring_batch(_step_seed(cfg.seed, step, 1))
+        x, y = x.to(self.device), y.to(self.device)
+        calib = self.data.calib_batches() if cfg.criterion == "acc" else None
         mine: dict[int, float] = {}
         rank, world = distributed.rank(), distributed.world_size()
         for i in range(rank, len(candidates), world):  # under torchrun each rank scores its share
             snap.restore(self.model)
             BitConfig(candidates[i]).apply(self.model)
             if cfg.criterion == "hessian":
-                mine[i] = hessian_score(self.model, x, y, snap.tensors, lr=cfg.lr)
+                mine[i] = hessian_score(self.model, x, y, snap.tensors, lr=cfg.lr, loss_fn=self.loss_fn)
             else:
                 mine[i] = accuracy_score(self.model, calib, self.device)
             if on_candidate is not None:
@@ -245,8 +262,7 @@ class ProgressiveSearch:
         if cfg.finetune_epochs == 0:
             return math.nan
         optimizer = make_optimizer(self.model, "adam", cfg.lr, cfg.weight_decay)
-        world = distributed.world_size()
-        steps = cfg.finetune_epochs * math.ceil(len(self.train_set) / world / max(1, cfg.batch_size // world))
+        steps = cfg.finetune_epochs * self.data.train_steps()
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         net = self.model
         if distributed.active():
@@ -258,16 +274,17 @@ class ProgressiveSearch:
         for epoch in range(cfg.finetune_epochs):
             seed = _step_seed(cfg.seed, step, 100 + epoch)
             torch.manual_seed(seed)
-            loader = make_loader(self.train_set, cfg.batch_size, shuffle=True, seed=seed, workers=cfg.workers,
-                                 shard=True)
-            top1 = train_one_epoch(net, loader, optimizer, scheduler, self.device, epoch, on_batch)["train_top1"]
+            loader = self.data.train_batches(seed)
+            top1 = train_one_epoch(net, loader, optimizer, scheduler, self.device, epoch, on_batch,
+                                   loss_fn=self.loss_fn)["train_top1"]
         return top1
 
     def evaluate_row(self, step: int, score: float, train_top1: float, t0: float) -> dict[str, Any]:
         bits = self.bits()
         report = self.cost_of(bits)
-        test = evaluate(self.model, make_loader(self.test_set, 256, shuffle=False, workers=self.cfg.workers),
-                        self.device)
+        batches = self.data.test_batches()
+        test = evaluate(self.model, batches, self.device, self.loss_fn) if batches is not None else \
+            {"test_top1": math.nan, "test_top5": math.nan}
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
                                "bitops_ratio": report.bitops_ratio, "size_bytes": report.size_bytes,
                                "score": score, "train_top1": train_top1, "test_top1": test["test_top1"],
@@ -276,11 +293,13 @@ class ProgressiveSearch:
         return row
 
     def save_step(self, step: int, row: dict[str, Any]) -> None:
-        if not distributed.is_main():
+        self.rows.append(row)
+        if not distributed.is_main() or self.run_dir is None or self.frontier is None:
             return
         bits = BitConfig.from_model(self.model)
         bits.save(self.run_dir / f"bits-step{step:03d}.json")
-        save_checkpoint({"model": self.model.state_dict(), "recipe": self.recipe.to_dict(), "bits": bits.to_dict(),
+        recipe = self.recipe.to_dict() if self.recipe is not None else None
+        save_checkpoint({"model": self.model.state_dict(), "recipe": recipe, "bits": bits.to_dict(),
                          "step": step, "search": self.cfg.to_dict(), "metrics": row,
                          "config": self.data_options},
                         self.run_dir / "checkpoints" / f"step-{step:03d}.pt")
@@ -301,7 +320,7 @@ class ProgressiveSearch:
                 on_step(row)
         reason, last_step = "steps", start_step
         if target_met(cfg, self.cost_of(self.bits())):
-            return {"stopped": "target", "steps": start_step, "run_dir": str(self.run_dir)}
+            return {"stopped": "target", "steps": start_step, "run_dir": self._run_dir_text()}
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             torch.manual_seed(_step_seed(cfg.seed, step))
@@ -331,7 +350,10 @@ class ProgressiveSearch:
             if target_met(cfg, self.cost_of(self.bits())):
                 reason = "target"
                 break
-        return {"stopped": reason, "steps": last_step, "run_dir": str(self.run_dir)}
+        return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}
+
+    def _run_dir_text(self) -> str | None:
+        return str(self.run_dir) if self.run_dir is not None else None
 
 
 def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
@@ -349,7 +371,7 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
     device = distributed.local_device(resolve_device(cfg.device))
     done = step_checkpoints(run_dir) if resume else []
     start, source = done[-1] if done else (0, resolve_source(Path(cfg.source)))  # no step yet: from the start
-    search = ProgressiveSearch(cfg, run_dir, source, device)
+    search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device)
     main = distributed.is_main()  # under torchrun only rank 0 writes and reports
     if not main:
         on_candidate = on_step = on_batch = None

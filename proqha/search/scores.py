@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,19 +31,22 @@ class Snapshot:
 
 
 def hessian_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Mapping[str, torch.Tensor],
-                  lr: float = 1e-3, clip_norm: float | None = 5.0) -> float:
+                  lr: float = 1e-3, clip_norm: float | None = 5.0,
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
     """The reference's score: one Adam step on one batch, then
     ``sum over parameters of (sqrt(v) + eps) * (theta_before - theta_after)^2``.
 
     ``v`` is Adam's (uncorrected) second-moment estimate after that step, a diagonal curvature proxy.
     ``before`` maps parameter names to their values before the step (``Snapshot.tensors``). The model
-    is left updated; callers restore it. A non-finite loss scores ``inf``.
+    is left updated; callers restore it. A non-finite loss scores ``inf``. ``loss_fn(logits, y)``
+    defaults to cross-entropy.
     """
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     optimizer = torch.optim.Adam(params, lr=lr, foreach=True)
-    loss = F.cross_entropy(model(x), y)
+    model.zero_grad(set_to_none=True)  # gradients left by training must not add to this batch's
+    loss = (loss_fn or F.cross_entropy)(model(x), y)
     if not torch.isfinite(loss):
         return math.inf
     loss.backward()

@@ -1,0 +1,333 @@
+"""The Python API: the CLI's stages as one call each, on your own ``nn.Module`` and DataLoaders.
+
+    qmodel = proqha.quantize(net, example_batch)                      # quantized twin, ranges calibrated
+    proqha.fit(qmodel, train_loader, test_loader, epochs=5)           # quantization-aware training
+    result = proqha.search_bits(qmodel, train_loader, calib_loader, test_loader, steps=4)
+    proqha.export_onnx(qmodel, "model.onnx", (1, 28, 28), test_loader)  # validated QDQ ONNX
+    rows = proqha.bench(qmodel, (1, 28, 28), test_data=test_loader)   # latency next to cost figures
+
+Batches are ``(inputs, class indices)`` pairs. Bad arguments raise ``ProqhaError`` with one line.
+Export and benchmark code is imported on first use, so ``import proqha`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from proqha.errors import ProqhaError
+from proqha.train import LossFn
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+InputSize = Sequence[int] | torch.Tensor
+
+
+class ExportError(ProqhaError):
+    """The exported graph failed validation; nothing was written. ``report`` says what was measured."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class SearchResult:
+    """What ``search_bits`` found.
+
+    model: the searched model (the one passed in, now at the last step's bits).
+    steps: one dict per step, step 0 being the start: ``cost`` (paper cost), ``bitops``, ``bitops_ratio``,
+        ``size_bytes``, ``score``, ``train_top1``, ``test_top1``, ``test_top5``, ``wall_s``, and ``bits``
+        (``{layer: {"w": bits, "a": bits}}``).
+    stopped: "steps", "target" (a target was met) or "floor" (no knob could be lowered).
+    run_dir: where frontier.csv and the step checkpoints went, when one was given.
+    """
+
+    model: nn.Module
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "steps"
+    run_dir: Path | None = None
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _place(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """The device to run on: ``device`` (``auto`` picks CUDA when present) or where the model already is."""
+    from proqha.train import resolve_device
+
+    if device is None:
+        return _model_device(model)
+    target = resolve_device(device) if isinstance(device, str) else device
+    model.to(target)
+    return target
+
+
+def _size(input_size: InputSize) -> tuple[int, ...]:
+    """``(C, H, W)`` from a shape or from an example batch (its shape after the batch dimension)."""
+    size = tuple(input_size.shape[1:]) if isinstance(input_size, torch.Tensor) else tuple(input_size)
+    if not size or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ProqhaError(f"input_size must be positive ints such as (channels, height, width), got {input_size!r}")
+    return size
+
+
+def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **options: Any) -> nn.Module:
+    """The quantized twin of ``model`` (left untouched), its quantizer ranges calibrated on ``example_input``.
+
+    ``bits``: starting weight/activation bits of the searchable layers (2..8, or 32 for float);
+    ``options``: the other ``proqha.quant.QuantConfig`` fields (``weight_quantizer``, ``edge_layers``, ...).
+    The result is a plain ``nn.Module`` (in train mode) for your own training loop or ``fit``.
+    """
+    from proqha.quant import QuantConfig, quantize_model
+    from proqha.train import forward_checked
+
+    if not isinstance(model, nn.Module):
+        raise ProqhaError(f"quantize: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise ProqhaError("quantize: example_input must be a batch tensor (batch, channels, ...)")
+    try:
+        config = QuantConfig(bits=bits, **options)
+    except (TypeError, ValueError) as exc:
+        raise ProqhaError(f"quantize: {exc}") from None
+    qmodel = quantize_model(model, config)
+    forward_checked(qmodel, example_input, None, "quantize: the model cannot run on example_input {shape}")
+    return qmodel
+
+
+def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[Batch] | None = None, *,
+        epochs: int = 1, lr: float | None = None, optimizer: str | torch.optim.Optimizer = "adam",
+        weight_decay: float = 0.0, loss: LossFn | None = None, device: str | torch.device | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``qmodel`` (quantization-aware) for ``epochs`` over ``train_loader``; returns one dict per epoch
+    (``epoch``, ``lr``, ``train_loss``, ``train_top1``, with ``test_loader`` also ``test_loss``, ``test_top1``,
+    ``test_top5``; ``time_s``).
+
+    ``optimizer``: "adam" or "sgd" (momentum 0.9; ``lr`` defaults to 1e-3 and 0.1), with a per-batch cosine
+    schedule and no weight decay on biases, BN and quantizer ranges; or your own optimizer, used as it is.
+    ``loss(logits, targets)`` defaults to cross-entropy. ``device``: None keeps the model where it is.
+    """
+    from proqha.train import DEFAULT_LR, OPTIMIZERS, evaluate, make_optimizer, train_one_epoch
+
+    if epochs < 1:
+        raise ProqhaError(f"fit: epochs must be >= 1, got {epochs}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ProqhaError(f"fit: lr must be > 0, got {lr}")
+    dev = _place(qmodel, device)
+    scheduler = None
+    if isinstance(optimizer, torch.optim.Optimizer):
+        opt = optimizer
+    elif optimizer in OPTIMIZERS:
+        opt = make_optimizer(qmodel, optimizer, lr if lr is not None else DEFAULT_LR[optimizer], weight_decay)
+        steps = len(train_loader) if hasattr(train_loader, "__len__") else 1  # type: ignore[arg-type]
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
+    else:
+        raise ProqhaError(f"fit: optimizer must be one of {', '.join(OPTIMIZERS)} or a torch optimizer, "
+                          f"got {optimizer!r}")
+    rows = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+        row |= train_one_epoch(qmodel, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
+        if test_loader is not None:
+            row |= evaluate(qmodel, test_loader, dev, loss)
+        row["time_s"] = time.perf_counter() - t0
+        rows.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return rows
+
+
+def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = None,
+             device: str | torch.device | None = None) -> dict[str, float]:
+    """``test_loss``, ``test_top1`` and ``test_top5`` (percent) of ``qmodel`` over ``loader``, in eval mode
+    (where quantized layers compute as the deployed integer kernels do)."""
+    from proqha.train import evaluate as run_evaluate
+
+    return run_evaluate(qmodel, loader, _place(qmodel, device), loss)
+
+
+_SEARCH_FIXED = {"source", "device", "workers", "batch_size"}
+
+
+def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: Iterable[Batch] | None = None,
+                test_loader: Iterable[Batch] | None = None, *, steps: int = 8, candidates: int = 16,
+                lam: float = 0.1, target_cost: float | None = None, loss: LossFn | None = None,
+                device: str | torch.device | None = None, run_dir: str | Path | None = None,
+                on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
+    """ProQHA's progressive per-layer bit-width search on ``qmodel`` (changed in place).
+
+    Each step draws ``candidates`` ways to lower some layers' bits, scores them (``criterion``: "hessian",
+    one Adam step on a training batch; "acc", error on ``calib_loader``; "random"), keeps the one that best
+    trades score against cost saving (``lam``), fine-tunes it (``finetune_epochs`` of Adam over
+    ``train_loader``) and evaluates it on ``test_loader``. It stops after ``steps``, at a target
+    (``target_cost``, or ``target_bitops`` / ``target_size_mb`` in ``options``), or when no bit can drop.
+    ``options``: the other ``proqha.search.SearchConfig`` fields (``ratio``, ``interval``, ``min_bits``,
+    ``criterion``, ``finetune_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
+    seed gives the same search when the loaders yield the same batches under the same global seed.
+    ``run_dir``: also write frontier.csv, per-step checkpoints and bits files there (a new folder).
+    """
+    from proqha.files import atomic_write_json
+    from proqha.quant import BitConfig
+    from proqha.runs import run_lock
+    from proqha.search.data import LoaderData
+    from proqha.search.progressive import ProgressiveSearch, SearchConfig
+
+    names = {f.name for f in fields(SearchConfig)} - _SEARCH_FIXED
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ProqhaError(f"search_bits: unknown option {unknown[0]!r}; choose among {', '.join(sorted(names))}")
+    cfg = SearchConfig(source="(python api)", steps=steps, candidates=candidates, lam=lam, target_cost=target_cost,
+                       **options).resolved()
+    if cfg.criterion == "acc" and calib_loader is None:
+        raise ProqhaError("search_bits: criterion 'acc' scores candidates on calibration data; pass calib_loader")
+    folder = Path(run_dir) if run_dir is not None else None
+    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ProqhaError(f"search_bits: run_dir {folder} already exists and is not empty")
+    dev = _place(qmodel, device)
+    first = next(iter(train_loader), None)
+    if first is None:
+        raise ProqhaError("search_bits: train_loader yields no batches")
+    input_size = tuple(first[0].shape[1:])
+    search = ProgressiveSearch(cfg, qmodel, LoaderData(train_loader, calib_loader, test_loader), input_size, dev,
+                               folder, loss_fn=loss)
+    result = SearchResult(qmodel, run_dir=folder)
+
+    def step_done(row: dict[str, Any]) -> None:
+        result.steps.append(row | {"bits": BitConfig.from_model(qmodel).to_dict()})
+        if on_step is not None:
+            on_step(result.steps[-1])
+
+    with run_lock(folder) if folder is not None else contextlib.nullcontext():
+        if folder is not None:
+            atomic_write_json(folder / "config.json", cfg.to_dict() | {"stage": "search", "source": "python api",
+                                                                       "input_size": list(input_size)})
+        outcome = search.run(0, on_step=step_done)
+    result.stopped = outcome["stopped"]
+    return result
+
+
+def export_onnx(qmodel: nn.Module, path: str | Path, input_size: InputSize,
+                parity_data: Iterable[Batch] | None = None, *, profile: str = "ort",
+                int8_kernels: str = "portable", check: bool = True, reference: bool = True) -> Any:
+    """Write ``qmodel`` as a QDQ ONNX graph (opset 19, dynamic batch) to ``path``, validated first.
+
+    ``input_size``: (C, H, W), or an example batch. Validation runs the ONNX checker, weight-range and
+    int16 pair-sum checks, counts the int8 kernels onnxruntime runs, and measures parity with PyTorch
+    (onnxruntime and, with ``reference``, the ONNX reference evaluator) on ``parity_data`` (``(x, y)``
+    batches; default 64 seeded random inputs, whose accuracy figures mean nothing). ``profile``: "ort"
+    (exact, rules enforced) or "trt" (TensorRT's int8-only form, measured only). Returns the
+    ``ValidationReport`` (None with ``check=False``); the file (and ``<stem>.parity.json`` beside it) is
+    written atomically only when it passes, else ``ExportError`` lists the failures.
+    """
+    from proqha import __version__
+    from proqha.cost import cost_report
+    from proqha.export.onnx_export import export_onnx as build_onnx
+    from proqha.export.validate import validate_export
+    from proqha.files import atomic_write_bytes, atomic_write_json
+    from proqha.quant import BitConfig
+
+    size = _size(input_size)
+    path = Path(path)
+    if path.is_dir():
+        raise ProqhaError(f"export_onnx: {path} is a folder")
+    proto, info = build_onnx(qmodel, size, profile=profile, int8_kernels=int8_kernels)
+    cost = cost_report(qmodel, size)
+    meta = {"proqha.version": __version__, "proqha.format": "onnx", "proqha.profile": profile,
+            "proqha.int8_kernels": int8_kernels, "proqha.input_size": json.dumps(list(size)),
+            "proqha.bits": json.dumps(BitConfig.from_model(qmodel).to_dict(), sort_keys=True),
+            "proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
+            "proqha.size_bytes": str(cost.size_bytes), "proqha.source": "python api",
+            "proqha.output_scale": "" if info.output_scale is None else repr(info.output_scale)}
+    for key, value in meta.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    data = proto.SerializeToString()
+    report = None
+    if check:
+        batches = parity_data if parity_data is not None else _random_batches(size, _model_device(qmodel))
+        report = validate_export(proto, info, qmodel, batches, reference=reference)
+        if not report.ok:
+            raise ExportError(f"export_onnx: {len(report.failures)} check(s) failed, nothing written to {path}: "
+                              + "; ".join(report.failures), report)
+    atomic_write_bytes(path, data)
+    if report is not None:
+        atomic_write_json(path.with_name(path.stem + ".parity.json"), report.to_dict() | {"model": str(path)})
+    return report
+
+
+def _random_batches(size: tuple[int, ...], device: torch.device, n: int = 64) -> list[Batch]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(n, *size, generator=gen).to(device), torch.zeros(n, dtype=torch.long))]
+
+
+def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequence[int] = (1, 8),
+          engines: Sequence[str] = ("ort",), test_data: Iterable[Batch] | None = None, warmup: int = 5,
+          iters: int = 50, seconds: float | None = None, threads: int | None = None, fp32: bool = True,
+          device: str | torch.device | None = None) -> list[dict[str, Any]]:
+    """Latency per engine and batch size, next to paper cost, BitOPs, size and top-1; one dict per row.
+
+    ``model``: a quantized model (timed as its exported graph on "ort", eagerly on "torch", as a TensorRT
+    engine on "trt"; with ``fp32`` also its float twin, giving ``speedup_vs_fp32``), or the path of an
+    ONNX file (timed on "ort" only; latency columns only). Each engine must first agree with PyTorch on
+    a batch of ``test_data`` (or of seeded random inputs, when no data is given: then the top-1 columns
+    are None). ``device`` is the torch engine's (default: where the model is).
+    """
+    from proqha.deploy.bench import bench_model, fp32_model, make_runtime, run_bench
+    from proqha.deploy.runtime import ENGINES
+
+    size = _size(input_size)
+    batch_list = [int(b) for b in batches]
+    for e in engines:
+        if e not in ENGINES:
+            raise ProqhaError(f"bench: engines must be among {', '.join(ENGINES)}, got {e!r}")
+    if not batch_list or any(b < 1 for b in batch_list) or iters < 1 or warmup < 0:
+        raise ProqhaError(f"bench: need batches >= 1, iters >= 1, warmup >= 0 (got {batch_list}, {iters}, {warmup})")
+    if "trt" in engines:
+        from proqha.deploy.runtime_trt import require_tensorrt
+
+        require_tensorrt()
+    if not isinstance(model, nn.Module):
+        return _bench_file(Path(model), size, batch_list, list(engines), warmup, iters, seconds, threads)
+    torch_device = _place(model, device) if "torch" in engines else None
+    models = [bench_model("model", model, size, want_trt="trt" in engines)]
+    if fp32:
+        models.append(fp32_model(models[0], size))
+    labelled = test_data is not None
+    data = test_data if labelled else _random_batches(size, torch.device("cpu"))
+    sanity_x = next(iter(data))[0][:64].cpu().numpy()
+    result = run_bench(models, list(engines), batch_list,
+                       lambda name, bm: make_runtime(name, bm, threads, torch_device, size, max(batch_list)),
+                       sanity_x, lambda: data, size, warmup, None if seconds else iters, seconds)
+    if not labelled:
+        for row in result.rows:
+            row["torch_top1"] = row["engine_top1"] = None
+    return result.rows
+
+
+def _bench_file(path: Path, size: tuple[int, ...], batches: list[int], engines: list[str], warmup: int, iters: int,
+                seconds: float | None, threads: int | None) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from proqha.deploy.latency import measure
+    from proqha.deploy.runtime_ort import OrtRuntime
+
+    if engines != ["ort"]:
+        raise ProqhaError("bench: an ONNX file runs on engine 'ort' only (pass the model for torch or trt)")
+    if not path.is_file():
+        raise ProqhaError(f"bench: ONNX model not found: {path}")
+    runtime = OrtRuntime(path.read_bytes(), threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in batches:
+        stats = measure(runtime, rng.standard_normal((b, *size)).astype(np.float32), warmup,
+                        None if seconds else iters, seconds)
+        rows.append({"model": path.name, "engine": "ort", **stats.to_dict()})
+    return rows

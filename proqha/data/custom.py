@@ -1,0 +1,112 @@
+"""The user's own data, by import path: ``--dataset my_pkg.data:make_data``.
+
+The factory is called as ``make_data()`` or, when its signature names it, ``make_data(data_dir=...)``
+(the ``--data-dir`` option, None when not given), and returns a ``DataSplits`` (or a dict with the same
+keys). Its result is checked once and cached per process.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.utils.data import Dataset
+
+from proqha.errors import ProqhaError
+from proqha.imports import call_factory, import_callable
+
+OPTION = "--dataset"
+CHECKED_SAMPLES = 32  # samples of each split whose shape and label are checked up front
+
+
+@dataclass
+class DataSplits:
+    """What a dataset factory returns.
+
+    train, test: map-style datasets (``len`` and ``[i]``) yielding ``(image tensor, class index)``; the
+        first 32 samples of each are checked against ``input_size`` and ``num_classes``.
+    num_classes: how many classes the labels range over (0..num_classes-1).
+    input_size: (channels, height, width) of one image; default: the first training image's shape.
+    calib: held-out calibration data for ``search --criterion acc``; default: a fixed 10% of ``train``
+        (held out of training, as for the built-in datasets).
+    """
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    input_size: tuple[int, int, int] | None = None
+    calib: Dataset | None = None
+
+
+def load_splits(path: str, data_dir: str | None = None) -> DataSplits:
+    """Import the factory ``path`` names, call it and check what it returns (ProqhaError, one line)."""
+    return _load(import_callable(path, OPTION), path, data_dir)
+
+
+@lru_cache(maxsize=4)
+def _load(factory: Callable[..., Any], path: str, data_dir: str | None) -> DataSplits:
+    return check_splits(call_factory(factory, path, OPTION, data_dir=data_dir), f"{OPTION} {path}")
+
+
+def check_splits(result: Any, where: str) -> DataSplits:
+    """``result`` as a checked DataSplits: datasets with samples, and first samples of the declared shape."""
+    if isinstance(result, Mapping):
+        names = {f.name for f in fields(DataSplits)}
+        unknown = sorted(set(result) - names)
+        missing = sorted(n for n in ("train", "test", "num_classes") if n not in result)
+        if unknown or missing:
+            raise ProqhaError(f"{where} returned a dict with {'unknown keys ' + ', '.join(unknown) if unknown else ''}"
+                              f"{'; ' if unknown and missing else ''}"
+                              f"{'no ' + ', '.join(missing) if missing else ''}; expected train, test, num_classes "
+                              "and optionally input_size, calib")
+        result = DataSplits(**result)
+    if not isinstance(result, DataSplits):
+        raise ProqhaError(f"{where} returned {type(result).__name__}; expected proqha.DataSplits(train, test, "
+                          "num_classes, ...) or a dict with those keys")
+    if isinstance(result.num_classes, bool) or not isinstance(result.num_classes, int) or result.num_classes < 1:
+        raise ProqhaError(f"{where}: num_classes must be a positive int, got {result.num_classes!r}")
+    splits = {"train": result.train, "test": result.test} | ({"calib": result.calib} if result.calib is not None else {})
+    for name, data in splits.items():
+        if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+            raise ProqhaError(f"{where}: {name} is a {type(data).__name__}, not a map-style dataset (len and [i])")
+        if len(data) == 0:
+            raise ProqhaError(f"{where}: the {name} split is empty")
+    input_size = result.input_size
+    if input_size is None:
+        input_size = _first_sample(result.train, "train", where)[0].shape
+    input_size = tuple(input_size)
+    if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        raise ProqhaError(f"{where}: input_size must be (channels, height, width), got {input_size}")
+    for name, data in splits.items():
+        for i in range(min(len(data), CHECKED_SAMPLES)):
+            x, y = _sample(data, i, name, where)
+            if tuple(x.shape) != input_size:
+                raise ProqhaError(f"{where}: {name} images have shape {tuple(x.shape)}, expected input_size "
+                                  f"{input_size}")
+            label = y.item() if isinstance(y, torch.Tensor) and y.numel() == 1 else y
+            if isinstance(label, bool) or not isinstance(label, numbers.Integral) or \
+                    not 0 <= label < result.num_classes:
+                raise ProqhaError(f"{where}: {name} labels must be class indices in 0..{result.num_classes - 1}, "
+                                  f"got {label!r} at {name}[{i}]")
+    return DataSplits(result.train, result.test, result.num_classes, input_size, result.calib)
+
+
+def _first_sample(data: Dataset, name: str, where: str) -> tuple[torch.Tensor, Any]:
+    return _sample(data, 0, name, where)
+
+
+def _sample(data: Dataset, i: int, name: str, where: str) -> tuple[torch.Tensor, Any]:
+    try:
+        sample = data[i]
+    except Exception as exc:  # noqa: BLE001 - user datasets can raise anything
+        raise ProqhaError(f"{where}: reading {name}[{i}] raised {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(sample, (tuple, list)) and len(sample) == 2):
+        raise ProqhaError(f"{where}: {name}[{i}] is a {type(sample).__name__}; expected an (image, label) pair")
+    x, y = sample
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ProqhaError(f"{where}: {name} images must be float tensors, got "
+                          f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    return x, y

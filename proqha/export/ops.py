@@ -1,0 +1,296 @@
+"""ONNX handlers for the float operators between quantized layers: one handler per module type, per
+function and per tensor method, looked up in three tables.
+
+A handler gets the writer (``proqha.export.onnx_export._Writer``: its GraphBuilder ``b``, the tensor
+names ``env`` of the nodes written so far, ``shape(node)`` from shape propagation) and the fx node, and
+returns the name of the tensor it wrote (a list of names for several outputs), or the input's name for
+an operator that is the identity at inference. These operators run in float between a
+DequantizeLinear and the next QuantizeLinear (onnxruntime runs a few, e.g. pooling and Concat, on
+integers where the grids allow); every conv and linear is written by the writer itself.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from proqha.errors import ProqhaError
+
+Handler = Callable[[Any, fx.Node], "str | list[str]"]
+
+
+def pair(v: Any) -> list[int]:
+    """An int or a 2-sequence as a list of two ints."""
+    return list(v) if isinstance(v, (tuple, list)) else [int(v), int(v)]
+
+
+def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Positional argument ``index`` of a call, or its keyword ``name``."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _x(w, node: fx.Node) -> str:
+    return w.env[node.args[0]]
+
+
+def _rank(w, node: Any) -> int:
+    return len(w.shape(node))
+
+
+def _axis(w, node: fx.Node, dim: int) -> int:
+    return dim % _rank(w, node)
+
+
+# --- activations --------------------------------------------------------------------------------
+
+def relu(w, node: fx.Node) -> str:
+    return w.b.node("Relu", [_x(w, node)], w.base(node))
+
+
+def relu6(w, node: fx.Node) -> str:
+    return clip(w, _x(w, node), 0.0, 6.0, w.base(node))
+
+
+def clip(w, x: str, lo: float, hi: float, name: str) -> str:
+    low = w.b.const(f"{name}.min", np.array(lo, np.float32))
+    high = w.b.const(f"{name}.max", np.array(hi, np.float32))
+    return w.b.node("Clip", [x, low, high], name)
+
+
+def sigmoid(w, node: fx.Node) -> str:
+    return w.b.node("Sigmoid", [_x(w, node)], w.base(node))
+
+
+def tanh(w, node: fx.Node) -> str:
+    return w.b.node("Tanh", [_x(w, node)], w.base(node))
+
+
+def silu(w, node: fx.Node) -> str:
+    x, name = _x(w, node), w.base(node)
+    return w.b.node("Mul", [x, w.b.node("Sigmoid", [x], f"{name}.sigmoid")], name)
+
+
+def hardsigmoid(w, node: fx.Node) -> str:
+    return w.b.node("HardSigmoid", [_x(w, node)], w.base(node), alpha=1.0 / 6.0, beta=0.5)
+
+
+def hardswish(w, node: fx.Node) -> str:
+    return w.b.node("HardSwish", [_x(w, node)], w.base(node))
+
+
+def gelu(w, node: fx.Node) -> str:
+    """GELU from opset-19 operators: 0.5 x (1 + erf(x / sqrt 2)), or the tanh approximation."""
+    x, name = _x(w, node), w.base(node)
+    mod = w.modules.get(node.target) if node.op == "call_module" else None
+    approximate = mod.approximate if mod is not None else arg(node, 1, "approximate", "none")
+    c = lambda suffix, v: w.b.const(f"{name}.{suffix}", np.array(v, np.float32))  # noqa: E731
+    if approximate == "tanh":
+        cube = w.b.node("Mul", [x, w.b.node("Mul", [x, x], f"{name}.sq")], f"{name}.cube")
+        inner = w.b.node("Add", [x, w.b.node("Mul", [cube, c("k", 0.044715)], f"{name}.kc")], f"{name}.inner")
+        t = w.b.node("Tanh", [w.b.node("Mul", [inner, c("s", math.sqrt(2 / math.pi))], f"{name}.scaled")],
+                     f"{name}.tanh")
+    else:
+        t = w.b.node("Erf", [w.b.node("Mul", [x, c("s", 1 / math.sqrt(2))], f"{name}.scaled")], f"{name}.erf")
+    one_plus = w.b.node("Add", [t, c("one", 1.0)], f"{name}.one_plus")
+    return w.b.node("Mul", [w.b.node("Mul", [x, one_plus], f"{name}.x"), c("half", 0.5)], name)
+
+
+def softmax(w, node: fx.Node) -> str:
+    return w.b.node("Softmax", [_x(w, node)], w.base(node), axis=_axis(w, node, arg(node, 1, "dim", -1)))
+
+
+# --- normalisation ------------------------------------------------------------------------------
+
+def batch_norm(w, node: fx.Node) -> str:
+    mod, name = w.modules[node.target], w.base(node)
+    return w.b.node("BatchNormalization", [_x(w, node), w.const(f"{name}.gamma", mod.weight),
+                                           w.const(f"{name}.beta", mod.bias),
+                                           w.const(f"{name}.mean", mod.running_mean),
+                                           w.const(f"{name}.var", mod.running_var)], name, epsilon=float(mod.eps))
+
+
+def _layer_norm(w, x: str, name: str, shape: Any, weight: Any, bias: Any, eps: float) -> str:
+    dims = len(shape) if isinstance(shape, (tuple, list)) else 1
+    count = int(np.prod(shape))
+    scale = weight if weight is not None else w.b.const(f"{name}.weight", np.ones(count, np.float32))
+    shift = bias if bias is not None else w.b.const(f"{name}.bias", np.zeros(count, np.float32))
+    return w.b.node("LayerNormalization", [x, scale, shift], name, axis=-dims, epsilon=float(eps))
+
+
+def layer_norm_module(w, node: fx.Node) -> str:
+    mod, name = w.modules[node.target], w.base(node)
+    weight = w.const(f"{name}.gamma", mod.weight) if mod.weight is not None else None
+    bias = w.const(f"{name}.beta", mod.bias) if mod.bias is not None else None
+    return _layer_norm(w, _x(w, node), name, mod.normalized_shape, weight, bias, mod.eps)
+
+
+def layer_norm_function(w, node: fx.Node) -> str:
+    return _layer_norm(w, _x(w, node), w.base(node), arg(node, 1, "normalized_shape"),
+                       w.value(arg(node, 2, "weight")), w.value(arg(node, 3, "bias")), arg(node, 4, "eps", 1e-5))
+
+
+# --- pooling ------------------------------------------------------------------------------------
+
+def _pool(w, op: str, x: str, name: str, kernel: Any, stride: Any, padding: Any, ceil: bool,
+          count_include_pad: bool = True) -> str:
+    ph, pw = pair(padding)
+    attrs = {"kernel_shape": pair(kernel), "strides": pair(stride if stride else kernel),
+             "pads": [ph, pw, ph, pw], "ceil_mode": int(bool(ceil))}
+    if op == "AveragePool":
+        attrs["count_include_pad"] = int(bool(count_include_pad))
+    return w.b.node(op, [x], name, **attrs)
+
+
+def pool_module(w, node: fx.Node) -> str:
+    mod = w.modules[node.target]
+    if getattr(mod, "dilation", 1) not in (1, (1, 1)):
+        raise ProqhaError(f"{node.target}: dilated pooling cannot be exported")
+    op = "MaxPool" if isinstance(mod, nn.MaxPool2d) else "AveragePool"
+    return _pool(w, op, _x(w, node), w.base(node), mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode,
+                 getattr(mod, "count_include_pad", True))
+
+
+def pool_function(w, node: fx.Node) -> str:
+    kernel = arg(node, 1, "kernel_size")
+    if node.target is F.max_pool2d:
+        return _pool(w, "MaxPool", _x(w, node), w.base(node), kernel, arg(node, 2, "stride") or kernel,
+                     arg(node, 3, "padding", 0), bool(arg(node, 5, "ceil_mode", False)))
+    return _pool(w, "AveragePool", _x(w, node), w.base(node), kernel, arg(node, 2, "stride") or kernel,
+                 arg(node, 3, "padding", 0), bool(arg(node, 4, "ceil_mode", False)),
+                 bool(arg(node, 5, "count_include_pad", True)))
+
+
+def global_pool(w, node: fx.Node) -> str:
+    size = w.modules[node.target].output_size if node.op == "call_module" else arg(node, 1, "output_size")
+    if pair(size) != [1, 1]:
+        raise ProqhaError(f"{node.name}: adaptive average pooling to {size} cannot be exported (only 1x1)")
+    return w.b.node("GlobalAveragePool", [_x(w, node)], w.base(node))
+
+
+def mean(w, node: fx.Node) -> str:
+    dims = arg(node, 1, "dim", ())
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if sorted(d % 4 for d in dims) != [2, 3] or _rank(w, node.args[0]) != 4:
+        raise ProqhaError(f"cannot export mean over dims {dims} (node {node.name}); only the spatial mean")
+    y = w.b.node("GlobalAveragePool", [_x(w, node)], w.base(node))
+    return y if arg(node, 2, "keepdim", False) else w.b.node("Flatten", [y], f"{w.base(node)}.flatten", axis=1)
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+def reshape_to(w, x: str, node: fx.Node, name: str) -> str:
+    """Reshape to the node's propagated shape, the batch dimension left free (-1)."""
+    shape = list(w.shape(node))
+    if not shape or shape[0] != w.probe_batch:
+        raise ProqhaError(f"cannot export reshape {node.name}: its output does not keep the batch dimension first")
+    target = w.b.const(f"{name}.shape", np.array([-1, *shape[1:]], np.int64))
+    return w.b.node("Reshape", [x, target], name)
+
+
+def reshape(w, node: fx.Node) -> str:
+    """view/reshape/flatten: onnxruntime moves Q/DQ across Reshape, so integer tensors stay integer."""
+    return reshape_to(w, _x(w, node), node, w.base(node))
+
+
+def transpose(w, node: fx.Node) -> str:
+    rank = _rank(w, node.args[0])
+    if node.target in ("permute",) or getattr(node.target, "__name__", "") == "permute":
+        dims = node.args[1:] if len(node.args) > 2 else arg(node, 1, "dims")
+        perm = [int(d) % rank for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+    else:
+        a, b = arg(node, 1, "dim0") % rank, arg(node, 2, "dim1") % rank
+        perm = list(range(rank))
+        perm[a], perm[b] = perm[b], perm[a]
+    return w.b.node("Transpose", [_x(w, node)], w.base(node), perm=perm)
+
+
+def chunk(w, node: fx.Node) -> list[str]:
+    """chunk/split along one axis: a Split with one output per piece (getitem picks them)."""
+    dim = _axis(w, node.args[0], arg(node, 2, "dim", 0))
+    sizes = [s[dim] for s in w.shapes(node)]
+    split = w.b.const(f"{w.base(node)}.split", np.array(sizes, np.int64))
+    return w.b.multi("Split", [_x(w, node), split], w.base(node), len(sizes), axis=dim)
+
+
+def getitem(w, node: fx.Node) -> str:
+    src, index = node.args
+    value = w.env.get(src)
+    if isinstance(value, list) and isinstance(index, int):
+        return value[index]
+    raise ProqhaError(f"cannot export indexing {node.name} (only picking a piece of chunk/split)")
+
+
+def cat(w, node: fx.Node) -> str:
+    tensors = arg(node, 0, "tensors")
+    dim = _axis(w, node, arg(node, 1, "dim", 0))
+    return w.b.node("Concat", [w.env[t] for t in tensors], w.base(node), axis=dim)
+
+
+# --- arithmetic ---------------------------------------------------------------------------------
+
+def mul(w, node: fx.Node) -> str:
+    """Elementwise product: squeeze-excitation gating, layer scale (a parameter), a constant factor."""
+    a, b = (w.value(v, f"{w.base(node)}.factor") for v in node.args[:2])
+    return w.b.node("Mul", [a, b], w.base(node))
+
+
+def add(w, node: fx.Node) -> str:
+    a, b = (w.value(v, f"{w.base(node)}.term") for v in node.args[:2])
+    return w.b.node("Add", [a, b], w.base(node))
+
+
+def identity(w, node: fx.Node) -> str:
+    """Operators that are the identity at inference: dropout, stochastic depth, contiguous."""
+    return _x(w, node)
+
+
+def _stochastic_depth_fn() -> Any:
+    try:
+        from torchvision.ops import stochastic_depth as fn
+    except ImportError:  # torchvision is optional for the exporter
+        return None
+    return fn
+
+
+MODULE_OPS: dict[type, Handler] = {
+    nn.ReLU: relu, nn.ReLU6: relu6, nn.Sigmoid: sigmoid, nn.Tanh: tanh, nn.SiLU: silu,
+    nn.Hardsigmoid: hardsigmoid, nn.Hardswish: hardswish, nn.GELU: gelu, nn.Softmax: softmax,
+    nn.BatchNorm2d: batch_norm, nn.LayerNorm: layer_norm_module,
+    nn.MaxPool2d: pool_module, nn.AvgPool2d: pool_module, nn.AdaptiveAvgPool2d: global_pool,
+    nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity,
+}
+FUNCTION_OPS: dict[Any, Handler] = {
+    F.relu: relu, torch.relu: relu, F.relu6: relu6, torch.sigmoid: sigmoid, F.sigmoid: sigmoid,
+    torch.tanh: tanh, F.silu: silu, F.hardsigmoid: hardsigmoid, F.hardswish: hardswish, F.gelu: gelu,
+    F.softmax: softmax, torch.softmax: softmax, F.layer_norm: layer_norm_function,
+    F.max_pool2d: pool_function, F.avg_pool2d: pool_function, F.adaptive_avg_pool2d: global_pool,
+    torch.flatten: reshape, torch.reshape: reshape, torch.permute: transpose, torch.transpose: transpose,
+    torch.swapaxes: transpose, torch.chunk: chunk, torch.split: chunk, torch.cat: cat, torch.concat: cat,
+    operator.getitem: getitem, operator.mul: mul, torch.mul: mul, operator.add: add, operator.iadd: add,
+    torch.add: add, F.dropout: identity,
+}
+if _stochastic_depth_fn() is not None:
+    from torchvision.ops import StochasticDepth
+
+    FUNCTION_OPS[_stochastic_depth_fn()] = identity
+    MODULE_OPS[StochasticDepth] = identity
+METHOD_OPS: dict[str, Handler] = {
+    "relu": relu, "relu_": relu, "sigmoid": sigmoid, "flatten": reshape, "view": reshape, "reshape": reshape,
+    "permute": transpose, "transpose": transpose, "chunk": chunk, "split": chunk, "contiguous": identity,
+    "mean": mean, "mul": mul, "mul_": mul, "add": add, "add_": add,
+}
+SHAPE_METHODS = ("size", "dim", "numel")  # values only reshapes use: the propagated shapes stand for them
+
+
+def module_handler(mod: nn.Module) -> Handler | None:
+    """The handler of a module type (or of its nearest base class in the table)."""
+    return next((MODULE_OPS[cls] for cls in type(mod).__mro__ if cls in MODULE_OPS), None)

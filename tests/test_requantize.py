@@ -1,0 +1,77 @@
+"""A quantizer right after another one (a residual add's output feeding one conv) stays two roundings in
+onnxruntime: without the integer Clip the exporter writes there, its DoubleQDQPairsRemover merges the two
+Q/DQ pairs into one quantization and the deployed model computes something else."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import calibrate_bn
+from proqha.export.onnx_export import export_onnx
+from proqha.export.validate import ort_session, validate_export
+from proqha.quant import QuantConfig, quantize_model
+
+
+def _double_qdq(clip: bool):
+    """x -> Q(s1) -> DQ -> Q(s2) [-> integer Clip 0..255] -> DQ."""
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("s1", 0.05), ("s2", 0.0731))]
+    inits += [numpy_helper.from_array(np.array(v, np.uint8), n) for n, v in (("z", 0), ("lo", 0), ("hi", 255))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q1", "s1", "z"], ["d1"]),
+             helper.make_node("QuantizeLinear", ["d1", "s2", "z"], ["q2"])]
+    if clip:
+        nodes.append(helper.make_node("Clip", ["q2", "lo", "hi"], ["c2"]))
+    nodes.append(helper.make_node("DequantizeLinear", ["c2" if clip else "q2", "s2", "z"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1000])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    return model
+
+
+def test_onnxruntime_merges_back_to_back_qdq_unless_an_integer_clip_separates_them():
+    x = np.random.default_rng(0).uniform(0, 12, 1000).astype(np.float32)
+    changed = {}
+    for clip in (False, True):
+        model = _double_qdq(clip)
+        ort_out = ort_session(model.SerializeToString()).run(None, {"x": x})[0]
+        changed[clip] = float((np.abs(ort_out - ReferenceEvaluator(model).run(None, {"x": x})[0]) > 1e-6).mean())
+    assert changed[True] == 0.0
+    # the property the exporter relies on; if onnxruntime stops merging, the Clip is merely redundant
+    assert changed[False] > 0.0 or changed[True] == 0.0
+
+
+class _AddIntoOneConv(nn.Module):
+    """A residual add whose output feeds a single conv: the conv's input quantizer requantizes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.down = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.branch(x))
+        return self.fc(self.down(x).mean([2, 3]))
+
+
+def test_requantization_after_an_add_is_exact_in_onnxruntime():
+    torch.manual_seed(0)
+    x = torch.randn(136, 3, 8, 8)
+    model = quantize_model(_AddIntoOneConv(), QuantConfig(bits=8))
+    with torch.no_grad():
+        model.fc.weight.mul_(20)  # logits spread over many output steps
+    calibrate_bn(model, x[:8])
+    proto, info = export_onnx(model, (3, 8, 8))
+    clips = [n for n in proto.graph.node if n.op_type == "Clip" and n.input[0].startswith("down.0.input")]
+    assert clips, "the requantizing input of down.0 must keep its integer Clip"
+    report = validate_export(proto, info, model, DataLoader(TensorDataset(x[8:], torch.zeros(128).long()), batch_size=64))
+    assert report.ok, report.failures
+    assert report.parity[0].max_steps <= 2

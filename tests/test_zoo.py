@@ -1,0 +1,163 @@
+"""torchvision's classifiers convert, export and run exactly in onnxruntime's int8 kernels.
+
+The default run takes one model per new operator family (random weights with calibrated statistics, see
+``benchmarks/zoo.py``); ``PROQHA_ZOO=all pytest tests/test_zoo.py`` runs every torchvision classifier.
+Transformers are refused with one line naming the operator (README: what cannot be exported yet).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from zoo import calibrated_model, classifiers, input_size, logit_spread, zoo_failures  # noqa: E402
+
+from proqha.errors import ProqhaError  # noqa: E402
+from proqha.export.onnx_export import export_onnx  # noqa: E402
+from proqha.export.pair_sums import check_pair_sums  # noqa: E402
+from proqha.export.validate import validate_export  # noqa: E402
+from proqha.quant import QuantConfig, quantize_model  # noqa: E402
+
+FAMILIES = [  # (model, input size, bits): the operators each one brings; the rest in test_operators_*
+    ("mobilenet_v3_small", 32, "8"),      # Hardswish, Hardsigmoid, squeeze-excitation mul
+    ("mobilenet_v3_small", 32, "mixed"),  # the same at 2..8-bit knobs, depthwise convs
+    ("shufflenet_v2_x0_5", 32, "8"),      # cat, chunk, channel shuffle (view, transpose), mean
+]
+ALL = os.environ.get("PROQHA_ZOO") == "all"
+TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+
+
+def _batches(x: torch.Tensor) -> DataLoader:
+    return DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=8)
+
+
+def _check_exact(name: str, size: int, bits: str) -> None:
+    """Exported, every conv/linear in an int8 kernel, int16-safe, and onnxruntime agrees with PyTorch up to
+    the one-step ties that random-weight networks amplify (benchmarks/zoo.py says why)."""
+    model, x = calibrated_model(name, size, bits)
+    proto, info = export_onnx(model, (3, size, size))
+    report = validate_export(proto, info, model, _batches(x), reference=False)
+    spread = logit_spread(model, x, info.output_scale)
+    assert zoo_failures(report, len(info.layers), check_pair_sums(proto), spread) == [], name
+    assert report.kernels.float_layers <= report.kernels.integer_layers  # float kernels: standalone norms only
+
+
+@pytest.mark.parametrize("name, size, bits", FAMILIES)
+def test_family_exports_exactly(name, size, bits):
+    _check_exact(name, size, bits)
+
+
+@pytest.mark.skipif(not ALL, reason="the whole torchvision list takes long: PROQHA_ZOO=all runs it")
+@pytest.mark.parametrize("name", [n for n in classifiers() if not n.startswith(TRANSFORMERS)])
+def test_every_cnn_classifier_exports_exactly(name):
+    _check_exact(name, input_size(name, 64), "8")
+
+
+@pytest.mark.parametrize("builder, kwargs, operator", [
+    ("vision_transformer.VisionTransformer", dict(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                                                  hidden_dim=16, mlp_dim=32), ".expand()"),
+    ("swin_transformer.SwinTransformer", dict(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+                                              window_size=[2, 2]), "function"),
+])
+def test_transformers_are_refused_with_one_line(builder, kwargs, operator):
+    module, cls = builder.split(".")
+    import importlib
+
+    model = getattr(importlib.import_module(f"torchvision.models.{module}"), cls)(num_classes=10, **kwargs).eval()
+    q = quantize_model(model, QuantConfig(bits=8))
+    with torch.no_grad():
+        q(torch.randn(2, 3, 32, 32))
+    q.eval()
+    with pytest.raises(ProqhaError, match="cannot export") as err:
+        export_onnx(q, (3, 32, 32))
+    assert operator in str(err.value) and "\n" not in str(err.value)
+
+
+def test_linear_on_tokens_keeps_features_last():
+    """A Linear on (N, T, C) inputs: per-output-channel weights, and the bias on the last axis."""
+
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 6)
+            self.head = torch.nn.Linear(6 * 16, 4)
+
+        def forward(self, x):
+            t = self.conv(x).flatten(2).transpose(1, 2)  # (N, 16, 8)
+            return self.head(torch.relu(self.fc(t)).flatten(1))
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, 4, 4)
+    q = quantize_model(Tokens(), QuantConfig(bits=8))
+    with torch.no_grad():
+        q(x[:8])
+    q.eval()
+    proto, info = export_onnx(q, (3, 4, 4))
+    report = validate_export(proto, info, q, _batches(x[8:]))
+    assert report.ok, report.failures
+
+
+class _Operators(torch.nn.Module):
+    """One block of every operator family the zoo needs, small enough to run in a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops import StochasticDepth
+
+        n = torch.nn
+        self.stem = n.Sequential(n.Conv2d(3, 16, 3, padding=1), n.BatchNorm2d(16), n.SiLU())
+        self.dw = n.Sequential(n.Conv2d(16, 16, 3, padding=1, groups=16), n.BatchNorm2d(16), n.Hardswish())
+        self.se = n.Sequential(n.AdaptiveAvgPool2d(1), n.Conv2d(16, 4, 1), n.ReLU(), n.Conv2d(4, 16, 1), n.Sigmoid())
+        self.drop_path = StochasticDepth(0.2, "row")
+        self.mix = n.Conv2d(16, 16, 1)
+        self.norm = n.LayerNorm(16)
+        self.mlp = n.Linear(16, 32)
+        self.gelu = n.GELU()
+        self.proj = n.Linear(32, 16)
+        self.scale = n.Parameter(torch.full((16,), 0.5))
+        self.head = n.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x)
+        y = y * self.se(y)
+        x = x + self.drop_path(y)
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([b, torch.relu(a)], dim=1)
+        n, c, h, w = x.size()
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)  # channel shuffle
+        t = self.mix(x).permute(0, 2, 3, 1)  # channels last
+        t = self.proj(self.gelu(self.mlp(self.norm(t))))
+        x = x + (self.scale * t).permute(0, 3, 1, 2)
+        return self.head(x.mean([2, 3]))
+
+
+@pytest.mark.parametrize("bits", ["8", "mixed"])
+def test_operators_export_exactly(bits):
+    import itertools
+
+    from conftest import calibrate_bn
+    from proqha.quant import searchable_layers
+
+    torch.manual_seed(0)
+    x = torch.randn(72, 3, 8, 8)
+    model = quantize_model(_Operators(), QuantConfig(bits=8))
+    calibrate_bn(model, x[:8])
+    if bits == "mixed":
+        cycle = itertools.cycle(range(2, 9))
+        for layer in searchable_layers(model).values():
+            layer.set_bits(w=next(cycle), a=next(cycle))
+    proto, info = export_onnx(model, (3, 8, 8))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Concat", "Split", "Transpose", "LayerNormalization", "Erf", "HardSwish", "Sigmoid", "Mul"} <= ops
+    report = validate_export(proto, info, model, _batches(x[8:]))
+    assert report.ok, report.failures  # the export's own rules: int8 kernels, parity within 2 steps
+    assert report.kernels.integer_layers == len(info.layers)
+    assert logit_spread(model, x[8:], info.output_scale) >= 8
