@@ -84,19 +84,23 @@ ZOO_MAX_MEAN_STEPS = 1.0
 ZOO_MIN_SPREAD = 8.0  # output steps between the largest and smallest logit of an image, on average
 
 
-def logit_spread(model: torch.nn.Module, x: torch.Tensor, output_step: float | None) -> float:
+def logit_spread(model: torch.nn.Module, x: torch.Tensor, output_step: float | None) -> float | None:
     """Mean (max - min) logit per image in output steps: a model whose logits all sit on one or two steps
-    agrees with any runtime and proves nothing."""
+    agrees with any runtime and proves nothing. None when the logits have no output grid (squeezenet's
+    pool after its last quantizer)."""
+    if output_step is None:
+        return None
     with torch.no_grad():
         y = model(x)
-    return float((y.amax(1) - y.amin(1)).mean() / (output_step or 1.0))
+    return float((y.amax(1) - y.amin(1)).mean() / output_step)
 
 
-def zoo_failures(report: ValidationReport, layers: int, pair_overflows: list[str], spread: float) -> list[str]:
+def zoo_failures(report: ValidationReport, layers: int, pair_overflows: list[str], spread: float | None
+                 ) -> list[str]:
     """The zoo rules (module docstring) a validated random-weight export misses."""
     ort = report.parity[0]
     failures = list(pair_overflows)
-    if spread < ZOO_MIN_SPREAD:
+    if spread is not None and spread < ZOO_MIN_SPREAD:
         failures.append(f"degenerate logits: mean spread {spread:.1f} < {ZOO_MIN_SPREAD} output steps")
     if report.kernels.integer_layers != layers:
         failures.append(f"{report.kernels.integer_layers} of {layers} conv/linear layers in int8 kernels")
