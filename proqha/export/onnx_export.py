@@ -25,7 +25,7 @@ from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant import PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
 from proqha.quant.fold import float_layer, integer_layer
-from proqha.quant.grid import pair_sum_fits_int16, uint8_activation_max
+from proqha.quant.grid import uint8_activation_max
 
 OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator's Q/DQ
 INT8_KERNELS = ("portable", "vnni")
@@ -73,6 +73,7 @@ class ExportInfo:
 class _Writer:
     def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str) -> None:
         self.model, self.profile, self.quantized = model, profile, quantized
+        self.writer = qdq.profile_for(profile, int8_kernels)
         self.modules = dict(model.named_modules())
         self.b = GraphBuilder()
         self.env: dict[fx.Node, str] = {}
@@ -86,7 +87,7 @@ class _Writer:
             if isinstance(quantizer, PACTQuantizer) and quantizer.absorbs_relu:  # the ReLU it stands in for
                 return self.b.node("Relu", [x], f"{base}.relu")
             return x
-        out, scale = qdq.activation(self.b, x, quantizer.grid(), self.profile, base, requantize=x in self.scales)
+        out, scale = self.writer.activation(self.b, x, quantizer.grid(), base, requantize=x in self.scales)
         self.scales[out] = scale
         return out
 
@@ -120,20 +121,18 @@ class _Writer:
             if deployed.ints.abs().max() > 127:
                 raise ProqhaError(f"{name}: {type(wq).__name__} at {wq.bits} bit has levels up to "
                                   f"{int(deployed.ints.abs().max())}, beyond int8; export it at <= 7 bit")
-            if self.profile == "trt" and abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
-                deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # the trt re-gridded input
+            if abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
+                deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # a profile that re-grids the input
             record.act_max = uint8_activation_max(layer.input_quantizer.grid())
-            wide = (self.profile == "ort" and self.info.int8_kernels == "portable"
-                    and not pair_sum_fits_int16(record.act_max, deployed.int_factor * grid.qmax))
+            wide = self.writer.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
             w, record.initializer = qdq.weight(self.b, deployed.ints.cpu().numpy(), deployed.scale.cpu().numpy(),
                                                name, wide)
             record.weight_zero_point = qdq.WIDE_WEIGHT_ZERO_POINT if wide else 0
             record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
             record.int_factor = deployed.int_factor
-            if deployed.bias_ints is not None and self.profile == "trt":  # TensorRT takes float biases
-                b = self.const(f"{name}.bias", deployed.bias())
-            elif deployed.bias_ints is not None:
-                b = qdq.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(), name)
+            if deployed.bias_ints is not None:
+                b = self.writer.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(),
+                                     deployed.bias().detach().cpu().numpy(), name)
         else:
             wf, bias = float_layer(layer, bn)
             w = self.const(f"{name}.weight", wf)

@@ -1,4 +1,5 @@
-"""How each quantizer grid is written as Q/DQ nodes, per deployment profile.
+"""How each quantizer grid is written as Q/DQ nodes: one class per deployment profile (``PROFILES``),
+so the graph writer never branches on the profile.
 
 ``ort`` (onnxruntime, x86): activations as uint8 with zero point 0 (unsigned grids) or 128 (signed
     grids, the same symmetric levels shifted); grids narrower than the type are clamped on the integer
@@ -22,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from proqha.export.graph_builder import GraphBuilder
-from proqha.quant.grid import UINT8_SIGNED_OFFSET, Grid
+from proqha.quant.grid import UINT8_SIGNED_OFFSET, Grid, pair_sum_fits_int16
 
-PROFILES = ("ort", "trt")
 WIDE_WEIGHT_ZERO_POINT = 128  # uint8 weights: the symmetric levels shifted into 1..255
 
 
@@ -37,39 +37,86 @@ class EmittedGrid:
     qmax: int
 
 
-def emitted_grid(grid: Grid, profile: str) -> EmittedGrid:
-    """The grid a profile writes for an activation quantizer (identical except trt's unsigned 8 bit)."""
-    scale = float(grid.scale.reshape(-1)[0])
-    if profile == "trt" and grid.qmax > 127:
-        return EmittedGrid(scale * grid.qmax / 127, 0, 127)
-    return EmittedGrid(scale, grid.qmin, grid.qmax)
+class OrtProfile:
+    """onnxruntime (x86/ARM CPUs): uint8 activations, integer clamps, int32 biases, uint8 weights where int8
+    pair sums could pass int16 (``int8_kernels="portable"``)."""
+
+    name = "ort"
+
+    def __init__(self, int8_kernels: str = "portable") -> None:
+        self.int8_kernels = int8_kernels
+
+    def emitted_grid(self, grid: Grid) -> EmittedGrid:
+        return EmittedGrid(float(grid.scale.reshape(-1)[0]), grid.qmin, grid.qmax)
+
+    def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False
+                   ) -> tuple[str, float]:
+        """Emit the Q/DQ of an activation grid; returns (dequantized tensor name, emitted step).
+
+        ``requantize``: ``x`` is itself a dequantized tensor (a quantizer right after another one). Its
+        integer Clip is then written even for the full range: onnxruntime's DoubleQDQPairsRemover rewrites
+        Q1 -> DQ1 -> Q2 -> DQ2 into a single quantization, which is not what two roundings compute
+        (measured: 99.7% of values changed on a uint8 requantization); a Clip between Q2 and DQ2 keeps the
+        pairs apart."""
+        g = self.emitted_grid(grid)
+        scale = b.const(f"{base}.scale", np.array(g.scale, np.float32))
+        zp = UINT8_SIGNED_OFFSET if grid.signed else 0
+        zero = b.const(f"{base}.zero_point", np.array(zp, np.uint8))
+        q = b.node("QuantizeLinear", [x, scale, zero], f"{base}.q")
+        if requantize or g.qmin + zp > 0 or g.qmax + zp < 255:
+            lo = b.const(f"{base}.int_min", np.array(g.qmin + zp, np.uint8))
+            hi = b.const(f"{base}.int_max", np.array(g.qmax + zp, np.uint8))
+            q = b.node("Clip", [q, lo, hi], f"{base}.int_clip")
+        return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
+
+    def wide_weights(self, act_max: int, weight_max: int) -> bool:
+        """Whether a layer's weights go out as uint8 (U8U8 kernels) to keep its pair sums exact."""
+        return self.int8_kernels == "portable" and not pair_sum_fits_int16(act_max, weight_max)
+
+    def bias(self, b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, values: np.ndarray, base: str) -> str:
+        """int32 bias at scale ``input scale * weight scale`` (what onnxruntime needs to fuse), dequantized."""
+        v = b.const(f"{base}.bias_int32", ints.astype(np.int32))
+        s = b.const(f"{base}.bias_scale", scale.astype(np.float32))
+        z = b.const(f"{base}.bias_zero_point", np.zeros(len(scale), np.int32))
+        return b.node("DequantizeLinear", [v, s, z], f"{base}.bias", axis=0)
 
 
-def activation(b: GraphBuilder, x: str, grid: Grid, profile: str, base: str, requantize: bool = False
-               ) -> tuple[str, float]:
-    """Emit the Q/DQ of an activation grid; returns (dequantized tensor name, emitted step).
+class TrtProfile(OrtProfile):
+    """TensorRT explicit quantization: int8 only, zero point 0, float clamps, float biases."""
 
-    ``requantize``: ``x`` is itself a dequantized tensor (a quantizer right after another one). Its
-    integer Clip is then written even for the full range: onnxruntime's DoubleQDQPairsRemover rewrites
-    Q1 -> DQ1 -> Q2 -> DQ2 into a single quantization, which is not what two roundings compute (measured:
-    99.7% of values changed on a uint8 requantization); a Clip between Q2 and DQ2 keeps the pairs apart."""
-    g = emitted_grid(grid, profile)
-    scale = b.const(f"{base}.scale", np.array(g.scale, np.float32))
-    if profile == "trt":
+    name = "trt"
+
+    def emitted_grid(self, grid: Grid) -> EmittedGrid:
+        """The grid written: unsigned 8-bit grids (0..255) become 0..127 over the same range."""
+        scale = float(grid.scale.reshape(-1)[0])
+        if grid.qmax > 127:
+            return EmittedGrid(scale * grid.qmax / 127, 0, 127)
+        return EmittedGrid(scale, grid.qmin, grid.qmax)
+
+    def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False
+                   ) -> tuple[str, float]:
+        g = self.emitted_grid(grid)
+        scale = b.const(f"{base}.scale", np.array(g.scale, np.float32))
         lo = b.const(f"{base}.clip_min", np.array(g.qmin * g.scale, np.float32))
         hi = b.const(f"{base}.clip_max", np.array(g.qmax * g.scale, np.float32))
         clipped = b.node("Clip", [x, lo, hi], f"{base}.clip")
         zero = b.const(f"{base}.zero_point", np.array(0, np.int8))
         q = b.node("QuantizeLinear", [clipped, scale, zero], f"{base}.q")
         return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
-    zp = UINT8_SIGNED_OFFSET if grid.signed else 0
-    zero = b.const(f"{base}.zero_point", np.array(zp, np.uint8))
-    q = b.node("QuantizeLinear", [x, scale, zero], f"{base}.q")
-    if requantize or g.qmin + zp > 0 or g.qmax + zp < 255:
-        lo = b.const(f"{base}.int_min", np.array(g.qmin + zp, np.uint8))
-        hi = b.const(f"{base}.int_max", np.array(g.qmax + zp, np.uint8))
-        q = b.node("Clip", [q, lo, hi], f"{base}.int_clip")
-    return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
+
+    def wide_weights(self, act_max: int, weight_max: int) -> bool:
+        return False  # int8 only; TensorRT sums in int32
+
+    def bias(self, b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, values: np.ndarray, base: str) -> str:
+        return b.const(f"{base}.bias", values.astype(np.float32))  # TensorRT quantizes biases itself
+
+
+PROFILES = {"ort": OrtProfile, "trt": TrtProfile}
+
+
+def profile_for(name: str, int8_kernels: str = "portable") -> OrtProfile:
+    """The writer of a deployment profile by name."""
+    return PROFILES[name](int8_kernels)
 
 
 def weight(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str, wide: bool = False) -> tuple[str, str]:
@@ -84,11 +131,3 @@ def weight(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str, wide
         z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
     s = b.const(f"{base}.weight_scale", scale.astype(np.float32))
     return b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0), w
-
-
-def bias(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str) -> str:
-    """int32 bias at scale ``input scale * weight scale`` (what onnxruntime needs to fuse), dequantized."""
-    v = b.const(f"{base}.bias_int32", ints.astype(np.int32))
-    s = b.const(f"{base}.bias_scale", scale.astype(np.float32))
-    z = b.const(f"{base}.bias_zero_point", np.zeros(len(scale), np.int32))
-    return b.node("DequantizeLinear", [v, s, z], f"{base}.bias", axis=0)
