@@ -14,6 +14,15 @@ from typing import Any, Callable, IO
 from proqha.errors import ProqhaError
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
     tmp = None
@@ -23,6 +32,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.chmod(f.fileno(), _FILE_MODE)  # mkstemp makes 0600; a written file follows the umask
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:  # a full disk, a read-only folder: the previous file is still whole

@@ -291,3 +291,29 @@ def test_property_random_cli_values_exit_0_or_2_with_one_line(bits, size, monkey
     else:
         assert json.loads(capsys.readouterr().out or "{}") is not None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import importlib
+
+    import proqha.files
+
+    mask = os.umask(0o022)
+    try:
+        importlib.reload(proqha.files)  # the mode is read once, at import
+        proqha.files.atomic_write_bytes(tmp_path / "model.onnx", b"x")
+    finally:
+        os.umask(mask)
+        importlib.reload(proqha.files)
+    assert (tmp_path / "model.onnx").stat().st_mode & 0o777 == 0o644  # readable by a serving container
+
+
+def test_export_on_the_wrong_input_size_is_one_line(capfd):
+    from proqha.export.onnx_export import export_onnx
+    from proqha.models import create_model
+    from proqha.quant import QuantConfig, quantize_model
+
+    model = quantize_model(create_model("digits_resnet"), QuantConfig(bits=8)).eval()
+    with pytest.raises(ProqhaError, match=r"cannot run on input size \(3, 8, 8\)"):
+        export_onnx(model, (3, 8, 8))
+    assert "Traceback" not in capfd.readouterr().err  # fx's ShapeProp would print one

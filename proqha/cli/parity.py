@@ -68,7 +68,9 @@ def parity_command(
         failures += check_parity(results, step is not None)
     report = ValidationReport(failures, ort_kernels(data), results, 0, pair_sum_bounds(proto), int8_kernels=int8_kernels)
     print_report(report, model_path.name)
-    atomic_write_json(parity_path(model_path), report.to_dict() | {"model": str(model_path), "source": str(checkpoint)})
+    report_path = parity_path(model_path)
+    atomic_write_json(report_path, report.to_dict() | {"model": str(model_path), "source": str(checkpoint)})
+    err_console.print(f"wrote {report_path} ({results[0].samples} images; replaces any earlier report)")
     for failure in failures:
         err_console.print(f"error: {failure}", markup=False)
     if failures:

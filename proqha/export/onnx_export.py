@@ -287,8 +287,12 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
     model = model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     probe = torch.zeros(PROBE_BATCH, *input_size, device=device)
+    try:  # a plain forward first: fx's ShapeProp prints a traceback before it raises
+        output_size = tuple(model(probe).shape[1:])
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {cause}") from None
     ShapeProp(model).propagate(probe)  # every node's output shape, for reshapes and N-d linears
-    output_size = tuple(model(probe).shape[1:])
     writer = _Writer(model, profile, quantized, int8_kernels)
     proto = writer.run(tuple(input_size), output_size, metadata or {})
     return proto, writer.info

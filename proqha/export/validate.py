@@ -18,6 +18,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from proqha.errors import ProqhaError
 from proqha.export.onnx_export import EXACT_ON, ExportInfo
 from proqha.export.pair_sums import CpuInt8Path, PairSumBound, check_pair_sums, cpu_int8_path, pair_sum_bounds
 
@@ -192,7 +193,14 @@ def parity(model: torch.nn.Module, model_bytes: bytes, batches: Iterable[tuple[t
             ref = model(x.to(device)).float().cpu().numpy()
             feed = {"input": x.cpu().numpy().astype(np.float32)}
             labels = y.cpu().numpy()
-            results[0].update(ref, session.run(None, feed)[0], labels, output_step)
+            try:
+                out = session.run(None, feed)[0]
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind types
+                if "onnxruntime" not in type(exc).__module__:
+                    raise
+                raise ProqhaError(f"onnxruntime cannot run the parity data (input {tuple(x.shape)}): "
+                                  f"{str(exc).strip().splitlines()[0][:200]}") from None
+            results[0].update(ref, out, labels, output_step)
             if evaluator is not None:
                 results[1].update(ref, evaluator.run(None, feed)[0], labels, output_step)
     return results
