@@ -67,11 +67,16 @@ def train(
                                f"  test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%"
                                f"  {row['time_s']:.1f}s")
 
+    def on_start() -> None:  # the model and data are built and checked: only now show progress, so a bad
+        progress.start()      # --arch/--dataset is one error line with nothing before it
+        progress.console.print(f"training {cfg.arch} on {cfg.dataset} at {cfg.bits} bit into {run_dir}")
+
     try:
-        with progress:
-            result = fit(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch,
-                         on_start=lambda: progress.console.print(
-                             f"training {cfg.arch} on {cfg.dataset} at {cfg.bits} bit into {run_dir}"))
+        try:
+            result = fit(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
+        finally:
+            if progress.live.is_started:  # stopping a progress never started still prints a blank line
+                progress.stop()
     except KeyboardInterrupt:
         raise fail(f"interrupted; the last completed epoch is saved: proqha train --resume --run-dir {run_dir}",
                    130) from None
