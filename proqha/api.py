@@ -13,7 +13,6 @@ Export and benchmark code is imported on first use, so ``import proqha`` stays l
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -227,28 +226,18 @@ def export_onnx(qmodel: nn.Module, path: str | Path, input_size: InputSize,
     ``ValidationReport`` (None with ``check=False``); the file (and ``<stem>.parity.json`` beside it) is
     written atomically only when it passes, else ``ExportError`` lists the failures.
     """
-    from proqha import __version__
-    from proqha.cost import cost_report
+    from proqha.export.graph_builder import set_metadata
     from proqha.export.onnx_export import export_onnx as build_onnx
+    from proqha.export.onnx_export import graph_metadata
     from proqha.export.validate import validate_export
     from proqha.files import atomic_write_bytes, atomic_write_json
-    from proqha.quant import BitConfig
 
     size = _size(input_size)
     path = Path(path)
     if path.is_dir():
         raise ProqhaError(f"export_onnx: {path} is a folder")
     proto, info = build_onnx(qmodel, size, profile=profile, int8_kernels=int8_kernels)
-    cost = cost_report(qmodel, size)
-    meta = {"proqha.version": __version__, "proqha.format": "onnx", "proqha.profile": profile,
-            "proqha.int8_kernels": int8_kernels, "proqha.input_size": json.dumps(list(size)),
-            "proqha.bits": json.dumps(BitConfig.from_model(qmodel).to_dict(), sort_keys=True),
-            "proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
-            "proqha.size_bytes": str(cost.size_bytes), "proqha.source": "python api",
-            "proqha.output_scale": "" if info.output_scale is None else repr(info.output_scale)}
-    for key, value in meta.items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
+    set_metadata(proto, graph_metadata(qmodel, info, size) | {"proqha.source": "python api"})
     data = proto.SerializeToString()
     report = None
     if check:

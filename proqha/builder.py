@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from proqha.checkpoint import load_checkpoint
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.models import create_model
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict, quantize_model
 
@@ -59,5 +59,5 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[nn
             BitConfig(state["bits"]).apply(model)
         load_float_state_dict(model, state["model"])
     except (ProqhaError, ValueError, RuntimeError) as exc:
-        raise ProqhaError(f"checkpoint {path} does not fit {recipe.arch}: {str(exc).splitlines()[0][:200]}") from None
+        raise ProqhaError(f"checkpoint {path} does not fit {recipe.arch}: {first_line(exc)}") from None
     return model, state

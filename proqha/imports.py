@@ -10,7 +10,7 @@ import re
 import sys
 from typing import Any, Callable
 
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 
 _PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -38,9 +38,9 @@ def import_object(path: str, option: str) -> Any:
         if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise ProqhaError(f"{option} {path}: no module named {module_name!r} (looked in the working directory "
                               f"{cwd} and on sys.path)") from None
-        raise ProqhaError(f"{option} {path}: importing {module_name!r} failed: {_one_line(exc)}") from exc
+        raise ProqhaError(f"{option} {path}: importing {module_name!r} failed: {first_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - user code can raise anything while it is imported
-        raise ProqhaError(f"{option} {path}: importing {module_name!r} failed: {_one_line(exc)}") from exc
+        raise ProqhaError(f"{option} {path}: importing {module_name!r} failed: {first_line(exc)}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ProqhaError(f"{option} {path}: module {module_name!r} has no attribute {attr!r}")
@@ -74,9 +74,4 @@ def call_factory(fn: Callable[..., Any], path: str, option: str, **kwargs: Any) 
     except ProqhaError:
         raise
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
-        raise ProqhaError(f"{option} {path} raised {type(exc).__name__}: {_one_line(exc)}") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:200] if text else type(exc).__name__)
+        raise ProqhaError(f"{option} {path} raised {type(exc).__name__}: {first_line(exc)}") from exc

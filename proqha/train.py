@@ -20,7 +20,7 @@ from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cost import cost_report
 from proqha.data import check_data_dir, get_dataset_spec, load_dataset
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from proqha.models import get_model_spec
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
@@ -153,8 +153,7 @@ def forward_checked(model: nn.Module, x: torch.Tensor, num_classes: int | None, 
         try:
             out = model(x)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ProqhaError(f"{what.format(shape=tuple(x.shape))}: {cause}") from exc
+            raise ProqhaError(f"{what.format(shape=tuple(x.shape))}: {first_line(exc)}") from exc
     check_logits(out, len(x), num_classes)
 
 
@@ -286,7 +285,7 @@ def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Mo
         try:
             load_float_state_dict(model, state["model"])
         except (ValueError, RuntimeError) as exc:
-            raise ProqhaError(f"--init {cfg.init} does not fit {cfg.arch}: {str(exc).splitlines()[0][:200]}") from None
+            raise ProqhaError(f"--init {cfg.init} does not fit {cfg.arch}: {first_line(exc)}") from None
         wanted.apply(model)
     if cfg.bits_file:
         BitConfig.load(cfg.bits_file).apply(model)

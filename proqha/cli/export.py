@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,19 +9,19 @@ import typer
 from rich.table import Table
 from torch.utils.data import DataLoader, Subset
 
-from proqha import __version__
 from proqha.builder import load_model
 from proqha.cli.common import console, err_console, fail, handle_errors
-from proqha.cost import cost_report, format_ratio
+from proqha.cost import format_ratio
 from proqha.data import load_dataset
 from proqha.deploy.report import read_frontier
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
-from proqha.export.onnx_export import EXACT_ON, ExportInfo, check_int8_kernels, export_onnx
+from proqha.export.graph_builder import set_metadata
+from proqha.export.onnx_export import EXACT_ON, ExportInfo, check_int8_kernels, export_onnx, graph_metadata
 from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
-from proqha.quant import BitConfig, float_twin
+from proqha.quant import float_twin
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 from proqha.train import resolve_device
 from proqha.search.progressive import step_checkpoints
@@ -76,23 +75,11 @@ def test_batches(state: dict[str, Any], samples: int | None, batch_size: int = 6
 
 def metadata(model, state: dict[str, Any], checkpoint: Path, step: int | None, info: ExportInfo, fmt: str
              ) -> dict[str, str]:
-    """What the exported file carries about itself: bits, paper cost, BitOPs, source and step."""
+    """What the exported file carries about itself: the graph's own figures, and its run, source and step."""
     recipe = state["recipe"]
-    cost = cost_report(model, tuple(recipe["input_size"]))
-    bits = BitConfig.from_model(model).to_dict()
-    for name, layer in info.layers.items():
-        bits[name]["weight_int_factor"] = layer.int_factor
-        bits[name]["weight_zero_point"] = layer.weight_zero_point
-    exact = {"proqha.int8_kernels": info.int8_kernels, "proqha.exact_on": EXACT_ON[info.int8_kernels]} \
-        if info.quantized and info.profile == "ort" else {}
-    return exact | {
-        "proqha.version": __version__, "proqha.format": fmt, "proqha.profile": info.profile,
+    return graph_metadata(model, info, tuple(recipe["input_size"]), fmt) | {
         "proqha.arch": recipe["arch"], "proqha.dataset": state.get("config", {}).get("dataset", ""),
-        "proqha.input_size": json.dumps(recipe["input_size"]), "proqha.bits": json.dumps(bits, sort_keys=True),
-        "proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
-        "proqha.bitops_ratio": repr(cost.bitops_ratio), "proqha.size_bytes": str(cost.size_bytes),
         "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step),
-        "proqha.output_scale": "" if info.output_scale is None else repr(info.output_scale),
     }
 
 
@@ -181,9 +168,7 @@ def export(
     proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt != "onnx-fp32",
                               int8_kernels=int8_kernels)
     meta = metadata(model, state, checkpoint, step, info, fmt)
-    for key, value in meta.items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
+    set_metadata(proto, meta)
     data = proto.SerializeToString()
     if profile == "trt":
         problems = check_trt_graph(proto)

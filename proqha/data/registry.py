@@ -86,10 +86,10 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
         from proqha.data.custom import load_splits
 
         splits = load_splits(name, None if path is None else str(path))
-        if split == "test" or (split == "calib" and splits.calib is not None):
-            return splits.test if split == "test" else splits.calib
-        if splits.calib is not None:
-            return splits.train
+        if split == "test":
+            return splits.test
+        if splits.calib is not None:  # the factory's own held-out split
+            return splits.calib if split == "calib" else splits.train
         calib_idx, train_idx = calibration_split(len(splits.train))
         return Subset(splits.train, train_idx if split == "train" else calib_idx)
     spec = get_dataset_spec(name)

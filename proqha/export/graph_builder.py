@@ -50,7 +50,12 @@ class GraphBuilder:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                                   producer_name="proqha")
         model.ir_version = 9
-        for key, value in metadata.items():
-            prop = model.metadata_props.add()
-            prop.key, prop.value = key, value
+        set_metadata(model, metadata)
         return model
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Add ``metadata`` to a model's metadata_props."""
+    for key, value in metadata.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value

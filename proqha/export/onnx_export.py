@@ -9,7 +9,7 @@ at their quantized values), the latency baseline.
 
 from __future__ import annotations
 
-import operator
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,10 +20,12 @@ import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 from torch import nn
 
-from proqha.errors import ProqhaError
+from proqha import __version__
+from proqha.cost import cost_report
+from proqha.errors import ProqhaError, first_line
 from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder
-from proqha.quant import PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
+from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
 from proqha.quant.fold import float_layer, integer_layer
 from proqha.quant.grid import uint8_activation_max
 
@@ -73,7 +75,7 @@ class ExportInfo:
 class _Writer:
     def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str) -> None:
         self.model, self.profile, self.quantized = model, profile, quantized
-        self.writer = qdq.profile_for(profile, int8_kernels)
+        self.grids = qdq.profile_for(profile, int8_kernels)  # how this profile writes grids
         self.modules = dict(model.named_modules())
         self.b = GraphBuilder()
         self.env: dict[fx.Node, str] = {}
@@ -87,7 +89,7 @@ class _Writer:
             if isinstance(quantizer, PACTQuantizer) and quantizer.absorbs_relu:  # the ReLU it stands in for
                 return self.b.node("Relu", [x], f"{base}.relu")
             return x
-        out, scale = self.writer.activation(self.b, x, quantizer.grid(), base, requantize=x in self.scales)
+        out, scale = self.grids.activation(self.b, x, quantizer.grid(), base, requantize=x in self.scales)
         self.scales[out] = scale
         return out
 
@@ -124,14 +126,14 @@ class _Writer:
             if abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
                 deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # a profile that re-grids the input
             record.act_max = uint8_activation_max(layer.input_quantizer.grid())
-            wide = self.writer.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
+            wide = self.grids.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
             w, record.initializer = qdq.weight(self.b, deployed.ints.cpu().numpy(), deployed.scale.cpu().numpy(),
                                                name, wide)
             record.weight_zero_point = qdq.WIDE_WEIGHT_ZERO_POINT if wide else 0
             record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
             record.int_factor = deployed.int_factor
             if deployed.bias_ints is not None:
-                b = self.writer.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(),
+                b = self.grids.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(),
                                      deployed.bias().detach().cpu().numpy(), name)
         else:
             wf, bias = float_layer(layer, bn)
@@ -188,7 +190,7 @@ class _Writer:
         return handler(self, node)
 
     def method(self, node: fx.Node) -> str | list[str] | None:
-        if node.target in ops.SHAPE_METHODS:
+        if self.is_shape_value(node):
             return None
         handler = ops.METHOD_OPS.get(node.target)
         if handler is None:
@@ -258,6 +260,27 @@ class _Writer:
                             metadata)
 
 
+def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ...], fmt: str = "onnx"
+                   ) -> dict[str, str]:
+    """What an exported file carries about itself: format and profile, the graph form and the CPUs it is
+    exact on, per-layer bits (with each weight's factor k and zero point), paper cost, BitOPs, size and
+    the output step. Callers add where it came from and write it with ``graph_builder.set_metadata``."""
+    cost = cost_report(model, tuple(input_size))
+    bits = BitConfig.from_model(model).to_dict()
+    for name, layer in info.layers.items():
+        bits[name]["weight_int_factor"] = layer.int_factor
+        bits[name]["weight_zero_point"] = layer.weight_zero_point
+    exact = {"proqha.int8_kernels": info.int8_kernels, "proqha.exact_on": EXACT_ON[info.int8_kernels]} \
+        if info.quantized and info.profile == "ort" else {}
+    return exact | {
+        "proqha.version": __version__, "proqha.format": fmt, "proqha.profile": info.profile,
+        "proqha.input_size": json.dumps(list(input_size)), "proqha.bits": json.dumps(bits, sort_keys=True),
+        "proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
+        "proqha.bitops_ratio": repr(cost.bitops_ratio), "proqha.size_bytes": str(cost.size_bytes),
+        "proqha.output_scale": "" if info.output_scale is None else repr(info.output_scale),
+    }
+
+
 def check_int8_kernels(value: str) -> str:
     """``value`` if it names a graph form in ``INT8_KERNELS``, else ProqhaError (one line)."""
     if value not in INT8_KERNELS:
@@ -290,8 +313,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
     try:  # a plain forward first: fx's ShapeProp prints a traceback before it raises
         output_size = tuple(model(probe).shape[1:])
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {cause}") from None
+        raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {first_line(exc)}") from None
     ShapeProp(model).propagate(probe)  # every node's output shape, for reshapes and N-d linears
     writer = _Writer(model, profile, quantized, int8_kernels)
     proto = writer.run(tuple(input_size), output_size, metadata or {})

@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import StochasticDepth, stochastic_depth
 
 from proqha.errors import ProqhaError
 
@@ -203,7 +204,7 @@ def reshape(w, node: fx.Node) -> str:
 
 def transpose(w, node: fx.Node) -> str:
     rank = _rank(w, node.args[0])
-    if node.target in ("permute",) or getattr(node.target, "__name__", "") == "permute":
+    if "permute" in (node.target, getattr(node.target, "__name__", None)):
         dims = node.args[1:] if len(node.args) > 2 else arg(node, 1, "dims")
         perm = [int(d) % rank for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
     else:
@@ -253,20 +254,12 @@ def identity(w, node: fx.Node) -> str:
     return _x(w, node)
 
 
-def _stochastic_depth_fn() -> Any:
-    try:
-        from torchvision.ops import stochastic_depth as fn
-    except ImportError:  # torchvision is optional for the exporter
-        return None
-    return fn
-
-
 MODULE_OPS: dict[type, Handler] = {
     nn.ReLU: relu, nn.ReLU6: relu6, nn.Sigmoid: sigmoid, nn.Tanh: tanh, nn.SiLU: silu,
     nn.Hardsigmoid: hardsigmoid, nn.Hardswish: hardswish, nn.GELU: gelu, nn.Softmax: softmax,
     nn.BatchNorm2d: batch_norm, nn.LayerNorm: layer_norm_module,
     nn.MaxPool2d: pool_module, nn.AvgPool2d: pool_module, nn.AdaptiveAvgPool2d: global_pool,
-    nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity,
+    nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity, StochasticDepth: identity,
 }
 FUNCTION_OPS: dict[Any, Handler] = {
     F.relu: relu, torch.relu: relu, F.relu6: relu6, torch.sigmoid: sigmoid, F.sigmoid: sigmoid,
@@ -276,19 +269,14 @@ FUNCTION_OPS: dict[Any, Handler] = {
     torch.flatten: reshape, torch.reshape: reshape, torch.permute: transpose, torch.transpose: transpose,
     torch.swapaxes: transpose, torch.chunk: chunk, torch.split: chunk, torch.cat: cat, torch.concat: cat,
     operator.getitem: getitem, operator.mul: mul, torch.mul: mul, operator.add: add, operator.iadd: add,
-    torch.add: add, F.dropout: identity,
+    torch.add: add, F.dropout: identity, stochastic_depth: identity,
 }
-if _stochastic_depth_fn() is not None:
-    from torchvision.ops import StochasticDepth
 
-    FUNCTION_OPS[_stochastic_depth_fn()] = identity
-    MODULE_OPS[StochasticDepth] = identity
 METHOD_OPS: dict[str, Handler] = {
     "relu": relu, "relu_": relu, "sigmoid": sigmoid, "flatten": reshape, "view": reshape, "reshape": reshape,
     "permute": transpose, "transpose": transpose, "chunk": chunk, "split": chunk, "contiguous": identity,
     "mean": mean, "mul": mul, "mul_": mul, "add": add, "add_": add,
 }
-SHAPE_METHODS = ("size", "dim", "numel")  # values only reshapes use: the propagated shapes stand for them
 
 
 def module_handler(mod: nn.Module) -> Handler | None:

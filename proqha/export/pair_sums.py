@@ -10,6 +10,7 @@ a machine with VNNI can still show what a machine without it computes.
 
 from __future__ import annotations
 
+import functools
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,20 @@ class CpuInt8Path:
     description: str
 
 
+@functools.cache
+def _proc_cpuinfo() -> str:
+    """This machine's ``/proc/cpuinfo`` (read once; empty where there is none)."""
+    path = Path("/proc/cpuinfo")
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
 def cpu_int8_path(cpuinfo: str | None = None, machine: str | None = None) -> CpuInt8Path:
     """The int8 kernel path onnxruntime takes on this CPU, read from its flags (``/proc/cpuinfo``)."""
     machine = (machine or platform.machine()).lower()
     if machine in ("arm64", "aarch64"):
         return CpuInt8Path("int32", "ARM64: int8 products summed in int32")
     if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text(errors="replace") if path.is_file() else ""
+        cpuinfo = _proc_cpuinfo()
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
     if flags is None:
         return CpuInt8Path("unknown", f"{machine}: CPU flags unknown")

@@ -18,7 +18,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.export.onnx_export import EXACT_ON, ExportInfo
 from proqha.export.pair_sums import CpuInt8Path, PairSumBound, check_pair_sums, cpu_int8_path, pair_sum_bounds
 
@@ -199,7 +199,7 @@ def parity(model: torch.nn.Module, model_bytes: bytes, batches: Iterable[tuple[t
                 if "onnxruntime" not in type(exc).__module__:
                     raise
                 raise ProqhaError(f"onnxruntime cannot run the parity data (input {tuple(x.shape)}): "
-                                  f"{str(exc).strip().splitlines()[0][:200]}") from None
+                                  f"{first_line(exc)}") from None
             results[0].update(ref, out, labels, output_step)
             if evaluator is not None:
                 results[1].update(ref, evaluator.run(None, feed)[0], labels, output_step)

@@ -10,6 +10,7 @@ Models that fx cannot trace fall back to a module walk (signed activation grids,
 from __future__ import annotations
 
 import copy
+import functools
 import operator
 import warnings
 from dataclasses import asdict, dataclass
@@ -165,6 +166,7 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 # --- conversion ----------------------------------------------------------------------------------
 
+@functools.cache
 def _train_dependent_modules() -> tuple[type, ...]:
     """Modules whose forward branches on ``self.training`` outside torch.nn (fx would bake the mode in)."""
     try:
