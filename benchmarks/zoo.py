@@ -4,17 +4,18 @@
 
 Every classification model in ``torchvision.models`` (random weights, 10 classes, nothing downloaded),
 its quantizer ranges and BatchNorm statistics set on 8 random images (two passes at the default momentum:
-exact per-channel statistics of random features make some channels' gains huge, and the network chaotic). Per model: converted, exported (or the one-line reason it is
-refused), int8 kernels / all conv+linear in onnxruntime's optimized graph, top-1 agreement with PyTorch
-(ties within one output step count), the largest logit difference in output steps, and onnxruntime
-int8 latency against the float graph of the same model (batch 1, 2 threads, interleaved, same run).
-Exits 1 if a model that exports misses the zoo rules: every conv/linear in an int8 kernel, no int16 pair
-overflow possible, top-1 agreement >= 90% and a mean logit difference <= 1 output step. The export's own
-rules (>= 99% of logits within 2 steps) are reported beside them but not required here: in these random
-networks a one-step tie between PyTorch's and onnxruntime's rounding is amplified by the layers after it
-(with exact BatchNorm statistics, noise of 1e-3 on the input moved googlenet's quantized logits by up
-to 53 output steps), which trained
-networks do not do.
+exact per-channel statistics of random features make some channels' gains huge, and the network
+chaotic). Per model: converted, exported (or the one-line reason it is refused), int8 kernels / all
+conv+linear+matmul in onnxruntime's optimized graph, top-1 agreement with PyTorch (ties within one output
+step count), the largest and mean logit difference in output steps, the model's noise floor (mean steps
+PyTorch itself moves when the input moves by 1e-5), and onnxruntime int8 latency against the float graph
+of the same model (batch 1, 2 threads, interleaved, same run).
+Exits 1 if a model that exports misses the zoo rules: every conv/linear/matmul in an int8 kernel, no int16
+pair overflow possible, top-1 agreement >= min(90%, the floor's) and a mean logit difference
+<= max(1, the floor's) output steps. The export's own rules (>= 99% of logits within 2 steps) are reported beside them but not required
+here: in these random networks a one-step tie between PyTorch's and onnxruntime's rounding is amplified by
+the layers after it (with exact BatchNorm statistics, noise of 1e-3 on the input moved googlenet's quantized
+logits by up to 53 output steps; vit_b_16's floor is several steps), which trained networks do not do.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,7 +59,14 @@ def calibrated_model(name: str, size: int, bits: str = "8", seed: int = 0) -> tu
     options = {"num_classes": 10}
     if name in ("googlenet", "inception_v3"):
         options |= {"aux_logits": False, "init_weights": True}
-    model = torchvision.models.get_model(name, weights=None, **options).eval()
+    return calibrate(torchvision.models.get_model(name, weights=None, **options), size, bits, seed)
+
+
+def calibrate(model: torch.nn.Module, size: int, bits: str = "8", seed: int = 0
+              ) -> tuple[torch.nn.Module, torch.Tensor]:
+    """``calibrated_model`` for a float model built by the caller."""
+    torch.manual_seed(seed)
+    model = model.eval()
     for m in model.modules():  # torchvision starts classifiers near zero (std 0.01): logits would all be 0
         if isinstance(m, torch.nn.Linear):
             m.reset_parameters()
@@ -95,19 +104,45 @@ def logit_spread(model: torch.nn.Module, x: torch.Tensor, output_step: float | N
     return float((y.amax(1) - y.amin(1)).mean() / output_step)
 
 
-def zoo_failures(report: ValidationReport, layers: int, pair_overflows: list[str], spread: float | None
-                 ) -> list[str]:
-    """The zoo rules (module docstring) a validated random-weight export misses."""
+NOISE = 1e-5  # input perturbation of the noise floor
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """How far PyTorch's own quantized model moves when its input moves by ``NOISE``: mean logit change in
+    output steps and top-1 agreement (%). Float rounding alone carries one-step ties that far through the
+    network; no runtime can be asked to agree more closely."""
+
+    mean_steps: float = 0.0
+    agreement: float = 100.0
+
+
+def noise_floor(model: torch.nn.Module, x: torch.Tensor, output_step: float | None) -> NoiseFloor:
+    """The model's ``NoiseFloor`` on images ``x`` (none without an output grid)."""
+    if output_step is None:
+        return NoiseFloor()
+    with torch.no_grad():
+        a, b = model(x), model(x + NOISE * torch.randn_like(x))
+    return NoiseFloor(float((a - b).abs().mean() / output_step),
+                      100.0 * float((a.argmax(1) == b.argmax(1)).float().mean()))
+
+
+def zoo_failures(report: ValidationReport, layers: int, pair_overflows: list[str], spread: float | None,
+                 floor: NoiseFloor = NoiseFloor()) -> list[str]:
+    """The zoo rules (module docstring) a validated random-weight export misses; the model's noise
+    ``floor`` relaxes the bounds for networks that amplify ties more than they allow."""
     ort = report.parity[0]
     failures = list(pair_overflows)
     if spread is not None and spread < ZOO_MIN_SPREAD:
         failures.append(f"degenerate logits: mean spread {spread:.1f} < {ZOO_MIN_SPREAD} output steps")
     if report.kernels.integer_layers != layers:
-        failures.append(f"{report.kernels.integer_layers} of {layers} conv/linear layers in int8 kernels")
-    if ort.agreement_ties < ZOO_MIN_AGREEMENT:
-        failures.append(f"top-1 agreement {ort.agreement_ties:.1f}% < {ZOO_MIN_AGREEMENT}%")
-    if ort.mean_steps is not None and ort.mean_steps > ZOO_MAX_MEAN_STEPS:
-        failures.append(f"mean logit difference {ort.mean_steps:.2f} > {ZOO_MAX_MEAN_STEPS} output steps")
+        failures.append(f"{report.kernels.integer_layers} of {layers} conv/linear/matmul layers in int8 kernels")
+    least = min(ZOO_MIN_AGREEMENT, floor.agreement)
+    if ort.agreement_ties < least:
+        failures.append(f"top-1 agreement {ort.agreement_ties:.1f}% < {least:.1f}%")
+    bound = max(ZOO_MAX_MEAN_STEPS, floor.mean_steps)
+    if ort.mean_steps is not None and ort.mean_steps > bound:
+        failures.append(f"mean logit difference {ort.mean_steps:.2f} > {bound:.2f} output steps")
     return failures
 
 
@@ -135,8 +170,10 @@ def zoo_row(name: str, size: int, bits: str, iters: int) -> dict:
     report = validate_export(proto, info, q, DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)),
                                                         batch_size=8), reference=False)
     ort = report.parity[0]
-    failures = zoo_failures(report, len(info.layers), check_pair_sums(proto), logit_spread(q, x, info.output_scale))
-    row |= {"int8": report.kernels.integer_layers, "layers": len(info.layers), "agreement": ort.agreement_ties,
+    floor = noise_floor(q, x, info.output_scale)
+    failures = zoo_failures(report, info.all_layers, check_pair_sums(proto), logit_spread(q, x, info.output_scale),
+                            floor)
+    row |= {"floor": floor, "int8": report.kernels.integer_layers, "layers": info.all_layers, "agreement": ort.agreement_ties,
             "max_steps": ort.max_steps, "mean_steps": ort.mean_steps, "ok": not failures, "failures": failures,
             "export_rules": report.ok}
     if iters:
@@ -159,7 +196,7 @@ def main() -> int:
     args = ap.parse_args()
     names = args.models.split(",") if args.models else classifiers()
     print(f"{'model':<22} {'size':>4} {'conv':>4} {'export':>6} {'int8/all':>9} {'agree':>7} {'max steps':>9} "
-          f"{'mean':>5} {'rules':>5} {'int8 ms':>8} {'fp32 ms':>8} {'ratio':>6}  note")
+          f"{'mean':>5} {'floor':>5} {'rules':>5} {'int8 ms':>8} {'fp32 ms':>8} {'ratio':>6}  note")
     misses = 0
     for name in names:
         r = zoo_row(name, args.size, args.bits, args.iters)
@@ -175,7 +212,7 @@ def main() -> int:
         note = "" if r["ok"] else "MISS: " + "; ".join(r["failures"])
         misses += not r["ok"]
         print(f"{name:<22} {r['size']:>4} {'yes':>4} {'yes':>6} {r['int8']:>4}/{r['layers']:<4} {r['agreement']:6.1f}% "
-              f"{steps:>9} {mean:>5} {rules:>5} {times} {ratio:>6}  {note}", flush=True)
+              f"{steps:>9} {mean:>5} {r['floor'].mean_steps:5.2f} {rules:>5} {times} {ratio:>6}  {note}", flush=True)
     return 1 if misses else 0
 
 

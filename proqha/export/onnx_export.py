@@ -26,6 +26,7 @@ from proqha.errors import ProqhaError, first_line
 from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
+from proqha.quant.convert import quantizer_behind
 from proqha.quant.fold import float_layer, integer_layer
 from proqha.quant.grid import uint8_activation_max
 
@@ -65,11 +66,18 @@ class ExportInfo:
     int8_kernels: str = "portable"
     layers: dict[str, LayerExport] = field(default_factory=dict)
     quant_adds: int = 0
+    matmuls: int = 0  # tensor products with both inputs quantized (attention)
     output_scale: float | None = None
 
     @property
     def integer_layers(self) -> int:
-        return sum(1 for layer in self.layers.values() if layer.initializer and layer.a_bits != 32)
+        """Conv/linear layers and matmuls that must run in integer kernels."""
+        return sum(1 for layer in self.layers.values() if layer.initializer and layer.a_bits != 32) + self.matmuls
+
+    @property
+    def all_layers(self) -> int:
+        """Every conv/linear layer and every matmul between quantized tensors."""
+        return len(self.layers) + self.matmuls
 
 
 class _Writer:
@@ -82,6 +90,7 @@ class _Writer:
         self.info = ExportInfo(profile, quantized, int8_kernels)
         self.scales: dict[str, float] = {}  # emitted activation step of a tensor name
         self.probe_batch = PROBE_BATCH
+        self._batch: str | None = None  # the graph input's batch size, once a handler needs it
 
     # -- helpers ----------------------------------------------------------------------------------
     def act(self, x: str, quantizer: nn.Module, base: str) -> str:
@@ -227,6 +236,18 @@ class _Writer:
         if isinstance(v, (int, float)):
             return self.b.const(name, np.array(v, np.float32))
         raise ProqhaError(f"cannot export argument {v!r} ({name})")
+
+    def on_grid(self, node: fx.Node) -> bool:
+        """Whether an fx node's tensor is an enabled quantizer's output (possibly reshaped since)."""
+        quantizer = quantizer_behind(node, self.modules)
+        return quantizer is not None and quantizer.enabled
+
+    def batch_shape(self, rest: list[int], name: str) -> str:
+        """A shape tensor [batch, *rest] whose batch is the graph input's (dynamic) batch size."""
+        if self._batch is None:
+            self._batch = self.b.node("Shape", [INPUT_NAME], "input.batch", start=0, end=1)
+        rest_const = self.b.const(f"{name}.rest", np.array(rest, np.int64))
+        return self.b.node("Concat", [self._batch, rest_const], f"{name}.shape", axis=0)
 
     def is_shape_value(self, node: fx.Node) -> bool:
         """An int computed from tensor sizes (x.size(0) // 2): reshapes use the propagated shapes instead."""

@@ -106,7 +106,14 @@ def gelu(w, node: fx.Node) -> str:
 
 
 def softmax(w, node: fx.Node) -> str:
-    return w.b.node("Softmax", [_x(w, node)], w.base(node), axis=_axis(w, node, arg(node, 1, "dim", -1)))
+    """exp(x - max) / sum, written out: between a DequantizeLinear and a QuantizeLinear onnxruntime would
+    replace a Softmax node with QLinearSoftmax, whose integer exp table approximates (measured: up to 10
+    output steps off on a small ViT, where onnx.reference was exact)."""
+    x, name = _x(w, node), w.base(node)
+    axes = w.b.const(f"{name}.axes", np.array([_axis(w, node, arg(node, 1, "dim", -1))], np.int64))
+    peak = w.b.node("ReduceMax", [x, axes], f"{name}.max", keepdims=1)
+    e = w.b.node("Exp", [w.b.node("Sub", [x, peak], f"{name}.shifted")], f"{name}.exp")
+    return w.b.node("Div", [e, w.b.node("ReduceSum", [e, axes], f"{name}.sum", keepdims=1)], name)
 
 
 # --- normalisation ------------------------------------------------------------------------------
@@ -178,12 +185,19 @@ def global_pool(w, node: fx.Node) -> str:
 
 
 def mean(w, node: fx.Node) -> str:
+    """The spatial mean of NCHW as GlobalAveragePool (onnxruntime keeps it on integers); any other mean
+    as ReduceMean."""
     dims = arg(node, 1, "dim", ())
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    if sorted(d % 4 for d in dims) != [2, 3] or _rank(w, node.args[0]) != 4:
-        raise ProqhaError(f"cannot export mean over dims {dims} (node {node.name}); only the spatial mean")
-    y = w.b.node("GlobalAveragePool", [_x(w, node)], w.base(node))
-    return y if arg(node, 2, "keepdim", False) else w.b.node("Flatten", [y], f"{w.base(node)}.flatten", axis=1)
+    rank = _rank(w, node.args[0])
+    dims = sorted(d % rank for d in ([dims] if isinstance(dims, int) else list(dims)))
+    keep = bool(arg(node, 2, "keepdim", False))
+    if not dims:
+        raise ProqhaError(f"cannot export mean over every dim (node {node.name}): it reduces the batch")
+    if dims == [2, 3] and rank == 4:
+        y = w.b.node("GlobalAveragePool", [_x(w, node)], w.base(node))
+        return y if keep else w.b.node("Flatten", [y], f"{w.base(node)}.flatten", axis=1)
+    axes = w.b.const(f"{w.base(node)}.axes", np.array(dims, np.int64))
+    return w.b.node("ReduceMean", [_x(w, node), axes], w.base(node), keepdims=int(keep))
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -223,11 +237,52 @@ def chunk(w, node: fx.Node) -> list[str]:
 
 
 def getitem(w, node: fx.Node) -> str:
+    """A piece of chunk/split, or basic tensor indexing: ints and constant slices (x[:, 0], x[..., 1:])."""
     src, index = node.args
     value = w.env.get(src)
     if isinstance(value, list) and isinstance(index, int):
         return value[index]
-    raise ProqhaError(f"cannot export indexing {node.name} (only picking a piece of chunk/split)")
+    items = list(index) if isinstance(index, tuple) else [index]
+    rank = _rank(w, src)
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at:at + 1] = [slice(None)] * (rank - len(items) + 1)
+    if not isinstance(value, str) or len(items) > rank or not all(
+            isinstance(i, int) or (isinstance(i, slice) and all(isinstance(v, (int, type(None)))
+                                                               for v in (i.start, i.stop, i.step))) for i in items):
+        raise ProqhaError(f"cannot export indexing {node.name} (only ints and constant slices)")
+    name, axis = w.base(node), 0
+    for pos, item in enumerate(items):
+        if isinstance(item, int):
+            if axis == 0:
+                raise ProqhaError(f"cannot export indexing {node.name}: it drops the batch dimension")
+            index_const = w.b.const(f"{name}.index{pos}", np.array(item, np.int64))
+            value = w.b.node("Gather", [value, index_const], f"{name}.gather{pos}", axis=axis)
+            continue
+        if item != slice(None):
+            if axis == 0:
+                raise ProqhaError(f"cannot export indexing {node.name}: it slices the batch dimension")
+            start, stop, step = item.start or 0, item.stop if item.stop is not None else 2**62, item.step or 1
+            consts = [w.b.const(f"{name}.{k}{pos}", np.array([v], np.int64))
+                      for k, v in (("start", start), ("stop", stop), ("axis", axis), ("step", step))]
+            value = w.b.node("Slice", [value, *consts], f"{name}.slice{pos}")
+        axis += 1
+    return value
+
+
+def expand(w, node: fx.Node) -> str:
+    """x.expand(batch, ...) of a parameter (a class token): Expand to the propagated shape, batch free."""
+    shape = list(w.shape(node))
+    if shape[0] != w.probe_batch:
+        raise ProqhaError(f"cannot export expand {node.name}: its output does not keep the batch dimension first")
+    return w.b.node("Expand", [_x(w, node), w.batch_shape(shape[1:], w.base(node))], w.base(node))
+
+
+def matmul(w, node: fx.Node) -> str:
+    """A tensor product (attention): onnxruntime runs it as QLinearMatMul between quantizers."""
+    if w.quantized and all(w.on_grid(a) for a in node.args[:2]):
+        w.info.matmuls += 1
+    return w.b.node("MatMul", [w.env[node.args[0]], w.env[node.args[1]]], w.base(node))
 
 
 def cat(w, node: fx.Node) -> str:
@@ -270,12 +325,14 @@ FUNCTION_OPS: dict[Any, Handler] = {
     torch.swapaxes: transpose, torch.chunk: chunk, torch.split: chunk, torch.cat: cat, torch.concat: cat,
     operator.getitem: getitem, operator.mul: mul, torch.mul: mul, operator.add: add, operator.iadd: add,
     torch.add: add, F.dropout: identity, stochastic_depth: identity,
+    torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul,
 }
 
 METHOD_OPS: dict[str, Handler] = {
     "relu": relu, "relu_": relu, "sigmoid": sigmoid, "flatten": reshape, "view": reshape, "reshape": reshape,
     "permute": transpose, "transpose": transpose, "chunk": chunk, "split": chunk, "contiguous": identity,
-    "mean": mean, "mul": mul, "mul_": mul, "add": add, "add_": add,
+    "mean": mean, "mul": mul, "mul_": mul, "add": add, "add_": add, "softmax": softmax, "expand": expand,
+    "matmul": matmul, "bmm": matmul,
 }
 
 

@@ -122,14 +122,20 @@ def pair_sum_bounds(proto: onnx.ModelProto) -> list[PairSumBound]:
     for node in proto.graph.node:
         if node.op_type not in LAYER_OPS or len(node.input) < 2:
             continue
-        x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
-        if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+        x_dq, w_dq = (_dequantize_behind(name, producers) for name in node.input[:2])
+        if x_dq is None or w_dq is None:
             continue
         act = _activation_range(x_dq, producers, inits)
-        weights = _integer_source(w_dq.input[0], producers, inits)
-        if weights is None:
-            continue
         a_type = "s8" if act[0] < 0 else "u8"
+        weights = _integer_source(w_dq.input[0], producers, inits)
+        if weights is None:  # a product of two activations (attention): both ranges are all we know
+            other = _activation_range(w_dq, producers, inits)
+            if other[0] >= 0:
+                bounds.append(PairSumBound(node.name, f"{a_type}u8", act, None))
+            else:
+                worst = 2 * max(abs(v) for v in act) * max(abs(v) for v in other)
+                bounds.append(PairSumBound(node.name, f"{a_type}s8", act, worst))
+            continue
         if weights.dtype == np.uint8:
             bounds.append(PairSumBound(node.name, f"{a_type}u8", act, None))
             continue
@@ -139,6 +145,15 @@ def pair_sum_bounds(proto: onnx.ModelProto) -> list[PairSumBound]:
             weights = weights.reshape(-1, weights.shape[-1]).T
         bounds.append(PairSumBound(node.name, f"{a_type}s8", act, worst_pair_sum(weights, *act)))
     return bounds
+
+
+def _dequantize_behind(name: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The DequantizeLinear a layer input comes from, through Reshape/Transpose (which onnxruntime moves
+    the Q/DQ across), or None."""
+    node = producers.get(name)
+    while node is not None and node.op_type in ("Reshape", "Transpose"):
+        node = producers.get(node.input[0])
+    return node if node is not None and node.op_type == "DequantizeLinear" else None
 
 
 def check_pair_sums(proto: onnx.ModelProto) -> list[str]:

@@ -114,11 +114,11 @@ def _layer_of(kernel: str, layers: Iterable[str]) -> str | None:
 def check_kernels(counts: KernelCounts, info: ExportInfo) -> list[str]:
     """Every quantized conv/linear and residual add must run as an onnxruntime integer kernel."""
     failures = []
-    expected_float = len(info.layers) - info.integer_layers
+    expected_float = info.all_layers - info.integer_layers
     float_layers = sum(1 for n in counts.float_layer_names if _layer_of(n, info.layers) is not None)
     if counts.integer_layers != info.integer_layers or float_layers != expected_float:
-        failures.append(f"onnxruntime runs {counts.integer_layers} of {info.integer_layers} quantized conv/linear "
-                        f"layers in int8 ({float_layers} float kernels, {expected_float} expected)")
+        failures.append(f"onnxruntime runs {counts.integer_layers} of {info.integer_layers} quantized "
+                        f"conv/linear/matmul layers in int8 ({float_layers} float kernels, {expected_float} expected)")
     if counts.integer_adds != info.quant_adds:
         failures.append(f"onnxruntime runs {counts.integer_adds} of {info.quant_adds} quantized adds in int8")
     return failures

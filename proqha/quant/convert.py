@@ -21,6 +21,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from proqha.quant.attention import SplitAttention, make_traceable, split_packed_projections
 from proqha.quant.layers import FoldedBatchNorm2d, QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
 from proqha.quant.quantizers import WEIGHT_QUANTIZERS, DoReFaWeightQuantizer, PACTQuantizer, Quantizer, check_bits
 
@@ -85,6 +86,11 @@ _PASS_FUNCS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
                F.dropout, torch.reshape}
 _PASS_METHODS = {"view", "reshape", "flatten", "contiguous", "mean"}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_MATMUL_FUNCS = {torch.matmul, operator.matmul, torch.bmm}
+_PROBABILITY_FUNCS = {F.softmax, torch.softmax, torch.sigmoid, F.sigmoid}  # outputs in [0, 1]
+_SHAPE_PASS_FUNCS = {torch.reshape, torch.flatten, torch.transpose, torch.permute, torch.swapaxes,
+                     operator.getitem}
+_SHAPE_PASS_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "contiguous"}
 _SHAPE_METHODS = {"size", "dim", "numel"}
 
 
@@ -113,9 +119,13 @@ def _nonnegative(node: Any, modules: Mapping[str, nn.Module]) -> bool:
     if node.op == "call_function":
         if node.target is torch.cat:
             return all(_nonnegative(a, modules) for a in first)
-        return node.target in _PASS_FUNCS and _nonnegative(first, modules)
+        if node.target in _PROBABILITY_FUNCS:
+            return True
+        return node.target in _PASS_FUNCS | _SHAPE_PASS_FUNCS and _nonnegative(first, modules)
     if node.op == "call_method":
-        return node.target in _PASS_METHODS and _nonnegative(first, modules)
+        if node.target in ("softmax", "sigmoid"):
+            return True
+        return node.target in _PASS_METHODS | _SHAPE_PASS_METHODS and _nonnegative(first, modules)
     return False
 
 
@@ -136,8 +146,20 @@ def _is_tensor_add(node: fx.Node) -> bool:
     is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
         node.op == "call_method" and node.target in ("add", "add_"))
     if not is_add or len(node.args) != 2 or node.kwargs:
-        return False
-    return all(isinstance(a, fx.Node) and not _is_shape_value(a) for a in node.args)
+        return False  # adding a parameter (a position embedding) is a bias, not a residual: it stays float
+    return all(isinstance(a, fx.Node) and a.op != "get_attr" and not _is_shape_value(a) for a in node.args)
+
+
+def is_matmul(node: fx.Node) -> bool:
+    """A product of two tensors (torch.matmul, @, bmm)."""
+    return (node.op == "call_function" and node.target in _MATMUL_FUNCS) or (
+        node.op == "call_method" and node.target in ("matmul", "bmm"))
+
+
+def _is_shape_pass(node: fx.Node) -> bool:
+    """An operator that moves elements without changing them (a per-tensor quantizer commutes with it)."""
+    return (node.op == "call_function" and node.target in _SHAPE_PASS_FUNCS) or (
+        node.op == "call_method" and node.target in _SHAPE_PASS_METHODS)
 
 
 def _owner_path(node: fx.Node) -> str:
@@ -188,6 +210,13 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     tracer = _Tracer()
     graph = tracer.trace(model)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _is_impure(node: fx.Node) -> bool:
+    """Nodes dead-code elimination must keep: fx's impure ones, and in-place calls (``x.add_(y)``)."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return node.is_impure() or node.target is operator.setitem or (
+        node.op in ("call_method", "call_function") and name.endswith("_") and not name.startswith("_"))
 
 
 def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
@@ -272,6 +301,59 @@ def _insert_output_quantizers(gm: fx.GraphModule, bits: int) -> None:
                     qadd.input_quantizer_a = nn.Identity()
                 if user.args[1] is new:
                     qadd.input_quantizer_b = nn.Identity()
+    graph.lint()
+    gm.recompile()
+
+
+def quantizer_behind(node: Any, modules: Mapping[str, nn.Module]) -> Quantizer | None:
+    """The quantizer whose output ``node`` is, possibly reshaped or transposed since (None if none)."""
+    while isinstance(node, fx.Node) and _is_shape_pass(node) and node.args:
+        node = node.args[0]
+    if not isinstance(node, fx.Node) or node.op != "call_module":
+        return None
+    mod = modules[node.target]
+    if isinstance(mod, QuantAdd):
+        mod = mod.output_quantizer
+    return mod if isinstance(mod, Quantizer) else None
+
+
+def _feeds_one_quantizer(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    """Whether ``node``'s only consumer, through reshapes and transposes, quantizes it."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if _quantizes_input(user, node, modules):
+            return True
+        if not _is_shape_pass(user):
+            return False
+        node = user
+    return False
+
+
+def _insert_matmul_quantizers(gm: fx.GraphModule, bits: int) -> None:
+    """Quantize both inputs and the output of every tensor matmul (attention's q k^T and p v), so that
+    onnxruntime runs it as QLinearMatMul. An input already on a grid (a projection's output quantizer,
+    through reshapes) is not quantized twice; an output whose one consumer quantizes it needs no own."""
+    graph = gm.graph
+    for node in [n for n in graph.nodes if is_matmul(n)]:
+        modules = dict(gm.named_modules())
+        owner = _owner_path(node)
+        for i, src in enumerate(node.args[:2]):
+            if not isinstance(src, fx.Node) or quantizer_behind(src, modules) is not None:
+                continue
+            name = _unique_name(gm, f"{owner}.matmul_input_quantizer" if owner else "matmul_input_quantizer")
+            gm.add_submodule(name, act_quantizer(bits, signed=not _nonnegative(src, modules)))
+            with graph.inserting_before(node):
+                q = graph.call_module(name, (src,))
+            args = list(node.args)
+            args[i] = q
+            node.args = tuple(args)
+        if _feeds_one_quantizer(node, modules):
+            continue
+        name = _unique_name(gm, f"{owner}.matmul_output_quantizer" if owner else "matmul_output_quantizer")
+        gm.add_submodule(name, act_quantizer(bits, signed=True))
+        with graph.inserting_after(node):
+            out = graph.call_module(name, (node,))
+        node.replace_all_uses_with(out, delete_user_cb=lambda user: user is not out)
     graph.lint()
     gm.recompile()
 
@@ -362,12 +444,19 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
     tensor add becomes a QuantAdd. Layer names are the float model's module paths.
     """
     config = config or QuantConfig()
-    model = copy.deepcopy(model)
+    original, model = model, copy.deepcopy(model)
+    twins = make_traceable(model)
     try:
         root: nn.Module = _trace(model)
+        root.graph.eliminate_dead_code(_is_impure)  # e.g. attention weights nobody reads
+        root.recompile()
+        scales = {path: twin.query_scale for path, twin in twins.items() if isinstance(twin, SplitAttention)}
+        if scales:  # float checkpoints of the original model still load
+            root.register_load_state_dict_pre_hook(functools.partial(split_packed_projections, scales))
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: fall back to a module walk
         warnings.warn(f"torch.fx could not trace {type(model).__name__} ({exc}); residual adds stay "
                       "float and every activation grid is signed", stacklevel=2)
+        model = copy.deepcopy(original)
         modules = dict(model.named_modules())
         names = [n for n, m in modules.items() if isinstance(m, _FLOAT_LAYERS)]
         _swap_layers(model, {n: True for n in names}, _edge_names(names, modules), config)
@@ -376,6 +465,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
         _insert_quant_adds(root, config.fixed_bits())
     if config.quantize_outputs:
         _insert_output_quantizers(root, config.fixed_bits())
+        _insert_matmul_quantizers(root, config.fixed_bits())
     modules = dict(root.named_modules())
     calls = _layer_calls(root)
     signed = {name: any(not _nonnegative(c.args[0], modules) for c in nodes) for name, nodes in calls.items()}
