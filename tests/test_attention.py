@@ -90,3 +90,57 @@ def test_float_checkpoint_with_packed_projections_loads():
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(q.eval()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+class _Einsum(nn.Module):
+    """Attention written with einsum, as many research models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.qkv = nn.Linear(8, 24)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+        attn = torch.einsum("bqd,bkd->bqk", q, k).softmax(-1)
+        return self.head(torch.einsum("bqk,bkd->bqd", attn, v).mean(1))
+
+
+class _Gate(nn.Module):
+    """An elementwise einsum (no matrix product)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nd,nd->nd", self.a(x), self.b(x))
+
+
+def test_einsum_attention_runs_on_integer_matmuls():
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, 16, 16)
+    model = _Einsum().eval()
+    q = quantize_model(model, QuantConfig(bits=32))
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), model(x), rtol=1e-4, atol=1e-5)
+    q = quantize_model(model, QuantConfig(bits=8)).train()
+    with torch.no_grad():
+        q(x[:8])
+    q.eval()
+    proto, info = export_onnx(q, (3, 16, 16))
+    report = validate_export(proto, info, q, DataLoader(TensorDataset(x[8:], torch.zeros(32, dtype=torch.long)),
+                                                        batch_size=8))
+    assert report.ok, report.failures
+    assert info.matmuls == 2 and report.kernels.ops.get("QLinearMatMul") == 2
+
+
+def test_other_einsums_are_refused_with_one_line():
+    from proqha.errors import ProqhaError
+
+    q = quantize_model(_Gate(), QuantConfig(bits=8)).eval()
+    with pytest.raises(ProqhaError, match="cannot export function einsum") as err:
+        export_onnx(q, (4,))
+    assert "\n" not in str(err.value)

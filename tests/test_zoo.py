@@ -2,8 +2,8 @@
 
 The default run takes one model per new operator family (random weights with calibrated statistics, see
 ``benchmarks/zoo.py``); ``PROQHA_ZOO=all pytest tests/test_zoo.py`` runs every torchvision classifier.
-ViT runs in a small configuration of torchvision's own VisionTransformer class; Swin and MaxViT are
-refused with one line naming the operator (README: what cannot be exported yet).
+ViT and MaxViT run in small configurations of torchvision's own classes; Swin is refused with one line
+naming the operator (README: what cannot be exported yet).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ FAMILIES = [  # (model, input size, bits): the operators each one brings; the re
     ("shufflenet_v2_x0_5", 32, "8"),      # cat, chunk, channel shuffle (view, transpose), mean
 ]
 ALL = os.environ.get("PROQHA_ZOO") == "all"
-NOT_EXPORTED = ("swin_", "maxvit_")  # README: what cannot be exported yet
+NOT_EXPORTED = ("swin_",)  # README: what cannot be exported yet
 
 
 def _batches(x: torch.Tensor) -> DataLoader:
@@ -61,18 +61,30 @@ def test_every_classifier_exports_exactly(name):
     _check_exact(name, input_size(name, 64), "8")
 
 
-@pytest.mark.parametrize("bits", ["8", "mixed"])
-def test_vision_transformer_exports_exactly(bits):
-    """torchvision's ViT (class token expand and cat, position embedding, nn.MultiheadAttention, GELU MLP,
-    x[:, 0]) in a small configuration: every projection and both attention matmuls in int8 kernels, and
-    the export's own parity rules (onnxruntime and onnx.reference) hold."""
+def _small_vit():
     from torchvision.models import VisionTransformer
 
-    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
-                            num_classes=10)
-    model, x = calibrate(vit, 32, bits)
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                             num_classes=10)
+
+
+def _small_maxvit():
+    from torchvision.models.maxvit import MaxVit
+
+    return MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8], block_layers=[1],
+                  head_dim=4, stochastic_depth_prob=0.0, num_classes=10)
+
+
+@pytest.mark.parametrize("bits", ["8", "mixed"])
+@pytest.mark.parametrize("build", [_small_vit, _small_maxvit], ids=["vit", "maxvit"])
+def test_transformer_exports_exactly(build, bits):
+    """torchvision's ViT (class token expand and cat, position embedding, nn.MultiheadAttention, GELU MLP,
+    x[:, 0]) and MaxViT (einsum attention, a relative position bias gathered from its table, window and
+    grid partitions, chunked q/k/v) in small configurations: every projection and both attention matmuls
+    of each block in int8 kernels, and the export's own parity rules (onnxruntime and onnx.reference) hold."""
+    model, x = calibrate(build(), 32, bits)
     proto, info = export_onnx(model, (3, 32, 32))
-    assert info.matmuls == 4  # q k^T and p v in each of the two blocks
+    assert info.matmuls == 4  # q k^T and p v in each of the two attention blocks
     report = validate_export(proto, info, model, _batches(torch.cat([x, x + 0.5])))
     assert report.ok, report.failures
     assert report.kernels.ops.get("QLinearMatMul") == 4 and report.kernels.integer_layers == info.all_layers
@@ -81,8 +93,6 @@ def test_vision_transformer_exports_exactly(bits):
 
 
 @pytest.mark.parametrize("builder, kwargs, operator", [
-    ("maxvit.MaxVit", dict(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[8],
-                           block_layers=[1], head_dim=4, stochastic_depth_prob=0.0), "einsum"),
     ("swin_transformer.SwinTransformer", dict(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1],
                                               window_size=[2, 2]), "function"),
 ])

@@ -26,7 +26,7 @@ from proqha.errors import ProqhaError, first_line
 from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
-from proqha.quant.convert import quantizer_behind
+from proqha.quant.convert import constant_nodes, quantizer_behind
 from proqha.quant.fold import float_layer, integer_layer
 from proqha.quant.grid import uint8_activation_max
 
@@ -80,6 +80,22 @@ class ExportInfo:
         return len(self.layers) + self.matmuls
 
 
+class _Probe(ShapeProp):
+    """Shape propagation that also keeps the value of every constant node a non-constant one reads (a
+    relative position bias): the writer stores it as an initializer."""
+
+    def __init__(self, model: fx.GraphModule) -> None:
+        super().__init__(model)
+        constant = constant_nodes(model.graph)
+        self.folded = {n for n in constant if n.op != "get_attr" and any(u not in constant for u in n.users)}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n in self.folded and isinstance(result, torch.Tensor):
+            n.meta["proqha_value"] = result.detach()
+        return result
+
+
 class _Writer:
     def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str) -> None:
         self.model, self.profile, self.quantized = model, profile, quantized
@@ -91,6 +107,7 @@ class _Writer:
         self.scales: dict[str, float] = {}  # emitted activation step of a tensor name
         self.probe_batch = PROBE_BATCH
         self._batch: str | None = None  # the graph input's batch size, once a handler needs it
+        self.constants = constant_nodes(model.graph)
 
     # -- helpers ----------------------------------------------------------------------------------
     def act(self, x: str, quantizer: nn.Module, base: str) -> str:
@@ -237,6 +254,26 @@ class _Writer:
             return self.b.const(name, np.array(v, np.float32))
         raise ProqhaError(f"cannot export argument {v!r} ({name})")
 
+    def kernel_input(self, node: fx.Node) -> str:
+        """The tensor of an fx node that feeds an integer kernel (a matmul). If it is on a quantizer's grid
+        but reaches the kernel through an operator onnxruntime does not move Q/DQ across (Split), that
+        grid is written again right before the kernel: exact, since the values already lie on it."""
+        x = self.env[node]
+        quantizer = quantizer_behind(node, self.modules)
+        if not self.quantized or quantizer is None or not quantizer.enabled or self._dequantized(x):
+            return x
+        out, scale = self.grids.activation(self.b, x, quantizer.grid(), f"{self.base(node)}.grid")
+        self.scales[out] = scale
+        return out
+
+    def _dequantized(self, name: str) -> bool:
+        """Whether a tensor is a DequantizeLinear output, possibly reshaped or transposed since."""
+        producers = {out: n for n in self.b.nodes for out in n.output}
+        node = producers.get(name)
+        while node is not None and node.op_type in ("Reshape", "Transpose"):
+            node = producers.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
     def on_grid(self, node: fx.Node) -> bool:
         """Whether an fx node's tensor is an enabled quantizer's output (possibly reshaped since)."""
         quantizer = quantizer_behind(node, self.modules)
@@ -270,6 +307,12 @@ class _Writer:
                     self.info.output_scale = self.scales[out]
             elif node.op in handlers:
                 if node in self.env:  # already produced (a folded BatchNorm)
+                    continue
+                if node in self.constants:  # computed from parameters alone: written once, as a value
+                    if node.op == "get_attr" and any(u not in self.constants for u in node.users):
+                        self.env[node] = self.get_attr(node)
+                    elif "proqha_value" in node.meta:
+                        self.env[node] = self.const(node.name, node.meta["proqha_value"])
                     continue
                 y = handlers[node.op](node)
                 if y is not None:
@@ -335,7 +378,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
         output_size = tuple(model(probe).shape[1:])
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {first_line(exc)}") from None
-    ShapeProp(model).propagate(probe)  # every node's output shape, for reshapes and N-d linears
+    _Probe(model).propagate(probe)  # every node's output shape (for reshapes, N-d linears), constants' values
     writer = _Writer(model, profile, quantized, int8_kernels)
     proto = writer.run(tuple(input_size), output_size, metadata or {})
     return proto, writer.info

@@ -282,7 +282,7 @@ def matmul(w, node: fx.Node) -> str:
     """A tensor product (attention): onnxruntime runs it as QLinearMatMul between quantizers."""
     if w.quantized and all(w.on_grid(a) for a in node.args[:2]):
         w.info.matmuls += 1
-    return w.b.node("MatMul", [w.env[node.args[0]], w.env[node.args[1]]], w.base(node))
+    return w.b.node("MatMul", [w.kernel_input(a) for a in node.args[:2]], w.base(node))
 
 
 def cat(w, node: fx.Node) -> str:

@@ -89,8 +89,8 @@ _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _MATMUL_FUNCS = {torch.matmul, operator.matmul, torch.bmm}
 _PROBABILITY_FUNCS = {F.softmax, torch.softmax, torch.sigmoid, F.sigmoid}  # outputs in [0, 1]
 _SHAPE_PASS_FUNCS = {torch.reshape, torch.flatten, torch.transpose, torch.permute, torch.swapaxes,
-                     operator.getitem}
-_SHAPE_PASS_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "contiguous"}
+                     operator.getitem, torch.chunk, torch.split}
+_SHAPE_PASS_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "contiguous", "chunk", "split"}
 _SHAPE_METHODS = {"size", "dim", "numel"}
 
 
@@ -142,12 +142,23 @@ def _is_shape_value(node: Any) -> bool:
     return False
 
 
-def _is_tensor_add(node: fx.Node) -> bool:
+def constant_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes computed from parameters, buffers and literals only (a relative position bias gathered from
+    its table): no input reaches them, so an exporter can write their values."""
+    constant: set[fx.Node] = set()
+    for node in graph.nodes:  # topological order
+        if node.op == "get_attr" or (node.op in ("call_function", "call_method")
+                                     and all(a in constant for a in node.all_input_nodes)):
+            constant.add(node)
+    return constant
+
+
+def _is_tensor_add(node: fx.Node, constant: set[fx.Node]) -> bool:
     is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
         node.op == "call_method" and node.target in ("add", "add_"))
     if not is_add or len(node.args) != 2 or node.kwargs:
-        return False  # adding a parameter (a position embedding) is a bias, not a residual: it stays float
-    return all(isinstance(a, fx.Node) and a.op != "get_attr" and not _is_shape_value(a) for a in node.args)
+        return False  # adding a parameter (a position embedding, a bias table) is a bias: it stays float
+    return all(isinstance(a, fx.Node) and a not in constant and not _is_shape_value(a) for a in node.args)
 
 
 def is_matmul(node: fx.Node) -> bool:
@@ -219,10 +230,60 @@ def _is_impure(node: fx.Node) -> bool:
         node.op in ("call_method", "call_function") and name.endswith("_") and not name.startswith("_"))
 
 
-def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
+def _einsum_as_matmul(equation: str) -> tuple[list[int], list[int], list[int]] | None:
+    """For a two-operand einsum that is a batched matrix product (shared batch letters first in the
+    output, one row, one contracted and one column letter), the permutations that make it
+    ``permute(a, pa) @ permute(b, pb)`` permuted by ``po``; None for any other equation."""
+    if "." in equation or "->" not in equation:
+        return None
+    lhs, out = equation.replace(" ", "").split("->")
+    operands = lhs.split(",")
+    if len(operands) != 2:
+        return None
+    a, b = operands
+    if any(len(set(t)) != len(t) for t in (a, b, out)):
+        return None
+    batch = [c for c in out if c in a and c in b]
+    rows = [c for c in out if c in a and c not in b]
+    cols = [c for c in out if c in b and c not in a]
+    inner = [c for c in a if c in b and c not in out]
+    if len(rows) != 1 or len(cols) != 1 or len(inner) != 1 or len(a) != len(batch) + 2 or len(b) != len(batch) + 2:
+        return None
+    pa = [a.index(c) for c in batch + rows + inner]
+    pb = [b.index(c) for c in batch + inner + cols]
+    po = [(batch + rows + cols).index(c) for c in out]
+    return pa, pb, po
+
+
+def _rewrite_einsums(gm: fx.GraphModule) -> None:
+    """Replace einsums that are batched matrix products by permutes and a matmul, which the converter
+    quantizes and an exporter writes as QLinearMatMul; other einsums stay (and are refused at export)."""
     graph = gm.graph
     for node in list(graph.nodes):
-        if not _is_tensor_add(node):
+        if node.op != "call_function" or node.target is not torch.einsum or node.kwargs:
+            continue
+        equation, *operands = node.args
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = list(operands[0])
+        perms = _einsum_as_matmul(equation) if len(operands) == 2 else None
+        if perms is None:
+            continue
+        with graph.inserting_before(node):
+            a, b = (graph.call_method("permute", (x, p)) if p != sorted(p) else x for x, p in zip(operands, perms))
+            y = graph.call_function(torch.matmul, (a, b))
+            if perms[2] != sorted(perms[2]):
+                y = graph.call_method("permute", (y, perms[2]))
+        node.replace_all_uses_with(y)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+
+
+def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
+    graph = gm.graph
+    constant = constant_nodes(graph)
+    for node in list(graph.nodes):
+        if not _is_tensor_add(node, constant):
             continue
         modules = dict(gm.named_modules())
         users = list(node.users)
@@ -461,6 +522,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Mo
         names = [n for n, m in modules.items() if isinstance(m, _FLOAT_LAYERS)]
         _swap_layers(model, {n: True for n in names}, _edge_names(names, modules), config)
         return model
+    _rewrite_einsums(root)
     if config.quantize_adds:
         _insert_quant_adds(root, config.fixed_bits())
     if config.quantize_outputs:
