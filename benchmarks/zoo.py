@@ -73,7 +73,7 @@ def calibrate(model: torch.nn.Module, size: int, bits: str = "8", seed: int = 0
     x = torch.randn(24, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q = quantize_model(model, QuantConfig(bits=8))
+        q = quantize_model(model, QuantConfig(bits=8), (3, size, size))
     q.train()
     with torch.no_grad():
         for _ in range(2):  # quantizer ranges and BatchNorm statistics (default momentum) from 8 images

@@ -96,7 +96,7 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **opt
         config = QuantConfig(bits=bits, **options)
     except (TypeError, ValueError) as exc:
         raise ProqhaError(f"quantize: {exc}") from None
-    qmodel = quantize_model(model, config)
+    qmodel = quantize_model(model, config, tuple(example_input.shape[1:]))
     forward_checked(qmodel, example_input, None, "quantize: the model cannot run on example_input {shape}")
     return qmodel
 

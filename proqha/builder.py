@@ -40,7 +40,7 @@ def build_model(recipe: ModelRecipe, bits: BitConfig | None = None) -> nn.Module
     except (TypeError, ValueError) as exc:
         raise ProqhaError(f"invalid quantization settings: {exc}") from None
     float_model = create_model(recipe.arch, num_classes=recipe.num_classes, in_channels=recipe.in_channels)
-    model = quantize_model(float_model, qconfig)
+    model = quantize_model(float_model, qconfig, recipe.input_size)
     if bits is not None:
         bits.apply(model)
     return model

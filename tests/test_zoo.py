@@ -2,8 +2,7 @@
 
 The default run takes one model per new operator family (random weights with calibrated statistics, see
 ``benchmarks/zoo.py``); ``PROQHA_ZOO=all pytest tests/test_zoo.py`` runs every torchvision classifier.
-ViT and MaxViT run in small configurations of torchvision's own classes; Swin is refused with one line
-naming the operator (README: what cannot be exported yet).
+ViT, MaxViT and Swin (V1 and V2) run in small configurations of torchvision's own classes.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ FAMILIES = [  # (model, input size, bits): the operators each one brings; the re
     ("shufflenet_v2_x0_5", 32, "8"),      # cat, chunk, channel shuffle (view, transpose), mean
 ]
 ALL = os.environ.get("PROQHA_ZOO") == "all"
-NOT_EXPORTED = ("swin_",)  # README: what cannot be exported yet
 
 
 def _batches(x: torch.Tensor) -> DataLoader:
@@ -56,7 +54,7 @@ def test_family_exports_exactly(name, size, bits):
 
 
 @pytest.mark.skipif(not ALL, reason="the whole torchvision list takes long: PROQHA_ZOO=all runs it")
-@pytest.mark.parametrize("name", [n for n in classifiers() if not n.startswith(NOT_EXPORTED)])
+@pytest.mark.parametrize("name", classifiers())
 def test_every_classifier_exports_exactly(name):
     _check_exact(name, input_size(name, 64), "8")
 
@@ -75,39 +73,44 @@ def _small_maxvit():
                   head_dim=4, stochastic_depth_prob=0.0, num_classes=10)
 
 
+def _small_swin(v2: bool = False):
+    from torchvision.models import swin_transformer as swin
+
+    blocks = dict(block=swin.SwinTransformerBlockV2, downsample_layer=swin.PatchMergingV2) if v2 else {}
+    return swin.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2],
+                                num_classes=10, **blocks)
+
+
 @pytest.mark.parametrize("bits", ["8", "mixed"])
-@pytest.mark.parametrize("build", [_small_vit, _small_maxvit], ids=["vit", "maxvit"])
-def test_transformer_exports_exactly(build, bits):
-    """torchvision's ViT (class token expand and cat, position embedding, nn.MultiheadAttention, GELU MLP,
-    x[:, 0]) and MaxViT (einsum attention, a relative position bias gathered from its table, window and
-    grid partitions, chunked q/k/v) in small configurations: every projection and both attention matmuls
-    of each block in int8 kernels, and the export's own parity rules (onnxruntime and onnx.reference) hold."""
-    model, x = calibrate(build(), 32, bits)
-    proto, info = export_onnx(model, (3, 32, 32))
-    assert info.matmuls == 4  # q k^T and p v in each of the two attention blocks
+@pytest.mark.parametrize("build, size, matmuls", [
+    (_small_vit, 32, 4), (_small_maxvit, 32, 4), (_small_swin, 28, 8), (lambda: _small_swin(v2=True), 28, 8),
+], ids=["vit", "maxvit", "swin", "swin_v2"])
+def test_transformer_exports_exactly(build, size, matmuls, bits):
+    """torchvision's transformers in small configurations: ViT (class token expand and cat, position
+    embedding, nn.MultiheadAttention, GELU MLP, x[:, 0]), MaxViT (einsum attention, a relative position bias
+    gathered from its table, window and grid partitions, chunked q/k/v), Swin V1 and V2 at 28x28 (padding
+    to whole windows, cyclic shift and its mask, patch merging, V2's cosine attention and position-bias
+    MLP). Every projection and attention matmul in int8 kernels, and the export's own parity rules
+    (onnxruntime and onnx.reference) hold."""
+    model, x = calibrate(build(), size, bits)
+    proto, info = export_onnx(model, (3, size, size))
+    assert info.matmuls == matmuls  # q k^T and p v in each attention block
     report = validate_export(proto, info, model, _batches(torch.cat([x, x + 0.5])))
     assert report.ok, report.failures
-    assert report.kernels.ops.get("QLinearMatMul") == 4 and report.kernels.integer_layers == info.all_layers
+    assert report.kernels.ops.get("QLinearMatMul") == matmuls and report.kernels.integer_layers == info.all_layers
     assert check_pair_sums(proto) == []
     assert logit_spread(model, x, info.output_scale) >= 8
 
 
-@pytest.mark.parametrize("builder, kwargs, operator", [
-    ("swin_transformer.SwinTransformer", dict(patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1],
-                                              window_size=[2, 2]), "function"),
-])
-def test_transformers_are_refused_with_one_line(builder, kwargs, operator):
-    module, cls = builder.split(".")
-    import importlib
-
-    model = getattr(importlib.import_module(f"torchvision.models.{module}"), cls)(num_classes=10, **kwargs).eval()
-    q = quantize_model(model, QuantConfig(bits=8))
+def test_window_attention_without_input_size_is_refused_with_one_line():
+    """Swin's window attention depends on the input size: without it, conversion leaves it opaque and the
+    export names it in one line."""
+    model = quantize_model(_small_swin(), QuantConfig(bits=8))
     with torch.no_grad():
-        q(torch.randn(2, 3, 32, 32))
-    q.eval()
-    with pytest.raises(ProqhaError, match="cannot export") as err:
-        export_onnx(q, (3, 32, 32))
-    assert operator in str(err.value) and "\n" not in str(err.value)
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(ProqhaError, match="cannot export function shifted_window_attention") as err:
+        export_onnx(model.eval(), (3, 28, 28))
+    assert "\n" not in str(err.value)
 
 
 def test_linear_on_tokens_keeps_features_last():

@@ -37,7 +37,7 @@ def cost(
         qconfig = QuantConfig(bits=bits, edge_layers=edge_layers)
     except ValueError as exc:
         raise ProqhaError(f"--bits/--edge-layers: {exc}") from None
-    model = quantize_model(create_model(arch, num_classes=num_classes, in_channels=size[0]), qconfig)
+    model = quantize_model(create_model(arch, num_classes=num_classes, in_channels=size[0]), qconfig, size)
     if bits_file is not None:
         BitConfig.load(bits_file).apply(model)
     try:

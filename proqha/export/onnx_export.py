@@ -211,8 +211,9 @@ class _Writer:
             return None
         handler = ops.FUNCTION_OPS.get(node.target)
         if handler is None:
-            raise ProqhaError(f"cannot export function {getattr(node.target, '__name__', node.target)} "
-                              f"(node {node.name})")
+            name = getattr(node.target, "__name__", str(node.target))
+            hint = f": {ops.HINTS[name]}" if name in ops.HINTS else ""
+            raise ProqhaError(f"cannot export function {name} (node {node.name}){hint}")
         return handler(self, node)
 
     def method(self, node: fx.Node) -> str | list[str] | None:

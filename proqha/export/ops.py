@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.swin_transformer import _patch_merging_pad
 from torchvision.ops import StochasticDepth, stochastic_depth
 
 from proqha.errors import ProqhaError
@@ -270,6 +271,69 @@ def getitem(w, node: fx.Node) -> str:
     return value
 
 
+def pad(w, node: fx.Node) -> str:
+    """F.pad with zeros (constant mode): ONNX Pad, its (last dim first) pairs turned into begins and ends."""
+    amounts = list(arg(node, 1, "pad"))
+    if arg(node, 2, "mode", "constant") != "constant" or arg(node, 3, "value", None) not in (None, 0, 0.0):
+        raise ProqhaError(f"cannot export pad {node.name}: only zero padding")
+    rank = _rank(w, node.args[0])
+    begins, ends = [0] * rank, [0] * rank
+    for i in range(len(amounts) // 2):
+        begins[rank - 1 - i], ends[rank - 1 - i] = amounts[2 * i], amounts[2 * i + 1]
+    if begins[0] or ends[0]:
+        raise ProqhaError(f"cannot export pad {node.name}: it pads the batch dimension")
+    pads = w.b.const(f"{w.base(node)}.pads", np.array(begins + ends, np.int64))
+    return w.b.node("Pad", [_x(w, node), pads], w.base(node))
+
+
+def roll(w, node: fx.Node) -> str:
+    """torch.roll by constant shifts along given dims: per dim, the two slices swapped (Slice, Concat)."""
+    shifts, dims = arg(node, 1, "shifts"), arg(node, 2, "dims")
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if len(shifts) != len(dims):
+        raise ProqhaError(f"cannot export roll {node.name}: it needs one dim per shift")
+    x, name, shape = _x(w, node), w.base(node), w.shape(node)
+    for shift, dim in zip(shifts, dims):
+        dim = dim % len(shape)
+        cut = (-shift) % shape[dim]
+        if cut == 0:
+            continue
+        c = lambda key, v: w.b.const(f"{name}.{key}{dim}", np.array([v], np.int64))  # noqa: E731
+        head = w.b.node("Slice", [x, c("zero", 0), c("cut", cut), c("axis", dim)], f"{name}.head{dim}")
+        tail = w.b.node("Slice", [x, c("from", cut), c("end", 2**62), c("axis_", dim)], f"{name}.tail{dim}")
+        x = w.b.node("Concat", [tail, head], f"{name}.dim{dim}", axis=dim)
+    return x
+
+
+def normalize(w, node: fx.Node) -> str:
+    """F.normalize: x / max(||x||_p, eps) along one dim (p = 2)."""
+    if arg(node, 1, "p", 2.0) != 2:
+        raise ProqhaError(f"cannot export normalize {node.name}: only p=2")
+    x, name = _x(w, node), w.base(node)
+    axes = w.b.const(f"{name}.axes", np.array([_axis(w, node, arg(node, 2, "dim", 1))], np.int64))
+    norm = w.b.node("ReduceL2", [x, axes], f"{name}.norm", keepdims=1)
+    eps = w.b.const(f"{name}.eps", np.array(arg(node, 3, "eps", 1e-12), np.float32))
+    return w.b.node("Div", [x, w.b.node("Max", [norm, eps], f"{name}.floor")], name)
+
+
+def patch_merging_pad(w, node: fx.Node) -> str:
+    """torchvision Swin's patch merging (..., H, W, C) -> (..., H/2, W/2, 4C): zero pad to even H and W,
+    then the four strided 2x2 phases (rows, columns) = (0, 0), (1, 0), (0, 1), (1, 1) concatenated."""
+    x, name, shape = _x(w, node), w.base(node), w.shape(node.args[0])
+    rank, (h, wd) = len(shape), shape[-3:-1]
+    if h % 2 or wd % 2:
+        ends = [0] * rank
+        ends[rank - 3], ends[rank - 2] = h % 2, wd % 2
+        x = w.b.node("Pad", [x, w.b.const(f"{name}.pads", np.array([0] * rank + ends, np.int64))], f"{name}.pad")
+    axes = w.b.const(f"{name}.axes", np.array([rank - 3, rank - 2], np.int64))
+    steps = w.b.const(f"{name}.steps", np.array([2, 2], np.int64))
+    ends = w.b.const(f"{name}.ends", np.array([2**62, 2**62], np.int64))
+    phases = [w.b.node("Slice", [x, w.b.const(f"{name}.starts{r}{c}", np.array([r, c], np.int64)), ends, axes, steps],
+                       f"{name}.phase{r}{c}") for r, c in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    return w.b.node("Concat", phases, name, axis=rank - 1)
+
+
 def expand(w, node: fx.Node) -> str:
     """x.expand(batch, ...) of a parameter (a class token): Expand to the propagated shape, batch free."""
     shape = list(w.shape(node))
@@ -325,7 +389,13 @@ FUNCTION_OPS: dict[Any, Handler] = {
     torch.swapaxes: transpose, torch.chunk: chunk, torch.split: chunk, torch.cat: cat, torch.concat: cat,
     operator.getitem: getitem, operator.mul: mul, torch.mul: mul, operator.add: add, operator.iadd: add,
     torch.add: add, F.dropout: identity, stochastic_depth: identity,
-    torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul,
+    torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, F.pad: pad, torch.roll: roll,
+    F.normalize: normalize, _patch_merging_pad: patch_merging_pad,
+}
+
+HINTS = {  # what to do about a function the exporter refuses, by its name
+    "shifted_window_attention": "window attention becomes traceable when the model is quantized with its input "
+                                "size: quantize_model(model, config, input_size=(C, H, W))",
 }
 
 METHOD_OPS: dict[str, Handler] = {

@@ -147,8 +147,8 @@ def constant_nodes(graph: fx.Graph) -> set[fx.Node]:
     its table): no input reaches them, so an exporter can write their values."""
     constant: set[fx.Node] = set()
     for node in graph.nodes:  # topological order
-        if node.op == "get_attr" or (node.op in ("call_function", "call_method")
-                                     and all(a in constant for a in node.all_input_nodes)):
+        if node.op == "get_attr" or (node.op in ("call_function", "call_method", "call_module")
+                                     and node.all_input_nodes and all(a in constant for a in node.all_input_nodes)):
             constant.add(node)
     return constant
 
@@ -341,8 +341,8 @@ def _quantizes_input(user: fx.Node, arg: fx.Node, modules: Mapping[str, nn.Modul
 def _insert_output_quantizers(gm: fx.GraphModule, bits: int) -> None:
     """Give every conv/linear block output that does not feed exactly one quantizer its own quantizer."""
     graph = gm.graph
+    layers = [node for nodes in _layer_calls(gm).values() for node in nodes]
     modules = dict(gm.named_modules())
-    layers = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules[n.target], _FLOAT_LAYERS)]
     for layer in layers:
         end = _block_end(layer, modules)
         users = list(end.users)
@@ -420,10 +420,13 @@ def _insert_matmul_quantizers(gm: fx.GraphModule, bits: int) -> None:
 
 
 def _layer_calls(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
+    """Conv/linear calls by module path, except those computing from parameters alone (a position-bias
+    MLP): they stay float and an exporter writes their result as a value."""
     modules = dict(gm.named_modules())
+    constant = constant_nodes(gm.graph)
     calls: dict[str, list[fx.Node]] = {}
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(modules[node.target], _FLOAT_LAYERS):
+        if node.op == "call_module" and isinstance(modules[node.target], _FLOAT_LAYERS) and node not in constant:
             calls.setdefault(node.target, []).append(node)
     return calls
 
@@ -497,16 +500,19 @@ def _absorb_relus(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
-def quantize_model(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
+def quantize_model(model: nn.Module, config: QuantConfig | None = None,
+                   input_size: tuple[int, ...] | None = None) -> nn.Module:
     """Return the quantized twin of ``model`` (which is left untouched).
 
     Every Conv2d/Linear becomes a QuantConv2d/QuantLinear with an input quantizer (PACT when its input
     is non-negative, signed symmetric otherwise) and a weight quantizer; with ``quantize_adds`` each
-    tensor add becomes a QuantAdd. Layer names are the float model's module paths.
+    tensor add becomes a QuantAdd. Layer names are the float model's module paths. Attention modules
+    become traceable twins (``proqha.quant.attention``); window attention (Swin) needs ``input_size``
+    (C, H, W without the batch) and is left opaque without it.
     """
     config = config or QuantConfig()
     original, model = model, copy.deepcopy(model)
-    twins = make_traceable(model)
+    twins = make_traceable(model, input_size)
     try:
         root: nn.Module = _trace(model)
         root.graph.eliminate_dead_code(_is_impure)  # e.g. attention weights nobody reads
