@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cli.app import app
 from proqha.errors import ProqhaError
+from proqha.builder import load_model
+from proqha.quant import BitConfig, searchable_layers
 from proqha.search import Knob, SearchConfig, choose_candidate, hessian_score, run_search, sample_candidates
 from proqha.search.scores import Snapshot
 from proqha.train import TrainConfig, fit
@@ -92,6 +94,29 @@ def test_knobs_never_go_below_the_floor_and_move_by_the_interval(start, interval
         assert set(changes) <= {0, interval}
         assert all(cand[k.layer][k.kind] >= min(min_bits, bits[k.layer][k.kind]) for k in knobs)
         assert changes.count(interval) == min(len(lowerable), max(1, int(ratio * len(knobs))))
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.lists(st.integers(2, 8), min_size=4, max_size=12), interval=st.sampled_from([1, 2]),
+       ratio=st.floats(0.05, 1.0), slack=st.integers(0, 30), seed=st.integers(0, 1000))
+def test_a_fitted_candidate_lands_within_one_knob_of_its_budget(start, interval, ratio, slack, seed):
+    """With ``enough``, a candidate stops at the first knob that meets the budget: at or below it, and
+    less than one knob's saving below (cost here: the sum of all bits, one knob saves ``interval``)."""
+    knobs = [Knob(f"l{i // 2}", "wa"[i % 2]) for i in range(len(start) // 2 * 2)]
+    bits = {k.layer: {} for k in knobs}
+    for k, b in zip(knobs, start):
+        bits[k.layer][k.kind] = b
+    total = lambda c: sum(v for kb in c.values() for v in kb.values())  # noqa: E731
+    budget = total(bits) - slack
+    cands = sample_candidates(bits, knobs, 5, ratio, interval, 2, torch.Generator().manual_seed(seed),
+                              enough=lambda c: total(c) <= budget)
+    for cand in cands:
+        if total(cand) <= budget:
+            assert total(cand) > budget - interval
+        else:  # not enough knobs in one candidate: it lowered its whole share
+            changed = sum(bits[k.layer][k.kind] != cand[k.layer][k.kind] for k in knobs)
+            lowerable = [k for k in knobs if bits[k.layer][k.kind] - interval >= 2]
+            assert changed == min(len(lowerable), max(1, int(ratio * len(knobs))))
 
 
 def test_lam_zero_picks_the_lowest_score_and_lam_trades_for_savings():
@@ -171,6 +196,53 @@ def test_targets_stop_the_search(trained, tmp_path, target):
     assert measure(last) <= value < measure(before)
 
 
+@pytest.mark.parametrize("strategy", ["table", "sets"])
+def test_search_lands_on_both_targets(trained, tmp_path, strategy):
+    """Paper cost and BitOPs together (uniform W4A4's): the search ends at or below both, and its last
+    step lowered no knob more than it needed (undoing one of them breaks a target)."""
+    from proqha.cost import cost_report
+    from proqha.search.progressive import target_met
+
+    model, state = load_model(trained / "checkpoints" / "last.pt")
+    report = cost_report(model, tuple(state["recipe"]["input_size"]))
+    uniform = {name: {"w": 4, "a": 4} for name in searchable_layers(model)}
+    w4a4 = report.with_bits(BitConfig.from_model(model).to_dict() | uniform)
+    cfg = _search_cfg(trained, steps=20, finetune_epochs=0, strategy=strategy, target_cost=w4a4.paper_cost,
+                      target_bitops=w4a4.bitops_ratio)
+    result = run_search(cfg, tmp_path / "s")
+    assert result["stopped"] == "target"
+    rows = _frontier(tmp_path / "s")
+    last, before = rows[-1], rows[-2]
+    assert float(last["cost"]) <= cfg.target_cost * (1 + 1e-9)
+    assert float(last["bitops_ratio"]) <= cfg.target_bitops * (1 + 1e-9)
+    columns = [c for c in last if "/" in c]
+    bits = BitConfig.from_model(model).to_dict()
+    for c in columns:
+        layer, kind = c.split("/")
+        bits[layer][kind] = int(last[c])
+    changed = [c for c in columns if last[c] != before[c]]
+    assert changed
+    undone = []
+    for c in changed:
+        layer, kind = c.split("/")
+        back = {name: dict(kb) for name, kb in bits.items()}
+        back[layer][kind] = int(before[c])
+        undone.append(target_met(cfg, report.with_bits(back)))
+    assert not all(undone)  # some knob of the last step was needed to meet the targets
+
+
+def test_weights_only_search_keeps_activations_fixed(trained, tmp_path):
+    cfg = _search_cfg(trained, steps=2, finetune_epochs=0, knobs="weights", fixed_bits=4)
+    run_search(cfg, tmp_path / "s")
+    rows = _frontier(tmp_path / "s")
+    assert all(c.endswith("/w") for c in rows[0] if "/" in c)  # only weight knobs are searched
+    bits = BitConfig.load(tmp_path / "s" / "bits.json").to_dict()
+    model, _ = load_model(trained / "checkpoints" / "last.pt")
+    for name in searchable_layers(model):
+        assert bits[name]["a"] == 4
+    assert [r["cost"] for r in rows] == sorted((r["cost"] for r in rows), reverse=True)
+
+
 def test_search_stops_at_the_floor(trained, tmp_path):
     result = run_search(_search_cfg(trained, min_bits=7, ratio=0.5, steps=10, finetune_epochs=0), tmp_path / "s")
     assert result == {"stopped": "floor", "steps": 2, "run_dir": str(tmp_path / "s")}
@@ -186,12 +258,18 @@ def test_other_criteria_run(trained, tmp_path, criterion):
     assert (row["score"] == "nan") == (criterion == "random")
 
 
-def test_same_seed_same_search(trained, tmp_path):
-    run_search(_search_cfg(trained, steps=2, finetune_epochs=0), tmp_path / "a")
-    run_search(_search_cfg(trained, steps=2, finetune_epochs=0), tmp_path / "b")
-    run_search(_search_cfg(trained, steps=2, finetune_epochs=0, seed=1), tmp_path / "c")
+@pytest.mark.parametrize("strategy", ["table", "sets"])
+def test_same_seed_same_search(trained, tmp_path, strategy):
+    """The same seed repeats a search; another seed draws other candidate sets (the reference's strategy)."""
+    cfg = lambda **kw: _search_cfg(trained, steps=2, finetune_epochs=0, strategy=strategy, **kw)  # noqa: E731
+    run_search(cfg(), tmp_path / "a")
+    run_search(cfg(), tmp_path / "b")
+    assert _frontier(tmp_path / "a") and _frontier(tmp_path / "b")
     knobs = lambda rows: [{k: v for k, v in r.items() if "/" in k} for r in rows]  # noqa: E731
     assert knobs(_frontier(tmp_path / "a")) == knobs(_frontier(tmp_path / "b"))
+    if strategy == "table":
+        return
+    run_search(cfg(seed=1), tmp_path / "c")
     assert knobs(_frontier(tmp_path / "a")) != knobs(_frontier(tmp_path / "c"))
 
 
@@ -199,7 +277,11 @@ def test_same_seed_same_search(trained, tmp_path):
     ({"lam": -1.0}, "--lam must be >= 0"),
     ({"ratio": 0.0}, "--ratio must be in (0, 1]"),
     ({"interval": 3}, "--interval must be 1, 2 or 4"),
-    ({"target_cost": 0.1, "target_bitops": 0.1}, "one target at a time"),
+    ({"knobs": "layers"}, "--knobs must be one of both, weights, activations"),
+    ({"fixed_bits": 4}, "--fixed-bits sets the knobs that are not searched"),
+    ({"knobs": "weights", "fixed_bits": 9}, "--fixed-bits must be in 2..8"),
+    ({"knobs": "activations", "target_cost": 0.1}, "activations do not count in the paper cost"),
+    ({"strategy": "greedy"}, "--strategy must be one of table, sets"),
     ({"target_bitops": 0.1, "cost_metric": "size"}, "conflicts with --target-bitops"),
 ])
 def test_bad_config(kw, message):

@@ -22,6 +22,8 @@ STOP_MESSAGES = {
     "floor": "stopped after step {steps}: no knob can be lowered by --interval without going below --min-bits",
 }
 
+_DEFAULT = SearchConfig()
+
 
 @handle_errors
 def search(
@@ -41,6 +43,10 @@ def search(
     target_cost: Annotated[Optional[float], typer.Option(help="Stop once the paper cost is at or below this.")] = None,
     target_bitops: Annotated[Optional[float], typer.Option(help="Stop once BitOPs are at or below this (<= 1: ratio to 32x32 bits).")] = None,
     target_size_mb: Annotated[Optional[float], typer.Option(help="Stop once the model is at or below this many MB.")] = None,
+    knobs: Annotated[str, typer.Option(help="What is searched: both, weights or activations.")] = _DEFAULT.knobs,
+    fixed_bits: Annotated[Optional[int], typer.Option(help="Bits of the kind not searched (with --knobs weights|activations); default: as trained.")] = None,
+    fit_budget: Annotated[bool, typer.Option(help="Near a target, lower only as many knobs as it needs (--no-fit-budget: every candidate lowers --ratio of the knobs, as the reference).")] = _DEFAULT.fit_budget,
+    final_epochs: Annotated[int, typer.Option(help="Extra fine-tuning epochs of the last step (the one that meets the targets).")] = _DEFAULT.final_epochs,
     seed: Annotated[int, typer.Option(help="Seed: same seed, same search on the same machine.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
@@ -63,6 +69,7 @@ def search(
                            min_bits=min_bits, criterion=criterion, lam=lam, steps=steps if steps is not None else 8,
                            finetune_epochs=finetune_epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, cost_metric=cost_metric,
                            target_cost=target_cost, target_bitops=target_bitops, target_size_mb=target_size_mb,
+                           knobs=knobs, fixed_bits=fixed_bits, fit_budget=fit_budget, final_epochs=final_epochs,
                            seed=seed, device=device, workers=workers).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("search", run_dir))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -23,9 +23,13 @@ class Knob(NamedTuple):
         return f"{self.layer}/{self.kind}"
 
 
-def model_knobs(model: nn.Module) -> list[Knob]:
-    """Both knobs of every searchable layer, in module order."""
-    return [Knob(name, kind) for name in searchable_layers(model) for kind in ("w", "a")]
+KNOB_KINDS = {"both": ("w", "a"), "weights": ("w",), "activations": ("a",)}
+
+
+def model_knobs(model: nn.Module, kinds: str = "both") -> list[Knob]:
+    """The knobs of every searchable layer, in module order: both, or only ``"weights"`` or
+    ``"activations"`` (``KNOB_KINDS``)."""
+    return [Knob(name, kind) for name in searchable_layers(model) for kind in KNOB_KINDS[kinds]]
 
 
 def lowerable_knobs(bits: Mapping[str, Mapping[str, int]], knobs: list[Knob], interval: int,
@@ -34,12 +38,22 @@ def lowerable_knobs(bits: Mapping[str, Mapping[str, int]], knobs: list[Knob], in
     return [k for k in knobs if bits[k.layer][k.kind] - interval >= min_bits]
 
 
+def lowered(bits: Mapping[str, Mapping[str, int]], knob: Knob, interval: int) -> Bits:
+    """A copy of ``bits`` with one knob lowered by ``interval``."""
+    out = {name: dict(kb) for name, kb in bits.items()}
+    out[knob.layer][knob.kind] -= interval
+    return out
+
+
 def sample_candidates(bits: Mapping[str, Mapping[str, int]], knobs: list[Knob], count: int, ratio: float,
-                      interval: int, min_bits: int, generator: torch.Generator) -> list[Bits]:
+                      interval: int, min_bits: int, generator: torch.Generator,
+                      enough: Callable[[Bits], bool] | None = None) -> list[Bits]:
     """``count`` candidates; each lowers ``max(1, int(ratio * len(knobs)))`` knobs by ``interval``.
 
     The knobs are drawn without replacement among those that can still be lowered (fewer when fewer
-    remain), so every change is exactly ``interval`` and nothing goes below ``min_bits``.
+    remain), so every change is exactly ``interval`` and nothing goes below ``min_bits``. With
+    ``enough`` (the budget is met), a candidate stops lowering, in its drawn order, at the first knob
+    after which ``enough`` holds: it lands on the budget with at most one knob's overshoot.
     Returns an empty list when no knob can be lowered.
     """
     pool = lowerable_knobs(bits, knobs, interval, min_bits)
@@ -53,5 +67,7 @@ def sample_candidates(bits: Mapping[str, Mapping[str, int]], knobs: list[Knob], 
         for i in chosen:
             knob = pool[i]
             cand[knob.layer][knob.kind] -= interval
+            if enough is not None and enough(cand):
+                break
         candidates.append(cand)
     return candidates

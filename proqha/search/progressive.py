@@ -29,12 +29,13 @@ from proqha.files import atomic_write_json, atomic_write_text
 from proqha.quant import BitConfig
 from proqha.runs import run_lock
 from proqha.search.data import DatasetData, SearchData
-from proqha.search.knobs import Knob, model_knobs, sample_candidates
+from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score
-from proqha.search.select import choose_candidate
+from proqha.search.select import objective
 from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train_one_epoch
 
 CRITERIA = ("hessian", "acc", "random")
+STRATEGIES = ("table", "sets")
 INTERVALS = (1, 2, 4)
 COST_METRICS = ("size", "bitops")
 START_BITS = 8  # a float (32-bit) knob enters the search here
@@ -64,6 +65,11 @@ class SearchConfig:
     target_cost: float | None = None
     target_bitops: float | None = None
     target_size_mb: float | None = None
+    strategy: str = "table"
+    knobs: str = "both"
+    fixed_bits: int | None = None
+    fit_budget: bool = True
+    final_epochs: int = 0
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -82,6 +88,10 @@ class SearchConfig:
             ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0"),
             ("--batch-size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
             ("--criterion", self.criterion, self.criterion in CRITERIA, f"must be one of {', '.join(CRITERIA)}"),
+            ("--strategy", self.strategy, self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
+            ("--knobs", self.knobs, self.knobs in KNOB_KINDS, f"must be one of {', '.join(KNOB_KINDS)}"),
+            ("--fixed-bits", self.fixed_bits, self.fixed_bits is None or 2 <= self.fixed_bits <= 8, "must be in 2..8"),
+            ("--final-epochs", self.final_epochs, self.final_epochs >= 0, "must be >= 0"),
         ]
         for option, value, ok, why in checks:
             if not ok:
@@ -89,16 +99,20 @@ class SearchConfig:
         targets = {"--target-cost": self.target_cost, "--target-bitops": self.target_bitops,
                    "--target-size-mb": self.target_size_mb}
         given = {k: v for k, v in targets.items() if v is not None}
-        if len(given) > 1:
-            raise ProqhaError(f"give one target at a time, got {' and '.join(given)}")
+        if self.fixed_bits is not None and self.knobs == "both":
+            raise ProqhaError("--fixed-bits sets the knobs that are not searched: use it with --knobs weights "
+                              "or --knobs activations")
+        if self.knobs == "activations" and ({"--target-cost", "--target-size-mb"} & set(given)):
+            raise ProqhaError("--knobs activations cannot reach a paper cost or size target: activations do not "
+                              "count in the paper cost")
         for option, value in given.items():
             if not (math.isfinite(value) and value > 0):
                 raise ProqhaError(f"{option} must be > 0, got {value}")
-        follows = "bitops" if self.target_bitops is not None else "size" if given else None
+        follows = "bitops" if self.target_bitops is not None and len(given) == 1 else "size" if given else None
         metric = self.cost_metric or follows or "size"
         if metric not in COST_METRICS:
             raise ProqhaError(f"--cost-metric must be size or bitops, got {metric!r}")
-        if follows and self.cost_metric and self.cost_metric != follows:
+        if follows and self.cost_metric and len(given) == 1 and self.cost_metric != follows:
             raise ProqhaError(f"--cost-metric {self.cost_metric} conflicts with {next(iter(given))} "
                               f"(which trades against {follows})")
         return SearchConfig(**(asdict(self) | {"cost_metric": metric}))
@@ -131,20 +145,52 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _merge_lowering(bits: dict[str, dict[str, int]], base: dict[str, dict[str, int]],
+                    lowered: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """``bits`` with the knobs that ``lowered`` changed against ``base`` set as in ``lowered``."""
+    merged = {name: dict(kb) for name, kb in bits.items()}
+    for name, kb in lowered.items():
+        for kind, value in kb.items():
+            if value != base[name][kind]:
+                merged[name][kind] = value
+    return merged
+
+
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 10_007 + salt) % (2**63)
 
 
-def target_met(cfg: SearchConfig, report: CostReport) -> bool:
-    """Whether the model's cost satisfies the configured target (BitOPs <= 1: a ratio to 32x32)."""
+def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[float, float]]:
+    """Each configured target's (value, limit) for ``report``: paper cost, BitOPs (a ratio to 32x32 bits
+    when the limit is <= 1), size in MB. Empty when no target is set."""
+    values = {}
     if cfg.target_cost is not None:
-        return report.paper_cost <= cfg.target_cost + 1e-12
+        values["cost"] = (report.paper_cost, cfg.target_cost)
     if cfg.target_bitops is not None:
-        value = report.bitops_ratio if cfg.target_bitops <= 1 else report.bitops
-        return value <= cfg.target_bitops * (1 + 1e-12)
+        values["bitops"] = (report.bitops_ratio if cfg.target_bitops <= 1 else report.bitops, cfg.target_bitops)
     if cfg.target_size_mb is not None:
-        return report.size_bytes / 1e6 <= cfg.target_size_mb
-    return False
+        values["size_mb"] = (report.size_bytes / 1e6, cfg.target_size_mb)
+    return values
+
+
+def _within(value: float, limit: float) -> bool:
+    return value <= limit * (1 + 1e-12)
+
+
+def target_met(cfg: SearchConfig, report: CostReport) -> bool:
+    """Whether the model's cost satisfies every configured target (False when none is set)."""
+    values = target_values(cfg, report)
+    return bool(values) and all(_within(v, limit) for v, limit in values.values())
+
+
+def budget_progress(cfg: SearchConfig, current: CostReport, candidate: CostReport) -> float:
+    """How much of the remaining way to the targets a candidate covers: the sum, over targets not yet
+    met, of (reduction / remaining gap); with no target, the reduction of ``cfg.cost_metric``."""
+    now, then = target_values(cfg, current), target_values(cfg, candidate)
+    if not now:
+        return current.metric(cfg.cost_metric) - candidate.metric(cfg.cost_metric)
+    return sum((value - then[name][0]) / (value - limit) for name, (value, limit) in now.items()
+               if not _within(value, limit))
 
 
 class FrontierLog:
@@ -197,7 +243,7 @@ class ProgressiveSearch:
         self.data_options = data_options or {}
         self.source_metrics: dict[str, Any] = source_metrics or {}
         self.rows: list[dict[str, Any]] = []
-        self.knobs = model_knobs(self.model)
+        self.knobs = model_knobs(self.model, cfg.knobs)
         if not self.knobs:
             name = recipe.arch if recipe is not None else type(model).__name__
             raise ProqhaError(f"{name} has no searchable layers (edge layers only)")
@@ -205,6 +251,10 @@ class ProgressiveSearch:
         for knob in self.knobs:
             if bits[knob.layer][knob.kind] == 32:
                 bits[knob.layer][knob.kind] = START_BITS
+        if cfg.fixed_bits is not None:  # the kind not searched, fixed
+            fixed = next(kind for kind in ("w", "a") if kind not in KNOB_KINDS[cfg.knobs])
+            for layer in {k.layer for k in self.knobs}:
+                bits[layer][fixed] = cfg.fixed_bits
         BitConfig(bits).apply(self.model)
         self.base_cost = cost_report(self.model, self.input_size)
         self.frontier = FrontierLog(self.run_dir / "frontier.csv", self.knobs) if self.run_dir is not None else None
@@ -257,12 +307,28 @@ class ProgressiveSearch:
             scores.update(part)
         return [scores[i] for i in range(len(candidates))]
 
-    def finetune(self, step: int, on_batch: Callable | None) -> float:
+    def useful_knobs(self, bits: dict[str, dict[str, int]]) -> list[Knob]:
+        """The knobs whose lowering brings some target not yet met closer (weights: paper cost, size and
+        BitOPs; activations: BitOPs only); every knob when no target is set or budgets are not fitted."""
+        cfg, now = self.cfg, self.cost_of(bits)
+        unmet = {name for name, (value, limit) in target_values(cfg, now).items() if not _within(value, limit)}
+        if not cfg.fit_budget or not unmet:
+            return self.knobs
+        before = target_values(cfg, now)
+        useful = []
+        for knob in self.knobs:
+            after = target_values(cfg, self.cost_of(lowered(bits, knob, 1)))
+            if any(after[name][0] < before[name][0] for name in unmet):
+                useful.append(knob)
+        return useful
+
+    def finetune(self, step: int, on_batch: Callable | None, extra_epochs: int = 0) -> float:
         cfg = self.cfg
-        if cfg.finetune_epochs == 0:
+        epochs = cfg.finetune_epochs + extra_epochs
+        if epochs == 0:
             return math.nan
         optimizer = make_optimizer(self.model, "adam", cfg.lr, cfg.weight_decay)
-        steps = cfg.finetune_epochs * self.data.train_steps()
+        steps = epochs * self.data.train_steps()
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         net = self.model
         if distributed.active():
@@ -271,7 +337,7 @@ class ProgressiveSearch:
             net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                           else None)
         top1 = math.nan
-        for epoch in range(cfg.finetune_epochs):
+        for epoch in range(epochs):
             seed = _step_seed(cfg.seed, step, 100 + epoch)
             torch.manual_seed(seed)
             loader = self.data.train_batches(seed)
@@ -306,6 +372,48 @@ class ProgressiveSearch:
         self.frontier.append(row)  # after the checkpoint: a logged step is always resumable
         bits.save(self.run_dir / "bits.json")
 
+    def choose_step(self, step: int, current: dict[str, dict[str, int]], gen: torch.Generator,
+                    on_candidate: CandidateCallback | None) -> tuple[dict[str, dict[str, int]], float] | None:
+        """The bits of this step and their score (None when no knob can be lowered).
+
+        ``sets`` (the reference): ``candidates`` random sets of knobs, each lowering ``ratio`` of them, the
+        best set by ``objective``. ``table``: every lowerable knob scored alone (a sensitivity table),
+        then the ``ratio`` best knobs by the same objective lowered together. With ``fit_budget`` both
+        stop lowering as soon as the targets are met."""
+        cfg, now = self.cfg, self.cost_of(current)
+        fit = cfg.fit_budget and bool(target_values(cfg, now))
+        enough = (lambda c: target_met(cfg, self.cost_of(c))) if fit else None
+        pool = self.useful_knobs(current)
+        if cfg.strategy == "sets":
+            candidates = sample_candidates(current, pool, cfg.candidates, cfg.ratio, cfg.interval, cfg.min_bits,
+                                           gen, enough)
+        else:
+            candidates = [lowered(current, knob, cfg.interval)
+                          for knob in lowerable_knobs(current, pool, cfg.interval, cfg.min_bits)]
+        if not candidates:
+            return None
+        savings = [budget_progress(cfg, now, self.cost_of(c)) for c in candidates]
+        scores = self.score_candidates(step, candidates, on_candidate)
+        if cfg.criterion == "random":
+            values = torch.rand(len(candidates), generator=gen).tolist()
+        else:
+            values = objective(scores, savings, cfg.lam)
+            if not any(math.isfinite(v) for v in values):
+                raise ProqhaError(f"step {step}: every candidate's loss is non-finite; lower --lr")
+        order = sorted(range(len(candidates)), key=lambda i: (values[i], i))
+        if cfg.strategy == "sets":
+            return candidates[order[0]], scores[order[0]]
+        bits = {name: dict(kb) for name, kb in current.items()}
+        taken = []
+        for i in order[:max(1, int(cfg.ratio * len(self.knobs)))]:
+            if not math.isfinite(values[i]):
+                break
+            bits = _merge_lowering(bits, current, candidates[i])
+            taken.append(scores[i])
+            if enough is not None and enough(bits):
+                break
+        return bits, sum(taken) / len(taken) if taken else math.nan
+
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, start_step: int, on_candidate: CandidateCallback | None = None,
             on_step: StepCallback | None = None, on_batch: Callable | None = None, fresh: bool = True
@@ -326,23 +434,15 @@ class ProgressiveSearch:
             torch.manual_seed(_step_seed(cfg.seed, step))
             current = self.bits()
             gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 2))
-            candidates = sample_candidates(current, self.knobs, cfg.candidates, cfg.ratio, cfg.interval,
-                                           cfg.min_bits, gen)
-            if not candidates:
+            step_choice = self.choose_step(step, current, gen, on_candidate)
+            if step_choice is None:
                 reason = "floor"
                 break
-            base = self.cost_of(current).metric(cfg.cost_metric)
-            savings = [base - self.cost_of(c).metric(cfg.cost_metric) for c in candidates]
-            scores = self.score_candidates(step, candidates, on_candidate)
-            if cfg.criterion == "random":
-                chosen = int(torch.randint(len(candidates), (1,), generator=gen))
-            else:
-                chosen = choose_candidate(scores, savings, cfg.lam)
-                if not math.isfinite(scores[chosen]):
-                    raise ProqhaError(f"step {step}: every candidate's loss is non-finite; lower --lr")
-            BitConfig(candidates[chosen]).apply(self.model)
-            train_top1 = self.finetune(step, on_batch)
-            row = self.evaluate_row(step, scores[chosen], train_top1, t0)
+            chosen_bits, chosen_score = step_choice
+            BitConfig(chosen_bits).apply(self.model)
+            last = step == cfg.steps or target_met(cfg, self.cost_of(chosen_bits))
+            train_top1 = self.finetune(step, on_batch, cfg.final_epochs if last else 0)
+            row = self.evaluate_row(step, chosen_score, train_top1, t0)
             self.save_step(step, row)
             last_step = step
             if on_step is not None:
