@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,10 +99,11 @@ def test_knobs_never_go_below_the_floor_and_move_by_the_interval(start, interval
 
 @settings(max_examples=60, deadline=None)
 @given(start=st.lists(st.integers(2, 8), min_size=4, max_size=12), interval=st.sampled_from([1, 2]),
-       ratio=st.floats(0.05, 1.0), slack=st.integers(0, 30), seed=st.integers(0, 1000))
+       ratio=st.floats(0.05, 1.0), slack=st.integers(1, 30), seed=st.integers(0, 1000))
 def test_a_fitted_candidate_lands_within_one_knob_of_its_budget(start, interval, ratio, slack, seed):
     """With ``enough``, a candidate stops at the first knob that meets the budget: at or below it, and
-    less than one knob's saving below (cost here: the sum of all bits, one knob saves ``interval``)."""
+    less than one knob's saving below (cost here: the sum of all bits, one knob saves ``interval``; the
+    search only steps while its budget is unmet, so the start is above it)."""
     knobs = [Knob(f"l{i // 2}", "wa"[i % 2]) for i in range(len(start) // 2 * 2)]
     bits = {k.layer: {} for k in knobs}
     for k, b in zip(knobs, start):
@@ -229,6 +231,22 @@ def test_search_lands_on_both_targets(trained, tmp_path, strategy):
         back[layer][kind] = int(before[c])
         undone.append(target_met(cfg, report.with_bits(back)))
     assert not all(undone)  # some knob of the last step was needed to meet the targets
+
+
+@pytest.mark.parametrize("strategy", ["table", "sets"])
+def test_a_target_just_below_the_start_costs_one_knob(trained, tmp_path, strategy):
+    """A paper-cost target a hair below the start is met by lowering one weight knob, not ratio x knobs."""
+    start = float(_frontier_of(run_search(_search_cfg(trained, steps=1, finetune_epochs=0), tmp_path / "probe"))[0]
+                  ["cost"])
+    cfg = _search_cfg(trained, steps=5, finetune_epochs=0, strategy=strategy, target_cost=start * (1 - 1e-6))
+    assert run_search(cfg, tmp_path / "s")["stopped"] == "target"
+    first, last = _frontier(tmp_path / "s")
+    changed = [c for c in first if "/" in c and first[c] != last[c]]
+    assert len(changed) == 1 and changed[0].endswith("/w")
+
+
+def _frontier_of(result):
+    return _frontier(Path(result["run_dir"]))
 
 
 def test_weights_only_search_keeps_activations_fixed(trained, tmp_path):
