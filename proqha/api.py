@@ -163,13 +163,15 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
                 on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
     """ProQHA's progressive per-layer bit-width search on ``qmodel`` (changed in place).
 
-    Each step draws ``candidates`` ways to lower some layers' bits, scores them (``criterion``: "hessian",
-    one Adam step on a training batch; "acc", error on ``calib_loader``; "random"), keeps the one that best
-    trades score against cost saving (``lam``), fine-tunes it (``finetune_epochs`` of Adam over
-    ``train_loader``) and evaluates it on ``test_loader``. It stops after ``steps``, at a target
-    (``target_cost``, or ``target_bitops`` / ``target_size_mb`` in ``options``), or when no bit can drop.
-    ``options``: the other ``proqha.search.SearchConfig`` fields (``ratio``, ``interval``, ``min_bits``,
-    ``criterion``, ``finetune_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
+    Each step scores ways to lower some layers' bits (``strategy`` "table": every knob alone, then the
+    ``ratio`` best lowered together; "sets": ``candidates`` random sets, the reference's) by ``criterion``
+    ("hessian": one Adam step on a training batch; "loss" / "acc": calibration loss added / error on
+    ``calib_loader``; "random"), trading score against progress to the targets (``lam``), fine-tunes
+    (``finetune_epochs`` of Adam over ``train_loader``) and evaluates on ``test_loader``. It stops after
+    ``steps``, when every target is met (``target_cost``, ``target_bitops`` / ``target_size_mb`` in
+    ``options``; a step lowers no more than the targets need), or when no bit can drop. ``options``: the
+    other ``proqha.search.SearchConfig`` fields (``ratio``, ``interval``, ``min_bits``, ``knobs``,
+    ``fixed_bits``, ``final_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
     seed gives the same search when the loaders yield the same batches under the same global seed.
     ``run_dir``: also write frontier.csv, per-step checkpoints and bits files there (a new folder).
     """
@@ -185,7 +187,7 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
         raise ProqhaError(f"search_bits: unknown option {unknown[0]!r}; choose among {', '.join(sorted(names))}")
     cfg = SearchConfig(source="(python api)", steps=steps, candidates=candidates, lam=lam, target_cost=target_cost,
                        **options).resolved()
-    if cfg.criterion == "acc" and calib_loader is None:
+    if cfg.criterion in ("acc", "loss") and calib_loader is None:
         raise ProqhaError("search_bits: criterion 'acc' scores candidates on calibration data; pass calib_loader")
     folder = Path(run_dir) if run_dir is not None else None
     if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):

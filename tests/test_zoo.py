@@ -195,3 +195,22 @@ def test_operators_export_exactly(bits):
     assert report.ok, report.failures  # the export's own rules: int8 kernels, parity within 2 steps
     assert report.kernels.integer_layers == len(info.layers)
     assert logit_spread(model, x[8:], info.output_scale) >= 8
+
+
+@pytest.mark.parametrize("size, pooled", [(2, 6), (6, 3), (4, 4), (3, 1)])
+def test_adaptive_average_pooling_exports_exactly(size, pooled):
+    """alexnet/vgg's AdaptiveAvgPool2d((6, 6)/(7, 7)) at any input: replicate, pool, keep or average."""
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = torch.nn.AdaptiveAvgPool2d(pooled)
+            self.head = torch.nn.Linear(4 * pooled * pooled, 10)
+
+        def forward(self, x):
+            return self.head(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+
+    model, x = calibrate(Pooled(), size, "8")
+    proto, info = export_onnx(model, (3, size, size))
+    report = validate_export(proto, info, model, _batches(x))
+    assert report.ok, report.failures

@@ -11,7 +11,16 @@ from rich.table import Table
 
 from proqha.cli.common import console, err_console, handle_errors
 from proqha.cost import format_ratio
-from proqha.deploy.report import is_nan, pick_row, plot_bits, plot_frontier, read_frontier, uniform_baselines
+from proqha.deploy.report import (
+    UniformPoint,
+    dominating_steps,
+    is_nan,
+    pick_row,
+    plot_bits,
+    plot_frontier,
+    read_frontier,
+    search_baselines,
+)
 from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 
@@ -33,11 +42,23 @@ def frontier_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) -> Table:
+    """Per uniform-bit run beside the search: its figures and the search steps that dominate it."""
+    table = Table(title="uniform-bit baselines: dominated by a search step? (no more cost, BitOPs; no less top-1)")
+    for col in ("run", "bits", "paper cost", "GBitOPs", "test top-1", "dominated by"):
+        table.add_column(col, justify="right")
+    for point in baselines:
+        steps = dominating_steps(rows, point)
+        table.add_row(point.run, str(point.bits), format_ratio(point.cost), f"{point.bitops / 1e9:.4f}",
+                      f"{point.test_top1:.2f}", ", ".join(f"step {s}" for s in steps) if steps else "no step")
+    return table
+
+
 def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None) -> list[Path]:
     """frontier.png (with uniform-bit train runs found beside the search) and bits.png of one step."""
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     arch = config.get("recipe", {}).get("arch", "")
-    baselines = uniform_baselines(run_dir.parent, arch, config.get("dataset", "")) if arch else []
+    baselines = search_baselines(run_dir)
     row = pick_row(rows, step)
     return [plot_frontier(rows, baselines, run_dir / "frontier.png", f"{arch} ProQHA frontier ({run_dir.name})"),
             plot_bits(row, run_dir / "bits.png")]
@@ -56,5 +77,8 @@ def report(
         raise ProqhaError(f"run directory not found: {run_dir}")
     rows = read_frontier(run_dir)
     console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
+    baselines = search_baselines(run_dir)
+    if baselines:
+        console.print(baseline_table(rows, baselines))
     for path in write_plots(run_dir, rows, step):
         err_console.print(f"wrote {path}")

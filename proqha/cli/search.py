@@ -33,7 +33,7 @@ def search(
     ratio: Annotated[float, typer.Option(help="Fraction of all knobs each candidate lowers, in (0, 1].")] = 0.5,
     interval: Annotated[int, typer.Option(help="Bits a chosen knob drops by: 1, 2 or 4.")] = 1,
     min_bits: Annotated[int, typer.Option(help="Floor for every knob (2..8).")] = 2,
-    criterion: Annotated[str, typer.Option(help="hessian (the reference's score), acc (calibration accuracy), or random (a control).")] = "hessian",
+    criterion: Annotated[str, typer.Option(help="hessian (the reference's score), loss (the calibration loss a candidate adds), acc (calibration error), or random (a control).")] = _DEFAULT.criterion,
     steps: Annotated[Optional[int], typer.Option(help="Progressive steps (default 8; with --resume, extends the run).")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Adam fine-tuning epochs after each step.")] = 2,
     lr: Annotated[float, typer.Option(help="Adam learning rate for scoring and fine-tuning.")] = 1e-3,

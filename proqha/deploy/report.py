@@ -72,6 +72,20 @@ def uniform_baselines(root: Path, arch: str, dataset: str) -> list[UniformPoint]
     return points
 
 
+def search_baselines(run_dir: Path) -> list[UniformPoint]:
+    """The uniform-bit train runs beside a search run (same architecture and dataset)."""
+    path = Path(run_dir) / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    arch = config.get("recipe", {}).get("arch", "")
+    return uniform_baselines(Path(run_dir).parent, arch, config.get("dataset", "")) if arch else []
+
+
+def dominating_steps(rows: list[dict[str, Any]], point: UniformPoint) -> list[int]:
+    """Search steps that dominate a uniform point: no more paper cost, no more BitOPs, no less top-1."""
+    return [r["step"] for r in rows if r["cost"] <= point.cost * (1 + 1e-9) and r["bitops"] <= point.bitops
+            * (1 + 1e-9) and not is_nan(r["test_top1"]) and r["test_top1"] >= point.test_top1]
+
+
 def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], path: Path, title: str = "") -> Path:
     """``frontier.png``: test top-1 against paper cost (left) and GBitOPs (right), steps labelled."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

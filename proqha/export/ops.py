@@ -179,10 +179,26 @@ def pool_function(w, node: fx.Node) -> str:
 
 
 def global_pool(w, node: fx.Node) -> str:
+    """Adaptive average pooling at the traced input size: 1x1 as GlobalAveragePool; an output that divides
+    the input as AveragePool (kernel = stride = input / output); one the input divides (a 1x1 map to
+    6x6, alexnet and vgg at small inputs) as nearest-neighbour Resize, each cell repeated."""
     size = w.modules[node.target].output_size if node.op == "call_module" else arg(node, 1, "output_size")
-    if pair(size) != [1, 1]:
-        raise ProqhaError(f"{node.name}: adaptive average pooling to {size} cannot be exported (only 1x1)")
-    return w.b.node("GlobalAveragePool", [_x(w, node)], w.base(node))
+    in_hw = list(w.shape(node.args[0])[-2:])
+    out_hw = [i if o is None else o for i, o in zip(in_hw, pair(size))]
+    x, name = _x(w, node), w.base(node)
+    if out_hw == [1, 1]:
+        return w.b.node("GlobalAveragePool", [x], name)
+    if out_hw == in_hw:
+        return x
+    if all(i % o == 0 for i, o in zip(in_hw, out_hw)):
+        kernel = [i // o for i, o in zip(in_hw, out_hw)]
+        return w.b.node("AveragePool", [x], name, kernel_shape=kernel, strides=kernel)
+    if all(o % i == 0 for i, o in zip(in_hw, out_hw)):
+        scales = w.b.const(f"{name}.scales", np.array([1, 1] + [o / i for i, o in zip(in_hw, out_hw)], np.float32))
+        return w.b.node("Resize", [x, "", scales], name, mode="nearest",
+                        coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    raise ProqhaError(f"{node.name}: adaptive average pooling from {in_hw} to {out_hw} cannot be exported "
+                      "(neither size divides the other)")
 
 
 def mean(w, node: fx.Node) -> str:

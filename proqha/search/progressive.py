@@ -28,14 +28,16 @@ from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json, atomic_write_text
 from proqha.quant import BitConfig
 from proqha.runs import run_lock
+from proqha.search.allocate import allocate
 from proqha.search.data import DatasetData, SearchData
 from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, model_knobs, sample_candidates
-from proqha.search.scores import Snapshot, accuracy_score, hessian_score
+from proqha.search.scores import Snapshot, accuracy_score, hessian_score, loss_score
 from proqha.search.select import objective
 from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train_one_epoch
 
-CRITERIA = ("hessian", "acc", "random")
-STRATEGIES = ("table", "sets")
+CRITERIA = ("hessian", "loss", "acc", "random")
+LOSS_FLOOR = 1e-6  # a candidate's loss increase is at least this (calibration noise can make it negative)
+STRATEGIES = ("table", "sets", "allocate")
 INTERVALS = (1, 2, 4)
 COST_METRICS = ("size", "bitops")
 START_BITS = 8  # a float (32-bit) knob enters the search here
@@ -102,6 +104,9 @@ class SearchConfig:
         if self.fixed_bits is not None and self.knobs == "both":
             raise ProqhaError("--fixed-bits sets the knobs that are not searched: use it with --knobs weights "
                               "or --knobs activations")
+        if self.strategy == "allocate" and (self.target_size_mb is not None or not given):
+            raise ProqhaError("--strategy allocate spends a budget: give --target-cost and/or --target-bitops "
+                              "(not --target-size-mb)")
         if self.knobs == "activations" and ({"--target-cost", "--target-size-mb"} & set(given)):
             raise ProqhaError("--knobs activations cannot reach a paper cost or size target: activations do not "
                               "count in the paper cost")
@@ -289,7 +294,8 @@ class ProgressiveSearch:
         snap = Snapshot(self.model)
         x, y = self.data.scoring_batch(_step_seed(cfg.seed, step, 1))
         x, y = x.to(self.device), y.to(self.device)
-        calib = self.data.calib_batches() if cfg.criterion == "acc" else None
+        calib = self.data.calib_batches() if cfg.criterion in ("acc", "loss") else None
+        base = loss_score(self.model, calib, self.device, self.loss_fn) if cfg.criterion == "loss" else 0.0
         mine: dict[int, float] = {}
         rank, world = distributed.rank(), distributed.world_size()
         for i in range(rank, len(candidates), world):  # under torchrun each rank scores its share
@@ -297,6 +303,9 @@ class ProgressiveSearch:
             BitConfig(candidates[i]).apply(self.model)
             if cfg.criterion == "hessian":
                 mine[i] = hessian_score(self.model, x, y, snap.tensors, lr=cfg.lr, loss_fn=self.loss_fn)
+            elif cfg.criterion == "loss":  # the calibration loss it adds
+                loss = loss_score(self.model, calib, self.device, self.loss_fn)
+                mine[i] = max(loss - base, LOSS_FLOOR) if math.isfinite(loss) else math.inf
             else:
                 mine[i] = accuracy_score(self.model, calib, self.device)
             if on_candidate is not None:
@@ -381,6 +390,8 @@ class ProgressiveSearch:
         then the ``ratio`` best knobs by the same objective lowered together. With ``fit_budget`` both
         stop lowering as soon as the targets are met."""
         cfg, now = self.cfg, self.cost_of(current)
+        if cfg.strategy == "allocate":
+            return self.allocate_step(step, current, on_candidate)
         fit = cfg.fit_budget and bool(target_values(cfg, now))
         enough = (lambda c: target_met(cfg, self.cost_of(c))) if fit else None
         pool = self.useful_knobs(current)
@@ -413,6 +424,53 @@ class ProgressiveSearch:
             if enough is not None and enough(bits):
                 break
         return bits, sum(taken) / len(taken) if taken else math.nan
+
+    def allocate_step(self, step: int, current: dict[str, dict[str, int]], on_candidate: CandidateCallback | None
+                      ) -> tuple[dict[str, dict[str, int]], float] | None:
+        """``allocate``: measure the calibration loss each knob adds at each lower level (a sensitivity
+        table), then give every knob the bits that meet this step's budget with the least summed loss
+        (``proqha.search.allocate``). The budget moves from the current cost to the targets in
+        ``ceil(1 / ratio)`` steps (ratio 1: at once)."""
+        cfg, now = self.cfg, self.cost_of(current)
+        remaining = max(1, math.ceil(1 / cfg.ratio) - step + 1)
+        limits = {name: value + (limit - value) / remaining if not _within(value, limit) else value
+                  for name, (value, limit) in target_values(cfg, now).items()}
+        damage = self.sensitivity_table(step, current, on_candidate)
+        if not damage:
+            return None
+
+        def feasible(bits: dict[str, dict[str, int]]) -> bool:
+            values = target_values(cfg, self.cost_of(bits))
+            return all(_within(values[name][0], limit) for name, limit in limits.items())
+
+        bits = allocate(current, damage, now, feasible)
+        if bits is None:  # nothing meets the budget: every knob at its floor
+            bits = {name: dict(kb) for name, kb in current.items()}
+            for knob in damage:
+                bits[knob.layer][knob.kind] = min(damage[knob])
+        return bits, sum(damage[k].get(bits[k.layer][k.kind], math.nan) for k in damage)
+
+    def sensitivity_table(self, step: int, current: dict[str, dict[str, int]],
+                          on_candidate: CandidateCallback | None) -> dict[Knob, dict[int, float]]:
+        """Per searched knob, the calibration loss the model adds with only that knob at each level from
+        ``min_bits`` to its current bits (0 at the current level)."""
+        cfg = self.cfg
+        calib = self.data.calib_batches()
+        snap = Snapshot(self.model)
+        base = loss_score(self.model, calib, self.device, self.loss_fn)
+        jobs = [(knob, level) for knob in self.knobs
+                for level in range(cfg.min_bits, current[knob.layer][knob.kind])]
+        table: dict[Knob, dict[int, float]] = {k: {current[k.layer][k.kind]: 0.0} for k in self.knobs
+                                               if current[k.layer][k.kind] > cfg.min_bits}
+        for i, (knob, level) in enumerate(jobs):
+            BitConfig({name: dict(kb) for name, kb in current.items()} | {
+                knob.layer: current[knob.layer] | {knob.kind: level}}).apply(self.model)
+            loss = loss_score(self.model, calib, self.device, self.loss_fn)
+            table[knob][level] = max(loss - base, 0.0) if math.isfinite(loss) else math.inf
+            if on_candidate is not None:
+                on_candidate(step, i, len(jobs))
+        snap.restore(self.model)
+        return table
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, start_step: int, on_candidate: CandidateCallback | None = None,

@@ -1,0 +1,85 @@
+"""Budget allocation from a sensitivity table: which bits each knob gets so that every target is met with
+the least total damage (the knapsack of HAWQ-V3, solved by Lagrangian relaxation plus a greedy fill).
+
+The table holds, per knob and bit level, the calibration loss the model adds when only that knob is at
+that level; damages are taken as additive across knobs. For multipliers (mu_cost, mu_bitops) each layer
+independently picks the (weight, activation) pair minimising damage + mu_cost * cost + mu_bitops * BitOPs;
+a grid over the multipliers yields allocations, the feasible one with the least damage wins, and the
+slack it leaves is spent by raising, one level at a time, the knob that removes the most damage while
+every target stays met.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Mapping
+
+import numpy as np
+
+from proqha.cost import CostReport
+from proqha.search.knobs import Bits, Knob
+
+Damage = dict[Knob, dict[int, float]]  # per knob: bit level -> loss added (0 at its current level)
+MULTIPLIERS = np.concatenate([[0.0], np.logspace(-3, 4, 36)])  # relative to damage per unit of budget
+
+
+def allocate(current: Mapping[str, Mapping[str, int]], damage: Damage, report: CostReport,
+             feasible: Callable[[Bits], bool]) -> Bits | None:
+    """The bits that minimise the summed damage with ``feasible`` (every target met), each knob at one of
+    its table levels (knobs outside the table keep their bits); None when no allocation is feasible."""
+    layers = {layer: (report_layer.params, report_layer.macs)
+              for report_layer in report.layers for layer in [report_layer.name] if layer in current}
+    names = sorted({k.layer for k in damage})
+    options = {name: _options(name, current, damage) for name in names}
+    total_params = sum(layers[n][0] for n in names) or 1
+    total_macs = sum(layers[n][1] for n in names) or 1
+    scale = max((v for d in damage.values() for v in d.values() if math.isfinite(v)), default=1.0) or 1.0
+    best: tuple[float, Bits] | None = None
+    for mu_cost, mu_ops in itertools.product(MULTIPLIERS, MULTIPLIERS):
+        bits = {n: dict(kb) for n, kb in current.items()}
+        for name in names:
+            params, macs = layers[name]
+            w_share, ops_share = params / total_params, macs / total_macs
+            bits[name]["w"], bits[name]["a"] = min(
+                options[name], key=lambda o: o[2] + scale * (mu_cost * w_share * o[0] / 8
+                                                             + mu_ops * ops_share * o[0] * o[1] / 64))[:2]
+        if not feasible(bits):
+            continue
+        total = _total(bits, damage)
+        if best is None or total < best[0]:
+            best = (total, bits)
+    if best is None:
+        return None
+    return _fill(best[1], damage, feasible)
+
+
+def _options(name: str, current: Mapping[str, Mapping[str, int]], damage: Damage) -> list[tuple[int, int, float]]:
+    """(weight bits, activation bits, damage) pairs a layer may take."""
+    w_levels = damage.get(Knob(name, "w"), {current[name]["w"]: 0.0})
+    a_levels = damage.get(Knob(name, "a"), {current[name]["a"]: 0.0})
+    return [(w, a, dw + da) for (w, dw), (a, da) in itertools.product(w_levels.items(), a_levels.items())]
+
+
+def _total(bits: Mapping[str, Mapping[str, int]], damage: Damage) -> float:
+    return sum(levels.get(bits[k.layer][k.kind], math.inf) for k, levels in damage.items())
+
+
+def _fill(bits: Bits, damage: Damage, feasible: Callable[[Bits], bool]) -> Bits:
+    """Raise knobs one table level at a time, most damage removed first, while every target stays met."""
+    while True:
+        moves = []
+        for knob, levels in damage.items():
+            now = bits[knob.layer][knob.kind]
+            higher = sorted(b for b in levels if b > now)
+            if higher:
+                moves.append((levels[now] - levels[higher[0]], knob, higher[0]))
+        moves.sort(key=lambda m: -m[0])
+        for gain, knob, level in moves:
+            trial = {n: dict(kb) for n, kb in bits.items()}
+            trial[knob.layer][knob.kind] = level
+            if feasible(trial):
+                bits = trial
+                break
+        else:
+            return bits
