@@ -4,9 +4,10 @@ the least total damage (the knapsack of HAWQ-V3, solved by Lagrangian relaxation
 The table holds, per knob and bit level, the calibration loss the model adds when only that knob is at
 that level; damages are taken as additive across knobs. For multipliers (mu_cost, mu_bitops) each layer
 independently picks the (weight, activation) pair minimising damage + mu_cost * cost + mu_bitops * BitOPs;
-a grid over the multipliers yields allocations, the feasible one with the least damage wins, and the
-slack it leaves is spent by raising, one level at a time, the knob that removes the most damage while
-every target stays met.
+a grid over the multipliers yields allocations, and the feasible one with the least damage (or the best
+feasible uniform allocation, if better) is improved locally: the slack is spent by raising, one level at a
+time, the knob that removes the most damage while every target stays met, and pairs of knobs trade a
+level (one up, one down) while that removes damage.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def allocate(current: Mapping[str, Mapping[str, int]], damage: Damage, report: C
     total_macs = sum(layers[n][1] for n in names) or 1
     scale = max((v for d in damage.values() for v in d.values() if math.isfinite(v)), default=1.0) or 1.0
     best: tuple[float, Bits] | None = None
+    starts = [_uniform(current, damage, level) for level in sorted({b for d in damage.values() for b in d})]
     for mu_cost, mu_ops in itertools.product(MULTIPLIERS, MULTIPLIERS):
         bits = {n: dict(kb) for n, kb in current.items()}
         for name in names:
@@ -49,9 +51,43 @@ def allocate(current: Mapping[str, Mapping[str, int]], damage: Damage, report: C
         total = _total(bits, damage)
         if best is None or total < best[0]:
             best = (total, bits)
-    if best is None:
+    found = [b for b in ([best[1]] if best else []) + [u for u in starts if feasible(u)]]
+    if not found:
         return None
-    return _fill(best[1], damage, feasible)
+    improved = [_improve(bits, damage, feasible) for bits in found[:2]]
+    return min(improved, key=lambda bits: _total(bits, damage))
+
+
+def _uniform(current: Mapping[str, Mapping[str, int]], damage: Damage, level: int) -> Bits:
+    """Every knob of the table at ``level`` (or its nearest level below, else its lowest)."""
+    bits = {n: dict(kb) for n, kb in current.items()}
+    for knob, levels in damage.items():
+        below = [b for b in levels if b <= level]
+        bits[knob.layer][knob.kind] = max(below) if below else min(levels)
+    return bits
+
+
+def _improve(bits: Bits, damage: Damage, feasible: Callable[[Bits], bool]) -> Bits:
+    """Spend the slack (``_fill``), then trade one level between two knobs while that removes damage."""
+    while True:
+        bits = _fill(bits, damage, feasible)
+        total = _total(bits, damage)
+        best: tuple[float, Bits] | None = None
+        for up, down in itertools.permutations(damage, 2):
+            levels_up, levels_down = damage[up], damage[down]
+            now_up, now_down = bits[up.layer][up.kind], bits[down.layer][down.kind]
+            higher = [b for b in levels_up if b > now_up]
+            lower = [b for b in levels_down if b < now_down]
+            if not higher or not lower:
+                continue
+            trial = {n: dict(kb) for n, kb in bits.items()}
+            trial[up.layer][up.kind], trial[down.layer][down.kind] = min(higher), max(lower)
+            gain = total - _total(trial, damage)
+            if gain > 1e-12 and (best is None or gain > best[0]) and feasible(trial):
+                best = (gain, trial)
+        if best is None:
+            return bits
+        bits = best[1]
 
 
 def _options(name: str, current: Mapping[str, Mapping[str, int]], damage: Damage) -> list[tuple[int, int, float]]:
