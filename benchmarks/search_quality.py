@@ -64,7 +64,7 @@ def search_arm(arm: str, base: Path, run: Path, target: tuple[float, float], arg
     options = {"reference": {"lam": 0.0, "fit_budget": False, "final_epochs": 0},
                "random": {"criterion": "random", "final_epochs": args.final_epochs},
                "default": {"final_epochs": args.final_epochs, "strategy": args.strategy,
-                           "criterion": args.criterion}}[arm]
+                           "criterion": args.criterion, "ratio": args.ratio, "table_data": args.table_data}}[arm]
     cfg = SearchConfig(**({"source": str(base), "steps": args.steps, "finetune_epochs": args.finetune_epochs,
                            "lam": args.lam, "target_cost": target[0], "target_bitops": target[1], "seed": seed}
                           | options)).resolved()
@@ -138,6 +138,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--strategy", default=SearchConfig().strategy, help="the default arm's --strategy (to try another)")
     ap.add_argument("--criterion", default=SearchConfig().criterion, help="the default arm's --criterion")
+    ap.add_argument("--ratio", type=float, default=SearchConfig().ratio, help="the default arm's --ratio")
+    ap.add_argument("--table-data", default=SearchConfig().table_data, help="the default arm's --table-data")
     ap.add_argument("--lam", type=float, default=SearchConfig().lam)
     ap.add_argument("--out", type=Path, default=Path("search_quality"))
     args = ap.parse_args()

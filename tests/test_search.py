@@ -340,6 +340,8 @@ def _wrong_arch_checkpoint(trained, tmp_path):
     (["--ratio", "1.5"], "--ratio must be in (0, 1]"),
     (["--interval", "3"], "--interval must be 1, 2 or 4"),
     (["--criterion", "magic"], "--criterion must be one of"),
+    (["--strategy", "allocate"], "--strategy allocate spends a budget"),
+    (["--knobs", "activations", "--target-cost", "0.1"], "activations do not count in the paper cost"),
     (["--from", "WRONG"], "does not fit resnet20_post"),
     (["--from", "missing-run"], "no such checkpoint or run directory"),
 ])

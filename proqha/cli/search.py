@@ -43,6 +43,8 @@ def search(
     target_cost: Annotated[Optional[float], typer.Option(help="Stop once the paper cost is at or below this.")] = None,
     target_bitops: Annotated[Optional[float], typer.Option(help="Stop once BitOPs are at or below this (<= 1: ratio to 32x32 bits).")] = None,
     target_size_mb: Annotated[Optional[float], typer.Option(help="Stop once the model is at or below this many MB.")] = None,
+    strategy: Annotated[str, typer.Option(help="table (every knob scored alone, the best lowered), sets (the reference's random sets), or allocate (a knapsack on a loss table; needs a target).")] = _DEFAULT.strategy,
+    table_data: Annotated[str, typer.Option(help="Data of --strategy allocate's loss table: calib or train.")] = _DEFAULT.table_data,
     knobs: Annotated[str, typer.Option(help="What is searched: both, weights or activations.")] = _DEFAULT.knobs,
     fixed_bits: Annotated[Optional[int], typer.Option(help="Bits of the kind not searched (with --knobs weights|activations); default: as trained.")] = None,
     fit_budget: Annotated[bool, typer.Option(help="Near a target, lower only as many knobs as it needs (--no-fit-budget: every candidate lowers --ratio of the knobs, as the reference).")] = _DEFAULT.fit_budget,
@@ -69,7 +71,8 @@ def search(
                            min_bits=min_bits, criterion=criterion, lam=lam, steps=steps if steps is not None else 8,
                            finetune_epochs=finetune_epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, cost_metric=cost_metric,
                            target_cost=target_cost, target_bitops=target_bitops, target_size_mb=target_size_mb,
-                           knobs=knobs, fixed_bits=fixed_bits, fit_budget=fit_budget, final_epochs=final_epochs,
+                           strategy=strategy, table_data=table_data, knobs=knobs, fixed_bits=fixed_bits,
+                           fit_budget=fit_budget, final_epochs=final_epochs,
                            seed=seed, device=device, workers=workers).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("search", run_dir))
 

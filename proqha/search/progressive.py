@@ -68,6 +68,7 @@ class SearchConfig:
     target_bitops: float | None = None
     target_size_mb: float | None = None
     strategy: str = "table"
+    table_data: str = "calib"
     knobs: str = "both"
     fixed_bits: int | None = None
     fit_budget: bool = True
@@ -91,6 +92,7 @@ class SearchConfig:
             ("--batch-size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
             ("--criterion", self.criterion, self.criterion in CRITERIA, f"must be one of {', '.join(CRITERIA)}"),
             ("--strategy", self.strategy, self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
+            ("--table-data", self.table_data, self.table_data in ("calib", "train"), "must be calib or train"),
             ("--knobs", self.knobs, self.knobs in KNOB_KINDS, f"must be one of {', '.join(KNOB_KINDS)}"),
             ("--fixed-bits", self.fixed_bits, self.fixed_bits is None or 2 <= self.fixed_bits <= 8, "must be in 2..8"),
             ("--final-epochs", self.final_epochs, self.final_epochs >= 0, "must be >= 0"),
@@ -452,10 +454,12 @@ class ProgressiveSearch:
 
     def sensitivity_table(self, step: int, current: dict[str, dict[str, int]],
                           on_candidate: CandidateCallback | None) -> dict[Knob, dict[int, float]]:
-        """Per searched knob, the calibration loss the model adds with only that knob at each level from
-        ``min_bits`` to its current bits (0 at the current level)."""
+        """Per searched knob, the loss the model adds with only that knob at each level from ``min_bits``
+        to its current bits (0 at the current level), on the calibration split (``--table-data calib``) or
+        the training split (``train``: more images, less noise)."""
         cfg = self.cfg
-        calib = self.data.calib_batches()
+        calib = self.data.calib_batches() if cfg.table_data == "calib" else list(
+            self.data.train_batches(_step_seed(cfg.seed, step, 3)))
         snap = Snapshot(self.model)
         base = loss_score(self.model, calib, self.device, self.loss_fn)
         jobs = [(knob, level) for knob in self.knobs
