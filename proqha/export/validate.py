@@ -75,9 +75,10 @@ class KernelCounts:
     float_layer_names: list[str] = field(default_factory=list)
 
 
-def ort_session(model_bytes: bytes, optimized_path: str | None = None, threads: int | None = None,
+def ort_session(model_bytes: bytes | str, optimized_path: str | None = None, threads: int | None = None,
                 spin: bool = True, providers: list[str] | None = None):
-    """An onnxruntime CPU session with all graph optimizations (optionally saving the optimized graph).
+    """An onnxruntime CPU session with all graph optimizations (optionally saving the optimized graph), of
+    a serialized graph or a file path.
     ``spin=False`` stops idle worker threads from spinning, for sessions timed side by side."""
     import onnxruntime as ort
 
