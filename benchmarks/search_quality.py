@@ -7,9 +7,11 @@ Per seed, one 8-bit QAT checkpoint is the start of every arm. Per target b (bits
 uniform WbAb on the same model: paper cost and BitOPs both at most uniform's (edge layers as trained);
 at a fractional b the budget interpolates (paper cost linearly, BitOPs at b x b) and the accuracy to beat
 is the straight line between the two neighbouring uniform points. Arms:
-- default:   `proqha search` with both targets and its default options (fitted budget, final epochs);
-- reference: the reference's search (`--lam 0 --no-fit-budget --final-epochs 0`) with the same targets;
-- random:    the default search with `--criterion random` (a control with the same budget);
+- default:   `proqha search` with both targets and its default options (with a budget, `--strategy auto`
+  is the knapsack allocation; `--final-epochs 8`);
+- reference: the reference's search (`--strategy sets --lam 0 --no-fit-budget --final-epochs 0`), stopped
+  at the same targets;
+- random:    `--strategy table --criterion random` (a control: random knobs, the same budget and epochs);
 - uniform:   QAT at floor(b) and ceil(b) bits (Adam, the search's fine-tuning recipe) for as many epochs
   as the default search fine-tuned in total, per seed.
 Prints, per target: mean +- sd top-1, the paired per-seed difference of each arm to uniform, paper cost
@@ -61,8 +63,8 @@ def final_row(run: Path) -> dict[str, float]:
 
 def search_arm(arm: str, base: Path, run: Path, target: tuple[float, float], args: argparse.Namespace,
                seed: int) -> dict[str, float]:
-    options = {"reference": {"lam": 0.0, "fit_budget": False, "final_epochs": 0},
-               "random": {"criterion": "random", "final_epochs": args.final_epochs},
+    options = {"reference": {"lam": 0.0, "fit_budget": False, "final_epochs": 0, "strategy": "sets"},
+               "random": {"criterion": "random", "strategy": "table", "final_epochs": args.final_epochs},
                "default": {"final_epochs": args.final_epochs, "strategy": args.strategy,
                            "criterion": args.criterion, "ratio": args.ratio, "table_data": args.table_data}}[arm]
     cfg = SearchConfig(**({"source": str(base), "steps": args.steps, "finetune_epochs": args.finetune_epochs,

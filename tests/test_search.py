@@ -299,7 +299,8 @@ def test_same_seed_same_search(trained, tmp_path, strategy):
     ({"fixed_bits": 4}, "--fixed-bits sets the knobs that are not searched"),
     ({"knobs": "weights", "fixed_bits": 9}, "--fixed-bits must be in 2..8"),
     ({"knobs": "activations", "target_cost": 0.1}, "activations do not count in the paper cost"),
-    ({"strategy": "greedy"}, "--strategy must be one of table, sets"),
+    ({"strategy": "greedy"}, "--strategy must be one of auto, table, sets, allocate"),
+    ({"strategy": "allocate", "target_cost": 0.1, "criterion": "random"}, "the random control is --strategy table"),
     ({"target_bitops": 0.1, "cost_metric": "size"}, "conflicts with --target-bitops"),
 ])
 def test_bad_config(kw, message):
@@ -364,3 +365,12 @@ def test_cli_search_without_a_train_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["search"])
     assert result.exit_code == 2 and "run `proqha train`" in result.stderr
+
+
+def test_auto_strategy_allocates_a_budget_and_otherwise_walks_the_table():
+    resolved = lambda **kw: SearchConfig(source="x", **kw).resolved().strategy  # noqa: E731
+    assert resolved(target_cost=0.1) == "allocate"
+    assert resolved(target_bitops=0.01) == "allocate"
+    assert resolved() == "table"
+    assert resolved(target_size_mb=0.1) == "table"  # the knapsack spends cost and BitOPs budgets only
+    assert resolved(target_cost=0.1, criterion="random") == "table"  # the random control

@@ -37,7 +37,7 @@ from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train
 
 CRITERIA = ("hessian", "loss", "acc", "random")
 LOSS_FLOOR = 1e-6  # a candidate's loss increase is at least this (calibration noise can make it negative)
-STRATEGIES = ("table", "sets", "allocate")
+STRATEGIES = ("auto", "table", "sets", "allocate")
 INTERVALS = (1, 2, 4)
 COST_METRICS = ("size", "bitops")
 START_BITS = 8  # a float (32-bit) knob enters the search here
@@ -67,12 +67,12 @@ class SearchConfig:
     target_cost: float | None = None
     target_bitops: float | None = None
     target_size_mb: float | None = None
-    strategy: str = "table"
+    strategy: str = "auto"
     table_data: str = "calib"
     knobs: str = "both"
     fixed_bits: int | None = None
     fit_budget: bool = True
-    final_epochs: int = 0
+    final_epochs: int = 8
     seed: int = 0
     device: str = "auto"
     workers: int = 0
@@ -109,6 +109,9 @@ class SearchConfig:
         if self.strategy == "allocate" and (self.target_size_mb is not None or not given):
             raise ProqhaError("--strategy allocate spends a budget: give --target-cost and/or --target-bitops "
                               "(not --target-size-mb)")
+        if self.strategy == "allocate" and self.criterion == "random":
+            raise ProqhaError("--strategy allocate measures each knob's loss; the random control is "
+                              "--strategy table --criterion random")
         if self.knobs == "activations" and ({"--target-cost", "--target-size-mb"} & set(given)):
             raise ProqhaError("--knobs activations cannot reach a paper cost or size target: activations do not "
                               "count in the paper cost")
@@ -122,7 +125,11 @@ class SearchConfig:
         if follows and self.cost_metric and len(given) == 1 and self.cost_metric != follows:
             raise ProqhaError(f"--cost-metric {self.cost_metric} conflicts with {next(iter(given))} "
                               f"(which trades against {follows})")
-        return SearchConfig(**(asdict(self) | {"cost_metric": metric}))
+        strategy = self.strategy
+        if strategy == "auto":  # a budget to spend: the knapsack; else (or a random control) the table
+            budget = (self.target_cost is not None or self.target_bitops is not None) and self.target_size_mb is None
+            strategy = "allocate" if budget and self.criterion != "random" else "table"
+        return SearchConfig(**(asdict(self) | {"cost_metric": metric, "strategy": strategy}))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
