@@ -209,9 +209,9 @@ def report(results: dict, args: argparse.Namespace) -> bool:
                 beat = mean_diff > 0 if float(target) % 1 else mean_diff >= 0
                 ok &= beat and within and wins >= max(1, len(rows) - 1)
         for bits, rows in per["uniform"].items():
+            means = [statistics.mean(r[key] for r in rows) for key in ("cost", "bitops_ratio", "epochs", "wall_s")]
             print(f"uniform {bits:<2} {mean_sd([r['top1'] for r in rows]):>17} {'':>20} {'':>5} "
-                  f"{statistics.mean(r['cost'] for r in rows):7.4f} {statistics.mean(r['bitops_ratio'] for r in rows):8.5f} "
-                  f"{statistics.mean(r['epochs'] for r in rows):6.1f} {statistics.mean(r['wall_s'] for r in rows):7.1f}")
+                  f"{means[0]:7.4f} {means[1]:8.5f} {means[2]:6.1f} {means[3]:7.1f}")
         print("per seed top-1: " + "; ".join(
             f"{arm} " + " ".join(f"{r['top1']:.2f}" for r in per[arm]) for arm in ARMS)
             + "; uniform line " + " ".join(f"{v:.2f}" for v in line))

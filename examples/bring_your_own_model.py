@@ -80,7 +80,7 @@ def main() -> None:
 
     # 3. progressive search: lower per-layer bits two steps, fine-tuning one epoch after each
     result = proqha.search_bits(qmodel, train_loader, calib_loader, test_loader, steps=2, candidates=6,
-                                finetune_epochs=1, lam=0.5)
+                                finetune_epochs=1, final_epochs=1, lam=0.5)
     for step in result.steps:
         print(f"step {step['step']}  paper cost {step['cost']:.4f}  BitOPs ratio {step['bitops_ratio']:.4f}"
               f"  test top-1 {step['test_top1']:.1f}%")

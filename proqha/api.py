@@ -187,8 +187,10 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
         raise ProqhaError(f"search_bits: unknown option {unknown[0]!r}; choose among {', '.join(sorted(names))}")
     cfg = SearchConfig(source="(python api)", steps=steps, candidates=candidates, lam=lam, target_cost=target_cost,
                        **options).resolved()
-    if cfg.criterion in ("acc", "loss") and calib_loader is None:
-        raise ProqhaError("search_bits: criterion 'acc' scores candidates on calibration data; pass calib_loader")
+    if calib_loader is None and (cfg.criterion in ("acc", "loss") or
+                                 (cfg.strategy == "allocate" and cfg.table_data == "calib")):
+        what = "the budget allocation" if cfg.strategy == "allocate" else f"criterion {cfg.criterion!r}"
+        raise ProqhaError(f"search_bits: {what} measures losses on calibration data; pass calib_loader")
     folder = Path(run_dir) if run_dir is not None else None
     if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ProqhaError(f"search_bits: run_dir {folder} already exists and is not empty")

@@ -29,6 +29,7 @@ def search_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("runs")
     fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
-    run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1).resolved(),
+    run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1,
+                            final_epochs=0).resolved(),
                root / "search-1")
     return root / "search-1"

@@ -58,7 +58,7 @@ def test_allocation_is_feasible_spends_its_slack_and_is_nearly_always_optimal():
 
 def test_allocate_search_meets_both_budgets_in_the_steps_ratio_gives(search_run, tmp_path):
     source = search_run.parent / "train-1"
-    cfg = SearchConfig(source=str(source), strategy="allocate", ratio=0.5, steps=8, finetune_epochs=0,
+    cfg = SearchConfig(source=str(source), strategy="allocate", ratio=0.5, steps=8, finetune_epochs=0, final_epochs=0,
                        target_cost=0.09375, target_bitops=0.0095, batch_size=128).resolved()
     result = run_search(cfg, tmp_path / "s")
     assert result["stopped"] == "target" and result["steps"] == 2

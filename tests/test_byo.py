@@ -119,7 +119,7 @@ def test_cli_runs_every_stage_on_an_import_path_model_and_dataset(user_module, t
     assert config["recipe"]["input_size"] == [1, 8, 8] and config["recipe"]["num_classes"] == 4
     _ok(["train", "--resume", "--epochs", "2"])  # rebuilt from the recorded import paths
     assert [r["epoch"] for r in read_jsonl(train / "metrics.jsonl")] == [1, 2]
-    _ok(["search", "--steps", "2", "--candidates", "2", "--finetune-epochs", "1"])
+    _ok(["search", "--steps", "2", "--candidates", "2", "--finetune-epochs", "1", "--final-epochs", "0"])
     search = tmp_path / "runs" / "search-1"
     with open(search / "frontier.csv") as f:
         bitops = [float(r["bitops"]) for r in csv.DictReader(f)]
@@ -195,7 +195,7 @@ def test_python_api_on_a_user_model(user_module, tmp_path, monkeypatch):
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["test_top1"] >= 80.0 and len(calls) >= 20
     start = copy.deepcopy(qmodel)
 
-    result = proqha.search_bits(qmodel, train, calib, test, steps=2, candidates=2, finetune_epochs=1,
+    result = proqha.search_bits(qmodel, train, calib, test, steps=2, candidates=2, finetune_epochs=1, final_epochs=0,
                                 run_dir=tmp_path / "search")
     bitops = [s["bitops"] for s in result.steps]
     assert [s["step"] for s in result.steps] == [0, 1, 2] and bitops[2] < bitops[1] < bitops[0]
@@ -204,7 +204,8 @@ def test_python_api_on_a_user_model(user_module, tmp_path, monkeypatch):
     assert last == BitConfig.from_model(qmodel).to_dict()
     assert any(b["w"] < 8 or b["a"] < 8 for b in last.values())
     assert (tmp_path / "search" / "frontier.csv").is_file() and (tmp_path / "search" / "checkpoints" / "step-002.pt").is_file()
-    again = proqha.search_bits(start, train, calib, test, steps=2, candidates=2, finetune_epochs=1)
+    again = proqha.search_bits(start, train, calib, test, steps=2, candidates=2, finetune_epochs=1,
+                               final_epochs=0)
     assert [s["bits"] for s in again.steps] == [s["bits"] for s in result.steps]  # same seed, same search
 
     out = tmp_path / "out" / "model.onnx"
@@ -244,6 +245,8 @@ def test_api_export_writes_nothing_when_validation_fails(user_module, tmp_path, 
     (False, lambda m, x: proqha.quantize(m, x, nope=1), "nope"),
     (True, lambda m, x: proqha.search_bits(m, [(x, torch.zeros(len(x), dtype=torch.long))], criterion="acc"),
      "pass calib_loader"),
+    (True, lambda m, x: proqha.search_bits(m, [(x, torch.zeros(len(x), dtype=torch.long))], target_cost=0.1),
+     "the budget allocation measures losses on calibration data; pass calib_loader"),
     (True, lambda m, x: proqha.search_bits(m, [(x, torch.zeros(len(x), dtype=torch.long))], batch_size=3),
      "unknown option 'batch_size'"),
     (True, lambda m, x: proqha.fit(m, [(x, torch.zeros(len(x), dtype=torch.long))], optimizer="rmsprop"),

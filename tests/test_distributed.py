@@ -55,7 +55,7 @@ def test_only_rank_0_writes(trained):
 
 def test_candidate_parallel_search_chooses_the_single_process_bits(trained):
     root, _ = trained
-    args = ["search", "--from", "single", "--steps", "1", "--candidates", "6", "--finetune-epochs", "1",
+    args = ["search", "--from", "single", "--steps", "1", "--candidates", "6", "--finetune-epochs", "1", "--final-epochs", "0",
             "--batch-size", "128"]
     single = _run(SINGLE + args + ["--run-dir", "s1"], root)
     ddp = _run(TORCHRUN + args + ["--run-dir", "s2"], root)

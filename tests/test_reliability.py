@@ -72,7 +72,7 @@ def test_sigkill_train_then_resume_equals_uninterrupted(tmp_path):
 
 def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
     fit(TrainConfig(epochs=2, batch_size=128).resolved(), tmp_path / "train")
-    args = ["search", "--from", "train", "--steps", "5", "--candidates", "8", "--finetune-epochs", "1",
+    args = ["search", "--from", "train", "--steps", "5", "--candidates", "8", "--finetune-epochs", "1", "--final-epochs", "0",
             "--batch-size", "128"]
     ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
@@ -202,7 +202,7 @@ BAD = [
     (["search", "--from", "RUNS/train-1", "--min-bits", "1"], "--min-bits must be in 2..8"),
     (["search", "--from", "RUNS/train-1", "--candidates", "0"], "--candidates must be >= 1"),
     (["search", "--from", "RUNS/train-1", "--target-cost", "0"], "--target-cost must be > 0"),
-    (["search", "--from", "RUNS/train-1", "--target-cost", "0.1", "--target-size-mb", "1"], "one target at a time"),
+    (["search", "--from", "RUNS/train-1", "--strategy", "allocate", "--target-size-mb", "1"], "spends a budget"),
     (["search", "--from", "nowhere"], "no such checkpoint or run directory"),
     (["search", "--resume", "--run-dir", "RUNS/train-1"], "is a train run, not a search run"),
     (["export", "RUNS/search-1", "--step", "42"], "--step 42"),

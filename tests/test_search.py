@@ -35,7 +35,8 @@ def trained(tmp_path_factory):
 
 
 def _search_cfg(trained, **kw) -> SearchConfig:
-    base = {"source": str(trained), "candidates": 4, "steps": 3, "finetune_epochs": 1, "batch_size": 128}
+    base = {"source": str(trained), "candidates": 4, "steps": 3, "finetune_epochs": 1, "final_epochs": 0,
+            "batch_size": 128}
     return SearchConfig(**(base | kw)).resolved()
 
 
@@ -374,3 +375,9 @@ def test_auto_strategy_allocates_a_budget_and_otherwise_walks_the_table():
     assert resolved() == "table"
     assert resolved(target_size_mb=0.1) == "table"  # the knapsack spends cost and BitOPs budgets only
     assert resolved(target_cost=0.1, criterion="random") == "table"  # the random control
+
+
+def test_final_epochs_train_only_the_last_step(trained, tmp_path):
+    run_search(_search_cfg(trained, steps=2, finetune_epochs=0, final_epochs=1), tmp_path / "s")
+    rows = _frontier(tmp_path / "s")
+    assert [r["train_top1"] == "nan" for r in rows] == [True, True, False]  # step 0, step 1, the last step

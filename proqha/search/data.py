@@ -80,7 +80,7 @@ class LoaderData:
 
     def calib_batches(self) -> Iterable[Batch]:
         if self.calib is None:
-            raise ProqhaError("criterion 'acc' scores candidates on calibration data; pass calib_loader")
+            raise ProqhaError("this search measures losses on calibration data; pass calib_loader")
         return self.calib
 
     def test_batches(self) -> Iterable[Batch] | None:
