@@ -26,7 +26,7 @@ from proqha.errors import ProqhaError, first_line
 from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
-from proqha.quant.convert import constant_nodes, quantizer_behind
+from proqha.quant.fx_graph import constant_nodes, quantizer_behind
 from proqha.quant.fold import float_layer, integer_layer
 from proqha.quant.grid import uint8_activation_max
 

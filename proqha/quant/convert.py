@@ -1,17 +1,18 @@
-"""Turn any float CNN into its quantized twin.
+"""Turn any float network into its quantized twin.
 
 ``quantize_model`` traces the model with torch.fx (as torch.ao's FX quantization does) to see what
-a module walk cannot: which tensors are non-negative (after ReLU: PACT, unsigned grid) and where
-residual adds are (they get 8-bit quantizers on their inputs and output so that a deployed graph stays
-in integer kernels). Conv2d/Linear modules are replaced in place, so layer names are module paths.
-Models that fx cannot trace fall back to a module walk (signed activation grids, adds left float).
+a module walk cannot: which tensors are non-negative (after ReLU: PACT, unsigned grid), where residual
+adds and tensor matmuls are (they get 8-bit quantizers on their inputs and output so that a deployed
+graph stays in integer kernels); ``proqha.quant.fx_graph`` reads the graph, ``proqha.quant.attention``
+makes opaque attention modules traceable first. Conv2d/Linear modules are replaced in place, so layer
+names are module paths. Models that fx cannot trace fall back to a module walk (signed activation
+grids, adds left float).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import operator
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
@@ -22,6 +23,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from proqha.quant.attention import SplitAttention, make_traceable, split_packed_projections
+from proqha.quant.fx_graph import (
+    constant_nodes,
+    is_impure,
+    is_matmul,
+    is_relu,
+    is_shape_pass,
+    is_tensor_add,
+    nonnegative,
+    owner_path,
+    quantizer_behind,
+    rewrite_einsums,
+    set_module,
+    trace,
+    unique_name,
+)
 from proqha.quant.layers import FoldedBatchNorm2d, QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
 from proqha.quant.quantizers import WEIGHT_QUANTIZERS, DoReFaWeightQuantizer, PACTQuantizer, Quantizer, check_bits
 
@@ -76,224 +92,23 @@ class QuantConfig:
         return asdict(self)
 
 
-# --- what the graph tells us ---------------------------------------------------------------------
-
-_RELU_MODULES = (nn.ReLU, nn.ReLU6)
-_PASS_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
-                 nn.Dropout, nn.Identity)
-_RELU_FUNCS = {F.relu, torch.relu, F.relu6}
-_PASS_FUNCS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-               F.dropout, torch.reshape}
-_PASS_METHODS = {"view", "reshape", "flatten", "contiguous", "mean"}
-_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
-_MATMUL_FUNCS = {torch.matmul, operator.matmul, torch.bmm}
-_PROBABILITY_FUNCS = {F.softmax, torch.softmax, torch.sigmoid, F.sigmoid}  # outputs in [0, 1]
-_SHAPE_PASS_FUNCS = {torch.reshape, torch.flatten, torch.transpose, torch.permute, torch.swapaxes,
-                     operator.getitem, torch.chunk, torch.split}
-_SHAPE_PASS_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "contiguous", "chunk", "split"}
-_SHAPE_METHODS = {"size", "dim", "numel"}
-
-
-def _is_relu(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _RELU_MODULES)
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCS
-    return node.op == "call_method" and node.target in ("relu", "relu_")
-
-
-def _nonnegative(node: Any, modules: Mapping[str, nn.Module]) -> bool:
-    """True when the tensor a node produces is >= 0 by construction (ReLU, or pooling/reshaping of one)."""
-    if not isinstance(node, fx.Node):
-        return False
-    if _is_relu(node, modules):
-        return True
-    first = node.args[0] if node.args else None
-    if node.op == "call_module":
-        mod = modules[node.target]
-        if isinstance(mod, QuantAdd):
-            return mod.relu
-        if isinstance(mod, Quantizer):
-            return not mod.signed
-        return isinstance(mod, _PASS_MODULES) and _nonnegative(first, modules)
-    if node.op == "call_function":
-        if node.target is torch.cat:
-            return all(_nonnegative(a, modules) for a in first)
-        if node.target in _PROBABILITY_FUNCS:
-            return True
-        return node.target in _PASS_FUNCS | _SHAPE_PASS_FUNCS and _nonnegative(first, modules)
-    if node.op == "call_method":
-        if node.target in ("softmax", "sigmoid"):
-            return True
-        return node.target in _PASS_METHODS | _SHAPE_PASS_METHODS and _nonnegative(first, modules)
-    return False
-
-
-def _is_shape_value(node: Any) -> bool:
-    """True for nodes computing sizes (x.size(0) + 1), which must not be mistaken for tensor adds."""
-    if not isinstance(node, fx.Node):
-        return not isinstance(node, torch.Tensor)
-    if node.op == "call_method" and node.target in _SHAPE_METHODS:
-        return True
-    if node.op == "call_function" and node.target is getattr:
-        return node.args[1] == "shape"
-    if node.op == "call_function" and node.target.__module__ in ("_operator", "operator"):
-        return any(_is_shape_value(a) for a in node.args if isinstance(a, fx.Node))
-    return False
-
-
-def constant_nodes(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes computed from parameters, buffers and literals only (a relative position bias gathered from
-    its table): no input reaches them, so an exporter can write their values."""
-    constant: set[fx.Node] = set()
-    for node in graph.nodes:  # topological order
-        if node.op == "get_attr" or (node.op in ("call_function", "call_method", "call_module")
-                                     and node.all_input_nodes and all(a in constant for a in node.all_input_nodes)):
-            constant.add(node)
-    return constant
-
-
-def _is_tensor_add(node: fx.Node, constant: set[fx.Node]) -> bool:
-    is_add = (node.op == "call_function" and node.target in _ADD_FUNCS) or (
-        node.op == "call_method" and node.target in ("add", "add_"))
-    if not is_add or len(node.args) != 2 or node.kwargs:
-        return False  # adding a parameter (a position embedding, a bias table) is a bias: it stays float
-    return all(isinstance(a, fx.Node) and a not in constant and not _is_shape_value(a) for a in node.args)
-
-
-def is_matmul(node: fx.Node) -> bool:
-    """A product of two tensors (torch.matmul, @, bmm)."""
-    return (node.op == "call_function" and node.target in _MATMUL_FUNCS) or (
-        node.op == "call_method" and node.target in ("matmul", "bmm"))
-
-
-def _is_shape_pass(node: fx.Node) -> bool:
-    """An operator that moves elements without changing them (a per-tensor quantizer commutes with it)."""
-    return (node.op == "call_function" and node.target in _SHAPE_PASS_FUNCS) or (
-        node.op == "call_method" and node.target in _SHAPE_PASS_METHODS)
-
-
-def _owner_path(node: fx.Node) -> str:
-    """Module path of the forward() that contains a node (from fx's nn_module_stack)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    value = list(stack.values())[-1]
-    path = value[0] if isinstance(value, tuple) else str(value)
-    return path.split("@")[0]
-
-
-def _unique_name(root: nn.Module, base: str) -> str:
-    names = dict(root.named_modules())
-    name, i = base, 1
-    while name in names:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
-def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, leaf, module)
-
-
 # --- conversion ----------------------------------------------------------------------------------
-
-@functools.cache
-def _train_dependent_modules() -> tuple[type, ...]:
-    """Modules whose forward branches on ``self.training`` outside torch.nn (fx would bake the mode in)."""
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:
-        return ()
-    return (StochasticDepth,)
-
-
-class _Tracer(fx.Tracer):
-    """fx's tracer, keeping train/eval-dependent modules (stochastic depth) as calls, so that the traced
-    model still drops paths in training and none in eval."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, _train_dependent_modules()) or super().is_leaf_module(m, module_qualified_name)
-
-
-def _trace(model: nn.Module) -> fx.GraphModule:
-    tracer = _Tracer()
-    graph = tracer.trace(model)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
-
-
-def _is_impure(node: fx.Node) -> bool:
-    """Nodes dead-code elimination must keep: fx's impure ones, and in-place calls (``x.add_(y)``)."""
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return node.is_impure() or node.target is operator.setitem or (
-        node.op in ("call_method", "call_function") and name.endswith("_") and not name.startswith("_"))
-
-
-def _einsum_as_matmul(equation: str) -> tuple[list[int], list[int], list[int]] | None:
-    """For a two-operand einsum that is a batched matrix product (shared batch letters first in the
-    output, one row, one contracted and one column letter), the permutations that make it
-    ``permute(a, pa) @ permute(b, pb)`` permuted by ``po``; None for any other equation."""
-    if "." in equation or "->" not in equation:
-        return None
-    lhs, out = equation.replace(" ", "").split("->")
-    operands = lhs.split(",")
-    if len(operands) != 2:
-        return None
-    a, b = operands
-    if any(len(set(t)) != len(t) for t in (a, b, out)):
-        return None
-    batch = [c for c in out if c in a and c in b]
-    rows = [c for c in out if c in a and c not in b]
-    cols = [c for c in out if c in b and c not in a]
-    inner = [c for c in a if c in b and c not in out]
-    if len(rows) != 1 or len(cols) != 1 or len(inner) != 1 or len(a) != len(batch) + 2 or len(b) != len(batch) + 2:
-        return None
-    pa = [a.index(c) for c in batch + rows + inner]
-    pb = [b.index(c) for c in batch + inner + cols]
-    po = [(batch + rows + cols).index(c) for c in out]
-    return pa, pb, po
-
-
-def _rewrite_einsums(gm: fx.GraphModule) -> None:
-    """Replace einsums that are batched matrix products by permutes and a matmul, which the converter
-    quantizes and an exporter writes as QLinearMatMul; other einsums stay (and are refused at export)."""
-    graph = gm.graph
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not torch.einsum or node.kwargs:
-            continue
-        equation, *operands = node.args
-        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-            operands = list(operands[0])
-        perms = _einsum_as_matmul(equation) if len(operands) == 2 else None
-        if perms is None:
-            continue
-        with graph.inserting_before(node):
-            a, b = (graph.call_method("permute", (x, p)) if p != sorted(p) else x for x, p in zip(operands, perms))
-            y = graph.call_function(torch.matmul, (a, b))
-            if perms[2] != sorted(perms[2]):
-                y = graph.call_method("permute", (y, perms[2]))
-        node.replace_all_uses_with(y)
-        graph.erase_node(node)
-    graph.lint()
-    gm.recompile()
-
 
 def _insert_quant_adds(gm: fx.GraphModule, bits: int) -> None:
     graph = gm.graph
     constant = constant_nodes(graph)
     for node in list(graph.nodes):
-        if not _is_tensor_add(node, constant):
+        if not is_tensor_add(node, constant):
             continue
         modules = dict(gm.named_modules())
         users = list(node.users)
-        fuse_relu = len(users) == 1 and _is_relu(users[0], modules)
+        fuse_relu = len(users) == 1 and is_relu(users[0], modules)
         inputs = []
         for arg in node.args:
             already = arg.op == "call_module" and isinstance(modules[arg.target], (QuantAdd, Quantizer))
-            inputs.append(nn.Identity() if already else act_quantizer(bits, signed=not _nonnegative(arg, modules)))
-        owner = _owner_path(node)
-        name = _unique_name(gm, f"{owner}.add" if owner else "add")
+            inputs.append(nn.Identity() if already else act_quantizer(bits, signed=not nonnegative(arg, modules)))
+        owner = owner_path(node)
+        name = unique_name(gm, f"{owner}.add" if owner else "add")
         qadd = QuantAdd(inputs[0], inputs[1], act_quantizer(bits, signed=not fuse_relu), relu=fuse_relu)
         if not gm.add_submodule(name, qadd):
             raise RuntimeError(f"cannot register {name} in the traced model")
@@ -318,7 +133,7 @@ def _block_end(node: fx.Node, modules: Mapping[str, nn.Module]) -> fx.Node:
     while len(node.users) == 1:
         user = next(iter(node.users))
         chained = (user.op == "call_module" and isinstance(modules[user.target], _CHAIN_MODULES)) or \
-            _is_relu(user, modules) or (user.op == "call_function" and user.target is F.max_pool2d)
+            is_relu(user, modules) or (user.op == "call_function" and user.target is F.max_pool2d)
         if not chained:
             break
         node = user
@@ -348,8 +163,8 @@ def _insert_output_quantizers(gm: fx.GraphModule, bits: int) -> None:
         users = list(end.users)
         if len(users) == 1 and _quantizes_input(users[0], end, modules):
             continue
-        name = _unique_name(gm, f"{layer.target}.output_quantizer")
-        quantizer = act_quantizer(bits, signed=not _nonnegative(end, modules))
+        name = unique_name(gm, f"{layer.target}.output_quantizer")
+        quantizer = act_quantizer(bits, signed=not nonnegative(end, modules))
         gm.add_submodule(name, quantizer)
         with graph.inserting_after(end):
             new = graph.call_module(name, (end,))
@@ -366,25 +181,13 @@ def _insert_output_quantizers(gm: fx.GraphModule, bits: int) -> None:
     gm.recompile()
 
 
-def quantizer_behind(node: Any, modules: Mapping[str, nn.Module]) -> Quantizer | None:
-    """The quantizer whose output ``node`` is, possibly reshaped or transposed since (None if none)."""
-    while isinstance(node, fx.Node) and _is_shape_pass(node) and node.args:
-        node = node.args[0]
-    if not isinstance(node, fx.Node) or node.op != "call_module":
-        return None
-    mod = modules[node.target]
-    if isinstance(mod, QuantAdd):
-        mod = mod.output_quantizer
-    return mod if isinstance(mod, Quantizer) else None
-
-
 def _feeds_one_quantizer(node: fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     """Whether ``node``'s only consumer, through reshapes and transposes, quantizes it."""
     while len(node.users) == 1:
         user = next(iter(node.users))
         if _quantizes_input(user, node, modules):
             return True
-        if not _is_shape_pass(user):
+        if not is_shape_pass(user):
             return False
         node = user
     return False
@@ -397,12 +200,12 @@ def _insert_matmul_quantizers(gm: fx.GraphModule, bits: int) -> None:
     graph = gm.graph
     for node in [n for n in graph.nodes if is_matmul(n)]:
         modules = dict(gm.named_modules())
-        owner = _owner_path(node)
+        owner = owner_path(node)
         for i, src in enumerate(node.args[:2]):
             if not isinstance(src, fx.Node) or quantizer_behind(src, modules) is not None:
                 continue
-            name = _unique_name(gm, f"{owner}.matmul_input_quantizer" if owner else "matmul_input_quantizer")
-            gm.add_submodule(name, act_quantizer(bits, signed=not _nonnegative(src, modules)))
+            name = unique_name(gm, f"{owner}.matmul_input_quantizer" if owner else "matmul_input_quantizer")
+            gm.add_submodule(name, act_quantizer(bits, signed=not nonnegative(src, modules)))
             with graph.inserting_before(node):
                 q = graph.call_module(name, (src,))
             args = list(node.args)
@@ -410,7 +213,7 @@ def _insert_matmul_quantizers(gm: fx.GraphModule, bits: int) -> None:
             node.args = tuple(args)
         if _feeds_one_quantizer(node, modules):
             continue
-        name = _unique_name(gm, f"{owner}.matmul_output_quantizer" if owner else "matmul_output_quantizer")
+        name = unique_name(gm, f"{owner}.matmul_output_quantizer" if owner else "matmul_output_quantizer")
         gm.add_submodule(name, act_quantizer(bits, signed=True))
         with graph.inserting_after(node):
             out = graph.call_module(name, (node,))
@@ -452,7 +255,7 @@ def _swap_layers(root: nn.Module, signed: Mapping[str, bool], edges: set[str], c
         a_q, w_q = act_quantizer(bits, is_signed), (WEIGHT_QUANTIZERS["lsq"] if edge else wq_cls)(bits, out_ch)
         q = quant_layer_type(mod).from_float(mod, a_q.to(mod.weight.device), w_q.to(mod.weight.device))
         q.searchable = not edge
-        _set_module(root, name, q)
+        set_module(root, name, q)
 
 
 def _conv_bn_pairs(gm: fx.GraphModule) -> list[tuple[str, str]]:
@@ -472,7 +275,7 @@ def _fold_batchnorms(gm: fx.GraphModule, pairs: list[tuple[str, str]]) -> None:
         bn = gm.get_submodule(bn_path)
         folded = bn if isinstance(bn, FoldedBatchNorm2d) else FoldedBatchNorm2d.from_bn(bn)
         folded.attach(gm.get_submodule(conv_path))
-        _set_module(gm, bn_path, folded)
+        set_module(gm, bn_path, folded)
 
 
 def _absorb_relus(gm: fx.GraphModule) -> None:
@@ -481,7 +284,7 @@ def _absorb_relus(gm: fx.GraphModule) -> None:
     modules = dict(gm.named_modules())
     changed = False
     for node in list(gm.graph.nodes):
-        if not _is_relu(node, modules) or not node.users:
+        if not is_relu(node, modules) or not node.users:
             continue
         users = list(node.users)
         layers = [modules[u.target] for u in users if u.op == "call_module"]
@@ -514,8 +317,8 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None,
     original, model = model, copy.deepcopy(model)
     twins = make_traceable(model, input_size)
     try:
-        root: nn.Module = _trace(model)
-        root.graph.eliminate_dead_code(_is_impure)  # e.g. attention weights nobody reads
+        root: nn.Module = trace(model)
+        root.graph.eliminate_dead_code(is_impure)  # e.g. attention weights nobody reads
         root.recompile()
         scales = {path: twin.query_scale for path, twin in twins.items() if isinstance(twin, SplitAttention)}
         if scales:  # float checkpoints of the original model still load
@@ -528,7 +331,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None,
         names = [n for n, m in modules.items() if isinstance(m, _FLOAT_LAYERS)]
         _swap_layers(model, {n: True for n in names}, _edge_names(names, modules), config)
         return model
-    _rewrite_einsums(root)
+    rewrite_einsums(root)
     if config.quantize_adds:
         _insert_quant_adds(root, config.fixed_bits())
     if config.quantize_outputs:
@@ -536,7 +339,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None,
         _insert_matmul_quantizers(root, config.fixed_bits())
     modules = dict(root.named_modules())
     calls = _layer_calls(root)
-    signed = {name: any(not _nonnegative(c.args[0], modules) for c in nodes) for name, nodes in calls.items()}
+    signed = {name: any(not nonnegative(c.args[0], modules) for c in nodes) for name, nodes in calls.items()}
     pairs = _conv_bn_pairs(root)
     _swap_layers(root, signed, _edge_names(list(calls), modules), config)
     _fold_batchnorms(root, pairs)
