@@ -197,9 +197,10 @@ def test_operators_export_exactly(bits):
     assert logit_spread(model, x[8:], info.output_scale) >= 8
 
 
-@pytest.mark.parametrize("size, pooled", [(2, 6), (6, 3), (4, 4), (3, 1)])
+@pytest.mark.parametrize("size, pooled", [(2, 6), (6, 3), (4, 4), (3, 1), (2, 7), (5, 3)])
 def test_adaptive_average_pooling_exports_exactly(size, pooled):
-    """alexnet/vgg's AdaptiveAvgPool2d((6, 6)/(7, 7)) at any input: replicate, pool, keep or average."""
+    """alexnet/vgg's AdaptiveAvgPool2d((6, 6)/(7, 7)) at any input: replicate, pool, keep, average, or
+    PyTorch's overlapping windows (2 -> 7, 5 -> 3)."""
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()

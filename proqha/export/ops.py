@@ -181,7 +181,9 @@ def pool_function(w, node: fx.Node) -> str:
 def global_pool(w, node: fx.Node) -> str:
     """Adaptive average pooling at the traced input size: 1x1 as GlobalAveragePool; an output that divides
     the input as AveragePool (kernel = stride = input / output); one the input divides (a 1x1 map to
-    6x6, alexnet and vgg at small inputs) as nearest-neighbour Resize, each cell repeated."""
+    6x6, alexnet and vgg at small inputs) as nearest-neighbour Resize, each cell repeated; any other as
+    PyTorch defines it, one axis at a time: output cell i averages input rows floor(i*H/h) to
+    ceil((i+1)*H/h) (Slice and ReduceMean per cell, then Concat)."""
     size = w.modules[node.target].output_size if node.op == "call_module" else arg(node, 1, "output_size")
     in_hw = list(w.shape(node.args[0])[-2:])
     out_hw = [i if o is None else o for i, o in zip(in_hw, pair(size))]
@@ -197,8 +199,19 @@ def global_pool(w, node: fx.Node) -> str:
         scales = w.b.const(f"{name}.scales", np.array([1, 1] + [o / i for i, o in zip(in_hw, out_hw)], np.float32))
         return w.b.node("Resize", [x, "", scales], name, mode="nearest",
                         coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    raise ProqhaError(f"{node.name}: adaptive average pooling from {in_hw} to {out_hw} cannot be exported "
-                      "(neither size divides the other)")
+    rank = _rank(w, node.args[0])
+    for axis, (n_in, n_out) in zip((rank - 2, rank - 1), zip(in_hw, out_hw)):
+        if n_in == n_out:
+            continue
+        axes = w.b.const(f"{name}.axis{axis}", np.array([axis], np.int64))
+        cells = []
+        for i in range(n_out):
+            lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            bounds = [w.b.const(f"{name}.{k}{axis}_{i}", np.array([v], np.int64)) for k, v in (("lo", lo), ("hi", hi))]
+            window = w.b.node("Slice", [x, *bounds, axes], f"{name}.window{axis}_{i}")
+            cells.append(w.b.node("ReduceMean", [window, axes], f"{name}.cell{axis}_{i}", keepdims=1))
+        x = w.b.node("Concat", cells, f"{name}.axis{axis}", axis=axis)
+    return x
 
 
 def mean(w, node: fx.Node) -> str:
