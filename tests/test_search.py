@@ -260,6 +260,9 @@ def test_weights_only_search_keeps_activations_fixed(trained, tmp_path):
     for name in searchable_layers(model):
         assert bits[name]["a"] == 4
     assert [r["cost"] for r in rows] == sorted((r["cost"] for r in rows), reverse=True)
+    report = runner.invoke(app, ["report", str(tmp_path / "s")])  # bits.png with weight knobs only
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "s" / "bits.png").is_file()
 
 
 def test_search_stops_at_the_floor(trained, tmp_path):

@@ -114,12 +114,16 @@ def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], pat
 
 
 def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
-    """``bits.png``: weight and activation bits of every searchable layer at one step."""
+    """``bits.png``: the searched bits (weights and/or activations) of every searchable layer at one step."""
     layers = knob_layers(row)
+    kinds = [(kind, label) for kind, label in (("w", "weights"), ("a", "activations"))
+             if any(f"{n}{KNOB_SEP}{kind}" in row for n in layers)]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4))
     xs = range(len(layers))
-    ax.bar([x - 0.2 for x in xs], [row[f"{n}{KNOB_SEP}w"] for n in layers], 0.4, label="weights")
-    ax.bar([x + 0.2 for x in xs], [row[f"{n}{KNOB_SEP}a"] for n in layers], 0.4, label="activations")
+    width = 0.8 / len(kinds)
+    for i, (kind, label) in enumerate(kinds):
+        offset = (i - (len(kinds) - 1) / 2) * width
+        ax.bar([x + offset for x in xs], [row.get(f"{n}{KNOB_SEP}{kind}", 0) for n in layers], width, label=label)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("bits")
