@@ -70,15 +70,21 @@ def test_user_attention_model_converts_and_exports_exactly():
     layers = quant_layers(q)
     assert {"attn.q", "attn.k", "attn.v", "attn.out_proj"} <= set(layers)
     assert all(isinstance(layers[n], QuantLinear) and layers[n].searchable for n in ("attn.q", "attn.out_proj"))
+    _assert_exports_exactly(q, x, matmuls=2)
+
+
+def _assert_exports_exactly(q: nn.Module, x: torch.Tensor, matmuls: int) -> None:
+    """Quantizer ranges from 8 images, export, and the export's own rules on the other 32, with every
+    attention matmul in QLinearMatMul."""
     q.train()
     with torch.no_grad():
         q(x[:8])
     q.eval()
-    proto, info = export_onnx(q, (3, 16, 16))
+    proto, info = export_onnx(q, tuple(x.shape[1:]))
     report = validate_export(proto, info, q, DataLoader(TensorDataset(x[8:], torch.zeros(32, dtype=torch.long)),
                                                         batch_size=8))
     assert report.ok, report.failures
-    assert info.matmuls == 2 and report.kernels.ops.get("QLinearMatMul") == 2
+    assert info.matmuls == matmuls and report.kernels.ops.get("QLinearMatMul") == matmuls
 
 
 def test_float_checkpoint_with_packed_projections_loads():
@@ -126,15 +132,7 @@ def test_einsum_attention_runs_on_integer_matmuls():
     q = quantize_model(model, QuantConfig(bits=32))
     with torch.no_grad():
         torch.testing.assert_close(q(x), model(x), rtol=1e-4, atol=1e-5)
-    q = quantize_model(model, QuantConfig(bits=8)).train()
-    with torch.no_grad():
-        q(x[:8])
-    q.eval()
-    proto, info = export_onnx(q, (3, 16, 16))
-    report = validate_export(proto, info, q, DataLoader(TensorDataset(x[8:], torch.zeros(32, dtype=torch.long)),
-                                                        batch_size=8))
-    assert report.ok, report.failures
-    assert info.matmuls == 2 and report.kernels.ops.get("QLinearMatMul") == 2
+    _assert_exports_exactly(quantize_model(model, QuantConfig(bits=8)), x, matmuls=2)
 
 
 def test_other_einsums_are_refused_with_one_line():

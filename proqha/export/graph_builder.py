@@ -59,3 +59,12 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
+
+
+def dequantize_behind(name: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The DequantizeLinear a tensor comes from, through Reshape/Transpose (which onnxruntime moves Q/DQ
+    across), or None; ``producers`` maps tensor names to the nodes that write them."""
+    node = producers.get(name)
+    while node is not None and node.op_type in ("Reshape", "Transpose"):
+        node = producers.get(node.input[0])
+    return node if node is not None and node.op_type == "DequantizeLinear" else None

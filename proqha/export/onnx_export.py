@@ -24,7 +24,7 @@ from proqha import __version__
 from proqha.cost import cost_report
 from proqha.errors import ProqhaError, first_line
 from proqha.export import ops, qdq
-from proqha.export.graph_builder import GraphBuilder
+from proqha.export.graph_builder import GraphBuilder, dequantize_behind
 from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
 from proqha.quant.fx_graph import constant_nodes, quantizer_behind
 from proqha.quant.fold import float_layer, integer_layer
@@ -84,9 +84,8 @@ class _Probe(ShapeProp):
     """Shape propagation that also keeps the value of every constant node a non-constant one reads (a
     relative position bias): the writer stores it as an initializer."""
 
-    def __init__(self, model: fx.GraphModule) -> None:
+    def __init__(self, model: fx.GraphModule, constant: set[fx.Node]) -> None:
         super().__init__(model)
-        constant = constant_nodes(model.graph)
         self.folded = {n for n in constant if n.op != "get_attr" and any(u not in constant for u in n.users)}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -261,19 +260,13 @@ class _Writer:
         grid is written again right before the kernel: exact, since the values already lie on it."""
         x = self.env[node]
         quantizer = quantizer_behind(node, self.modules)
-        if not self.quantized or quantizer is None or not quantizer.enabled or self._dequantized(x):
+        if not self.quantized or quantizer is None or not quantizer.enabled:
+            return x
+        if dequantize_behind(x, {out: n for n in self.b.nodes for out in n.output}) is not None:
             return x
         out, scale = self.grids.activation(self.b, x, quantizer.grid(), f"{self.base(node)}.grid")
         self.scales[out] = scale
         return out
-
-    def _dequantized(self, name: str) -> bool:
-        """Whether a tensor is a DequantizeLinear output, possibly reshaped or transposed since."""
-        producers = {out: n for n in self.b.nodes for out in n.output}
-        node = producers.get(name)
-        while node is not None and node.op_type in ("Reshape", "Transpose"):
-            node = producers.get(node.input[0])
-        return node is not None and node.op_type == "DequantizeLinear"
 
     def on_grid(self, node: fx.Node) -> bool:
         """Whether an fx node's tensor is an enabled quantizer's output (possibly reshaped since)."""
@@ -379,7 +372,8 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
         output_size = tuple(model(probe).shape[1:])
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {first_line(exc)}") from None
-    _Probe(model).propagate(probe)  # every node's output shape (for reshapes, N-d linears), constants' values
     writer = _Writer(model, profile, quantized, int8_kernels)
+    # every node's output shape (for reshapes, N-d linears), and the values of the constants it writes
+    _Probe(model, writer.constants).propagate(probe)
     proto = writer.run(tuple(input_size), output_size, metadata or {})
     return proto, writer.info

@@ -328,9 +328,10 @@ def roll(w, node: fx.Node) -> str:
         cut = (-shift) % shape[dim]
         if cut == 0:
             continue
-        c = lambda key, v: w.b.const(f"{name}.{key}{dim}", np.array([v], np.int64))  # noqa: E731
-        head = w.b.node("Slice", [x, c("zero", 0), c("cut", cut), c("axis", dim)], f"{name}.head{dim}")
-        tail = w.b.node("Slice", [x, c("from", cut), c("end", 2**62), c("axis_", dim)], f"{name}.tail{dim}")
+        start, at, end, axis = (w.b.const(f"{name}.{key}{dim}", np.array([v], np.int64))
+                                 for key, v in (("start", 0), ("cut", cut), ("end", 2**62), ("axis", dim)))
+        head = w.b.node("Slice", [x, start, at, axis], f"{name}.head{dim}")
+        tail = w.b.node("Slice", [x, at, end, axis], f"{name}.tail{dim}")
         x = w.b.node("Concat", [tail, head], f"{name}.dim{dim}", axis=dim)
     return x
 

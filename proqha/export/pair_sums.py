@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from proqha.export.graph_builder import dequantize_behind
 from proqha.quant.grid import INT16_MAX
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -122,7 +123,7 @@ def pair_sum_bounds(proto: onnx.ModelProto) -> list[PairSumBound]:
     for node in proto.graph.node:
         if node.op_type not in LAYER_OPS or len(node.input) < 2:
             continue
-        x_dq, w_dq = (_dequantize_behind(name, producers) for name in node.input[:2])
+        x_dq, w_dq = (dequantize_behind(name, producers) for name in node.input[:2])
         if x_dq is None or w_dq is None:
             continue
         act = _activation_range(x_dq, producers, inits)
@@ -145,15 +146,6 @@ def pair_sum_bounds(proto: onnx.ModelProto) -> list[PairSumBound]:
             weights = weights.reshape(-1, weights.shape[-1]).T
         bounds.append(PairSumBound(node.name, f"{a_type}s8", act, worst_pair_sum(weights, *act)))
     return bounds
-
-
-def _dequantize_behind(name: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
-    """The DequantizeLinear a layer input comes from, through Reshape/Transpose (which onnxruntime moves
-    the Q/DQ across), or None."""
-    node = producers.get(name)
-    while node is not None and node.op_type in ("Reshape", "Transpose"):
-        node = producers.get(node.input[0])
-    return node if node is not None and node.op_type == "DequantizeLinear" else None
 
 
 def check_pair_sums(proto: onnx.ModelProto) -> list[str]:

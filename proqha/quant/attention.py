@@ -125,11 +125,13 @@ class StaticWindowAttention(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
 
     def relative_position_bias(self) -> torch.Tensor:
-        """(1, heads, tokens, tokens), from parameters alone (an exporter writes it as one value)."""
-        n = self.window_size[0] * self.window_size[1]
+        """(1, heads, tokens, tokens) as torchvision gathers it, from parameters alone (an exporter writes
+        it as one value)."""
+        from torchvision.models.swin_transformer import _get_relative_position_bias
+
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads) if self.v2 \
             else self.relative_position_bias_table
-        bias = table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        bias = _get_relative_position_bias(table, self.relative_position_index, self.window_size)
         return 16 * torch.sigmoid(bias) if self.v2 else bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

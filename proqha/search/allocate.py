@@ -4,10 +4,11 @@ the least total damage (the knapsack of HAWQ-V3, solved by Lagrangian relaxation
 The table holds, per knob and bit level, the calibration loss the model adds when only that knob is at
 that level; damages are taken as additive across knobs. For multipliers (mu_cost, mu_bitops) each layer
 independently picks the (weight, activation) pair minimising damage + mu_cost * cost + mu_bitops * BitOPs;
-a grid over the multipliers yields allocations, and the feasible one with the least damage (or the best
-feasible uniform allocation, if better) is improved locally: the slack is spent by raising, one level at a
-time, the knob that removes the most damage while every target stays met, and pairs of knobs trade a
-level (one up, one down) while that removes damage.
+a grid over the multipliers yields allocations. Two starts are then improved locally (the feasible
+relaxation with the least damage, and the lowest feasible uniform allocation; or the two lowest uniform
+ones when the relaxation finds none): the slack is spent by raising, one level at a time, the knob that
+removes the most damage while every target stays met, and pairs of knobs trade a level (one up, one
+down) while that removes damage. The better result wins.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ def allocate(current: Mapping[str, Mapping[str, int]], damage: Damage, report: C
              feasible: Callable[[Bits], bool]) -> Bits | None:
     """The bits that minimise the summed damage with ``feasible`` (every target met), each knob at one of
     its table levels (knobs outside the table keep their bits); None when no allocation is feasible."""
-    layers = {layer: (report_layer.params, report_layer.macs)
-              for report_layer in report.layers for layer in [report_layer.name] if layer in current}
+    layers = {layer.name: (layer.params, layer.macs) for layer in report.layers if layer.name in current}
     names = sorted({k.layer for k in damage})
     options = {name: _options(name, current, damage) for name in names}
     total_params = sum(layers[n][0] for n in names) or 1
@@ -51,7 +51,7 @@ def allocate(current: Mapping[str, Mapping[str, int]], damage: Damage, report: C
         total = _total(bits, damage)
         if best is None or total < best[0]:
             best = (total, bits)
-    found = [b for b in ([best[1]] if best else []) + [u for u in starts if feasible(u)]]
+    found = ([best[1]] if best else []) + [u for u in starts if feasible(u)]
     if not found:
         return None
     improved = [_improve(bits, damage, feasible) for bits in found[:2]]

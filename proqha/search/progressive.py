@@ -159,17 +159,6 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _merge_lowering(bits: dict[str, dict[str, int]], base: dict[str, dict[str, int]],
-                    lowered: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """``bits`` with the knobs that ``lowered`` changed against ``base`` set as in ``lowered``."""
-    merged = {name: dict(kb) for name, kb in bits.items()}
-    for name, kb in lowered.items():
-        for kind, value in kb.items():
-            if value != base[name][kind]:
-                merged[name][kind] = value
-    return merged
-
-
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
     return (seed * 1_000_003 + step * 10_007 + salt) % (2**63)
 
@@ -328,11 +317,11 @@ class ProgressiveSearch:
     def useful_knobs(self, bits: dict[str, dict[str, int]]) -> list[Knob]:
         """The knobs whose lowering brings some target not yet met closer (weights: paper cost, size and
         BitOPs; activations: BitOPs only); every knob when no target is set or budgets are not fitted."""
-        cfg, now = self.cfg, self.cost_of(bits)
-        unmet = {name for name, (value, limit) in target_values(cfg, now).items() if not _within(value, limit)}
+        cfg = self.cfg
+        before = target_values(cfg, self.cost_of(bits))
+        unmet = {name for name, (value, limit) in before.items() if not _within(value, limit)}
         if not cfg.fit_budget or not unmet:
             return self.knobs
-        before = target_values(cfg, now)
         useful = []
         for knob in self.knobs:
             after = target_values(cfg, self.cost_of(lowered(bits, knob, 1)))
@@ -404,12 +393,12 @@ class ProgressiveSearch:
         fit = cfg.fit_budget and bool(target_values(cfg, now))
         enough = (lambda c: target_met(cfg, self.cost_of(c))) if fit else None
         pool = self.useful_knobs(current)
+        singles = lowerable_knobs(current, pool, cfg.interval, cfg.min_bits)  # the table's rows
         if cfg.strategy == "sets":
             candidates = sample_candidates(current, pool, cfg.candidates, cfg.ratio, cfg.interval, cfg.min_bits,
                                            gen, enough)
         else:
-            candidates = [lowered(current, knob, cfg.interval)
-                          for knob in lowerable_knobs(current, pool, cfg.interval, cfg.min_bits)]
+            candidates = [lowered(current, knob, cfg.interval) for knob in singles]
         if not candidates:
             return None
         savings = [budget_progress(cfg, now, self.cost_of(c)) for c in candidates]
@@ -423,12 +412,12 @@ class ProgressiveSearch:
         order = sorted(range(len(candidates)), key=lambda i: (values[i], i))
         if cfg.strategy == "sets":
             return candidates[order[0]], scores[order[0]]
-        bits = {name: dict(kb) for name, kb in current.items()}
+        bits = current
         taken = []
         for i in order[:max(1, int(cfg.ratio * len(self.knobs)))]:
             if not math.isfinite(values[i]):
                 break
-            bits = _merge_lowering(bits, current, candidates[i])
+            bits = lowered(bits, singles[i], cfg.interval)
             taken.append(scores[i])
             if enough is not None and enough(bits):
                 break
@@ -474,8 +463,7 @@ class ProgressiveSearch:
         table: dict[Knob, dict[int, float]] = {k: {current[k.layer][k.kind]: 0.0} for k in self.knobs
                                                if current[k.layer][k.kind] > cfg.min_bits}
         for i, (knob, level) in enumerate(jobs):
-            BitConfig({name: dict(kb) for name, kb in current.items()} | {
-                knob.layer: current[knob.layer] | {knob.kind: level}}).apply(self.model)
+            BitConfig(lowered(current, knob, current[knob.layer][knob.kind] - level)).apply(self.model)
             loss = loss_score(self.model, calib, self.device, self.loss_fn)
             table[knob][level] = max(loss - base, 0.0) if math.isfinite(loss) else math.inf
             if on_candidate is not None:
