@@ -51,7 +51,7 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
     result = runner.invoke(app, ["bench", str(search_run), "--engine", "ort", "--engine", "torch", "--batch", "1,4",
                                  "--iters", "5", "--warmup", "1", "--samples", "64", "--plot"])
     assert result.exit_code == 0, result.output
-    for col in ("median ms", "p99 ms", "vs fp32", "paper cost", "GBitOPs", "size KB", "top-1 engine"):
+    for col in ("median ms", "p99 ms", "vs fp32", "paper cost", "GBitOPs", "file KB", "ort MB", "top-1 engine"):
         assert col in result.stdout
     data = json.loads((search_run / "bench" / "bench.json").read_text())
     assert set(data) == {"schema", "settings", "devices", "rows"} and data["schema"] == 1
@@ -62,10 +62,16 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
     assert set(CSV_FIELDS) <= set(rows[0])
     for r in rows:
         assert r["median_ms"] > 0 and r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        if r["engine"] == "ort":  # the graph's file size, and onnxruntime's memory for its session
+            assert r["file_bytes"] > 0 and r["ort_session_bytes"] > 0
+        else:
+            assert r["file_bytes"] is None and r["file_ratio_fp32"] is None and r["ort_session_bytes"] is None
         if r["model"] == "fp32":
             assert r["speedup_vs_fp32"] == pytest.approx(1.0) and r["paper_cost"] == 1.0
+            assert r["engine"] != "ort" or r["file_ratio_fp32"] == 1.0
         else:
             assert r["paper_cost"] < 1.0 and r["engine_top1"] == pytest.approx(r["torch_top1"], abs=2.0)
+            assert r["engine"] != "ort" or 0 < r["file_ratio_fp32"] < 1
     with open(search_run / "bench" / "bench.csv", newline="") as f:
         assert next(csv.reader(f)) == CSV_FIELDS
     for png in ("latency_vs_bitops.png", "accuracy_vs_latency.png"):

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from proqha.cli.app import app
+from proqha.export.graph_builder import constant_integers
 from proqha.export.onnx_export import export_onnx
 from proqha.export.pair_sums import (
     adversarial_activations,
@@ -87,13 +88,13 @@ def test_portable_graph_cannot_saturate_and_the_old_form_can(config):
 
 def _int8_layers(proto: onnx.ModelProto):
     """(layer, int8 weights as (N, K), stored activation range) of every uint8 x int8 layer of a graph."""
-    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    inits = {t.name: t for t in proto.graph.initializer}
     producers = {o: n for n in proto.graph.node for o in n.output}
     for b in pair_sum_bounds(proto):
         if b.worst is None:
             continue
         node = next(n for n in proto.graph.node if n.name == b.layer)
-        w = inits[producers[node.input[1]].input[0]].astype(np.int64)
+        w = constant_integers(producers[node.input[1]].input[0], producers, inits).astype(np.int64)
         yield b.layer, w.reshape(w.shape[0], -1), *b.act_range
 
 

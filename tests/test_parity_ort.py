@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from typer.testing import CliRunner
 
@@ -21,7 +20,7 @@ from proqha.builder import load_model
 from proqha.cli.app import app
 from proqha.data import load_dataset
 from proqha.export.onnx_export import export_onnx
-from proqha.export.validate import validate_export
+from proqha.export.validate import kernel_weights, validate_export
 from proqha.models import create_model
 from proqha.quant import (
     BitConfig,
@@ -129,10 +128,10 @@ def test_bn_folding_keeps_the_integer_weights():
     with torch.no_grad():  # a negative gamma moves that channel's sign into the integers
         bn.weight[0] = -abs(bn.weight[0])
     proto, info = export_onnx(model, (3, 32, 32))
-    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    kernels = kernel_weights(proto, info)
     for name, layer in quant_layers(model).items():
         record = info.layers[name]
-        stored = (inits[record.initializer].astype(np.int64) - record.weight_zero_point) // record.int_factor
+        stored = (kernels[name].astype(np.int64) - record.weight_zero_point) // record.int_factor
         trained = layer.weight_quantizer.integers(layer.weight).numpy()
         if name == "layer1.0.conv1":
             assert record.bn_folded

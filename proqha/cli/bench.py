@@ -16,29 +16,43 @@ from proqha.deploy.bench import (BenchModel, BenchResult, bench_model, fp32_mode
                                  run_bench, write_results)
 from proqha.deploy.runtime import ENGINES
 from proqha.errors import ProqhaError
-from proqha.export.onnx_export import check_int8_kernels
+from proqha.export.onnx_export import check_int8_kernels, check_weights
 from proqha.search.progressive import step_checkpoints
 from proqha.train import resolve_device
 
 
-def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable"
-                 ) -> tuple[BenchModel, dict]:
+def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable",
+                 weights: str = "packed") -> tuple[BenchModel, dict]:
     model, state = load_model(checkpoint)
     size = tuple(state["recipe"]["input_size"])
-    return bench_model(label, model, size, step, want_trt, int8_kernels), state
+    return bench_model(label, model, size, step, want_trt, int8_kernels, weights), state
+
+
+def _megabytes(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f}"
+
+
+def _file_size(row: dict) -> str:
+    """The graph file's size in KB, with its ratio to the fp32 graph's where there is one."""
+    if row["file_bytes"] is None:
+        return "-"
+    ratio = row["file_ratio_fp32"]
+    return f"{row['file_bytes'] / 1e3:.1f}" + ("" if ratio is None else f" ({format_ratio(ratio)})")
 
 
 def print_bench(result: BenchResult, title: str) -> None:
-    """The side-by-side table: latency and speed-up next to paper cost, BitOPs, size and accuracy."""
+    """The side-by-side table: latency and speed-up next to paper cost, BitOPs, the graph file's size (and
+    its ratio to the fp32 graph's), onnxruntime's session memory and accuracy."""
     table = Table(title=title)
     for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32", "paper cost",
-                "GBitOPs (ratio)", "size KB", "top-1 torch", "top-1 engine"):
+                "GBitOPs (ratio)", "file KB (ratio)", "ort MB", "top-1 torch", "top-1 engine"):
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
     for r in result.rows:
         speed = "-" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x"
         table.add_row(r["model"], r["engine"], str(r["batch"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                       f"{r['p99_ms']:.3f}", f"{r['throughput']:.0f}", speed, format_ratio(r["paper_cost"]),
-                      f"{r['gbitops']:.4f} ({format_ratio(r['bitops_ratio'])})", f"{r['size_bytes'] / 1e3:.1f}",
+                      f"{r['gbitops']:.4f} ({format_ratio(r['bitops_ratio'])})",
+                      _file_size(r), _megabytes(r["ort_session_bytes"]),
                       f"{r['torch_top1']:.2f}", f"{r['engine_top1']:.2f}")
     console.print(table)
 
@@ -60,6 +74,7 @@ def bench(
     device: Annotated[str, typer.Option(help="Device of the torch engine: auto, cpu, cuda, cuda:N.")] = "auto",
     out_dir: Annotated[Optional[Path], typer.Option(help="Where bench.json/bench.csv go (default RUN/bench).")] = None,
     int8_kernels: Annotated[str, typer.Option(help="The onnxruntime graph form: portable (exact on every CPU) or vnni (exact only with VNNI/AMX or on ARM64).")] = "portable",
+    weights: Annotated[str, typer.Option(help="Weight storage of the onnxruntime graphs: packed (INT2/INT4 where the grid fits) or int8.")] = "packed",
 ) -> None:
     """Time the chosen model, its fp32 twin and the uniform 8-bit start on each engine and batch size."""
     engines = engine or ["ort"]
@@ -74,6 +89,7 @@ def bench(
         if not ok:
             raise ProqhaError(f"{option} out of range: {value}")
     check_int8_kernels(int8_kernels)
+    check_weights(weights)
     torch_device = resolve_device(device) if "torch" in engines else None
     if "trt" in engines:
         from proqha.deploy.runtime_trt import require_tensorrt
@@ -82,7 +98,7 @@ def bench(
     checkpoint, run_dir, chosen_step = resolve_source(run, step, best_under_cost)
     want_trt = "trt" in engines
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
-                                 chosen_step, want_trt, int8_kernels)
+                                 chosen_step, want_trt, int8_kernels, weights)
     size = tuple(state["recipe"]["input_size"])
     models = [chosen, fp32_model(chosen, size)]
     if chosen_step is not None:
@@ -90,7 +106,7 @@ def bench(
         for s, path in others:
             if s != chosen_step:
                 label = "step 0 (uniform 8)" if s == 0 else f"step {s}"
-                models.append(_bench_model(label, path, s, want_trt, int8_kernels)[0])
+                models.append(_bench_model(label, path, s, want_trt, int8_kernels, weights)[0])
 
     def runtime(name: str, bm: BenchModel):
         return make_runtime(name, bm, threads, torch_device, size, max(batches))
@@ -105,6 +121,8 @@ def bench(
         paths += plot_results(result, out)
     print_bench(result, f"proqha bench: {run_dir}")
     if "ort" in engines:
-        console.print(f"{cpu_line()} (graphs: {int8_kernels})", markup=False)
+        console.print(f"{cpu_line()} (graphs: {int8_kernels}, weights {weights})", markup=False)
+        console.print("ort MB: onnxruntime's peak resident memory for creating the session, in a child process",
+                      markup=False)
     for path in paths:
         err_console.print(f"wrote {path}")

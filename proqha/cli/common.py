@@ -16,7 +16,7 @@ from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
 
 # Piped output (no terminal to measure) gets wide tables rather than truncated layer names.
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])

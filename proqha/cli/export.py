@@ -16,8 +16,8 @@ from proqha.data import load_dataset
 from proqha.deploy.report import read_frontier
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
-from proqha.export.graph_builder import set_metadata
-from proqha.export.onnx_export import EXACT_ON, ExportInfo, check_int8_kernels, export_onnx, graph_metadata
+from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata
+from proqha.export.onnx_export import EXACT_ON, check_int8_kernels, check_weights, export_onnx
 from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
@@ -73,14 +73,10 @@ def test_batches(state: dict[str, Any], samples: int | None, batch_size: int = 6
     return DataLoader(test, batch_size=batch_size, shuffle=False)
 
 
-def metadata(model, state: dict[str, Any], checkpoint: Path, step: int | None, info: ExportInfo, fmt: str
-             ) -> dict[str, str]:
-    """What the exported file carries about itself: the graph's own figures, and its run, source and step."""
-    recipe = state["recipe"]
-    return graph_metadata(model, info, tuple(recipe["input_size"]), fmt) | {
-        "proqha.arch": recipe["arch"], "proqha.dataset": state.get("config", {}).get("dataset", ""),
-        "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step),
-    }
+def source_metadata(state: dict[str, Any], checkpoint: Path, step: int | None) -> dict[str, str]:
+    """Where an exported file came from: architecture, dataset, checkpoint and search step."""
+    return {"proqha.arch": state["recipe"]["arch"], "proqha.dataset": state.get("config", {}).get("dataset", ""),
+            "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step)}
 
 
 def cpu_line() -> str:
@@ -138,6 +134,7 @@ def export(
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
     device: Annotated[str, typer.Option(help="Device of the PyTorch model during export and parity: auto, cpu, cuda, cuda:N.")] = "cpu",
     int8_kernels: Annotated[str, typer.Option(help="portable: exact on every CPU (uint8 weights where int8 pair sums could pass int16); vnni: int8 weights everywhere, exact only on CPUs with VNNI/AMX or ARM64.")] = "portable",
+    weights: Annotated[str, typer.Option(help="packed: 2-bit weights as INT2, 3/4-bit as INT4 (opset 21/25, widened at load into the same int8 kernels); int8: int8 everywhere (opset 19, for runtimes that cannot read packed types). The trt profile stores int8.")] = "packed",
 ) -> None:
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
     if fmt not in FORMATS:
@@ -145,6 +142,7 @@ def export(
     if samples < 1:
         raise ProqhaError(f"--samples must be >= 1, got {samples}")
     check_int8_kernels(int8_kernels)
+    check_weights(weights)
     if fmt == "trt":
         from proqha.deploy.runtime_trt import require_tensorrt
 
@@ -166,10 +164,9 @@ def export(
         model = float_twin(model)
     input_size = tuple(state["recipe"]["input_size"])
     proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt != "onnx-fp32",
-                              int8_kernels=int8_kernels)
-    meta = metadata(model, state, checkpoint, step, info, fmt)
-    set_metadata(proto, meta)
-    data = proto.SerializeToString()
+                              int8_kernels=int8_kernels, weights=weights)
+    data = add_metadata(proto, model, info, input_size, source_metadata(state, checkpoint, step), fmt)
+    meta = {p.key: p.value for p in proto.metadata_props}
     if profile == "trt":
         problems = check_trt_graph(proto)
         for problem in problems:
@@ -194,5 +191,6 @@ def export(
         atomic_write_json(out.with_suffix(".engine.json"), settings | {"onnx": str(out),
                                                                        "layers": TrtRuntime(engine).layer_precisions()})
         err_console.print(f"wrote {out.with_suffix('.engine')}")
-    err_console.print(f"wrote {out} ({len(data):,} bytes; {len(info.layers)} layers; paper cost "
-                      f"{format_ratio(float(meta['proqha.paper_cost']))})")
+    err_console.print(f"wrote {out} ({int(meta[FILE_BYTES]):,} bytes, {format_ratio(float(meta[RATIO]))} of the fp32 "
+                      f"graph; weights {meta['proqha.weights']}, opset {info.opset}; {len(info.layers)} layers; "
+                      f"paper cost {format_ratio(float(meta['proqha.paper_cost']))})")

@@ -21,8 +21,8 @@ from proqha.files import atomic_write_json, atomic_write_text
 
 SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
 CSV_FIELDS = ["model", "step", "engine", "batch", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
-              "throughput", "speedup_vs_fp32", "paper_cost", "gbitops", "bitops_ratio", "size_bytes", "torch_top1",
-              "engine_top1", "sanity_agreement"]
+              "throughput", "speedup_vs_fp32", "paper_cost", "gbitops", "bitops_ratio", "size_bytes", "file_bytes",
+              "file_ratio_fp32", "ort_session_bytes", "torch_top1", "engine_top1", "sanity_agreement"]
 
 
 @dataclass
@@ -37,15 +37,19 @@ class BenchModel:
     step: int | None = None
     trt_onnx: bytes | None = None
 
+    def graph(self, engine: str) -> bytes | None:
+        """The graph file an engine runs (None for the torch engine, which runs the module)."""
+        return {"ort": self.onnx, "trt": self.trt_onnx or self.onnx}.get(engine)
+
 
 def bench_model(label: str, model: nn.Module, input_size: tuple[int, ...], step: int | None = None,
-                want_trt: bool = False, int8_kernels: str = "portable") -> BenchModel:
+                want_trt: bool = False, int8_kernels: str = "portable", weights: str = "packed") -> BenchModel:
     """A quantized model ready to time: its onnxruntime graph (and trt-profile graph, checked against
     TensorRT's rules, when ``want_trt``) and its cost figures."""
     from proqha.deploy.trt_check import check_trt_graph
     from proqha.export.onnx_export import export_onnx
 
-    proto, _ = export_onnx(model, input_size, int8_kernels=int8_kernels)
+    proto, _ = export_onnx(model, input_size, int8_kernels=int8_kernels, weights=weights)
     trt_bytes = None
     if want_trt:
         trt_proto, _ = export_onnx(model, input_size, profile="trt")
@@ -124,13 +128,18 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
               test_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], input_size: tuple[int, ...],
               warmup: int = 5, iters: int | None = 50, seconds: float | None = None,
               on_progress: Callable[[str], None] | None = None) -> BenchResult:
-    """Sanity-check, measure accuracy and time every (model, engine, batch)."""
+    """Sanity-check, measure accuracy and time every (model, engine, batch); each row also carries the
+    size of the graph file the engine runs, its ratio to the fp32 graph's, and onnxruntime's memory for
+    the session (``ort_session_memory``, ort rows)."""
+    from proqha.deploy.memory import ort_session_memory
+
     result = BenchResult(settings={"engines": engines, "batches": batches, "warmup": warmup, "iters": iters,
                                    "seconds": seconds, "input_size": list(input_size)})
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *input_size)).astype(np.float32) for b in batches}
     for bm in models:
         torch_top1 = accuracy(lambda x: _torch_run(bm.model, x), test_batches())
+        session_bytes = ort_session_memory(bm.onnx) if "ort" in engines else None
         for engine in engines:
             if on_progress is not None:
                 on_progress(f"{bm.label} on {engine}")
@@ -144,6 +153,8 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
                     "model": bm.label, "step": bm.step, "engine": engine, **stats.to_dict(),
                     "paper_cost": bm.cost.paper_cost, "gbitops": bm.cost.bitops / 1e9,
                     "bitops_ratio": bm.cost.bitops_ratio, "size_bytes": bm.cost.size_bytes,
+                    "file_bytes": None if bm.graph(engine) is None else len(bm.graph(engine)),
+                    "ort_session_bytes": session_bytes if engine == "ort" else None,
                     "torch_top1": torch_top1, "engine_top1": engine_top1, "sanity_agreement": agreement,
                     "quantized": bm.quantized})
     _speedups(result.rows)
@@ -157,11 +168,13 @@ def _torch_run(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def _speedups(rows: list[dict[str, Any]]) -> None:
-    """Speed-up over the fp32 row of the same engine and batch (the first float model)."""
-    base = {(r["engine"], r["batch"]): r["median_ms"] for r in rows if not r["quantized"]}
+    """Speed-up and file size against the fp32 row of the same engine and batch (the first float model)."""
+    base = {(r["engine"], r["batch"]): r for r in reversed(rows) if not r["quantized"]}
     for r in rows:
         ref = base.get((r["engine"], r["batch"]))
-        r["speedup_vs_fp32"] = ref / r["median_ms"] if ref and r["median_ms"] > 0 else None
+        r["speedup_vs_fp32"] = ref["median_ms"] / r["median_ms"] if ref and r["median_ms"] > 0 else None
+        r["file_ratio_fp32"] = r["file_bytes"] / ref["file_bytes"] if ref and ref["file_bytes"] and \
+            r["file_bytes"] is not None else None
 
 
 def write_results(result: BenchResult, out_dir: Path) -> list[Path]:

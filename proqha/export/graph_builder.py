@@ -47,9 +47,9 @@ class GraphBuilder:
             [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
             [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)],
             self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                                  producer_name="proqha")
-        model.ir_version = 9
+        opsets = [helper.make_opsetid("", opset)]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="proqha")
+        model.ir_version = helper.find_min_ir_version_for(opsets)  # 9 for opset 19: loads in older runtimes
         set_metadata(model, metadata)
         return model
 
@@ -59,6 +59,29 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
+
+
+WIDENING_OPS = ("Cast", "Mul", "Add")  # what stands between a packed weight initializer and its DequantizeLinear
+
+
+def constant_integers(name: str, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto]
+                      ) -> np.ndarray | None:
+    """The integers a tensor holds when it is an initializer or computed from initializers by the Cast,
+    Mul and Add nodes that widen packed weights (what onnxruntime folds at load), else None."""
+    if name in inits:
+        value = numpy_helper.to_array(inits[name])
+        return value if str(value.dtype).startswith(("int", "uint")) else None  # numpy's and ml_dtypes' int4/int2
+    node = producers.get(name)
+    if node is None or node.op_type not in WIDENING_OPS:
+        return None
+    args = [constant_integers(i, producers, inits) for i in node.input]
+    if any(a is None for a in args):
+        return None
+    if node.op_type == "Cast":
+        to = next(a.i for a in node.attribute if a.name == "to")
+        return args[0].astype(np.int64).astype(helper.tensor_dtype_to_np_dtype(to))
+    a, b = args[0].astype(np.int64), args[1].astype(np.int64)
+    return (a * b if node.op_type == "Mul" else a + b).astype(args[0].dtype)
 
 
 def dequantize_behind(name: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:

@@ -30,7 +30,6 @@ from proqha.quant.fx_graph import constant_nodes, quantizer_behind
 from proqha.quant.fold import float_layer, integer_layer
 from proqha.quant.grid import uint8_activation_max
 
-OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator's Q/DQ
 INT8_KERNELS = ("portable", "vnni")
 EXACT_ON = {"portable": "every CPU (x86 with or without VNNI, ARM64)",
             "vnni": "CPUs whose int8 kernels sum in int32: x86 with AVX512-VNNI, AVX-VNNI or AMX; ARM64"}
@@ -40,9 +39,9 @@ PROBE_BATCH = 2  # the batch of the shape-propagation pass; reshapes keep dimens
 
 @dataclass
 class LayerExport:
-    """What was written for one conv/linear: its integer weight initializer (int8, or uint8 at zero point
-    128 where int8 pair sums could pass int16), the factor its trained integers were multiplied by, and
-    the range those integers must stay in."""
+    """What was written for one conv/linear: its integer weight initializer (``weight_storage``: int8,
+    uint8 at zero point 128 where int8 pair sums could pass int16, or packed int4/int2), the factor its
+    trained integers were multiplied by, and the range those integers must stay in."""
 
     kind: str
     w_bits: int
@@ -54,6 +53,8 @@ class LayerExport:
     bn_folded: bool
     int_factor: int = 1
     weight_zero_point: int = 0
+    weight_storage: str = "int8"
+    dequantized: str | None = None  # the weight DequantizeLinear's output
     act_max: int = 0  # the largest uint8 value its input takes in an integer kernel
 
 
@@ -64,10 +65,16 @@ class ExportInfo:
     profile: str
     quantized: bool
     int8_kernels: str = "portable"
+    weights: str = "packed"
     layers: dict[str, LayerExport] = field(default_factory=dict)
     quant_adds: int = 0
     matmuls: int = 0  # tensor products with both inputs quantized (attention)
     output_scale: float | None = None
+
+    @property
+    def opset(self) -> int:
+        """The graph's opset: the lowest that reads every weight type it stores."""
+        return max([qdq.BASE_OPSET] + [qdq.storage_opset(layer.weight_storage) for layer in self.layers.values()])
 
     @property
     def integer_layers(self) -> int:
@@ -96,13 +103,14 @@ class _Probe(ShapeProp):
 
 
 class _Writer:
-    def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str) -> None:
+    def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str, weights: str
+                 ) -> None:
         self.model, self.profile, self.quantized = model, profile, quantized
-        self.grids = qdq.profile_for(profile, int8_kernels)  # how this profile writes grids
+        self.grids = qdq.profile_for(profile, int8_kernels, weights)  # how this profile writes grids
         self.modules = dict(model.named_modules())
         self.b = GraphBuilder()
         self.env: dict[fx.Node, str] = {}
-        self.info = ExportInfo(profile, quantized, int8_kernels)
+        self.info = ExportInfo(profile, quantized, int8_kernels, weights if self.grids.packs else "int8")
         self.scales: dict[str, float] = {}  # emitted activation step of a tensor name
         self.probe_batch = PROBE_BATCH
         self._batch: str | None = None  # the graph input's batch size, once a handler needs it
@@ -152,8 +160,11 @@ class _Writer:
                 deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # a profile that re-grids the input
             record.act_max = uint8_activation_max(layer.input_quantizer.grid())
             wide = self.grids.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
-            w, record.initializer = qdq.weight(self.b, deployed.ints.cpu().numpy(), deployed.scale.cpu().numpy(),
-                                               name, wide)
+            written = qdq.weight(self.b, (deployed.ints // deployed.int_factor).cpu().numpy(), deployed.int_factor,
+                                 deployed.scale.cpu().numpy(), name, (grid.qmin, grid.qmax, grid.odd_levels), wide,
+                                 self.grids.packs)
+            w = record.dequantized = written.dequantized
+            record.initializer, record.weight_storage = written.initializer, written.storage
             record.weight_zero_point = qdq.WIDE_WEIGHT_ZERO_POINT if wide else 0
             record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
             record.int_factor = deployed.int_factor
@@ -314,8 +325,8 @@ class _Writer:
             else:
                 raise ProqhaError(f"cannot export graph node {node.name} ({node.op})")
         self.b.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT_NAME], name=OUTPUT_NAME))
-        return self.b.model(INPUT_NAME, ["batch", *input_size], OUTPUT_NAME, ["batch", *output_size], OPSET,
-                            metadata)
+        return self.b.model(INPUT_NAME, ["batch", *input_size], OUTPUT_NAME, ["batch", *output_size],
+                            self.info.opset, metadata)
 
 
 def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ...], fmt: str = "onnx"
@@ -328,10 +339,13 @@ def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ..
     for name, layer in info.layers.items():
         bits[name]["weight_int_factor"] = layer.int_factor
         bits[name]["weight_zero_point"] = layer.weight_zero_point
+        bits[name]["weight_storage"] = layer.weight_storage
     exact = {"proqha.int8_kernels": info.int8_kernels, "proqha.exact_on": EXACT_ON[info.int8_kernels]} \
         if info.quantized and info.profile == "ort" else {}
     return exact | {
         "proqha.version": __version__, "proqha.format": fmt, "proqha.profile": info.profile,
+        "proqha.weights": info.weights if info.quantized else "float", "proqha.opset": str(info.opset),
+        "proqha.loads_in": loads_in(info.opset),
         "proqha.input_size": json.dumps(list(input_size)), "proqha.bits": json.dumps(bits, sort_keys=True),
         "proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
         "proqha.bitops_ratio": repr(cost.bitops_ratio), "proqha.size_bytes": str(cost.size_bytes),
@@ -346,9 +360,27 @@ def check_int8_kernels(value: str) -> str:
     return value
 
 
+def check_weights(value: str) -> str:
+    """``value`` if it names a weight storage in ``qdq.WEIGHT_STORAGES``, else ProqhaError (one line)."""
+    if value not in qdq.WEIGHT_STORAGES:
+        raise ProqhaError(f"--weights must be one of {', '.join(qdq.WEIGHT_STORAGES)}, got {value!r}")
+    return value
+
+
+ONNX_RELEASE_OF_OPSET = {19: "1.14", 21: "1.16", 25: "1.20"}
+
+
+def loads_in(opset: int) -> str:
+    """Which runtimes read a graph of ``opset``, as the metadata and the README say it."""
+    import onnxruntime
+
+    return (f"onnxruntime implementing ONNX opset {opset} (ONNX {ONNX_RELEASE_OF_OPSET.get(opset, '?')}); "
+            f"verified with onnxruntime {onnxruntime.__version__}")
+
+
 @torch.no_grad()
 def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "ort", quantized: bool = True,
-                metadata: dict[str, str] | None = None, int8_kernels: str = "portable"
+                metadata: dict[str, str] | None = None, int8_kernels: str = "portable", weights: str = "packed"
                 ) -> tuple[onnx.ModelProto, ExportInfo]:
     """Write ``model`` (a quantized twin from ``quantize_model``) as an ONNX graph.
 
@@ -358,11 +390,14 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
     their bias to as well). ``int8_kernels="portable"`` (default) keeps every uint8 x int8 pair sum inside
     int16, storing uint8 weights where int8 ones could overflow, so the graph is exact on every CPU;
     ``"vnni"`` stores int8 weights everywhere, exact only where int8 kernels sum in int32 (``EXACT_ON``).
-    The model is put in eval mode. Returns the model proto and what validation needs to know about it.
+    ``weights="packed"`` (default, ``ort`` profile) stores 2-bit grids as INT2 and 3/4-bit grids as INT4,
+    widened by nodes onnxruntime folds at load (the same kernels and outputs as ``"int8"``); the graph's
+    opset is the lowest that reads its types (19, 21 with INT4, 25 with INT2). The model is put in eval mode. Returns the model proto and what validation needs to know about it.
     """
     if profile not in qdq.PROFILES:
         raise ProqhaError(f"--profile must be one of {', '.join(qdq.PROFILES)}, got {profile!r}")
     check_int8_kernels(int8_kernels)
+    check_weights(weights)
     if not isinstance(model, fx.GraphModule):
         raise ProqhaError("only models that torch.fx could trace can be exported (this one fell back to a module walk)")
     model = model.eval()
@@ -372,7 +407,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
         output_size = tuple(model(probe).shape[1:])
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {first_line(exc)}") from None
-    writer = _Writer(model, profile, quantized, int8_kernels)
+    writer = _Writer(model, profile, quantized, int8_kernels, weights)
     # every node's output shape (for reshapes, N-d linears), and the values of the constants it writes
     _Probe(model, writer.constants).propagate(probe)
     proto = writer.run(tuple(input_size), output_size, metadata or {})

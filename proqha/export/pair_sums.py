@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from proqha.export.graph_builder import dequantize_behind
+from proqha.export.graph_builder import constant_integers, dequantize_behind
 from proqha.quant.grid import INT16_MAX
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -75,17 +75,6 @@ class PairSumBound:
         return self.worst is None or self.worst <= INT16_MAX
 
 
-def _integer_source(name: str, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto]
-                    ) -> np.ndarray | None:
-    """The integer initializer behind a DequantizeLinear input, through any Cast (None if not constant)."""
-    while name not in inits:
-        node = producers.get(name)
-        if node is None or node.op_type != "Cast":
-            return None
-        name = node.input[0]
-    return numpy_helper.to_array(inits[name])
-
-
 def _activation_range(dq: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
                       inits: dict[str, onnx.TensorProto]) -> tuple[int, int]:
     """The stored integer range of a DequantizeLinear's input: its type (from the zero point), narrowed
@@ -128,7 +117,7 @@ def pair_sum_bounds(proto: onnx.ModelProto) -> list[PairSumBound]:
             continue
         act = _activation_range(x_dq, producers, inits)
         a_type = "s8" if act[0] < 0 else "u8"
-        weights = _integer_source(w_dq.input[0], producers, inits)
+        weights = constant_integers(w_dq.input[0], producers, inits)
         if weights is None:  # a product of two activations (attention): both ranges are all we know
             other = _activation_range(w_dq, producers, inits)
             if other[0] >= 0:

@@ -11,7 +11,13 @@ so the graph writer never branches on the profile.
 Weights are int8 per output channel (axis 0), zero point 0, in both profiles; for ``ort`` a layer whose
 uint8 x int8 pair sums could pass int16 (``proqha.quant.grid.pair_sum_fits_int16``: 8-bit weights on
 8-bit or signed activations) stores them as uint8 with zero point 128 instead, which onnxruntime runs
-with its U8U8 kernels (int16 operands, int32 pair sums: exact on every CPU). Biases are int32 with
+with its U8U8 kernels (int16 operands, int32 pair sums: exact on every CPU). With ``weights="packed"``
+(``ort`` only) a 2-bit grid is stored as INT2 and a 3- or 4-bit grid as INT4 (a DoReFa grid's odd
+integers q as (q - 1) / 2, one type smaller), widened by Cast(INT8) and integer Mul/Add nodes that
+onnxruntime folds into an int8 initializer at session creation: the kernels and outputs are those of the
+int8 storage, the file is 2-4x smaller (``weight``). TensorRT reads INT4 weights only for weight-only
+quantization (its docs: "Weight-only quantization is supported for INT4"), not into int8 convs, so the
+``trt`` profile stores int8. Biases are int32 with
 scale ``input scale * weight scale`` for ``ort``, and the same values as float for ``trt`` (its Q/DQ
 types are INT8/FP8/INT4 only; it quantizes biases itself).
 """
@@ -20,12 +26,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
+from onnx import TensorProto
 
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant.grid import UINT8_SIGNED_OFFSET, Grid, pair_sum_fits_int16
 
 WIDE_WEIGHT_ZERO_POINT = 128  # uint8 weights: the symmetric levels shifted into 1..255
+WEIGHT_STORAGES = ("packed", "int8")
+BASE_OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator's Q/DQ
+
+
+@dataclass(frozen=True)
+class PackedType:
+    """A standard ONNX integer type narrower than int8, and the opset whose Cast first reads it."""
+
+    name: str
+    onnx_type: int
+    numpy_type: type
+    lo: int
+    hi: int
+    opset: int
+
+
+PACKED_TYPES = (PackedType("int2", TensorProto.INT2, ml_dtypes.int2, -2, 1, 25),  # ONNX 1.20
+                PackedType("int4", TensorProto.INT4, ml_dtypes.int4, -8, 7, 21))  # ONNX 1.16
+
+
+def storage_opset(storage: str) -> int:
+    """The lowest opset that reads a weight storage type (int2, int4, int8, uint8)."""
+    return next((t.opset for t in PACKED_TYPES if t.name == storage), BASE_OPSET)
+
+
+def stored_range(qmin: int, qmax: int, odd_levels: bool) -> tuple[int, int]:
+    """The integers a packed weight grid is stored as: the grid's own, or (q - 1) / 2 for DoReFa's odd q."""
+    return ((qmin - 1) // 2, (qmax - 1) // 2) if odd_levels else (qmin, qmax)
+
+
+def packed_type(qmin: int, qmax: int, odd_levels: bool = False) -> PackedType | None:
+    """The smallest packed type that holds a weight grid, or None (it needs int8)."""
+    lo, hi = stored_range(qmin, qmax, odd_levels)
+    return next((t for t in PACKED_TYPES if t.lo <= lo and hi <= t.hi), None)
 
 
 @dataclass(frozen=True)
@@ -43,8 +85,9 @@ class OrtProfile:
 
     name = "ort"
 
-    def __init__(self, int8_kernels: str = "portable") -> None:
+    def __init__(self, int8_kernels: str = "portable", weights: str = "packed") -> None:
         self.int8_kernels = int8_kernels
+        self.packs = weights == "packed"  # whether sub-8-bit weight grids are stored in INT2/INT4
 
     def emitted_grid(self, grid: Grid) -> EmittedGrid:
         return EmittedGrid(float(grid.scale.reshape(-1)[0]), grid.qmin, grid.qmax)
@@ -86,6 +129,10 @@ class TrtProfile(OrtProfile):
 
     name = "trt"
 
+    def __init__(self, int8_kernels: str = "portable", weights: str = "packed") -> None:
+        super().__init__(int8_kernels, weights)
+        self.packs = False  # TensorRT takes INT4 weights only for weight-only quantization
+
     def emitted_grid(self, grid: Grid) -> EmittedGrid:
         """The grid written: unsigned 8-bit grids (0..255) become 0..127 over the same range."""
         scale = float(grid.scale.reshape(-1)[0])
@@ -114,20 +161,51 @@ class TrtProfile(OrtProfile):
 PROFILES = {"ort": OrtProfile, "trt": TrtProfile}
 
 
-def profile_for(name: str, int8_kernels: str = "portable") -> OrtProfile:
+def profile_for(name: str, int8_kernels: str = "portable", weights: str = "packed") -> OrtProfile:
     """The writer of a deployment profile by name."""
-    return PROFILES[name](int8_kernels)
+    return PROFILES[name](int8_kernels, weights)
 
 
-def weight(b: GraphBuilder, ints: np.ndarray, scale: np.ndarray, base: str, wide: bool = False) -> tuple[str, str]:
-    """Weights with a per-output-channel DequantizeLinear (axis 0): int8 with zero point 0, or with
-    ``wide`` uint8 holding ``ints + 128`` with zero point 128 (the same values, U8U8 kernels).
-    Returns (dequantized weight, integer initializer)."""
-    if wide:
-        w = b.const(f"{base}.weight_uint8", (ints.astype(np.int16) + WIDE_WEIGHT_ZERO_POINT).astype(np.uint8))
-        z = b.const(f"{base}.weight_zero_point", np.full(len(scale), WIDE_WEIGHT_ZERO_POINT, np.uint8))
-    else:
-        w = b.const(f"{base}.weight_int8", ints.astype(np.int8))
-        z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
+@dataclass(frozen=True)
+class WrittenWeight:
+    """A layer's weights as written: the dequantized tensor, the integer initializer and its storage type
+    (int2, int4, int8 or uint8)."""
+
+    dequantized: str
+    initializer: str
+    storage: str
+
+
+def weight(b: GraphBuilder, trained: np.ndarray, factor: int, scale: np.ndarray, base: str,
+           grid: tuple[int, int, bool], wide: bool = False, pack: bool = False) -> WrittenWeight:
+    """Weights with a per-output-channel DequantizeLinear (axis 0) whose integers are ``factor * trained``
+    at ``scale`` (``trained`` on ``grid`` = (qmin, qmax, odd_levels)).
+
+    Stored as int8 with zero point 0; with ``wide`` as uint8 holding the integers + 128 at zero point
+    128 (the same values, U8U8 kernels); with ``pack`` in the smallest ``PACKED_TYPES`` entry that holds
+    the grid, widened in front of the DequantizeLinear: Cast(INT8), then for DoReFa's odd grids Mul 2 and
+    Add 1, then Mul ``factor``. Every intermediate value lies between the stored and the final integers,
+    so int8 arithmetic cannot wrap, and onnxruntime folds the chain at session creation."""
+    ints = trained.astype(np.int64) * factor
+    kind = packed_type(*grid) if pack and not wide else None
     s = b.const(f"{base}.weight_scale", scale.astype(np.float32))
-    return b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0), w
+    if wide:
+        w = stored = b.const(f"{base}.weight_uint8", (ints + WIDE_WEIGHT_ZERO_POINT).astype(np.uint8))
+        z = b.const(f"{base}.weight_zero_point", np.full(len(scale), WIDE_WEIGHT_ZERO_POINT, np.uint8))
+    elif kind is None:
+        w = stored = b.const(f"{base}.weight_int8", ints.astype(np.int8))
+        z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
+    else:
+        values = (trained.astype(np.int64) - 1) // 2 if grid[2] else trained.astype(np.int64)
+        stored = b.const(f"{base}.weight_{kind.name}", values.astype(kind.numpy_type))
+        w = b.node("Cast", [stored], f"{base}.weight_widened", to=TensorProto.INT8)
+        if grid[2]:
+            w = b.node("Mul", [w, b.const(f"{base}.weight_two", np.array(2, np.int8))], f"{base}.weight_doubled")
+            w = b.node("Add", [w, b.const(f"{base}.weight_one", np.array(1, np.int8))], f"{base}.weight_odd")
+        if factor > 1:
+            w = b.node("Mul", [w, b.const(f"{base}.weight_factor", np.array(factor, np.int8))],
+                       f"{base}.weight_int8")
+        z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
+    dq = b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0)
+    storage = kind.name if kind else "uint8" if wide else "int8"
+    return WrittenWeight(dq, stored, storage)

@@ -16,9 +16,9 @@ from typing import Any, Iterable
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from proqha.errors import ProqhaError, first_line
+from proqha.export.graph_builder import constant_integers
 from proqha.export.onnx_export import EXACT_ON, ExportInfo
 from proqha.export.pair_sums import CpuInt8Path, PairSumBound, check_pair_sums, cpu_int8_path, pair_sum_bounds
 
@@ -43,15 +43,32 @@ def check_graph(proto: onnx.ModelProto) -> list[str]:
     return failures
 
 
+def kernel_weights(proto: onnx.ModelProto, info: ExportInfo) -> dict[str, np.ndarray]:
+    """Per quantized conv/linear, the integers its int8 kernel multiplies by (its weight DequantizeLinear's
+    input, packed weights widened as onnxruntime folds them), before the zero point is taken off."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    found = {}
+    for name, layer in info.layers.items():
+        dq = producers.get(layer.dequantized or "")
+        values = None if dq is None else constant_integers(dq.input[0], producers, inits)
+        if values is not None:
+            found[name] = values
+    return found
+
+
 def check_weight_ranges(proto: onnx.ModelProto, info: ExportInfo) -> list[str]:
     """Every weight initializer holds (k times) integers inside its layer's declared range (after its
-    zero point: 128 for uint8 weights)."""
-    inits = {t.name: t for t in proto.graph.initializer}
+    zero point: 128 for uint8 weights), read as its kernel sees them (packed ones widened)."""
+    kernels = kernel_weights(proto, info)
     failures = []
     for name, layer in info.layers.items():
         if layer.initializer is None:
             continue
-        values = numpy_helper.to_array(inits[layer.initializer]).astype(np.int64) - layer.weight_zero_point
+        if name not in kernels:
+            failures.append(f"{name}: its weight integers cannot be read from the graph")
+            continue
+        values = kernels[name].astype(np.int64) - layer.weight_zero_point
         k = layer.int_factor
         ints = values // k
         if np.any(values % k) or ints.min() < layer.qmin or ints.max() > layer.qmax:
