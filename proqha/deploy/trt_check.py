@@ -12,6 +12,17 @@ from onnx import TensorProto, numpy_helper
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
+def _integer_type(node: onnx.NodeProto, zero: onnx.TensorProto | None, inits: dict[str, onnx.TensorProto]
+                  ) -> int | None:
+    """The integer type of a Q/DQ: its zero point's; without one, a DequantizeLinear's constant input's, or
+    uint8 for a QuantizeLinear (the ONNX default); None where it is not known statically."""
+    if zero is not None:
+        return zero.data_type
+    if node.op_type == "QuantizeLinear":
+        return TensorProto.UINT8
+    return inits[node.input[0]].data_type if node.input[0] in inits else None
+
+
 def check_trt_graph(proto: onnx.ModelProto) -> list[str]:
     """One message per rule broken, each naming the node."""
     inits = {t.name: t for t in proto.graph.initializer}
@@ -22,9 +33,10 @@ def check_trt_graph(proto: onnx.ModelProto) -> list[str]:
         if node.op_type not in QDQ:
             continue
         scale = numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
-        zero = inits.get(node.input[2]) if len(node.input) > 2 else None
-        if zero is not None and zero.data_type != TensorProto.INT8:
-            problems.append(f"{node.name}: zero point of type {TensorProto.DataType.Name(zero.data_type)}; "
+        zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        qtype = _integer_type(node, zero, inits)
+        if qtype is not None and qtype != TensorProto.INT8:
+            problems.append(f"{node.name}: quantized type {TensorProto.DataType.Name(qtype)}; "
                             "TensorRT accepts INT8 Q/DQ only")
         elif zero is not None and np.any(numpy_helper.to_array(zero) != 0):
             problems.append(f"{node.name}: non-zero zero point; TensorRT needs symmetric quantization")

@@ -120,8 +120,7 @@ class OrtProfile:
         """int32 bias at scale ``input scale * weight scale`` (what onnxruntime needs to fuse), dequantized."""
         v = b.const(f"{base}.bias_int32", ints.astype(np.int32))
         s = b.const(f"{base}.bias_scale", scale.astype(np.float32))
-        z = b.const(f"{base}.bias_zero_point", np.zeros(len(scale), np.int32))
-        return b.node("DequantizeLinear", [v, s, z], f"{base}.bias", axis=0)
+        return b.node("DequantizeLinear", [v, s], f"{base}.bias", axis=0)  # zero point: 0 when left out
 
 
 class TrtProfile(OrtProfile):
@@ -205,7 +204,7 @@ def weight(b: GraphBuilder, trained: np.ndarray, factor: int, scale: np.ndarray,
         if factor > 1:
             w = b.node("Mul", [w, b.const(f"{base}.weight_factor", np.array(factor, np.int8))],
                        f"{base}.weight_int8")
-        z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
-    dq = b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0)
+        z = None
+    dq = b.node("DequantizeLinear", [w, s] + ([z] if z else []), f"{base}.weight", axis=0)  # no zero point: 0
     storage = kind.name if kind else "uint8" if wide else "int8"
     return WrittenWeight(dq, stored, storage)
