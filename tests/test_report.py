@@ -36,3 +36,29 @@ def test_report_states_per_baseline_whether_a_step_dominates_it(search_run, monk
     assert "dominated by" in result.stdout and "train-1" in result.stdout
     expected = ", ".join(f"step {s}" for s in steps) if steps else "no step"
     assert expected in result.stdout
+
+
+def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(search_run, monkeypatch):
+    import onnx
+
+    from proqha.builder import load_model
+    from proqha.cli.report import measure_file_sizes
+    from proqha.export.onnx_export import export_onnx
+    from proqha.quant import set_uniform_bits
+    from proqha.search.progressive import step_checkpoints
+
+    monkeypatch.chdir(search_run.parent.parent)
+    result = runner.invoke(app, ["report", str(search_run), "--file-size"])
+    assert result.exit_code == 0, result.output
+    assert "file KB (ratio)" in result.stdout
+    assert (search_run / "frontier_file_size.png").read_bytes()[:4] == b"\x89PNG"
+    rows = read_frontier(search_run)
+    fp32, baselines = measure_file_sizes(search_run, rows, search_baselines(search_run))
+    assert [p.run for p, _ in baselines] == ["train-1"]
+    assert all(0 < r["file_bytes"] < fp32 for r in rows)
+    # the figure is the exported graph's: the same model at 2 bit gives a file about 4x smaller in weights
+    model, state = load_model(dict(step_checkpoints(search_run))[rows[-1]["step"]])
+    set_uniform_bits(model, 2)
+    proto, _ = export_onnx(model, tuple(state["recipe"]["input_size"]))
+    assert any(t.data_type == onnx.TensorProto.INT2 for t in proto.graph.initializer)
+    assert proto.ByteSize() < rows[-1]["file_bytes"]

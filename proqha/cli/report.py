@@ -17,6 +17,7 @@ from proqha.deploy.report import (
     is_nan,
     pick_row,
     plot_bits,
+    plot_file_size,
     plot_frontier,
     read_frontier,
     search_baselines,
@@ -25,21 +26,48 @@ from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 
 
-def frontier_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """The frontier as a rich table: one row per step."""
+def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | None = None) -> Table:
+    """The frontier as a rich table: one row per step (with the exported file's size where measured)."""
     table = Table(title=title)
-    for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "size (KB)", "score", "train top-1",
-                "test top-1", "seconds"):
+    files = fp32_bytes is not None
+    for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "size (KB)") + \
+            (("file KB (ratio)",) if files else ()) + ("score", "train top-1", "test top-1", "seconds"):
         table.add_column(col, justify="right")
 
     def num(value: float, fmt: str) -> str:
         return "-" if is_nan(value) else format(value, fmt)
 
     for r in rows:
+        file_cell = (f"{r['file_bytes'] / 1e3:.1f} ({format_ratio(r['file_bytes'] / fp32_bytes)})",) if files else ()
         table.add_row(str(r["step"]), format_ratio(r["cost"]), f"{r['bitops'] / 1e9:.4f}",
-                      format_ratio(r["bitops_ratio"]), f"{r['size_bytes'] / 1e3:.1f}", num(r["score"], ".3g"),
-                      num(r["train_top1"], ".2f"), num(r["test_top1"], ".2f"), num(r["wall_s"], ".1f"))
+                      format_ratio(r["bitops_ratio"]), f"{r['size_bytes'] / 1e3:.1f}", *file_cell,
+                      num(r["score"], ".3g"), num(r["train_top1"], ".2f"), num(r["test_top1"], ".2f"),
+                      num(r["wall_s"], ".1f"))
     return table
+
+
+def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: list[UniformPoint]
+                       ) -> tuple[int, list[tuple[UniformPoint, int]]]:
+    """Export every step (and each uniform-bit run's last checkpoint) as ``proqha export`` would, without
+    validating: sets ``row["file_bytes"]``; returns the fp32 graph's size and the baselines' sizes."""
+    from proqha.builder import load_model
+    from proqha.export.file_size import fp32_graph_bytes, graph_bytes
+    from proqha.search.progressive import step_checkpoints
+
+    done = dict(step_checkpoints(run_dir))
+    fp32 = None
+    for r in rows:
+        if r["step"] not in done:
+            raise ProqhaError(f"--file-size: step {r['step']} of {run_dir} has no checkpoint")
+        model, state = load_model(done[r["step"]])
+        size = tuple(state["recipe"]["input_size"])
+        r["file_bytes"] = graph_bytes(model, size)
+        fp32 = fp32 or fp32_graph_bytes(model, size)
+    sizes = []
+    for point in baselines:
+        model, state = load_model(run_dir.parent / point.run / "checkpoints" / "last.pt")
+        sizes.append((point, graph_bytes(model, tuple(state["recipe"]["input_size"]))))
+    return fp32, sizes
 
 
 def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) -> Table:
@@ -54,20 +82,27 @@ def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) ->
     return table
 
 
-def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None) -> list[Path]:
-    """frontier.png (with uniform-bit train runs found beside the search) and bits.png of one step."""
+def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None,
+                files: tuple[int, list[tuple[UniformPoint, int]]] | None = None) -> list[Path]:
+    """frontier.png (with uniform-bit train runs found beside the search), bits.png of one step and, with
+    ``files`` (from ``measure_file_sizes``), frontier_file_size.png."""
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     arch = config.get("recipe", {}).get("arch", "")
     baselines = search_baselines(run_dir)
     row = pick_row(rows, step)
-    return [plot_frontier(rows, baselines, run_dir / "frontier.png", f"{arch} ProQHA frontier ({run_dir.name})"),
-            plot_bits(row, run_dir / "bits.png")]
+    paths = [plot_frontier(rows, baselines, run_dir / "frontier.png", f"{arch} ProQHA frontier ({run_dir.name})"),
+             plot_bits(row, run_dir / "bits.png")]
+    if files is not None:
+        paths.append(plot_file_size(rows, files[1], files[0], run_dir / "frontier_file_size.png",
+                                    f"{arch}: accuracy against the exported file's size ({run_dir.name})"))
+    return paths
 
 
 @handle_errors
 def report(
     run: Annotated[Optional[Path], typer.Argument(help="Search run directory (default: the latest).")] = None,
     step: Annotated[Optional[int], typer.Option(help="Step whose per-layer bits go to bits.png (default: last).")] = None,
+    file_size: Annotated[bool, typer.Option(help="Export every step (packed weights, not validated) to show its ONNX file size, and plot accuracy against it (frontier_file_size.png).")] = False,
 ) -> None:
     """Print a search run's frontier and write frontier.png and bits.png into it."""
     run_dir = run or latest_run_dir("search", DEFAULT_ROOT)
@@ -76,9 +111,11 @@ def report(
     if not run_dir.is_dir():
         raise ProqhaError(f"run directory not found: {run_dir}")
     rows = read_frontier(run_dir)
-    console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
+    pick_row(rows, step)  # a bad --step fails before any work
     baselines = search_baselines(run_dir)
+    files = measure_file_sizes(run_dir, rows, baselines) if file_size else None
+    console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}", files[0] if files else None))
     if baselines:
         console.print(baseline_table(rows, baselines))
-    for path in write_plots(run_dir, rows, step):
+    for path in write_plots(run_dir, rows, step, files):
         err_console.print(f"wrote {path}")

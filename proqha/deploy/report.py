@@ -113,6 +113,33 @@ def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], pat
     return save_figure(fig, path)
 
 
+def plot_file_size(rows: list[dict[str, Any]], baselines: list[tuple[UniformPoint, int]], fp32_bytes: int,
+                   path: Path, title: str = "") -> Path:
+    """``frontier_file_size.png``: test top-1 against the exported ONNX file's size (KB, and as a fraction
+    of the fp32 graph on the top axis), search steps (rows with ``file_bytes``) and uniform-bit runs."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    xs = [r["file_bytes"] / 1e3 for r in rows]
+    ax.plot(xs, [r["test_top1"] for r in rows], "o-", color="tab:blue", label="ProQHA search steps")
+    for r, x in zip(rows, xs):
+        ax.annotate(str(r["step"]), (x, r["test_top1"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
+    for point, size in baselines:
+        ax.plot([size / 1e3], [point.test_top1], "s", color="tab:red")
+        ax.annotate(f"uniform {point.bits}b", (size / 1e3, point.test_top1), textcoords="offset points",
+                    xytext=(3, -10), fontsize=7, color="tab:red")
+    if baselines:
+        ax.plot([], [], "s", color="tab:red", label="uniform-bit QAT")
+    top = ax.secondary_xaxis("top", functions=(lambda kb: kb * 1e3 / fp32_bytes, lambda r: r * fp32_bytes / 1e3))
+    top.set_xlabel("file size / fp32 graph")
+    ax.set_xlabel("ONNX file size (KB)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title or "accuracy against file size", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
     """``bits.png``: the searched bits (weights and/or activations) of every searchable layer at one step."""
     layers = knob_layers(row)

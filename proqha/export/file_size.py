@@ -21,6 +21,12 @@ def fp32_graph_bytes(model: nn.Module, input_size: tuple[int, ...]) -> int:
     return proto.ByteSize()
 
 
+def graph_bytes(model: nn.Module, input_size: tuple[int, ...], weights: str = "packed") -> int:
+    """The size of ``model``'s exported onnxruntime graph (``weights`` storage; without its metadata)."""
+    proto, _ = export_onnx(model, input_size, weights=weights)
+    return proto.ByteSize()
+
+
 def stamp_file_size(proto: onnx.ModelProto, fp32_bytes: int | None) -> bytes:
     """Add the file's own size and its ratio to ``fp32_bytes`` (None: the file is the fp32 graph) to its
     metadata; returns the file's bytes, whose length is the size written (its digits count too)."""
