@@ -30,9 +30,12 @@ def _storages(info) -> set[str]:
 def test_packed_and_int8_storage_compute_the_same_in_onnxruntime(weights):
     model, batches = _random_cifar(weights)
     _configure(model, "mixed")  # every knob cycling through 2..8 (2..7 for DoReFa)
+    if weights == "lsq":  # a packed linear too (Gemm: onnxruntime fuses it into QGemm only with a weight zero point)
+        quant_layers(model)["fc"].set_bits(w=2, a=8)
     packed, packed_info = export_onnx(model, (3, 32, 32))
     plain, plain_info = export_onnx(model, (3, 32, 32), weights="int8")
     assert {"int2", "int4"} <= _storages(packed_info) if weights == "lsq" else "int2" in _storages(packed_info)
+    assert weights != "lsq" or packed_info.layers["fc"].weight_storage == "int2"
     assert _storages(plain_info) <= {"int8", "uint8"}
     x = torch.cat([x for x, _ in batches])
     assert np.array_equal(_ort_outputs(packed, x), _ort_outputs(plain, x))  # byte for byte

@@ -193,7 +193,6 @@ def weight(b: GraphBuilder, trained: np.ndarray, factor: int, scale: np.ndarray,
         z = b.const(f"{base}.weight_zero_point", np.full(len(scale), WIDE_WEIGHT_ZERO_POINT, np.uint8))
     elif kind is None:
         w = stored = b.const(f"{base}.weight_int8", ints.astype(np.int8))
-        z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
     else:
         values = (trained.astype(np.int64) - 1) // 2 if grid[2] else trained.astype(np.int64)
         stored = b.const(f"{base}.weight_{kind.name}", values.astype(kind.numpy_type))
@@ -204,7 +203,8 @@ def weight(b: GraphBuilder, trained: np.ndarray, factor: int, scale: np.ndarray,
         if factor > 1:
             w = b.node("Mul", [w, b.const(f"{base}.weight_factor", np.array(factor, np.int8))],
                        f"{base}.weight_int8")
-        z = None
-    dq = b.node("DequantizeLinear", [w, s] + ([z] if z else []), f"{base}.weight", axis=0)  # no zero point: 0
+    if not wide:  # an explicit zero point: without one onnxruntime does not fuse Gemm into QGemm
+        z = b.const(f"{base}.weight_zero_point", np.zeros(len(scale), np.int8))
+    dq = b.node("DequantizeLinear", [w, s, z], f"{base}.weight", axis=0)
     storage = kind.name if kind else "uint8" if wide else "int8"
     return WrittenWeight(dq, stored, storage)
