@@ -274,7 +274,7 @@ def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequ
     a batch of ``test_data`` (or of seeded random inputs, when no data is given: then the top-1 columns
     are None). ``device`` is the torch engine's (default: where the model is).
     """
-    from proqha.deploy.bench import bench_model, fp32_model, make_runtime, run_bench
+    from proqha.deploy.bench import SANITY_BATCH, bench_model, engine_max_batch, fp32_model, make_runtime, run_bench
     from proqha.deploy.runtime import ENGINES
 
     size = _size(input_size)
@@ -296,9 +296,9 @@ def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequ
         models.append(fp32_model(models[0], size))
     labelled = test_data is not None
     data = test_data if labelled else _random_batches(size, torch.device("cpu"))
-    sanity_x = next(iter(data))[0][:64].cpu().numpy()
+    sanity_x = next(iter(data))[0][:SANITY_BATCH].cpu().numpy()
     result = run_bench(models, list(engines), batch_list,
-                       lambda name, bm: make_runtime(name, bm, threads, torch_device, size, max(batch_list)),
+                       lambda name, bm: make_runtime(name, bm, threads, torch_device, size, engine_max_batch(batch_list)),
                        sanity_x, lambda: data, size, warmup, None if seconds else iters, seconds)
     if not labelled:
         for row in result.rows:

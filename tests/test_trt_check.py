@@ -71,7 +71,9 @@ def test_weight_axis_1_is_rejected(graphs):
         if attr.name == "axis":
             attr.i = 1
     problems = check_trt_graph(broken)
-    assert problems == ["layer3.0.conv1.weight: per-channel weight scales on axis 1; TensorRT needs axis 0"]
+    assert problems == ["layer3.0.conv1.weight: per-channel weight scales on axis 1; TensorRT needs axis 0",
+                        "layer3.0.conv1.weight: 64 scales for a weight of shape (64, 32, 3, 3) on axis 1; TensorRT "
+                        "needs one per channel of that axis"]
 
 
 def test_conv_without_dequantized_input_is_rejected(graphs):
@@ -84,3 +86,63 @@ def test_conv_without_dequantized_input_is_rejected(graphs):
     conv.input[0] = clip.input[0]  # feed the float tensor straight in
     problems = check_trt_graph(broken)
     assert any(p.startswith("layer1.0.conv2: input 0 is not dequantized") for p in problems)
+
+
+def _node(proto, name):
+    return next(n for n in proto.graph.node if n.name == name)
+
+
+def test_quantize_without_zero_point_is_rejected(graphs):
+    trt, _ = graphs
+    broken = copy.deepcopy(trt)
+    q = _node(broken, "layer1.0.conv1.input.q")
+    del q.input[2]  # ONNX then quantizes to uint8
+    problems = check_trt_graph(broken)
+    assert any(p.startswith("layer1.0.conv1.input.q: QuantizeLinear without a zero point outputs UINT8") for p in problems)
+
+
+def test_dequantize_input_of_another_type_is_rejected(graphs):
+    trt, _ = graphs
+    name = "layer1.0.conv1.weight_int8"
+    weights = next(numpy_helper.to_array(t) for t in trt.graph.initializer if t.name == name)
+    broken = _replace_init(trt, name, weights.astype(np.int16))
+    assert check_trt_graph(broken) == ["layer1.0.conv1.weight: DequantizeLinear input of type INT16; TensorRT needs "
+                                       "INT8 (matching the zero point)"]
+
+
+def test_scale_and_zero_point_lengths_must_match_the_axis(graphs):
+    trt, _ = graphs
+    scale = next(numpy_helper.to_array(t) for t in trt.graph.initializer if t.name == "layer1.0.conv1.weight_scale")
+    short = _replace_init(trt, "layer1.0.conv1.weight_scale", scale[:-1])
+    assert any(p.startswith("layer1.0.conv1.weight: 15 scales for a weight of shape (16, 16, 3, 3)")
+               for p in check_trt_graph(short))
+    zeros = _replace_init(trt, "layer1.0.conv1.weight_zero_point", np.zeros(3, np.int8))
+    assert check_trt_graph(zeros) == ["layer1.0.conv1.weight: zero point shape (3,) differs from the scale's (16,)"]
+
+
+def _residual(other_from_conv: bool) -> onnx.ModelProto:
+    """x -> Q/DQ -> conv -> (+ identity Q/DQ) : the add's other input straight from a conv, or through a Relu."""
+    from onnx import TensorProto, helper
+
+    inits = [numpy_helper.from_array(a, n) for a, n in [
+        (np.array(0.1, np.float32), "s"), (np.array(0, np.int8), "z"),
+        (np.ones((4, 4, 1, 1), np.int8), "w"), (np.full(4, 0.01, np.float32), "ws"), (np.zeros(4, np.int8), "wz")]]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="x.q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="x.dq"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="w.dq", axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], name="conv")]
+    branch = "c"
+    if not other_from_conv:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"], name="relu"))
+        branch = "r"
+    nodes.append(helper.make_node("Add", [branch, "xd"], ["y"], name="add"))
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def test_residual_with_qdq_on_the_identity_only_is_accepted_when_the_other_input_is_a_conv():
+    assert check_trt_graph(_residual(other_from_conv=True)) == []  # NVIDIA's fusible pattern
+    problems = check_trt_graph(_residual(other_from_conv=False))
+    assert problems == ["add: one input of the residual add is dequantized and the other does not come from a conv "
+                        "(TensorRT fuses an add into the conv before it only)"]

@@ -12,8 +12,8 @@ from proqha.builder import load_model
 from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line, resolve_source, test_batches
 from proqha.cost import format_ratio
-from proqha.deploy.bench import (BenchModel, BenchResult, bench_model, fp32_model, make_runtime, plot_results,
-                                 run_bench, write_results)
+from proqha.deploy.bench import (ACCURACY_BATCH, SANITY_BATCH, BenchModel, BenchResult, bench_model,
+                                 engine_max_batch, fp32_model, make_runtime, plot_results, run_bench, write_results)
 from proqha.deploy.runtime import ENGINES
 from proqha.errors import ProqhaError
 from proqha.export.onnx_export import check_int8_kernels, check_weights
@@ -109,10 +109,11 @@ def bench(
                 models.append(_bench_model(label, path, s, want_trt, int8_kernels, weights)[0])
 
     def runtime(name: str, bm: BenchModel):
-        return make_runtime(name, bm, threads, torch_device, size, max(batches))
+        return make_runtime(name, bm, threads, torch_device, size, engine_max_batch(batches))
 
-    sanity_x = next(iter(test_batches(state, 64, 64)))[0].numpy()
-    result = run_bench(models, engines, batches, runtime, sanity_x, lambda: test_batches(state, samples, 32),
+    sanity_x = next(iter(test_batches(state, SANITY_BATCH, SANITY_BATCH)))[0].numpy()
+    result = run_bench(models, engines, batches, runtime, sanity_x,
+                       lambda: test_batches(state, samples, ACCURACY_BATCH),
                        size, warmup, None if seconds else iters, seconds,
                        on_progress=lambda what: err_console.print(f"timing {what}"))
     out = out_dir or run_dir / "bench"

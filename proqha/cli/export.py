@@ -180,16 +180,18 @@ def export(
             for failure in report.failures:
                 err_console.print(f"error: {failure}", markup=False)
             raise fail(f"export failed {len(report.failures)} check(s); nothing written to {out}", 1)
-    atomic_write_bytes(out, data)
-    if check:
-        atomic_write_json(parity_path(out), report.to_dict() | {"model": str(out), "source": str(checkpoint)})
-    if fmt == "trt":
+    engine = None
+    if fmt == "trt":  # built before anything is written: a refused graph leaves no files behind
         from proqha.deploy.runtime_trt import TrtRuntime, build_engine
 
         engine, settings = build_engine(data, input_size)
+        settings |= {"onnx": str(out), "layers": TrtRuntime(engine).layer_precisions().to_dict()}
+    atomic_write_bytes(out, data)
+    if check:
+        atomic_write_json(parity_path(out), report.to_dict() | {"model": str(out), "source": str(checkpoint)})
+    if engine is not None:
         atomic_write_bytes(out.with_suffix(".engine"), engine)
-        atomic_write_json(out.with_suffix(".engine.json"), settings | {"onnx": str(out),
-                                                                       "layers": TrtRuntime(engine).layer_precisions()})
+        atomic_write_json(out.with_suffix(".engine.json"), settings)
         err_console.print(f"wrote {out.with_suffix('.engine')}")
     err_console.print(f"wrote {out} ({int(meta[FILE_BYTES]):,} bytes, {format_ratio(float(meta[RATIO]))} of the fp32 "
                       f"graph; weights {meta['proqha.weights']}, opset {info.opset}; {len(info.layers)} layers; "

@@ -20,6 +20,8 @@ from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json, atomic_write_text
 
 SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
+SANITY_BATCH = 64  # images in the sanity batch
+ACCURACY_BATCH = 32  # images per batch of the accuracy pass
 CSV_FIELDS = ["model", "step", "engine", "batch", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
               "throughput", "speedup_vs_fp32", "paper_cost", "gbitops", "bitops_ratio", "size_bytes", "file_bytes",
               "file_ratio_fp32", "ort_session_bytes", "torch_top1", "engine_top1", "sanity_agreement"]
@@ -71,9 +73,16 @@ def fp32_model(base: BenchModel, input_size: tuple[int, ...]) -> BenchModel:
     return BenchModel("fp32", twin, data, cost_report(twin, input_size), False, base.step, data)
 
 
+def engine_max_batch(batches: Iterable[int]) -> int:
+    """The largest batch a bench sends an engine: its timed batches, the sanity batch and the accuracy
+    batches (a TensorRT profile must take each; larger inputs run in parts)."""
+    return max([*batches, SANITY_BATCH, ACCURACY_BATCH])
+
+
 def make_runtime(engine: str, bm: BenchModel, threads: int | None = None, device: torch.device | None = None,
                  input_size: tuple[int, ...] | None = None, max_batch: int = 1) -> Runtime:
-    """The runtime ``engine`` (ort, torch or trt) over one bench model."""
+    """The runtime ``engine`` (ort, torch or trt) over one bench model; ``max_batch`` (``engine_max_batch``)
+    is the top of a TensorRT engine's profile."""
     if engine == "ort":
         from proqha.deploy.runtime_ort import OrtRuntime
 

@@ -3,6 +3,7 @@ the session, less its resident set just before (Python, numpy and onnxruntime al
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,9 +40,7 @@ def ort_session_memory(model_bytes: bytes, threads: int | None = None, timeout: 
     """Bytes of resident memory onnxruntime's CPU session over ``model_bytes`` adds at its peak during
     creation (graph optimization included), measured in a fresh child process; None where the
     platform has no ``resource`` module (Windows) or the child fails."""
-    try:
-        import resource  # noqa: F401  - POSIX only
-    except ImportError:
+    if importlib.util.find_spec("resource") is None:  # POSIX only
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
