@@ -113,3 +113,14 @@ def test_an_engine_of_another_major_version_is_one_line(trt, graphs, monkeypatch
     monkeypatch.setitem(sys.modules, "tensorrt", other)
     with pytest.raises(ProqhaError, match="could not load the engine"):
         TrtRuntime(engine)
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "12.0.0"])
+def test_an_unsupported_tensorrt_is_one_line(version, monkeypatch):
+    from proqha.deploy.runtime_trt import require_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.make("10.0.0"))
+    sys.modules["tensorrt"].__version__ = version
+    with pytest.raises(ProqhaError, match=rf"^TensorRT {version} is not supported: proqha builds with TensorRT 10.x "
+                                          r"or 11.x \(pip install 'proqha\[trt\]'\)$"):
+        require_tensorrt()

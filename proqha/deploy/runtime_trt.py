@@ -21,6 +21,7 @@ import torch
 from proqha.errors import ProqhaError
 
 INPUT, OUTPUT = "input", "logits"
+SUPPORTED_MAJORS = (10, 11)
 CONV_GEMM = ("conv", "gemm", "matrixmultiply", "fullyconnected")  # inspector layer/parameter types, lower case
 
 
@@ -30,6 +31,10 @@ def require_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError:
         raise ProqhaError("TensorRT is not installed: pip install 'proqha[trt]' (it needs an NVIDIA GPU and CUDA)") from None
+    major = str(getattr(trt, "__version__", "0")).split(".")[0]
+    if not major.isdigit() or int(major) not in SUPPORTED_MAJORS:
+        raise ProqhaError(f"TensorRT {getattr(trt, '__version__', '?')} is not supported: proqha builds with "
+                          f"TensorRT {' or '.join(f'{m}.x' for m in SUPPORTED_MAJORS)} (pip install 'proqha[trt]')")
     if not torch.cuda.is_available():
         raise ProqhaError("TensorRT needs an NVIDIA GPU, and CUDA is not available on this machine")
     return trt
