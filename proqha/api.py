@@ -104,7 +104,7 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **opt
 def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[Batch] | None = None, *,
         epochs: int = 1, lr: float | None = None, optimizer: str | torch.optim.Optimizer = "adam",
         weight_decay: float = 0.0, loss: LossFn | None = None, device: str | torch.device | None = None,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, compile: bool = False) -> list[dict[str, Any]]:
     """Train ``qmodel`` (quantization-aware) for ``epochs`` over ``train_loader``; returns one dict per epoch
     (``epoch``, ``lr``, ``train_loss``, ``train_top1``, with ``test_loader`` also ``test_loss``, ``test_top1``,
     ``test_top5``; ``time_s``).
@@ -112,7 +112,10 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     ``optimizer``: "adam" or "sgd" (momentum 0.9; ``lr`` defaults to 1e-3 and 0.1), with a per-batch cosine
     schedule and no weight decay on biases, BN and quantizer ranges; or your own optimizer, used as it is.
     ``loss(logits, targets)`` defaults to cross-entropy. ``device``: None keeps the model where it is.
+    ``compile``: run training and evaluation through ``torch.compile`` (eagerly, with one warning, where it
+    cannot compile).
     """
+    from proqha.compiling import maybe_compiled
     from proqha.train import DEFAULT_LR, OPTIMIZERS, evaluate, make_optimizer, train_one_epoch
 
     if epochs < 1:
@@ -131,12 +134,13 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
         raise ProqhaError(f"fit: optimizer must be one of {', '.join(OPTIMIZERS)} or a torch optimizer, "
                           f"got {optimizer!r}")
     rows = []
+    net = maybe_compiled(qmodel, compile)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-        row |= train_one_epoch(qmodel, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
+        row |= train_one_epoch(net, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
         if test_loader is not None:
-            row |= evaluate(qmodel, test_loader, dev, loss)
+            row |= evaluate(net, test_loader, dev, loss)
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         if on_epoch is not None:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from proqha import distributed
 from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import load_checkpoint, save_checkpoint
+from proqha.compiling import maybe_compiled
 from proqha.cost import cost_report
 from proqha.data import check_data_dir, get_dataset_spec, load_dataset
 from proqha.errors import ProqhaError, first_line
@@ -62,6 +63,7 @@ class TrainConfig:
     init: str | None = None
     amp: str = "none"
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model for training and evaluation
 
     def resolved(self) -> "TrainConfig":
         """Fill defaults that depend on other options and validate ranges (ProqhaError on bad input)."""
@@ -292,6 +294,17 @@ def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Mo
     return model.to(device), recipe
 
 
+def training_net(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
+    """What a training loop calls: ``model`` under DistributedDataParallel when torchrun started several
+    processes, compiled with ``compile`` (``proqha.compiling``); parameters stay ``model``'s."""
+    net = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return maybe_compiled(net, compile)
+
+
 def _checkpoint(model, optimizer, scheduler, epoch, best, cfg, recipe, row) -> dict[str, Any]:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best_top1": best, "config": cfg.to_dict(), "recipe": recipe.to_dict(),
@@ -352,11 +365,8 @@ def _fit_locked(cfg, run_dir, resume, device, num_classes, train_set, test_set, 
     if main:
         BitConfig.from_model(model).save(run_dir / "bits.json")
         atomic_write_json(run_dir / "cost.json", cost_report(model, recipe.input_size).to_dict())
-    net = model
-    if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = training_net(model, device, cfg.compile)
+    test_net = maybe_compiled(model, cfg.compile)
     test_loader = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers)
     row: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -367,7 +377,7 @@ def _fit_locked(cfg, run_dir, resume, device, num_classes, train_set, test_set, 
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(net, loader, optimizer, scheduler, device, epoch, on_batch,
                                StepOptions(cfg.amp, cfg.channels_last))
-        row |= evaluate(model, test_loader, device)
+        row |= evaluate(test_net, test_loader, device)
         row["time_s"] = time.perf_counter() - t0
         row["images_per_s"] = len(train_set) / max(row["time_s"], 1e-9)
         state = _checkpoint(model, optimizer, scheduler, epoch, max(best, row["test_top1"]), cfg, recipe, row)

@@ -52,6 +52,7 @@ def search(
     seed: Annotated[int, typer.Option(help="Seed: same seed, same search on the same machine.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model for fine-tuning and evaluation (recompiled each step).")] = _DEFAULT.compile,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/search-<n>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the search in --run-dir (default: the latest) from its last step.")] = False,
 ) -> None:
@@ -73,7 +74,7 @@ def search(
                            target_cost=target_cost, target_bitops=target_bitops, target_size_mb=target_size_mb,
                            strategy=strategy, table_data=table_data, knobs=knobs, fixed_bits=fixed_bits,
                            fit_budget=fit_budget, final_epochs=final_epochs,
-                           seed=seed, device=device, workers=workers).resolved()
+                           seed=seed, device=device, workers=workers, compile=compile).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("search", run_dir))
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -35,6 +35,7 @@ def train(
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint (float or quantized).")] = None,
     amp: Annotated[str, typer.Option(help="Mixed precision for the float parts: none, bf16, fp16 (CUDA); quantizer math stays float32.")] = "none",
     channels_last: Annotated[bool, typer.Option(help="Train in channels_last memory format.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training and evaluation (eager, with one warning, if it cannot).")] = TrainConfig.compile,
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/train-<n>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: the latest) from its last epoch.")] = False,
 ) -> None:
@@ -52,7 +53,7 @@ def train(
                           epochs=epochs if epochs is not None else TrainConfig.epochs, batch_size=batch_size,
                           lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed, workers=workers,
                           device=device, init=str(init) if init else None, amp=amp,
-                          channels_last=channels_last).resolved()
+                          channels_last=channels_last, compile=compile).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("train", run_dir))
     progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),

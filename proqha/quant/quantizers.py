@@ -43,7 +43,6 @@ class Quantizer(nn.Module):
         super().__init__()
         self.bits = check_bits(bits)
         self.alpha = nn.Parameter(torch.ones(channels))
-        self.register_buffer("_zero", torch.zeros(channels), persistent=False)
         self.initialized = False
 
     # -- grid -------------------------------------------------------------------------------------
@@ -150,7 +149,7 @@ class WeightQuantizer(Quantizer):
     def _fake_quant(self, w: torch.Tensor) -> torch.Tensor:
         qmin, qmax = self.qrange()
         factor = g.lsq_grad_factor(w[0].numel(), qmax)
-        return g.fake_quant_per_channel(w, self.scale(), self._zero, 0, qmin, qmax, factor)
+        return g.fake_quant_per_channel(w, self.scale(), qmin, qmax, factor)
 
 
 class DoReFaWeightQuantizer(Quantizer):

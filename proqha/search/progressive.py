@@ -33,7 +33,8 @@ from proqha.search.data import DatasetData, SearchData
 from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score, loss_score
 from proqha.search.select import objective
-from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train_one_epoch
+from proqha.compiling import maybe_compiled
+from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train_one_epoch, training_net
 
 CRITERIA = ("hessian", "loss", "acc", "random")
 LOSS_FLOOR = 1e-6  # a candidate's loss increase is at least this (calibration noise can make it negative)
@@ -76,6 +77,7 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 0
+    compile: bool = False  # torch.compile the model for fine-tuning and evaluation (a fresh compile per step)
 
     def resolved(self) -> "SearchConfig":
         """Validate ranges and combinations (ProqhaError naming the option); fill the cost metric."""
@@ -337,12 +339,9 @@ class ProgressiveSearch:
         optimizer = make_optimizer(self.model, "adam", cfg.lr, cfg.weight_decay)
         steps = epochs * self.data.train_steps()
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        net = self.model
-        if distributed.active():
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                          else None)
+        if cfg.compile:  # a fresh compile per step: the step's bits, and no pile of stale guarded graphs
+            torch._dynamo.reset()
+        net = training_net(self.model, self.device, cfg.compile)
         top1 = math.nan
         for epoch in range(epochs):
             seed = _step_seed(cfg.seed, step, 100 + epoch)
@@ -356,7 +355,8 @@ class ProgressiveSearch:
         bits = self.bits()
         report = self.cost_of(bits)
         batches = self.data.test_batches()
-        test = evaluate(self.model, batches, self.device, self.loss_fn) if batches is not None else \
+        test = evaluate(maybe_compiled(self.model, self.cfg.compile), batches, self.device, self.loss_fn) \
+            if batches is not None else \
             {"test_top1": math.nan, "test_top5": math.nan}
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
                                "bitops_ratio": report.bitops_ratio, "size_bytes": report.size_bytes,

@@ -1,0 +1,178 @@
+"""The fake-quantization kernels against plain-autograd references (values and gradients, the LSQ scale
+gradient included), their meta-device path, and torch.compile of a quantized model."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from proqha.compiling import Compiled
+from proqha.quant import QuantConfig, grid, quantize_model, searchable_layers
+
+
+class _Round(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _Scaled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s, factor):
+        ctx.factor = factor
+        return s.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.factor, None
+
+
+def reference_per_tensor(x, scale, qmin, qmax, factor):
+    """LSQ as written in the paper, by autograd: s * round(hardtanh(x / s)) (strict mask on x / s)."""
+    s = _Scaled.apply(scale, factor)
+    return _Round.apply(F.hardtanh(x / s, qmin, qmax)) * s
+
+
+def reference_per_channel(w, scale, qmin, qmax, factor):
+    """torch's learnable per-channel fake quantization, by autograd: clamp(round(w / s)) * s with the
+    gradient passing where the rounded value lies in [qmin, qmax], bounds included (torch.clamp's own
+    backward leaves the bounds out)."""
+    s = _Scaled.apply(scale, factor).reshape(-1, *([1] * (w.dim() - 1)))
+    q = _Round.apply(w / s)
+    inside = (q >= qmin) & (q <= qmax)
+    return torch.where(inside, q, q.clamp(qmin, qmax).detach()) * s
+
+
+def _values_and_grads(fn, x, scale, qmin, qmax, factor, upstream):
+    x, scale = x.clone().requires_grad_(), scale.clone().requires_grad_()
+    y = fn(x, scale, qmin, qmax, factor)
+    (y * upstream).sum().backward()
+    return y.detach(), x.grad, scale.grad
+
+
+@pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127), (0, 3), (-2, 1)])
+def test_per_tensor_kernel_matches_the_autograd_reference(qmin, qmax):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 16, 12, 12, generator=gen) * 2
+    scale = torch.tensor([4.0 / max(qmax, 1)])
+    upstream = torch.randn(x.shape, generator=gen)
+    ours = _values_and_grads(grid.fake_quant_per_tensor, x, scale, qmin, qmax, 0.01, upstream)
+    ref = _values_and_grads(reference_per_tensor, x, scale, qmin, qmax, 0.01, upstream)
+    assert torch.allclose(ours[0], ref[0], atol=1e-6)  # x * (1/s) against x / s: a tie may move one step
+    assert (ours[0] != ref[0]).float().mean() < 1e-3
+    assert torch.equal(ours[1] != 0, ref[1] != 0) or (ours[1] != ref[1]).float().mean() < 1e-3
+    assert torch.allclose(ours[2], ref[2], rtol=1e-3, atol=1e-4)  # the LSQ scale gradient
+
+
+@pytest.mark.parametrize("qmin, qmax", [(-127, 127), (-7, 7), (-1, 1)])
+def test_per_channel_kernel_matches_torch_and_the_reference(qmin, qmax):
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(32, 16, 3, 3, generator=gen) * 0.2
+    scale = torch.rand(32, generator=gen) * 0.02 + 0.01
+    upstream = torch.randn(w.shape, generator=gen)
+    ours = _values_and_grads(grid.fake_quant_per_channel, w, scale, qmin, qmax, 0.01, upstream)
+    ref = _values_and_grads(reference_per_channel, w, scale, qmin, qmax, 0.01, upstream)
+
+    def torch_op(w, s, lo, hi, factor):
+        return torch._fake_quantize_learnable_per_channel_affine(w, s, torch.zeros_like(s), 0, lo, hi, factor)
+
+    today = _values_and_grads(torch_op, w, scale, qmin, qmax, 0.01, upstream)
+    assert torch.equal(ours[0], today[0]) and torch.equal(ours[1], today[1])  # what training computed before
+    assert torch.allclose(ours[2], today[2], rtol=1e-4, atol=1e-6)
+    assert (ours[0] != ref[0]).float().mean() < 1e-3 and torch.allclose(ours[2], ref[2], rtol=1e-3, atol=1e-5)
+
+
+def test_the_traced_path_computes_what_the_eager_one_does(monkeypatch):
+    gen = torch.Generator().manual_seed(2)
+    x, upstream = torch.randn(4, 8, 6, 6, generator=gen), torch.randn(4, 8, 6, 6, generator=gen)
+    scale = torch.tensor([0.05])
+    eager = _values_and_grads(grid.fake_quant_per_tensor, x, scale, 0, 15, 0.1, upstream)
+    monkeypatch.setattr(grid, "_traceable", lambda t: True)  # the branch torch.compile and meta take
+    traced = _values_and_grads(grid.fake_quant_per_tensor, x, scale, 0, 15, 0.1, upstream)
+    assert torch.equal(eager[0], traced[0]) and torch.equal(eager[1], traced[1])
+    assert torch.allclose(eager[2], traced[2], rtol=1e-5)
+
+
+def test_a_quantized_model_runs_on_the_meta_device():
+    from proqha.models import create_model
+
+    model = quantize_model(create_model("resnet20"), QuantConfig(bits=4)).train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))  # ranges set on real data
+    meta = copy.deepcopy(model).to("meta")
+    out = meta(torch.empty(8, 3, 32, 32, device="meta"))
+    assert out.shape == (8, 10) and out.device.type == "meta"
+    out.sum().backward()  # the backward too: no kernel reads data
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in meta.parameters() if p.requires_grad)
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    return quantize_model(net, QuantConfig(bits=8), (1, 8, 8))
+
+
+def test_compiled_training_follows_eager_and_bit_changes_recompile():
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    eager = _tiny().train()
+    with torch.no_grad():
+        eager(x)
+    model = copy.deepcopy(eager)
+    compiled = Compiled(model)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (model, eager)]
+    losses = []
+    for _ in range(3):  # a few training steps each
+        pair = []
+        for net, opt in zip((compiled, eager), opts):
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            pair.append(loss.item())
+        losses.append(pair)
+        conv = [F.cosine_similarity(a.weight.grad.flatten(), b.weight.grad.flatten(), dim=0)
+                for a, b in zip(searchable_layers(model).values(), searchable_layers(eager).values())]
+        assert min(conv) > 0.99, conv  # float reordering may flip a rounding tie, not the training
+    assert all(abs(a - b) <= 1e-3 * abs(b) + 1e-4 for a, b in losses), losses
+    model.eval()
+    eager.eval()
+    step = float(searchable_layers(eager)["3"].input_quantizer.scale())
+    with torch.no_grad():
+        before = compiled(x)
+    for bits in (3, 2):  # a bit change must not run a stale graph
+        for net in (model, eager):
+            for layer in searchable_layers(net).values():
+                layer.set_bits(w=bits, a=bits)
+        with torch.no_grad():
+            a, b = compiled(x), eager(x)
+        assert (a - b).abs().max() <= 2 * step * 2 ** (8 - bits), (bits, float((a - b).abs().max()))
+        assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.9
+        assert not torch.equal(a, before)  # the 8-bit graph is not what ran
+        before = a
+
+
+def test_a_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    model = _tiny().eval()
+    compiled = Compiled(model)
+
+    def broken(*args, **kwargs):
+        raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler found")
+
+    object.__setattr__(compiled, "_compiled", broken)
+    x = torch.randn(4, 1, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(x)
+        compiled(x)
+    assert torch.equal(out, model(x))
+    assert [str(w.message) for w in caught] == ["torch.compile failed, running eagerly: no C++ compiler found"]
