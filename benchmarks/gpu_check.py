@@ -4,7 +4,8 @@
 
 Checks, each ok / fail / skipped (with the reason), in this order:
   cuda_qat_epoch     `proqha train --device cuda --epochs 2` on digits: epoch time, test top-1
-  qat_overhead_cuda  ResNet-20 batch 128: 8-bit QAT step / float step on CUDA, fp32 and `--amp bf16`
+  qat_overhead_cuda  ResNet-20 batch 128: 8-bit QAT step / float step on CUDA (benchmarks/qat_overhead.py):
+                     fp32 eager and compiled, and bf16 autocast eager
   search_step_cuda   `proqha search --steps 1 --device cuda` from that run: step time
   bench_torch_cuda   `proqha bench --engine torch --device cuda` of the search: latency rows
   tensorrt           (when `import tensorrt` works) the trt-profile graph of the search step: static
@@ -63,37 +64,16 @@ def cuda_qat_epoch(out: Path) -> dict[str, Any]:
     return {"epoch_s": [round(r["time_s"], 3) for r in rows], "test_top1": rows[-1]["test_top1"]}
 
 
-def _step_ratio(amp: bool, steps: int = 20, warmup: int = 5) -> dict[str, float]:
-    from proqha.models import create_model
-    from proqha.quant import QuantConfig, quantize_model
-
-    torch.manual_seed(0)
-    float_model = create_model("resnet20").cuda().train()
-    quant_model = quantize_model(create_model("resnet20"), QuantConfig(bits=8)).cuda().train()
-    x, y = torch.randn(128, 3, 32, 32, device="cuda"), torch.randint(0, 10, (128,), device="cuda")
-    times: dict[str, list[float]] = {"float": [], "quant8": []}
-    opts = {name: torch.optim.SGD(m.parameters(), lr=0.01) for name, m in (("float", float_model),
-                                                                           ("quant8", quant_model))}
-    for i in range(warmup + steps):
-        for name, model in (("float", float_model), ("quant8", quant_model)):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[name].step()
-            torch.cuda.synchronize()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"float_ms": round(med["float"] * 1e3, 3), "quant8_ms": round(med["quant8"] * 1e3, 3),
-            "ratio": round(med["quant8"] / med["float"], 3)}
-
-
 def qat_overhead_cuda(out: Path) -> dict[str, Any]:
     need_cuda()
-    return {"fp32": _step_ratio(amp=False), "amp_bf16": _step_ratio(amp=True)}
+    from qat_overhead import measure
+
+    result = {}
+    for label, amp, compile in (("fp32", False, True), ("amp_bf16", True, False)):
+        med = measure("resnet20", 128, 20, 5, "lsq", compile, device="cuda", amp=amp)
+        result[label] = {k: round(v * 1e3, 3) for k, v in med.items()} | {
+            f"{k}_over_float": round(v / med["float"], 3) for k, v in med.items() if k != "float"}
+    return result
 
 
 def search_step_cuda(out: Path) -> dict[str, Any]:

@@ -1,61 +1,102 @@
-"""Median training-step time of the 8-bit quantized ResNet-20 over the same model in float.
+"""Median training-step time of the 8-bit quantized ResNet-20 against the same model in float, eager and
+under torch.compile, in one run.
 
-    python benchmarks/qat_overhead.py [--arch resnet20] [--batch 128] [--steps 20]
+    python benchmarks/qat_overhead.py [--arch resnet20] [--batch 128] [--steps 20] [--no-compile]
 
-Both models run in the same process, interleaved step by step, so machine noise hits both alike.
-Goal: ratio <= 1.3 (above 1.5 is a defect).
+The models run in the same process, interleaved step by step, so machine noise hits all alike: float
+eager, QAT eager and (unless --no-compile) QAT compiled (`proqha.compiling.Compiled`, compiled before
+timing). Goals (exit 1 on a miss): QAT eager / float eager <= 1.15, and QAT compiled / float eager <= 1.0.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from proqha.compiling import Compiled
 from proqha.models import create_model
 from proqha.quant import QuantConfig, quantize_model
 
+EAGER_GOAL = 1.15
+COMPILED_GOAL = 1.0
 
-def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+
+def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              amp: bool = False) -> float:
+    """Seconds of one SGD step (forward, backward, update; bf16 autocast with ``amp``), synchronised on CUDA."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
-    loss = F.cross_entropy(model(x), y)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def measure(arch: str, batch: int, steps: int, warmup: int, weights: str, compile: bool, device: str = "cpu",
+            amp: bool = False) -> dict[str, float]:
+    """Median step seconds of float eager, QAT eager and (with ``compile``) QAT compiled."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    float_model = create_model(arch).to(device).train()
+    quant_model = quantize_model(create_model(arch), QuantConfig(bits=8, weight_quantizer=weights)).to(device).train()
+    with torch.no_grad():
+        quant_model(x)  # ranges set, as training's calibration does
+    models = {"float": float_model, "qat": quant_model}
+    if compile:
+        models["qat_compiled"] = Compiled(copy.deepcopy(quant_model))
+    runs = {name: (m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), []) for name, m in models.items()}
+    if compile:
+        t0 = time.perf_counter()
+        step_time(runs["qat_compiled"][0], runs["qat_compiled"][1], x, y, amp)
+        print(f"compiling took {time.perf_counter() - t0:.1f} s")
+    for i in range(warmup + steps):
+        for name, (model, opt, times) in runs.items():
+            t = step_time(model, opt, x, y, amp)
+            if i >= warmup:
+                times.append(t)
+    return {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet20")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--weight-quantizer", default="lsq")
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    float_model = create_model(args.arch).train()
-    quant_model = quantize_model(float_model, QuantConfig(bits=8, weight_quantizer=args.weight_quantizer)).train()
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch,))
-    runs = {}
-    for name, model in (("float", float_model), ("quant8", quant_model)):
-        runs[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), [])
-    for i in range(args.warmup + args.steps):
-        for name, (model, opt, times) in runs.items():
-            t = step_time(model, opt, x, y)
-            if i >= args.warmup:
-                times.append(t)
-    med = {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+    med = measure(args.arch, args.batch, args.steps, args.warmup, args.weight_quantizer, args.compile)
     print(f"arch={args.arch} batch={args.batch} threads={torch.get_num_threads()} steps={args.steps} "
           f"weights={args.weight_quantizer}")
-    print(f"float step median   {med['float'] * 1e3:8.1f} ms")
-    print(f"quant8 step median  {med['quant8'] * 1e3:8.1f} ms")
-    print(f"ratio quant8/float  {med['quant8'] / med['float']:8.2f}x  (goal <= 1.3, defect > 1.5)")
+    for name, seconds in med.items():
+        print(f"{name:<13} step median {seconds * 1e3:8.1f} ms")
+    misses = []
+    eager = med["qat"] / med["float"]
+    print(f"QAT eager / float eager     {eager:6.2f}x  (goal <= {EAGER_GOAL})")
+    if eager > EAGER_GOAL:
+        misses.append(f"QAT eager / float eager = {eager:.2f}x > {EAGER_GOAL}")
+    if "qat_compiled" in med:
+        compiled = med["qat_compiled"] / med["float"]
+        print(f"QAT compiled / float eager  {compiled:6.2f}x  (goal <= {COMPILED_GOAL})")
+        if compiled > COMPILED_GOAL:
+            misses.append(f"QAT compiled / float eager = {compiled:.2f}x > {COMPILED_GOAL}")
+    for miss in misses:
+        print(f"MISS: {miss}")
+    return 1 if misses else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
