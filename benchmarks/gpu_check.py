@@ -103,7 +103,7 @@ def tensorrt(out: Path) -> dict[str, Any]:
     try:
         import tensorrt as trt  # noqa: F401
     except ImportError as exc:
-        raise Skip(f"tensorrt is not importable ({exc}); pip install 'proqha[trt]'") from None
+        raise Skip(f"tensorrt is not importable ({exc}); pip install -e '.[trt]'") from None
     from proqha.builder import load_model
     from proqha.cli.export import test_batches
     from proqha.deploy.runtime_trt import TrtRuntime, build_engine

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.files import atomic_torch_save
 
 
@@ -31,7 +31,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise ProqhaError(f"checkpoint {path} was refused: it holds objects that are not plain data "
                           f"({first[:160]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ProqhaError(f"checkpoint {path} is unreadable or truncated ({str(exc).splitlines()[0][:160]})") from None
+        raise ProqhaError(f"checkpoint {path} is unreadable or truncated ({first_line(exc)[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load's unpickler raises anything on a file that is no checkpoint
+        raise ProqhaError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {first_line(exc)[:120]})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ProqhaError(f"checkpoint {path} is not a proqha checkpoint (no 'model' entry)")
     return state

@@ -86,11 +86,11 @@ def test_trt_without_tensorrt_is_one_line_exit_2(search_run, tmp_path, monkeypat
     result = runner.invoke(app, [args[0], str(search_run), *args[1:]])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pip install 'proqha[trt]'" in lines[0]
+    assert len(lines) == 1 and "pip install -e '.[trt]'" in lines[0]
     assert sorted(p.name for p in search_run.rglob("*")) == before
 
 
-@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and an NVIDIA GPU (pip install 'proqha[trt]')")
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and an NVIDIA GPU (pip install -e '.[trt]')")
 def test_trt_engine_builds_and_matches(search_run):
     result = runner.invoke(app, ["bench", str(search_run), "--engine", "trt", "--batch", "1", "--iters", "5"])
     assert result.exit_code == 0, result.output

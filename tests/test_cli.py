@@ -84,3 +84,14 @@ def test_console_script_usage_errors_are_one_line(args, message, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, name", [(b"hello\n", "x.pt"), (b"step,cost\n", "frontier.csv")])
+def test_a_file_that_is_no_checkpoint_is_one_line_exit_2(content, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    result = runner.invoke(app, ["export", name])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {name} is not a PyTorch checkpoint (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]

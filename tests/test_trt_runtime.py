@@ -122,5 +122,5 @@ def test_an_unsupported_tensorrt_is_one_line(version, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.make("10.0.0"))
     sys.modules["tensorrt"].__version__ = version
     with pytest.raises(ProqhaError, match=rf"^TensorRT {version} is not supported: proqha builds with TensorRT 10.x "
-                                          r"or 11.x \(pip install 'proqha\[trt\]'\)$"):
+                                          r"or 11.x \(pip install -e '\.\[trt\]'\)$"):
         require_tensorrt()

@@ -6,7 +6,7 @@ One code path for TensorRT 10.x and 11.x: the network is strongly typed
 graph: the Q/DQ of a trt-profile graph decide where INT8 runs (explicit quantization), and a float graph
 builds an FP32 engine. TensorRT 11 removed the weak-typing flags (``BuilderFlag.INT8``/``FP16``), so
 nothing here touches them. TensorRT and an NVIDIA GPU are optional: every entry point checks them first
-and fails with one line naming what is missing (``pip install 'proqha[trt]'``).
+and fails with one line naming what is missing (``pip install -e '.[trt]'``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ def require_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise ProqhaError("TensorRT is not installed: pip install 'proqha[trt]' (it needs an NVIDIA GPU and CUDA)") from None
+        raise ProqhaError("TensorRT is not installed: pip install -e '.[trt]' (it needs an NVIDIA GPU and CUDA)") from None
     major = str(getattr(trt, "__version__", "0")).split(".")[0]
     if not major.isdigit() or int(major) not in SUPPORTED_MAJORS:
         raise ProqhaError(f"TensorRT {getattr(trt, '__version__', '?')} is not supported: proqha builds with "
-                          f"TensorRT {' or '.join(f'{m}.x' for m in SUPPORTED_MAJORS)} (pip install 'proqha[trt]')")
+                          f"TensorRT {' or '.join(f'{m}.x' for m in SUPPORTED_MAJORS)} (pip install -e '.[trt]')")
     if not torch.cuda.is_available():
         raise ProqhaError("TensorRT needs an NVIDIA GPU, and CUDA is not available on this machine")
     return trt
