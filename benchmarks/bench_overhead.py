@@ -8,6 +8,8 @@ per-call overhead. The smallest model is digits_resnet (8 bit) on onnxruntime at
 
 from __future__ import annotations
 
+import sys
+
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ class NullRuntime(WallClockTimed):
         return {"engine": self.name}
 
 
-def main() -> None:
+def main() -> int:
     torch.manual_seed(0)
     model = quantize_model(create_model("digits_resnet")).eval()
     model(torch.randn(16, 1, 8, 8))
@@ -50,7 +52,11 @@ def main() -> None:
     print(f"timer + dispatch overhead per call: {overhead * 1e3:.2f} us (median of 5 x 2000 calls)")
     print(f"digits_resnet int8, onnxruntime, batch 1: {model_ms * 1e3:.1f} us median")
     print(f"overhead / smallest model latency: {100 * overhead / model_ms:.2f}%  (must stay < 5%)")
+    if overhead / model_ms >= 0.05:
+        print("MISS: the timer's own overhead is 5% or more of the smallest model's latency")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

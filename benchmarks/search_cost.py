@@ -9,6 +9,8 @@ Goal: scoring overhead per step <= 1 epoch-equivalent on digits.
 
 from __future__ import annotations
 
+import sys
+
 import argparse
 import statistics
 import tempfile
@@ -34,7 +36,7 @@ def timed(name: str, fn):
     return wrapper
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-epochs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8)
@@ -66,7 +68,11 @@ def main() -> None:
     print(f"  setup and other       {other:7.2f} s = {other / epoch_s:6.2f} EE")
     per_step = SPENT["scoring"] / max(steps, 1) / epoch_s
     print(f"scoring overhead per step: {per_step:.2f} EE  (goal <= 1)")
+    if per_step > 1:
+        print(f"MISS: scoring costs {per_step:.2f} epoch-equivalents per step (> 1)")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -40,12 +40,14 @@ def _file_size(row: dict) -> str:
     return f"{row['file_bytes'] / 1e3:.1f}" + ("" if ratio is None else f" ({format_ratio(ratio)})")
 
 
-def print_bench(result: BenchResult, title: str) -> None:
+def print_bench(result: BenchResult, title: str, samples: int) -> None:
     """The side-by-side table: latency and speed-up next to paper cost, BitOPs, the graph file's size (and
-    its ratio to the fp32 graph's), onnxruntime's session memory and accuracy."""
+    its ratio to the fp32 graph's), onnxruntime's session memory and accuracy on the first ``samples`` test
+    images (the search's frontier uses the whole test split)."""
     table = Table(title=title)
     for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32", "paper cost",
-                "GBitOPs (ratio)", "file KB (ratio)", "ort MB", "top-1 torch", "top-1 engine"):
+                "GBitOPs (ratio)", "file KB (ratio)", "ort MB", f"top-1 torch ({samples} img)",
+                f"top-1 engine ({samples} img)"):
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
     for r in result.rows:
         speed = "-" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x"
@@ -119,8 +121,8 @@ def bench(
     out = out_dir or run_dir / "bench"
     paths = write_results(result, out)
     if plot:
-        paths += plot_results(result, out)
-    print_bench(result, f"proqha bench: {run_dir}")
+        paths += plot_results(result, out, str(run_dir))
+    print_bench(result, f"proqha bench: {run_dir}", samples)
     if "ort" in engines:
         console.print(f"{cpu_line()} (graphs: {int8_kernels}, weights {weights})", markup=False)
         console.print("ort MB: onnxruntime's peak resident memory for creating the session, in a child process",

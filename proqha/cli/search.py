@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -90,7 +92,7 @@ def search(
         progress.update(step_task, completed=row["step"],
                         info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
         progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}"
-                               f"  score {row['score']:.3g}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
+                               f"  score {'-' if math.isnan(row['score']) else format(row['score'], '.3g')}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
 
     def on_start(s) -> None:
         progress.console.print(f"searching {s.recipe.arch} ({len(s.knobs)} knobs) on {s.dataset}, "

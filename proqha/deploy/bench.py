@@ -198,26 +198,33 @@ def write_results(result: BenchResult, out_dir: Path) -> list[Path]:
     return [out_dir / "bench.json", out_dir / "bench.csv"]
 
 
-def plot_results(result: BenchResult, out_dir: Path) -> list[Path]:
-    """latency_vs_bitops.png and accuracy_vs_latency.png (the smallest batch, per engine)."""
+def plot_results(result: BenchResult, out_dir: Path, title: str = "") -> list[Path]:
+    """latency_vs_bitops.png and accuracy_vs_latency.png (the smallest batch, per engine); BitOPs and latency
+    on log axes, so the fp32 point does not squeeze the quantized steps into one blob; ``title`` names the
+    run (the engines and batch are added)."""
     from proqha.deploy.report import save_figure, plt
 
     batch = min(r["batch"] for r in result.rows)
     rows = [r for r in result.rows if r["batch"] == batch]
+    engines = sorted({r["engine"] for r in rows})
     paths = []
     for name, (xkey, ykey, xlabel, ylabel) in {
             "latency_vs_bitops.png": ("gbitops", "median_ms", "GBitOPs", f"median latency, batch {batch} (ms)"),
             "accuracy_vs_latency.png": ("median_ms", "engine_top1", f"median latency, batch {batch} (ms)",
                                         "top-1 (%)")}.items():
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for engine in sorted({r["engine"] for r in rows}):
+        for engine in engines:
             pts = [r for r in rows if r["engine"] == engine]
             ax.plot([r[xkey] for r in pts], [r[ykey] for r in pts], "o", label=engine)
             for r in pts:
                 ax.annotate(r["model"], (r[xkey], r[ykey]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        if ykey == "median_ms":
+            ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+        ax.set_title(f"{title + ': ' if title else ''}{', '.join(engines)}, batch {batch}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(save_figure(fig, out_dir / name))
