@@ -7,7 +7,8 @@ import math
 from typer.testing import CliRunner
 
 from proqha.cli.app import app
-from proqha.deploy.report import UniformPoint, dominating_steps, read_frontier, search_baselines
+from proqha.deploy.report import UniformPoint, dominating_steps, search_baselines
+from proqha.search.frontier import read_frontier
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from proqha.builder import load_model
 from proqha.cli.common import console, err_console, fail, handle_errors
 from proqha.cost import format_ratio
 from proqha.data import load_dataset
-from proqha.deploy.report import read_frontier
+from proqha.search.frontier import read_frontier
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
 from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata

@@ -19,10 +19,10 @@ from proqha.deploy.report import (
     plot_bits,
     plot_file_size,
     plot_frontier,
-    read_frontier,
     search_baselines,
 )
 from proqha.errors import ProqhaError
+from proqha.search.frontier import read_frontier
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 
 

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from proqha import distributed
 from proqha.cli.common import console, err_console, fail, fresh_run_dir, handle_errors, resume_config
 from proqha.cli.report import frontier_table, write_plots
-from proqha.deploy.report import read_frontier
+from proqha.search.frontier import read_frontier
 from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 from proqha.search import SearchConfig, run_search

@@ -202,7 +202,7 @@ def plot_results(result: BenchResult, out_dir: Path, title: str = "") -> list[Pa
     """latency_vs_bitops.png and accuracy_vs_latency.png (the smallest batch, per engine); BitOPs and latency
     on log axes, so the fp32 point does not squeeze the quantized steps into one blob; ``title`` names the
     run (the engines and batch are added)."""
-    from proqha.deploy.report import save_figure, plt
+    from proqha.deploy.report import pyplot, save_figure
 
     batch = min(r["batch"] for r in result.rows)
     rows = [r for r in result.rows if r["batch"] == batch]
@@ -212,7 +212,7 @@ def plot_results(result: BenchResult, out_dir: Path, title: str = "") -> list[Pa
             "latency_vs_bitops.png": ("gbitops", "median_ms", "GBitOPs", f"median latency, batch {batch} (ms)"),
             "accuracy_vs_latency.png": ("median_ms", "engine_top1", f"median latency, batch {batch} (ms)",
                                         "top-1 (%)")}.items():
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
         for engine in engines:
             pts = [r for r in rows if r["engine"] == engine]
             ax.plot([r[xkey] for r in pts], [r[ykey] for r in pts], "o", label=engine)

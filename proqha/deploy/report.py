@@ -1,8 +1,8 @@
-"""Reading a search run's frontier and drawing it: accuracy against paper cost and BitOPs, per-layer bits."""
+"""Drawing a search run: accuracy against paper cost, BitOPs and file size, per-layer bits, and the
+uniform-bit runs beside it. matplotlib is imported on the first plot only (``pyplot``)."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -10,39 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from proqha.errors import ProqhaError  # noqa: E402
-from proqha.files import atomic_write_bytes, read_jsonl  # noqa: E402
-
-KNOB_SEP = "/"
+from proqha.errors import ProqhaError
+from proqha.files import atomic_write_bytes, read_jsonl
+from proqha.search.frontier import knob_layers
+from proqha.search.knobs import KNOB_SEP
 
 
-def read_frontier(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``frontier.csv`` with numbers parsed (NaN where a step has no value)."""
-    path = Path(run_dir) / "frontier.csv"
-    if not path.is_file():
-        raise ProqhaError(f"{run_dir} is not a search run (no frontier.csv)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    parsed = []
-    for row in rows:
-        out: dict[str, Any] = {}
-        for key, value in row.items():
-            out[key] = int(value) if key == "step" or KNOB_SEP in key else float(value or "nan")
-        parsed.append(out)
-    if not parsed:
-        raise ProqhaError(f"{path} has no completed step yet")
-    return parsed
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend, imported on first use (it is slow to load)."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def knob_layers(row: dict[str, Any]) -> list[str]:
-    """Layer names of the knob columns, in column order."""
-    return list(dict.fromkeys(k.split(KNOB_SEP)[0] for k in row if KNOB_SEP in k))
-
+    return plt
 
 @dataclass
 class UniformPoint:
@@ -88,7 +69,7 @@ def dominating_steps(rows: list[dict[str, Any]], point: UniformPoint) -> list[in
 
 def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], path: Path, title: str = "") -> Path:
     """``frontier.png``: test top-1 against paper cost (left) and GBitOPs (right), steps labelled."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label, scale in ((axes[0], "cost", "paper cost (weight bits / 32)", 1.0),
                                   (axes[1], "bitops", "GBitOPs", 1e-9)):
         xs = [r[key] * scale for r in rows]
@@ -117,7 +98,7 @@ def plot_file_size(rows: list[dict[str, Any]], baselines: list[tuple[UniformPoin
                    path: Path, title: str = "") -> Path:
     """``frontier_file_size.png``: test top-1 against the exported ONNX file's size (KB, and as a fraction
     of the fp32 graph on the top axis), search steps (rows with ``file_bytes``) and uniform-bit runs."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
     xs = [r["file_bytes"] / 1e3 for r in rows]
     ax.plot(xs, [r["test_top1"] for r in rows], "o-", color="tab:blue", label="ProQHA search steps")
     for r, x in zip(rows, xs):
@@ -145,7 +126,7 @@ def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
     layers = knob_layers(row)
     kinds = [(kind, label) for kind, label in (("w", "weights"), ("a", "activations"))
              if any(f"{n}{KNOB_SEP}{kind}" in row for n in layers)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4))
+    fig, ax = pyplot().subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4))
     xs = range(len(layers))
     width = 0.8 / len(kinds)
     for i, (kind, label) in enumerate(kinds):
@@ -165,7 +146,7 @@ def save_figure(fig: Any, path: Path) -> Path:
     """Write a figure as PNG atomically and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
 

@@ -12,6 +12,9 @@ from proqha.quant import searchable_layers
 Bits = dict[str, dict[str, int]]
 
 
+KNOB_SEP = "/"  # a knob's column name: layer/kind
+
+
 class Knob(NamedTuple):
     """One searchable bit-width: a layer's weights ("w") or its input activations ("a")."""
 
@@ -20,7 +23,7 @@ class Knob(NamedTuple):
 
     @property
     def column(self) -> str:
-        return f"{self.layer}/{self.kind}"
+        return f"{self.layer}{KNOB_SEP}{self.kind}"
 
 
 KNOB_KINDS = {"both": ("w", "a"), "weights": ("w",), "activations": ("a",)}

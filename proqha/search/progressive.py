@@ -8,8 +8,6 @@ gives the same result as an uninterrupted one. Each step leaves a row in ``front
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import re
 import time
@@ -22,18 +20,20 @@ import torch
 from proqha import distributed
 from proqha.builder import ModelRecipe, load_model
 from proqha.checkpoint import save_checkpoint
+from proqha.compiling import maybe_compiled
 from proqha.cost import CostReport, cost_report
 from proqha.data import load_dataset
 from proqha.errors import ProqhaError
-from proqha.files import atomic_write_json, atomic_write_text
+from proqha.files import atomic_write_json
 from proqha.quant import BitConfig
 from proqha.runs import run_lock
 from proqha.search.allocate import allocate
 from proqha.search.data import DatasetData, SearchData
+from proqha.search.frontier import FRONTIER_FILE, FrontierLog
 from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score, loss_score
 from proqha.search.select import objective
-from proqha.compiling import maybe_compiled
+
 from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train_one_epoch, training_net
 
 CRITERIA = ("hessian", "loss", "acc", "random")
@@ -198,38 +198,6 @@ def budget_progress(cfg: SearchConfig, current: CostReport, candidate: CostRepor
                if not _within(value, limit))
 
 
-class FrontierLog:
-    """``frontier.csv``: one row per completed step, knob columns fixed at the start."""
-
-    FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "score", "train_top1", "test_top1",
-              "test_top5", "wall_s"]
-
-    def __init__(self, path: Path, knobs: list[Knob]) -> None:
-        self.path = path
-        self.columns = self.FIELDS + [k.column for k in knobs]
-
-    def rows(self) -> list[dict[str, str]]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, newline="") as f:
-            return list(csv.DictReader(f))
-
-    def resume_at(self, step: int, row: dict[str, Any]) -> None:
-        """Make the log end at ``step``, whose checkpointed ``row`` is re-added if a kill lost it."""
-        rows = [r for r in self.rows() if int(r["step"]) < step]
-        self._write(rows + [{c: row.get(c, "") for c in self.columns}])
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._write(self.rows() + [{c: row.get(c, "") for c in self.columns}])
-
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.path, buf.getvalue())
-
-
 class ProgressiveSearch:
     """One search run: a quantized model, its data, and the step loop.
 
@@ -262,7 +230,7 @@ class ProgressiveSearch:
                 bits[layer][fixed] = cfg.fixed_bits
         BitConfig(bits).apply(self.model)
         self.base_cost = cost_report(self.model, self.input_size)
-        self.frontier = FrontierLog(self.run_dir / "frontier.csv", self.knobs) if self.run_dir is not None else None
+        self.frontier = FrontierLog(self.run_dir / FRONTIER_FILE, self.knobs) if self.run_dir is not None else None
 
     @classmethod
     def from_checkpoint(cls, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device
