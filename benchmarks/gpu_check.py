@@ -105,14 +105,14 @@ def tensorrt(out: Path) -> dict[str, Any]:
     except ImportError as exc:
         raise Skip(f"tensorrt is not importable ({exc}); pip install -e '.[trt]'") from None
     from proqha.builder import load_model
-    from proqha.cli.export import test_batches
+    from proqha.data import checkpoint_test_loader
     from proqha.deploy.runtime_trt import TrtRuntime, build_engine
     from proqha.deploy.trt_check import check_trt_graph
     from proqha.errors import ProqhaError
     from proqha.export.onnx_export import export_onnx
     from proqha.export.validate import ort_session
     from proqha.quant import float_twin
-    from proqha.search.progressive import step_checkpoints
+    from proqha.search.frontier import step_checkpoints
 
     steps = step_checkpoints(out / "runs" / "search-1")
     source = steps[-1][1] if steps else out / "runs" / "train-1" / "checkpoints" / "last.pt"
@@ -140,7 +140,7 @@ def tensorrt(out: Path) -> dict[str, Any]:
     session = ort_session(data)
     agree = seen = 0
     max_steps = 0.0
-    for x, _ in test_batches(state, None, 32):
+    for x, _ in checkpoint_test_loader(state, None, 32):
         xs = x.numpy().astype(np.float32)
         a, b = runtime.run(xs), session.run(None, {"input": xs})[0]
         agree += int((a.argmax(1) == b.argmax(1)).sum())

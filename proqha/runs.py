@@ -52,3 +52,42 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def pick_checkpoint(run: Path | None, step: int | None = None, best_under_cost: float | None = None
+                    ) -> tuple[Path, Path, int | None]:
+    """(checkpoint, run directory, search step) that RUN names for export, bench and parity: a search run
+    (its last step, ``step``, or its most accurate step at or below ``best_under_cost``), a train run (its
+    last checkpoint), or a checkpoint file; default the latest search run, else the latest train run."""
+    from proqha.search.frontier import FRONTIER_FILE, read_frontier, step_checkpoints  # search imports runs
+    if run is None:
+        run = latest_run_dir("search", DEFAULT_ROOT) or latest_run_dir("train", DEFAULT_ROOT)
+        if run is None:
+            raise ProqhaError(f"no train or search run under {DEFAULT_ROOT}/ to export (pass RUN)")
+    if run.is_file():
+        if step is not None or best_under_cost is not None:
+            raise ProqhaError("--step/--best-under-cost need a search run directory, not a checkpoint file")
+        return run, run.parent, None
+    if not run.is_dir():
+        raise ProqhaError(f"RUN not found: {run}")
+    if (run / FRONTIER_FILE).is_file():
+        rows = read_frontier(run)
+        if step is not None and best_under_cost is not None:
+            raise ProqhaError("give --step or --best-under-cost, not both")
+        if best_under_cost is not None:
+            fitting = [r for r in rows if r["cost"] <= best_under_cost + 1e-12]
+            if not fitting:
+                raise ProqhaError(f"--best-under-cost {best_under_cost}: no step of {run} is that cheap "
+                                  f"(lowest {min(r['cost'] for r in rows):.4f})")
+            step = max(fitting, key=lambda r: (r["test_top1"], -r["cost"]))["step"]
+        done = dict(step_checkpoints(run))
+        step = rows[-1]["step"] if step is None else step
+        if step not in done:
+            raise ProqhaError(f"--step {step}: {run} has steps {min(done)}..{max(done)}")
+        return done[step], run, step
+    if step is not None or best_under_cost is not None:
+        raise ProqhaError(f"--step/--best-under-cost: {run} is not a search run")
+    last = run / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise ProqhaError(f"{run} has no checkpoint (checkpoints/last.pt)")
+    return last, run, None

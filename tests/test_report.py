@@ -46,7 +46,7 @@ def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(searc
     from proqha.cli.report import measure_file_sizes
     from proqha.export.onnx_export import export_onnx
     from proqha.quant import set_uniform_bits
-    from proqha.search.progressive import step_checkpoints
+    from proqha.search.frontier import step_checkpoints
 
     monkeypatch.chdir(search_run.parent.parent)
     result = runner.invoke(app, ["report", str(search_run), "--file-size"])

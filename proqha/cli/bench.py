@@ -10,14 +10,16 @@ from rich.table import Table
 
 from proqha.builder import load_model
 from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
-from proqha.cli.export import cpu_line, resolve_source, test_batches
+from proqha.cli.export import cpu_line
+from proqha.data import checkpoint_test_loader
+from proqha.runs import pick_checkpoint
 from proqha.cost import format_ratio
 from proqha.deploy.bench import (ACCURACY_BATCH, SANITY_BATCH, BenchModel, BenchResult, bench_model,
                                  engine_max_batch, fp32_model, make_runtime, plot_results, run_bench, write_results)
 from proqha.deploy.runtime import ENGINES
 from proqha.errors import ProqhaError
 from proqha.export.onnx_export import check_int8_kernels, check_weights
-from proqha.search.progressive import step_checkpoints
+from proqha.search.frontier import step_checkpoints
 from proqha.train import resolve_device
 
 
@@ -97,7 +99,7 @@ def bench(
         from proqha.deploy.runtime_trt import require_tensorrt
 
         require_tensorrt()
-    checkpoint, run_dir, chosen_step = resolve_source(run, step, best_under_cost)
+    checkpoint, run_dir, chosen_step = pick_checkpoint(run, step, best_under_cost)
     want_trt = "trt" in engines
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
                                  chosen_step, want_trt, int8_kernels, weights)
@@ -113,9 +115,9 @@ def bench(
     def runtime(name: str, bm: BenchModel):
         return make_runtime(name, bm, threads, torch_device, size, engine_max_batch(batches))
 
-    sanity_x = next(iter(test_batches(state, SANITY_BATCH, SANITY_BATCH)))[0].numpy()
+    sanity_x = next(iter(checkpoint_test_loader(state, SANITY_BATCH, SANITY_BATCH)))[0].numpy()
     result = run_bench(models, engines, batches, runtime, sanity_x,
-                       lambda: test_batches(state, samples, ACCURACY_BATCH),
+                       lambda: checkpoint_test_loader(state, samples, ACCURACY_BATCH),
                        size, warmup, None if seconds else iters, seconds,
                        on_progress=lambda what: err_console.print(f"timing {what}"))
     out = out_dir or run_dir / "bench"

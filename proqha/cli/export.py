@@ -7,13 +7,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
-from torch.utils.data import DataLoader, Subset
 
 from proqha.builder import load_model
 from proqha.cli.common import console, err_console, fail, handle_errors
 from proqha.cost import format_ratio
-from proqha.data import load_dataset
-from proqha.search.frontier import read_frontier
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
 from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata
@@ -22,55 +19,11 @@ from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
 from proqha.quant import float_twin
-from proqha.runs import DEFAULT_ROOT, latest_run_dir
+from proqha.data import checkpoint_test_loader
+from proqha.runs import pick_checkpoint
 from proqha.train import resolve_device
-from proqha.search.progressive import step_checkpoints
 
 FORMATS = ("onnx", "onnx-fp32", "trt")
-
-
-def resolve_source(run: Path | None, step: int | None, best_under_cost: float | None) -> tuple[Path, Path, int | None]:
-    """(checkpoint, run directory, search step) for RUN: a search run (a step of it), a train run, or a file."""
-    if run is None:
-        run = latest_run_dir("search", DEFAULT_ROOT) or latest_run_dir("train", DEFAULT_ROOT)
-        if run is None:
-            raise ProqhaError(f"no train or search run under {DEFAULT_ROOT}/ to export (pass RUN)")
-    if run.is_file():
-        if step is not None or best_under_cost is not None:
-            raise ProqhaError("--step/--best-under-cost need a search run directory, not a checkpoint file")
-        return run, run.parent, None
-    if not run.is_dir():
-        raise ProqhaError(f"RUN not found: {run}")
-    if (run / "frontier.csv").is_file():
-        rows = read_frontier(run)
-        if step is not None and best_under_cost is not None:
-            raise ProqhaError("give --step or --best-under-cost, not both")
-        if best_under_cost is not None:
-            fitting = [r for r in rows if r["cost"] <= best_under_cost + 1e-12]
-            if not fitting:
-                raise ProqhaError(f"--best-under-cost {best_under_cost}: no step of {run} is that cheap "
-                                  f"(lowest {min(r['cost'] for r in rows):.4f})")
-            step = max(fitting, key=lambda r: (r["test_top1"], -r["cost"]))["step"]
-        done = dict(step_checkpoints(run))
-        step = rows[-1]["step"] if step is None else step
-        if step not in done:
-            raise ProqhaError(f"--step {step}: {run} has steps {min(done)}..{max(done)}")
-        return done[step], run, step
-    if step is not None or best_under_cost is not None:
-        raise ProqhaError(f"--step/--best-under-cost: {run} is not a search run")
-    last = run / "checkpoints" / "last.pt"
-    if not last.is_file():
-        raise ProqhaError(f"{run} has no checkpoint (checkpoints/last.pt)")
-    return last, run, None
-
-
-def test_batches(state: dict[str, Any], samples: int | None, batch_size: int = 64) -> DataLoader:
-    """The first ``samples`` test images of the checkpoint's dataset, streamed in batches."""
-    config = state.get("config", {})
-    test = load_dataset(config.get("dataset", "digits"), "test", config.get("data_dir"), bool(config.get("download")))
-    if samples is not None:
-        test = Subset(test, range(min(samples, len(test))))
-    return DataLoader(test, batch_size=batch_size, shuffle=False)
 
 
 def source_metadata(state: dict[str, Any], checkpoint: Path, step: int | None) -> dict[str, str]:
@@ -149,7 +102,7 @@ def export(
         require_tensorrt()  # before any work: one line naming what is missing
         profile = "trt"
     torch_device = resolve_device(device)
-    checkpoint, run_dir, step = resolve_source(run, step, best_under_cost)
+    checkpoint, run_dir, step = pick_checkpoint(run, step, best_under_cost)
     if out is None:
         suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "") + \
                  ("-trt" if profile == "trt" else "")
@@ -174,7 +127,7 @@ def export(
         if problems:
             raise fail(f"the graph breaks {len(problems)} TensorRT rule(s); nothing written to {out}", 1)
     if check:
-        report = validate_export(proto, info, model, test_batches(state, samples))
+        report = validate_export(proto, info, model, checkpoint_test_loader(state, samples))
         print_report(report, out.name)
         if not report.ok:
             for failure in report.failures:

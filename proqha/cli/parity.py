@@ -10,7 +10,9 @@ import typer
 
 from proqha.builder import load_model
 from proqha.cli.common import err_console, fail, handle_errors
-from proqha.cli.export import parity_path, print_report, resolve_source, test_batches
+from proqha.cli.export import parity_path, print_report
+from proqha.data import checkpoint_test_loader
+from proqha.runs import pick_checkpoint
 from proqha.errors import ProqhaError
 from proqha.export.pair_sums import check_pair_sums, pair_sum_bounds
 from proqha.export.validate import ValidationReport, check_graph, check_parity, ort_kernels, parity
@@ -55,10 +57,10 @@ def parity_command(
             raise ProqhaError(f"{model_path} names no source checkpoint; pass --run")
         checkpoint = Path(source)
     else:
-        checkpoint = resolve_source(run, None, None)[0]
+        checkpoint = pick_checkpoint(run, None, None)[0]
     model, state = load_model(checkpoint)
     step = float(meta["proqha.output_scale"]) if meta.get("proqha.output_scale") else None
-    results = parity(model, data, test_batches(state, samples), step, reference)
+    results = parity(model, data, checkpoint_test_loader(state, samples), step, reference)
     exact = meta.get("proqha.format") == "onnx" and meta.get("proqha.profile") == "ort"
     int8_kernels = meta.get("proqha.int8_kernels", "portable")  # files before the option claimed every CPU
     failures = []

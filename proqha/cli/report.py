@@ -52,7 +52,7 @@ def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: lis
     validating: sets ``row["file_bytes"]``; returns the fp32 graph's size and the baselines' sizes."""
     from proqha.builder import load_model
     from proqha.export.file_size import fp32_graph_bytes, graph_bytes
-    from proqha.search.progressive import step_checkpoints
+    from proqha.search.frontier import step_checkpoints
 
     done = dict(step_checkpoints(run_dir))
     fp32 = None

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from proqha.errors import ProqhaError
 from proqha.imports import is_import_path
@@ -124,3 +124,12 @@ def calibration_split(n: int) -> tuple[list[int], list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(CALIB_SEED)).tolist()
     n_calib = min(max(1, int(n * CALIB_FRACTION)), CALIB_MAX)
     return sorted(order[:n_calib]), sorted(order[n_calib:])
+
+
+def checkpoint_test_loader(state: dict[str, Any], samples: int | None, batch_size: int = 64) -> DataLoader:
+    """The first ``samples`` (None: all) test images of the dataset a checkpoint was trained on, in batches."""
+    config = state.get("config", {})
+    test = load_dataset(config.get("dataset", "digits"), "test", config.get("data_dir"), bool(config.get("download")))
+    if samples is not None:
+        test = Subset(test, range(min(samples, len(test))))
+    return DataLoader(test, batch_size=batch_size, shuffle=False)

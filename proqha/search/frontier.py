@@ -1,11 +1,13 @@
-"""``frontier.csv``, a search run's record: one row per completed step (paper cost, BitOPs, size, score,
-accuracies, wall time, and each knob's bits in a ``layer/kind`` column). The search writes it through
-``FrontierLog``; reports, export and bench read it through ``read_frontier``."""
+"""A search run's record: ``frontier.csv``, one row per completed step (paper cost, BitOPs, size, score,
+accuracies, wall time, and each knob's bits in a ``layer/kind`` column), and a checkpoint per step
+(``checkpoints/step-NNN.pt``). The search writes them (``FrontierLog``); reports, export and bench read
+them (``read_frontier``, ``step_checkpoints``)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from proqha.files import atomic_write_text
 from proqha.search.knobs import KNOB_SEP, Knob
 
 FRONTIER_FILE = "frontier.csv"
+STEP_CKPT = re.compile(r"^step-(\d{3,})\.pt$")
 
 
 class FrontierLog:
@@ -69,3 +72,17 @@ def read_frontier(run_dir: Path) -> list[dict[str, Any]]:
 def knob_layers(row: dict[str, Any]) -> list[str]:
     """Layer names of the knob columns, in column order."""
     return list(dict.fromkeys(k.split(KNOB_SEP)[0] for k in row if KNOB_SEP in k))
+
+
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """The step checkpoints of a search run, in step order."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CKPT.match(p.name))]
+    return sorted(found)
+
+
+def step_checkpoint(run_dir: Path, step: int) -> Path:
+    """Where a search run keeps the checkpoint of ``step``."""
+    return Path(run_dir) / "checkpoints" / f"step-{step:03d}.pt"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from proqha.quant import BitConfig
 from proqha.runs import run_lock
 from proqha.search.allocate import allocate
 from proqha.search.data import DatasetData, SearchData
-from proqha.search.frontier import FRONTIER_FILE, FrontierLog
+from proqha.search.frontier import FRONTIER_FILE, FrontierLog, step_checkpoint, step_checkpoints
 from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score, loss_score
 from proqha.search.select import objective
@@ -42,7 +41,6 @@ STRATEGIES = ("auto", "table", "sets", "allocate")
 INTERVALS = (1, 2, 4)
 COST_METRICS = ("size", "bitops")
 START_BITS = 8  # a float (32-bit) knob enters the search here
-STEP_CKPT = re.compile(r"^step-(\d{3,})\.pt$")
 
 CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)
 StepCallback = Callable[[dict[str, Any]], None]
@@ -137,7 +135,7 @@ class SearchConfig:
         return asdict(self)
 
 
-def resolve_source(path: Path) -> Path:
+def start_checkpoint(path: Path) -> Path:
     """A checkpoint file, or the checkpoint a run stands at (train: last.pt; search: its last step)."""
     path = Path(path)
     if path.is_file():
@@ -150,15 +148,6 @@ def resolve_source(path: Path) -> Path:
     if steps:
         return steps[-1][1]
     raise ProqhaError(f"--from {path}: the run has no checkpoint yet")
-
-
-def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """The step checkpoints of a search run, in step order."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CKPT.match(p.name))]
-    return sorted(found)
 
 
 def _step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -343,7 +332,7 @@ class ProgressiveSearch:
         save_checkpoint({"model": self.model.state_dict(), "recipe": recipe, "bits": bits.to_dict(),
                          "step": step, "search": self.cfg.to_dict(), "metrics": row,
                          "config": self.data_options},
-                        self.run_dir / "checkpoints" / f"step-{step:03d}.pt")
+                        step_checkpoint(self.run_dir, step))
         self.frontier.append(row)  # after the checkpoint: a logged step is always resumable
         bits.save(self.run_dir / "bits.json")
 
@@ -495,7 +484,7 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
     distributed.setup()
     device = distributed.local_device(resolve_device(cfg.device))
     done = step_checkpoints(run_dir) if resume else []
-    start, source = done[-1] if done else (0, resolve_source(Path(cfg.source)))  # no step yet: from the start
+    start, source = done[-1] if done else (0, start_checkpoint(Path(cfg.source)))  # no step yet: from the start
     search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device)
     main = distributed.is_main()  # under torchrun only rank 0 writes and reports
     if not main:
