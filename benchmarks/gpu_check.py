@@ -110,7 +110,7 @@ def tensorrt(out: Path) -> dict[str, Any]:
     from proqha.deploy.trt_check import check_trt_graph
     from proqha.errors import ProqhaError
     from proqha.export.onnx_export import export_onnx
-    from proqha.export.validate import ort_session
+    from proqha.export.ort_session import ort_session
     from proqha.quant import float_twin
     from proqha.search.frontier import step_checkpoints
 

@@ -36,7 +36,8 @@ import torch
 
 from proqha.export.onnx_export import export_onnx
 from proqha.export.pair_sums import check_pair_sums, cpu_int8_path
-from proqha.export.validate import ort_kernels, ort_session
+from proqha.export.ort_session import ort_session
+from proqha.export.validate import ort_kernels
 from proqha.models import create_model, get_model_spec
 from proqha.quant import QuantConfig, quantize_model, searchable_layers, set_uniform_bits
 

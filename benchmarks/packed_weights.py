@@ -33,7 +33,8 @@ from proqha.cost import cost_report, format_ratio
 from proqha.deploy.memory import ort_session_memory
 from proqha.export.file_size import fp32_graph_bytes
 from proqha.export.onnx_export import export_onnx
-from proqha.export.validate import ort_kernels, ort_session
+from proqha.export.ort_session import ort_session
+from proqha.export.validate import ort_kernels
 from proqha.models import create_model, get_model_spec
 from proqha.quant import QuantConfig, quantize_model, set_uniform_bits
 

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from proqha.errors import ProqhaError
 from proqha.export.onnx_export import export_onnx
 from proqha.export.pair_sums import check_pair_sums
-from proqha.export.validate import ValidationReport, ort_session, validate_export
+from proqha.export.ort_session import ort_session
+from proqha.export.validate import ValidationReport, validate_export
 from proqha.quant import QuantConfig, float_twin, quantize_model, searchable_layers
 
 MIN_SIZE = {"inception_v3": 96}  # its stem needs at least 75x75

@@ -90,13 +90,11 @@ class CostReport:
         return CostReport(self.input_size, layers, self.other_params)
 
     def metric(self, name: str) -> float:
-        """One scalar cost by name: "size" (the paper cost), "bitops", or "size_mb"."""
-        if name == "size":
+        """One scalar cost by name: "paper" (the paper cost) or "bitops"."""
+        if name == "paper":
             return self.paper_cost
         if name == "bitops":
             return float(self.bitops)
-        if name == "size_mb":
-            return self.size_bytes / 1e6
         raise ValueError(f"unknown cost metric {name!r}")
 
     def totals(self) -> dict[str, Any]:
@@ -115,7 +113,7 @@ class CostReport:
         return {"input_size": list(self.input_size), "layers": rows, "totals": self.totals()}
 
 
-def _layer_bits(module: nn.Module, name: str, qlayers: dict[str, Any]) -> tuple[int, int, bool]:
+def _layer_bits(name: str, qlayers: dict[str, Any]) -> tuple[int, int, bool]:
     layer = qlayers.get(name)
     if layer is None:
         return FLOAT_BITS, FLOAT_BITS, True
@@ -152,7 +150,7 @@ def cost_report(model: nn.Module, input_size: Sequence[int]) -> CostReport:
     qlayers = quant_layers(probe)
     layers, counted = [], set()
     for module, name in names.items():
-        w, a, searchable = _layer_bits(module, name, qlayers)
+        w, a, searchable = _layer_bits(name, qlayers)
         kind = "conv" if isinstance(module, nn.Conv2d) else "linear"
         layers.append(LayerCost(name, kind, macs.get(name, 0), module.weight.numel(), w, a, searchable))
         counted.add(id(module.weight))

@@ -32,9 +32,6 @@ def setup() -> None:
     else:
         dist.init_process_group("gloo", timeout=TIMEOUT)
     atexit.register(lambda: dist.destroy_process_group() if dist.is_initialized() else None)
-    fault = os.environ.get("PROQHA_FAULT_RANK")  # fault injection for tests: this rank fails on start
-    if fault is not None and int(fault) == rank():
-        raise RuntimeError(f"injected failure on rank {rank()} (PROQHA_FAULT_RANK)")
 
 
 def active() -> bool:
@@ -84,11 +81,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def barrier() -> None:
-    if active():
-        dist.barrier()
 
 
 def decide_on_main(fn: Callable[[], Any]) -> Any:

@@ -201,7 +201,8 @@ def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...
 
 
 def first_non_finite(model: nn.Module) -> str:
-    """Where a model went non-finite: the first parameter with NaN/inf, else its first such output."""
+    """Where a model went non-finite: the first parameter with NaN/inf, or that all parameters are finite
+    (then an activation overflowed)."""
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             return f"parameter {name} is non-finite"

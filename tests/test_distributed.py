@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -66,8 +67,9 @@ def test_candidate_parallel_search_chooses_the_single_process_bits(trained):
 
 
 def test_a_failing_rank_ends_the_job_with_a_clear_message(tmp_path):
-    result = _run(TORCHRUN + ["train", "--epochs", "2", "--run-dir", "r"], tmp_path,
-                  env=ENV | {"PROQHA_FAULT_RANK": "1", "PROQHA_DIST_TIMEOUT_S": "60"}, timeout=180)
+    entry = str(Path(__file__).with_name("fault_entry.py"))  # rank 1 fails right after joining
+    result = _run(TORCHRUN[:-2] + [entry, "train", "--epochs", "2", "--run-dir", "r"], tmp_path,
+                  env=ENV | {"PROQHA_TEST_FAULT_RANK": "1", "PROQHA_DIST_TIMEOUT_S": "60"}, timeout=180)
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
     assert not (tmp_path / "r").exists()

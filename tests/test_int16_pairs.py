@@ -26,7 +26,7 @@ from proqha.export.pair_sums import (
     pair_sum_bounds,
     worst_pair_sum,
 )
-from proqha.export.validate import ort_session
+from proqha.export.ort_session import ort_session
 from proqha.quant.grid import INT16_MAX, pair_sum_fits_int16, signed_range, unsigned_range, weight_int_factor
 from test_parity_ort import _configure, _random_cifar
 

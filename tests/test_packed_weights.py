@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from proqha.cli.app import app
 from proqha.export import qdq
 from proqha.export.onnx_export import export_onnx
-from proqha.export.validate import check_graph, kernel_weights, ort_kernels, ort_session, validate_export
+from proqha.export.ort_session import ort_session
+from proqha.export.validate import check_graph, kernel_weights, ort_kernels, validate_export
 from proqha.quant import quant_layers
 from test_parity_ort import _configure, _random_cifar
 

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import calibrate_bn
 from proqha.export.onnx_export import export_onnx
-from proqha.export.validate import ort_session, validate_export
+from proqha.export.ort_session import ort_session
+from proqha.export.validate import validate_export
 from proqha.quant import QuantConfig, quantize_model
 
 

@@ -305,7 +305,9 @@ def test_same_seed_same_search(trained, tmp_path, strategy):
     ({"knobs": "activations", "target_cost": 0.1}, "activations do not count in the paper cost"),
     ({"strategy": "greedy"}, "--strategy must be one of auto, table, sets, allocate"),
     ({"strategy": "allocate", "target_cost": 0.1, "criterion": "random"}, "the random control is --strategy table"),
-    ({"target_bitops": 0.1, "cost_metric": "size"}, "conflicts with --target-bitops"),
+    ({"target_bitops": 0.1, "cost_metric": "paper"}, "conflicts with --target-bitops"),
+    ({"target_bitops": 0.1, "cost_metric": "size"}, "--cost-metric paper conflicts"),  # the old name, read as paper
+    ({"cost_metric": "size_mb"}, "--cost-metric must be paper or bitops"),
 ])
 def test_bad_config(kw, message):
     with pytest.raises(ProqhaError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -1,4 +1,5 @@
-"""The common interface of inference runtimes, and picking one by name."""
+"""The common interface of inference runtimes (``Runtime``), the engine names, and host-clock timing.
+``proqha.deploy.bench.make_runtime`` builds one by name."""
 
 from __future__ import annotations
 

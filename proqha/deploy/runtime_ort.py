@@ -9,7 +9,7 @@ import numpy as np
 
 from proqha.deploy.runtime import WallClockTimed
 from proqha.export.pair_sums import cpu_int8_path
-from proqha.export.validate import ort_session
+from proqha.export.ort_session import ort_session
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -41,7 +41,7 @@ class GraphBuilder:
         return names
 
     def model(self, input_name: str, input_shape: list[Any], output_name: str, output_shape: list[Any],
-              opset: int, metadata: dict[str, str]) -> onnx.ModelProto:
+              opset: int) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes, "proqha",
             [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
@@ -50,7 +50,6 @@ class GraphBuilder:
         opsets = [helper.make_opsetid("", opset)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="proqha")
         model.ir_version = helper.find_min_ir_version_for(opsets)  # 9 for opset 19: loads in older runtimes
-        set_metadata(model, metadata)
         return model
 
 

@@ -1,6 +1,7 @@
 """The QDQ ONNX writer: built from the quantized modules' declared grids, walking the model's fx graph.
 
-Each fx node has one handler (a table per node kind). Convs absorb the BatchNorm that follows them
+Each fx node goes to the handler of its kind (module, function, method, attribute, output), and
+float operators to their handlers in ``ops``. Convs absorb the BatchNorm that follows them
 (per-channel scales absorb it; the trained integers stay), weights are int8 initializers holding the
 trained integers, activations are Q/DQ pairs with the trained scales (``qdq`` decides how per profile),
 and biases are int32. ``quantized=False`` writes the float graph of the same model (no Q/DQ; the weights
@@ -296,8 +297,7 @@ class _Writer:
         return "tensor_meta" not in node.meta and not isinstance(node.meta.get("val", None), torch.Tensor)
 
     # -- the walk ---------------------------------------------------------------------------------
-    def run(self, input_size: tuple[int, ...], output_size: tuple[int, ...], metadata: dict[str, str]
-            ) -> onnx.ModelProto:
+    def run(self, input_size: tuple[int, ...], output_size: tuple[int, ...]) -> onnx.ModelProto:
         handlers: dict[str, Callable[[fx.Node], str | list[str] | None]] = {
             "call_module": self.module, "call_function": self.function, "call_method": self.method,
             "get_attr": self.get_attr}
@@ -326,7 +326,7 @@ class _Writer:
                 raise ProqhaError(f"cannot export graph node {node.name} ({node.op})")
         self.b.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT_NAME], name=OUTPUT_NAME))
         return self.b.model(INPUT_NAME, ["batch", *input_size], OUTPUT_NAME, ["batch", *output_size],
-                            self.info.opset, metadata)
+                            self.info.opset)
 
 
 def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ...], fmt: str = "onnx"
@@ -380,8 +380,7 @@ def loads_in(opset: int) -> str:
 
 @torch.no_grad()
 def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "ort", quantized: bool = True,
-                metadata: dict[str, str] | None = None, int8_kernels: str = "portable", weights: str = "packed"
-                ) -> tuple[onnx.ModelProto, ExportInfo]:
+                int8_kernels: str = "portable", weights: str = "packed") -> tuple[onnx.ModelProto, ExportInfo]:
     """Write ``model`` (a quantized twin from ``quantize_model``) as an ONNX graph.
 
     ``profile`` picks how activation grids are written (see ``proqha.export.qdq``); ``quantized=False``
@@ -410,5 +409,5 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
     writer = _Writer(model, profile, quantized, int8_kernels, weights)
     # every node's output shape (for reshapes, N-d linears), and the values of the constants it writes
     _Probe(model, writer.constants).propagate(probe)
-    proto = writer.run(tuple(input_size), output_size, metadata or {})
+    proto = writer.run(tuple(input_size), output_size)
     return proto, writer.info

@@ -20,6 +20,7 @@ import torch
 from proqha.errors import ProqhaError, first_line
 from proqha.export.graph_builder import constant_integers
 from proqha.export.onnx_export import EXACT_ON, ExportInfo
+from proqha.export.ort_session import ort_session
 from proqha.export.pair_sums import CpuInt8Path, PairSumBound, check_pair_sums, cpu_int8_path, pair_sum_bounds
 
 INTEGER_LAYER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
@@ -90,25 +91,6 @@ class KernelCounts:
     integer_adds: int
     float_adds: int
     float_layer_names: list[str] = field(default_factory=list)
-
-
-def ort_session(model_bytes: bytes | str, optimized_path: str | None = None, threads: int | None = None,
-                spin: bool = True, providers: list[str] | None = None):
-    """An onnxruntime CPU session with all graph optimizations (optionally saving the optimized graph), of
-    a serialized graph or a file path.
-    ``spin=False`` stops idle worker threads from spinning, for sessions timed side by side."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model_bytes, so, providers=providers or ["CPUExecutionProvider"])
 
 
 def ort_kernels(model_bytes: bytes) -> KernelCounts:

@@ -39,7 +39,8 @@ CRITERIA = ("hessian", "loss", "acc", "random")
 LOSS_FLOOR = 1e-6  # a candidate's loss increase is at least this (calibration noise can make it negative)
 STRATEGIES = ("auto", "table", "sets", "allocate")
 INTERVALS = (1, 2, 4)
-COST_METRICS = ("size", "bitops")
+COST_METRICS = ("paper", "bitops")  # what --lam trades against: the paper cost (weight bits / 32), BitOPs
+LEGACY_METRICS = {"size": "paper"}  # the name runs written before it was renamed use
 START_BITS = 8  # a float (32-bit) knob enters the search here
 
 CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)
@@ -118,12 +119,13 @@ class SearchConfig:
         for option, value in given.items():
             if not (math.isfinite(value) and value > 0):
                 raise ProqhaError(f"{option} must be > 0, got {value}")
-        follows = "bitops" if self.target_bitops is not None and len(given) == 1 else "size" if given else None
-        metric = self.cost_metric or follows or "size"
+        follows = "bitops" if self.target_bitops is not None and len(given) == 1 else "paper" if given else None
+        chosen = LEGACY_METRICS.get(self.cost_metric, self.cost_metric) if self.cost_metric else None
+        metric = chosen or follows or "paper"
         if metric not in COST_METRICS:
-            raise ProqhaError(f"--cost-metric must be size or bitops, got {metric!r}")
-        if follows and self.cost_metric and len(given) == 1 and self.cost_metric != follows:
-            raise ProqhaError(f"--cost-metric {self.cost_metric} conflicts with {next(iter(given))} "
+            raise ProqhaError(f"--cost-metric must be paper or bitops, got {metric!r}")
+        if follows and chosen and len(given) == 1 and chosen != follows:
+            raise ProqhaError(f"--cost-metric {chosen} conflicts with {next(iter(given))} "
                               f"(which trades against {follows})")
         strategy = self.strategy
         if strategy == "auto":  # a budget to spend: the knapsack; else (or a random control) the table
