@@ -12,15 +12,6 @@ def _seed_and_threads():
     yield
 
 
-def calibrate_bn(model: torch.nn.Module, x: torch.Tensor, passes: int = 2) -> torch.nn.Module:
-    """Give BatchNorm realistic running statistics so an eval-mode random model has sane outputs."""
-    model.train()
-    with torch.no_grad():
-        for _ in range(passes):
-            model(x)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory):
     """runs/train-1 (digits, 3 epochs at 8 bit) and runs/search-1 (2 steps) in a fresh folder per module."""

@@ -66,9 +66,10 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
             assert r["file_bytes"] > 0 and r["ort_session_bytes"] > 0
         else:
             assert r["file_bytes"] is None and r["file_ratio_fp32"] is None and r["ort_session_bytes"] is None
+        fp32 = next(f for f in rows if f["model"] == "fp32" and (f["engine"], f["batch"]) == (r["engine"], r["batch"]))
+        assert r["speedup_vs_fp32"] == pytest.approx(fp32["median_ms"] / r["median_ms"])  # against its own row
         if r["model"] == "fp32":
-            assert r["speedup_vs_fp32"] == pytest.approx(1.0) and r["paper_cost"] == 1.0
-            assert r["engine"] != "ort" or r["file_ratio_fp32"] == 1.0
+            assert r["paper_cost"] == 1.0 and (r["engine"] != "ort" or r["file_ratio_fp32"] == 1.0)
         else:
             assert r["paper_cost"] < 1.0 and r["engine_top1"] == pytest.approx(r["torch_top1"], abs=2.0)
             assert r["engine"] != "ort" or 0 < r["file_ratio_fp32"] < 1
@@ -94,6 +95,11 @@ def test_trt_without_tensorrt_is_one_line_exit_2(search_run, tmp_path, monkeypat
 def test_trt_engine_builds_and_matches(search_run):
     result = runner.invoke(app, ["bench", str(search_run), "--engine", "trt", "--batch", "1", "--iters", "5"])
     assert result.exit_code == 0, result.output
+    data = json.loads((search_run / "bench" / "bench.json").read_text())
+    trt = [r for r in data["rows"] if r["engine"] == "trt"]
+    assert trt and all(r["sanity_agreement"] >= 95.0 and r["median_ms"] > 0 for r in trt)
+    layers = data["devices"]["trt"]["layers"]
+    assert layers["int8_conv_gemm"] == layers["conv_gemm"] > 0  # the quantized step runs INT8 tactics
 
 
 @pytest.mark.parametrize("args, message", [

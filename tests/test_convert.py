@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import calibrate_bn
+from helpers import calibrate_bn
 from proqha.models import create_model, get_model_spec, list_models
 from proqha.quant import (
     PACTQuantizer,

@@ -79,12 +79,20 @@ def test_amp_bf16_and_channels_last_training_run(tmp_path):
 
 def test_step_options_on_a_plain_loop():
     model = quantize_model(create_model("digits_resnet"))
-    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 8, 8), torch.arange(64) % 10)
     loader = make_loader(data, 32, shuffle=True, workers=2)
-    assert loader.persistent_workers
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    seen = []
+    conv.register_forward_hook(lambda m, args, out: seen.append((args[0].is_contiguous(memory_format=torch.channels_last),
+                                                                 out.dtype)))
     opt = make_optimizer(model, "adam", 1e-3, 0.0)
-    row = train_one_epoch(model, loader, opt, None, torch.device("cpu"), options=StepOptions("bf16", True))
-    assert row["train_loss"] > 0
+    before = [p.detach().clone() for p in model.parameters()]
+    for epoch in range(2):  # worker processes serve every sample in each epoch
+        labels = torch.cat([y for _, y in loader])
+        assert sorted(labels.tolist()) == sorted((torch.arange(64) % 10).tolist())
+        row = train_one_epoch(model, loader, opt, None, torch.device("cpu"), epoch, options=StepOptions("bf16", True))
+    assert seen and all(cl and dtype == torch.bfloat16 for cl, dtype in seen)  # channels_last input, bf16 conv
+    assert row["train_top1"] >= 0 and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="CUDA is present: the missing-CUDA path cannot run")

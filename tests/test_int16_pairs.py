@@ -28,7 +28,7 @@ from proqha.export.pair_sums import (
 )
 from proqha.export.ort_session import ort_session
 from proqha.quant.grid import INT16_MAX, pair_sum_fits_int16, signed_range, unsigned_range, weight_int_factor
-from test_parity_ort import _configure, _random_cifar
+from helpers import configure_bits, random_cifar
 
 runner = CliRunner()
 
@@ -65,8 +65,8 @@ def test_worst_pair_sum_is_attained_by_the_adversarial_inputs():
 
 @pytest.mark.parametrize("config", ["8", "4", "2", "mixed"])
 def test_portable_graph_cannot_saturate_and_the_old_form_can(config):
-    model, _ = _random_cifar("lsq")
-    _configure(model, config)
+    model, _ = random_cifar("lsq")
+    configure_bits(model, config)
     portable, info = export_onnx(model, (3, 32, 32))
     bounds = pair_sum_bounds(portable)
     assert len(bounds) == len(info.layers)  # every conv/linear was analysed

@@ -16,7 +16,7 @@ from proqha.export.onnx_export import export_onnx
 from proqha.export.ort_session import ort_session
 from proqha.export.validate import check_graph, kernel_weights, ort_kernels, validate_export
 from proqha.quant import quant_layers
-from test_parity_ort import _configure, _random_cifar
+from helpers import configure_bits, random_cifar
 
 
 def _ort_outputs(proto: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
@@ -29,8 +29,8 @@ def _storages(info) -> set[str]:
 
 @pytest.mark.parametrize("weights", ["lsq", "dorefa"])
 def test_packed_and_int8_storage_compute_the_same_in_onnxruntime(weights):
-    model, batches = _random_cifar(weights)
-    _configure(model, "mixed")  # every knob cycling through 2..8 (2..7 for DoReFa)
+    model, batches = random_cifar(weights)
+    configure_bits(model, "mixed")  # every knob cycling through 2..8 (2..7 for DoReFa)
     if weights == "lsq":  # a packed linear too (Gemm: onnxruntime fuses it into QGemm only with a weight zero point)
         quant_layers(model)["fc"].set_bits(w=2, a=8)
     packed, packed_info = export_onnx(model, (3, 32, 32))
@@ -54,8 +54,8 @@ def test_packed_and_int8_storage_compute_the_same_in_onnxruntime(weights):
 
 
 def test_packed_integers_unpack_to_the_trained_ones():
-    model, _ = _random_cifar("lsq")
-    _configure(model, "mixed")
+    model, _ = random_cifar("lsq")
+    configure_bits(model, "mixed")
     proto, info = export_onnx(model, (3, 32, 32))
     inits = {t.name: t for t in proto.graph.initializer}
     kernels = kernel_weights(proto, info)
@@ -91,8 +91,8 @@ def test_dorefa_odd_grids_pack_one_type_smaller():
 
 @pytest.mark.parametrize("config, storage, opset", [("2", "int2", 25), ("4", "int4", 21), ("8", None, 19)])
 def test_the_opset_follows_the_narrowest_type(config, storage, opset):
-    model, _ = _random_cifar("lsq")
-    _configure(model, config)
+    model, _ = random_cifar("lsq")
+    configure_bits(model, config)
     proto, info = export_onnx(model, (3, 32, 32))
     assert proto.opset_import[0].version == opset == info.opset
     assert proto.ir_version == onnx.helper.find_min_ir_version_for(list(proto.opset_import))
@@ -102,8 +102,8 @@ def test_the_opset_follows_the_narrowest_type(config, storage, opset):
 
 
 def test_trt_profile_keeps_int8_weights():
-    model, _ = _random_cifar("lsq")
-    _configure(model, "2")
+    model, _ = random_cifar("lsq")
+    configure_bits(model, "2")
     proto, info = export_onnx(model, (3, 32, 32), profile="trt")
     assert _storages(info) == {"int8"} and info.opset == 19
     assert not any(t.data_type in (TensorProto.INT2, TensorProto.INT4) for t in proto.graph.initializer)

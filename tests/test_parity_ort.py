@@ -6,46 +6,23 @@ ResNet with random weights, at uniform 8, 4 and 2 bit and at mixed 2..8-bit conf
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnx
 import pytest
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 from typer.testing import CliRunner
 
-from conftest import calibrate_bn
+from helpers import configure_bits, random_cifar
 from proqha.builder import load_model
 from proqha.cli.app import app
 from proqha.data import load_dataset
 from proqha.export.onnx_export import export_onnx
 from proqha.export.validate import kernel_weights, validate_export
-from proqha.models import create_model
-from proqha.quant import (
-    BitConfig,
-    DoReFaWeightQuantizer,
-    QuantConfig,
-    quant_layers,
-    quantize_model,
-    searchable_layers,
-)
+from proqha.quant import quant_layers
 from proqha.train import TrainConfig, fit
 
 runner = CliRunner()
-
-
-def _configure(model, config: str) -> None:
-    """uniform N, or "mixed": every searchable knob cycles through 2..8 (2..7 for DoReFa)."""
-    bits = BitConfig.from_model(model).to_dict()
-    dorefa = any(isinstance(m.weight_quantizer, DoReFaWeightQuantizer) for m in quant_layers(model).values())
-    cycle = itertools.cycle(range(2, 8 if dorefa else 9))
-    for name in searchable_layers(model):
-        if config == "mixed":
-            bits[name] = {"w": next(cycle), "a": next(cycle)}
-        else:
-            bits[name] = {"w": int(config), "a": int(config)}
-    BitConfig(bits).apply(model)
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +34,6 @@ def digits_model(tmp_path_factory):
 
 def _digits_batches(n=256):
     return DataLoader(Subset(load_dataset("digits", "test"), range(n)), batch_size=64)
-
-
-def _random_cifar(weights: str) -> tuple[torch.nn.Module, DataLoader]:
-    torch.manual_seed(0)
-    x = torch.randn(96, 3, 32, 32)
-    float_model = create_model("resnet20_post")
-    with torch.no_grad():  # spread the random logits over many output steps, so top-1 is rarely a tie
-        float_model.fc.weight.mul_(20)
-    model = quantize_model(float_model, QuantConfig(weight_quantizer=weights))
-    calibrate_bn(model, x[:32])  # BN statistics and quantizer ranges from data, then eval
-    return model, DataLoader(TensorDataset(x[32:], torch.randint(0, 10, (64,))), batch_size=32)
 
 
 def _assert_exact(report, info):
@@ -85,7 +51,7 @@ def _assert_exact(report, info):
 @pytest.mark.parametrize("config", ["8", "4", "2", "mixed"])
 def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
     model, _ = load_model(digits_model)
-    _configure(model, config)
+    configure_bits(model, config)
     proto, info = export_onnx(model, (1, 8, 8))
     _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
 
@@ -96,8 +62,8 @@ def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
 @pytest.mark.parametrize("weights, config", [("lsq", "8"), ("lsq", "4"), ("lsq", "2"), ("lsq", "mixed"),
                                              ("dorefa", "4")])
 def test_cifar_shape_random_weights(weights, config):
-    model, batches = _random_cifar(weights)
-    _configure(model, config)
+    model, batches = random_cifar(weights)
+    configure_bits(model, config)
     proto, info = export_onnx(model, (3, 32, 32))
     _assert_exact(validate_export(proto, info, model, batches), info)
 
@@ -106,7 +72,7 @@ def test_digits_dorefa_mixed(tmp_path):
     run = tmp_path / "run"
     fit(TrainConfig(epochs=2, batch_size=128, weight_quantizer="dorefa", bits=6).resolved(), run)
     model, _ = load_model(run / "checkpoints" / "last.pt")
-    _configure(model, "mixed")
+    configure_bits(model, "mixed")
     proto, info = export_onnx(model, (1, 8, 8))
     assert any(layer.odd_levels for layer in info.layers.values())
     _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
@@ -115,15 +81,15 @@ def test_digits_dorefa_mixed(tmp_path):
 def test_dorefa_at_8_bit_is_refused_as_not_int8_exact():
     from proqha.errors import ProqhaError
 
-    model, _ = _random_cifar("dorefa")
-    _configure(model, "8")
+    model, _ = random_cifar("dorefa")
+    configure_bits(model, "8")
     with pytest.raises(ProqhaError, match="beyond int8"):
         export_onnx(model, (3, 32, 32))
 
 
 def test_bn_folding_keeps_the_integer_weights():
-    model, batches = _random_cifar("lsq")
-    _configure(model, "4")
+    model, batches = random_cifar("lsq")
+    configure_bits(model, "4")
     bn = model.get_submodule("layer1.0.bn1")
     with torch.no_grad():  # a negative gamma moves that channel's sign into the integers
         bn.weight[0] = -abs(bn.weight[0])
@@ -142,15 +108,15 @@ def test_bn_folding_keeps_the_integer_weights():
 
 
 def test_re_export_is_byte_identical():
-    model, _ = _random_cifar("lsq")
-    _configure(model, "mixed")
+    model, _ = random_cifar("lsq")
+    configure_bits(model, "mixed")
     first, _ = export_onnx(model, (3, 32, 32))
     second, _ = export_onnx(model, (3, 32, 32))
     assert first.SerializeToString() == second.SerializeToString()
 
 
 def test_graph_is_opset_19_with_a_dynamic_batch():
-    model, _ = _random_cifar("lsq")
+    model, _ = random_cifar("lsq")
     proto, _ = export_onnx(model, (3, 32, 32))
     assert proto.opset_import[0].version >= 19
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]

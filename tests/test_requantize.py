@@ -11,7 +11,7 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import calibrate_bn
+from helpers import calibrate_bn
 from proqha.export.onnx_export import export_onnx
 from proqha.export.ort_session import ort_session
 from proqha.export.validate import validate_export

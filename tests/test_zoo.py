@@ -177,7 +177,7 @@ class _Operators(torch.nn.Module):
 def test_operators_export_exactly(bits):
     import itertools
 
-    from conftest import calibrate_bn
+    from helpers import calibrate_bn
     from proqha.quant import searchable_layers
 
     torch.manual_seed(0)
