@@ -160,6 +160,21 @@ def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = N
 _SEARCH_FIXED = {"source", "device", "workers", "batch_size"}
 
 
+def _search_config(options: dict[str, Any], has_calib: bool) -> Any:
+    """The resolved SearchConfig of ``search_bits``' options; one line for an unknown option or missing data."""
+    from proqha.search.progressive import SearchConfig
+
+    names = {f.name for f in fields(SearchConfig)} - _SEARCH_FIXED
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ProqhaError(f"search_bits: unknown option {unknown[0]!r}; choose among {', '.join(sorted(names))}")
+    cfg = SearchConfig(source="(python api)", **options).resolved()
+    if not has_calib and (cfg.criterion in ("acc", "loss") or (cfg.strategy == "allocate" and cfg.table_data == "calib")):
+        what = "the budget allocation" if cfg.strategy == "allocate" else f"criterion {cfg.criterion!r}"
+        raise ProqhaError(f"search_bits: {what} measures losses on calibration data; pass calib_loader")
+    return cfg
+
+
 def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: Iterable[Batch] | None = None,
                 test_loader: Iterable[Batch] | None = None, *, steps: int = 8, candidates: int = 16,
                 lam: float = 0.1, target_cost: float | None = None, loss: LossFn | None = None,
@@ -183,18 +198,10 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     from proqha.quant import BitConfig
     from proqha.runs import run_lock
     from proqha.search.data import LoaderData
-    from proqha.search.progressive import ProgressiveSearch, SearchConfig
+    from proqha.search.progressive import ProgressiveSearch
 
-    names = {f.name for f in fields(SearchConfig)} - _SEARCH_FIXED
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise ProqhaError(f"search_bits: unknown option {unknown[0]!r}; choose among {', '.join(sorted(names))}")
-    cfg = SearchConfig(source="(python api)", steps=steps, candidates=candidates, lam=lam, target_cost=target_cost,
-                       **options).resolved()
-    if calib_loader is None and (cfg.criterion in ("acc", "loss") or
-                                 (cfg.strategy == "allocate" and cfg.table_data == "calib")):
-        what = "the budget allocation" if cfg.strategy == "allocate" else f"criterion {cfg.criterion!r}"
-        raise ProqhaError(f"search_bits: {what} measures losses on calibration data; pass calib_loader")
+    cfg = _search_config(dict(steps=steps, candidates=candidates, lam=lam, target_cost=target_cost) | options,
+                         calib_loader is not None)
     folder = Path(run_dir) if run_dir is not None else None
     if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ProqhaError(f"search_bits: run_dir {folder} already exists and is not empty")

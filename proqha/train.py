@@ -339,13 +339,29 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
         on_start()  # everything is validated; nothing is written yet
     if not distributed.is_main():
         on_batch = on_epoch = None
+    run = TrainingRun(model, recipe, optimizer, scheduler, train_set, test_set, data.num_classes, device)
     with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        return _fit_locked(cfg, run_dir, resume, device, data.num_classes, train_set, test_set, model, recipe,
-                           optimizer, scheduler, on_batch, on_epoch)
+        return _fit_locked(cfg, run_dir, resume, run, on_batch, on_epoch)
 
 
-def _fit_locked(cfg, run_dir, resume, device, num_classes, train_set, test_set, model, recipe, optimizer,
-                scheduler, on_batch, on_epoch) -> dict[str, Any]:
+@dataclass
+class TrainingRun:
+    """What a training run works on, built and checked before anything is written."""
+
+    model: nn.Module
+    recipe: ModelRecipe
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_set: Dataset
+    test_set: Dataset
+    num_classes: int | None
+    device: torch.device
+
+
+def _fit_locked(cfg: TrainConfig, run_dir: Path, resume: bool, run: TrainingRun, on_batch: BatchCallback | None,
+                on_epoch: EpochCallback | None) -> dict[str, Any]:
+    model, recipe, optimizer, scheduler, device = run.model, run.recipe, run.optimizer, run.scheduler, run.device
+    train_set, test_set, num_classes = run.train_set, run.test_set, run.num_classes
     ckpt_dir = run_dir / "checkpoints"
     main = distributed.is_main()  # under torchrun only rank 0 writes
     start_epoch, best = 0, -1.0

@@ -24,3 +24,13 @@ def search_run(tmp_path_factory):
                             final_epochs=0).resolved(),
                root / "search-1")
     return root / "search-1"
+
+
+TRAINING_FIXTURES = {"search_run", "digits_model", "trained", "runs"}  # each trains a model first
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need a trained model or run the torchvision zoo are slow: `pytest -m "not slow"` skips them."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ == "test_zoo":
+            item.add_marker(pytest.mark.slow)

@@ -91,6 +91,7 @@ def test_trt_without_tensorrt_is_one_line_exit_2(search_run, tmp_path, monkeypat
     assert sorted(p.name for p in search_run.rglob("*")) == before
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and an NVIDIA GPU (pip install -e '.[trt]')")
 def test_trt_engine_builds_and_matches(search_run):
     result = runner.invoke(app, ["bench", str(search_run), "--engine", "trt", "--batch", "1", "--iters", "5"])

@@ -263,12 +263,15 @@ def test_api_bad_arguments_raise_one_line_proqha_errors(quantized, call, message
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.subprocess
 def test_import_proqha_stays_light():
     code = "import sys, proqha; print(proqha.ProqhaError.__name__, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["ProqhaError", "False"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_example_runs_end_to_end(tmp_path):
     # one thread: a tiny model gains nothing from more, and spinning threads crawl on a busy machine
     env = os.environ | {"OMP_NUM_THREADS": "1"}

@@ -14,6 +14,7 @@ from proqha.files import read_jsonl
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_default_train_reaches_95_percent_on_digits(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train"])
@@ -78,6 +79,7 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     (["train", "--bits", "4.5"], "--bits"),
     (["train", "--no-such-option"], "No such option"),
 ])
+@pytest.mark.subprocess
 def test_console_script_usage_errors_are_one_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "proqha", *args], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2

@@ -36,6 +36,7 @@ def test_a_quantized_model_moves_whole():
     assert devices == {"meta"}
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(NO_CUDA, reason="needs CUDA")
 def test_cuda_training_step_keeps_everything_on_the_gpu():
     model = quantize_model(create_model("resnet20_post")).cuda()

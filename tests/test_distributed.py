@@ -13,6 +13,8 @@ import pytest
 
 from proqha.files import read_jsonl
 
+pytestmark = [pytest.mark.distributed, pytest.mark.subprocess, pytest.mark.slow]
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "proqha"]
 SINGLE = [sys.executable, "-m", "proqha"]
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}

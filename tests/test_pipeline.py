@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from typer.testing import CliRunner
@@ -9,6 +11,7 @@ from typer.testing import CliRunner
 from proqha.cli.app import app
 
 
+@pytest.mark.slow
 def test_pipeline_ends_with_the_latency_cost_accuracy_table(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["pipeline", "--epochs", "3", "--steps", "2", "--batch", "1,8", "--iters", "5"])

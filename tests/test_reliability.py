@@ -56,6 +56,8 @@ def _state_equal(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa if isinstance(sa[k], torch.Tensor))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_train_then_resume_equals_uninterrupted(tmp_path):
     args = ["train", "--epochs", "10", "--batch-size", "128", "--seed", "3"]
     ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
@@ -70,6 +72,8 @@ def test_sigkill_train_then_resume_equals_uninterrupted(tmp_path):
     print(f"train: {kills} SIGKILL/resume rounds, result identical")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
     fit(TrainConfig(epochs=2, batch_size=128).resolved(), tmp_path / "train")
     args = ["search", "--from", "train", "--steps", "5", "--candidates", "8", "--finetune-epochs", "1", "--final-epochs", "0",
@@ -88,6 +92,8 @@ def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
     print(f"search: {kills} SIGKILL/resume rounds, result identical")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigint_stops_cleanly_with_the_resume_command(tmp_path):
     proc = subprocess.Popen(PROQHA + ["train", "--epochs", "200", "--run-dir", "r"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -250,12 +256,12 @@ def test_bad_invocation_exits_2_with_one_line_and_writes_nothing(runs, tmp_path,
     assert _snapshot(tmp_path, runs) == before
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    plain = subprocess.run([sys.executable, "-m", "proqha", "train", "--bits", "9"], capture_output=True, text=True,
-                           cwd=tmp_path)
+@pytest.mark.subprocess
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    code, err = _main(["train", "--bits", "9"], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
     debug = subprocess.run([sys.executable, "-m", "proqha", "--debug", "train", "--bits", "9"], capture_output=True,
                            text=True, cwd=tmp_path)
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
     assert "ProqhaError" in debug.stderr and "--bits" in debug.stderr
 

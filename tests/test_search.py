@@ -158,6 +158,7 @@ def test_resume_right_after_the_step_0_checkpoint_logs_step_0_once(trained, tmp_
     assert [int(r["step"]) for r in _frontier(tmp_path / "s")] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_stopped_then_resumed_search_equals_uninterrupted(trained, tmp_path):
     run_search(_search_cfg(trained), tmp_path / "full")
 
@@ -316,6 +317,7 @@ def test_bad_config(kw, message):
 
 # --- the CLI ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_then_search_with_no_other_arguments(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["train", "--epochs", "3"]).exit_code == 0

@@ -120,13 +120,18 @@ def bench(
                        lambda: checkpoint_test_loader(state, samples, ACCURACY_BATCH),
                        size, warmup, None if seconds else iters, seconds,
                        on_progress=lambda what: err_console.print(f"timing {what}"))
-    out = out_dir or run_dir / "bench"
+    report(result, out_dir or run_dir / "bench", run_dir, plot, samples,
+           f"(graphs: {int8_kernels}, weights {weights})" if "ort" in engines else None)
+
+
+def report(result: BenchResult, out: Path, run_dir: Path, plot: bool, samples: int, ort_forms: str | None) -> None:
+    """Write bench.json/bench.csv (and plots), print the table and, for onnxruntime, the CPU's int8 path."""
     paths = write_results(result, out)
     if plot:
         paths += plot_results(result, out, str(run_dir))
     print_bench(result, f"proqha bench: {run_dir}", samples)
-    if "ort" in engines:
-        console.print(f"{cpu_line()} (graphs: {int8_kernels}, weights {weights})", markup=False)
+    if ort_forms is not None:
+        console.print(f"{cpu_line()} {ort_forms}", markup=False)
         console.print("ort MB: onnxruntime's peak resident memory for creating the session, in a child process",
                       markup=False)
     for path in paths:

@@ -74,6 +74,28 @@ def parity_path(model_path: Path) -> Path:
     return model_path.with_name(model_path.stem + ".parity.json")
 
 
+def output_path(out: Path | None, run_dir: Path, step: int | None, fmt: str, profile: str, force: bool) -> Path:
+    """Where the export goes: ``--out``, or RUN/export/model[-stepN][-fp32][-trt].onnx; an existing file only
+    with ``--force``."""
+    if out is None:
+        suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "") + \
+                 ("-trt" if profile == "trt" else "")
+        out = run_dir / "export" / f"model{suffix}.onnx"
+    if out.exists() and not force:
+        raise ProqhaError(f"--out {out} exists; pass --force to overwrite")
+    if out.exists() and out.is_dir():
+        raise ProqhaError(f"--out {out} is a folder")
+    return out
+
+
+def refuse(failures: list[str], summary: str) -> None:
+    """Print each failure as an error line and exit 1 with ``summary`` (``{n}``: their count), if any."""
+    for failure in failures:
+        err_console.print(f"error: {failure}", markup=False)
+    if failures:
+        raise fail(summary.format(n=len(failures)), 1)
+
+
 @handle_errors
 def export(
     run: Annotated[Optional[Path], typer.Argument(help="Search run, train run or checkpoint (default: the latest search, else train, run).")] = None,
@@ -103,14 +125,7 @@ def export(
         profile = "trt"
     torch_device = resolve_device(device)
     checkpoint, run_dir, step = pick_checkpoint(run, step, best_under_cost)
-    if out is None:
-        suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "") + \
-                 ("-trt" if profile == "trt" else "")
-        out = run_dir / "export" / f"model{suffix}.onnx"
-    if out.exists() and not force:
-        raise ProqhaError(f"--out {out} exists; pass --force to overwrite")
-    if out.exists() and out.is_dir():
-        raise ProqhaError(f"--out {out} is a folder")
+    out = output_path(out, run_dir, step, fmt, profile, force)
     model, state = load_model(checkpoint, torch_device)
     model.to(torch_device)
     if fmt == "onnx-fp32":
@@ -121,18 +136,11 @@ def export(
     data = add_metadata(proto, model, info, input_size, source_metadata(state, checkpoint, step), fmt)
     meta = {p.key: p.value for p in proto.metadata_props}
     if profile == "trt":
-        problems = check_trt_graph(proto)
-        for problem in problems:
-            err_console.print(f"error: {problem}", markup=False)
-        if problems:
-            raise fail(f"the graph breaks {len(problems)} TensorRT rule(s); nothing written to {out}", 1)
+        refuse(check_trt_graph(proto), f"the graph breaks {{n}} TensorRT rule(s); nothing written to {out}")
     if check:
         report = validate_export(proto, info, model, checkpoint_test_loader(state, samples))
         print_report(report, out.name)
-        if not report.ok:
-            for failure in report.failures:
-                err_console.print(f"error: {failure}", markup=False)
-            raise fail(f"export failed {len(report.failures)} check(s); nothing written to {out}", 1)
+        refuse(report.failures, f"export failed {{n}} check(s); nothing written to {out}")
     engine = None
     if fmt == "trt":  # built before anything is written: a refused graph leaves no files behind
         from proqha.deploy.runtime_trt import TrtRuntime, build_engine

@@ -71,14 +71,19 @@ def search(
             if source is None:
                 raise ProqhaError(f"no train run under {DEFAULT_ROOT}/ to search from; run `proqha train` or pass --from")
         cfg = SearchConfig(source=str(source), candidates=candidates, ratio=ratio, interval=interval,
-                           min_bits=min_bits, criterion=criterion, lam=lam, steps=steps if steps is not None else 8,
+                           min_bits=min_bits, criterion=criterion, lam=lam,
+                           steps=steps if steps is not None else _DEFAULT.steps,
                            finetune_epochs=finetune_epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, cost_metric=cost_metric,
                            target_cost=target_cost, target_bitops=target_bitops, target_size_mb=target_size_mb,
                            strategy=strategy, table_data=table_data, knobs=knobs, fixed_bits=fixed_bits,
                            fit_budget=fit_budget, final_epochs=final_epochs,
                            seed=seed, device=device, workers=workers, compile=compile).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("search", run_dir))
+    search_run(cfg, run_dir, resume)
 
+
+def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
+    """Search ``cfg`` into ``run_dir`` with progress bars, a line per step, the frontier table and plots."""
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
                         disable=not distributed.is_main())

@@ -55,6 +55,11 @@ def train(
                           device=device, init=str(init) if init else None, amp=amp,
                           channels_last=channels_last, compile=compile).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("train", run_dir))
+    run_train(cfg, run_dir, resume)
+
+
+def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
+    """Train ``cfg`` into ``run_dir`` with a progress bar, a line per epoch and the summary table."""
     progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=not distributed.is_main())

@@ -150,33 +150,11 @@ class _Writer:
         wq = layer.weight_quantizer
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
-        b = None
         if self.quantized and wq.enabled and x in self.scales:
-            grid = wq.grid()
-            deployed = integer_layer(layer, bn)
-            if deployed.ints.abs().max() > 127:
-                raise ProqhaError(f"{name}: {type(wq).__name__} at {wq.bits} bit has levels up to "
-                                  f"{int(deployed.ints.abs().max())}, beyond int8; export it at <= 7 bit")
-            if abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
-                deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # a profile that re-grids the input
-            record.act_max = uint8_activation_max(layer.input_quantizer.grid())
-            wide = self.grids.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
-            written = qdq.weight(self.b, (deployed.ints // deployed.int_factor).cpu().numpy(), deployed.int_factor,
-                                 deployed.scale.cpu().numpy(), name, (grid.qmin, grid.qmax, grid.odd_levels), wide,
-                                 self.grids.packs)
-            w = record.dequantized = written.dequantized
-            record.initializer, record.weight_storage = written.initializer, written.storage
-            record.weight_zero_point = qdq.WIDE_WEIGHT_ZERO_POINT if wide else 0
-            record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
-            record.int_factor = deployed.int_factor
-            if deployed.bias_ints is not None:
-                b = self.grids.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(),
-                                     deployed.bias().detach().cpu().numpy(), name)
+            w, b = self.integer_weights(name, layer, bn, x, record)
         else:
             wf, bias = float_layer(layer, bn)
-            w = self.const(f"{name}.weight", wf)
-            if bias is not None:
-                b = self.const(f"{name}.bias", bias)
+            w, b = self.const(f"{name}.weight", wf), None if bias is None else self.const(f"{name}.bias", bias)
         self.info.layers[name] = record
         inputs = [x, w] + ([b] if b is not None else [])
         if isinstance(layer, QuantLinear):
@@ -192,6 +170,34 @@ class _Writer:
         if bn is not None:
             self.env[next(iter(node.users))] = y
         return y
+
+    def integer_weights(self, name: str, layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None, x: str,
+                        record: LayerExport) -> tuple[str, str | None]:
+        """The dequantized integer weights and bias of a quantized layer whose input ``x`` is quantized;
+        fills ``record``."""
+        wq = layer.weight_quantizer
+        grid = wq.grid()
+        deployed = integer_layer(layer, bn)
+        if deployed.ints.abs().max() > 127:
+            raise ProqhaError(f"{name}: {type(wq).__name__} at {wq.bits} bit has levels up to "
+                              f"{int(deployed.ints.abs().max())}, beyond int8; export it at <= 7 bit")
+        if abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
+            deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # a profile that re-grids the input
+        record.act_max = uint8_activation_max(layer.input_quantizer.grid())
+        wide = self.grids.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
+        written = qdq.weight(self.b, (deployed.ints // deployed.int_factor).cpu().numpy(), deployed.int_factor,
+                             deployed.scale.cpu().numpy(), name, (grid.qmin, grid.qmax, grid.odd_levels), wide,
+                             self.grids.packs)
+        record.dequantized, record.initializer, record.weight_storage = (written.dequantized, written.initializer,
+                                                                          written.storage)
+        record.weight_zero_point = qdq.WIDE_WEIGHT_ZERO_POINT if wide else 0
+        record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
+        record.int_factor = deployed.int_factor
+        b = None
+        if deployed.bias_ints is not None:
+            b = self.grids.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(),
+                                deployed.bias().detach().cpu().numpy(), name)
+        return written.dequantized, b
 
     # -- the rest: quantizers and adds here, float operators from the tables in ``ops`` ----------------
     def module(self, node: fx.Node) -> str | list[str] | None:

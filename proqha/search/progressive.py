@@ -79,7 +79,25 @@ class SearchConfig:
     compile: bool = False  # torch.compile the model for fine-tuning and evaluation (a fresh compile per step)
 
     def resolved(self) -> "SearchConfig":
-        """Validate ranges and combinations (ProqhaError naming the option); fill the cost metric."""
+        """Validate ranges and combinations (ProqhaError naming the option); fill the cost metric and the
+        strategy."""
+        self._check_ranges()
+        given = self._check_targets()
+        follows = "bitops" if self.target_bitops is not None and len(given) == 1 else "paper" if given else None
+        chosen = LEGACY_METRICS.get(self.cost_metric, self.cost_metric) if self.cost_metric else None
+        metric = chosen or follows or "paper"
+        if metric not in COST_METRICS:
+            raise ProqhaError(f"--cost-metric must be paper or bitops, got {metric!r}")
+        if follows and chosen and len(given) == 1 and chosen != follows:
+            raise ProqhaError(f"--cost-metric {chosen} conflicts with {next(iter(given))} "
+                              f"(which trades against {follows})")
+        strategy = self.strategy
+        if strategy == "auto":  # a budget to spend: the knapsack; else (or a random control) the table
+            budget = (self.target_cost is not None or self.target_bitops is not None) and self.target_size_mb is None
+            strategy = "allocate" if budget and self.criterion != "random" else "table"
+        return SearchConfig(**(asdict(self) | {"cost_metric": metric, "strategy": strategy}))
+
+    def _check_ranges(self) -> None:
         checks = [
             ("--lam", self.lam, math.isfinite(self.lam) and self.lam >= 0, "must be >= 0"),
             ("--ratio", self.ratio, 0 < self.ratio <= 1, "must be in (0, 1]"),
@@ -101,6 +119,9 @@ class SearchConfig:
         for option, value, ok, why in checks:
             if not ok:
                 raise ProqhaError(f"{option} {why}, got {value}")
+
+    def _check_targets(self) -> dict[str, float]:
+        """The targets given (option -> value), after checking their combinations."""
         targets = {"--target-cost": self.target_cost, "--target-bitops": self.target_bitops,
                    "--target-size-mb": self.target_size_mb}
         given = {k: v for k, v in targets.items() if v is not None}
@@ -119,19 +140,7 @@ class SearchConfig:
         for option, value in given.items():
             if not (math.isfinite(value) and value > 0):
                 raise ProqhaError(f"{option} must be > 0, got {value}")
-        follows = "bitops" if self.target_bitops is not None and len(given) == 1 else "paper" if given else None
-        chosen = LEGACY_METRICS.get(self.cost_metric, self.cost_metric) if self.cost_metric else None
-        metric = chosen or follows or "paper"
-        if metric not in COST_METRICS:
-            raise ProqhaError(f"--cost-metric must be paper or bitops, got {metric!r}")
-        if follows and chosen and len(given) == 1 and chosen != follows:
-            raise ProqhaError(f"--cost-metric {chosen} conflicts with {next(iter(given))} "
-                              f"(which trades against {follows})")
-        strategy = self.strategy
-        if strategy == "auto":  # a budget to spend: the knapsack; else (or a random control) the table
-            budget = (self.target_cost is not None or self.target_bitops is not None) and self.target_size_mb is None
-            strategy = "allocate" if budget and self.criterion != "random" else "table"
-        return SearchConfig(**(asdict(self) | {"cost_metric": metric, "strategy": strategy}))
+        return given
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
