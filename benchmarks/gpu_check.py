@@ -119,7 +119,7 @@ def tensorrt(out: Path) -> dict[str, Any]:
     if not source.is_file():
         raise Skip("no checkpoint to export (the training check did not finish)")
     model, state = load_model(source)
-    size = tuple(state["recipe"]["input_size"])
+    size = state.input_size
     proto, info = export_onnx(model, size, profile="trt")
     result: dict[str, Any] = {"tensorrt": trt.__version__, "checker": check_trt_graph(proto)}
     data = proto.SerializeToString()

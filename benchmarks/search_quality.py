@@ -46,7 +46,7 @@ def uniform_budget(base: Path, bits: float) -> tuple[float, float]:
     """(paper cost, BitOPs ratio) of the base model with every searchable layer at ``bits`` weights and
     activations (edge layers as trained); fractional bits interpolate the formula itself."""
     model, state = load_model(base / "checkpoints" / "last.pt")
-    report = cost_report(model, tuple(state["recipe"]["input_size"]))
+    report = cost_report(model, state.input_size)
     config = BitConfig.from_model(model).to_dict()
     for name in searchable_layers(model):
         config[name] = {"w": bits, "a": bits}

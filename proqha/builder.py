@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from proqha.checkpoint import load_checkpoint
+from proqha.checkpoint import Checkpoint, load_checkpoint
 from proqha.errors import ProqhaError, first_line
 from proqha.models import create_model
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict, quantize_model
@@ -46,18 +46,17 @@ def build_model(recipe: ModelRecipe, bits: BitConfig | None = None) -> nn.Module
     return model
 
 
-def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """Rebuild the model a checkpoint was saved from and load its weights; returns (model, checkpoint)."""
     state = load_checkpoint(path, map_location)
     try:
-        recipe = ModelRecipe.from_dict(state["recipe"])
+        recipe = ModelRecipe.from_dict(state.recipe)
     except (KeyError, TypeError, ValueError) as exc:
         raise ProqhaError(f"checkpoint {path} has no usable model recipe ({exc})") from None
     model = build_model(recipe)
     try:
-        if "bits" in state:
-            BitConfig(state["bits"]).apply(model)
-        load_float_state_dict(model, state["model"])
+        BitConfig(state.bits).apply(model)
+        load_float_state_dict(model, state.model)
     except (ProqhaError, ValueError, RuntimeError) as exc:
         raise ProqhaError(f"checkpoint {path} does not fit {recipe.arch}: {first_line(exc)}") from None
     return model, state

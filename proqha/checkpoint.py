@@ -1,10 +1,12 @@
-"""Checkpoints: plain dicts (model, optimizer, scheduler, epoch, config, bits, model spec), written
-atomically and read with ``torch.load(weights_only=True)`` so a file can never execute code."""
+"""Checkpoints: one typed, versioned schema (``Checkpoint``) for every writer and reader, stored as plain
+data, written atomically and read with ``torch.load(weights_only=True)`` so a file can never execute code.
+Files written before the schema had a version are read too (``Checkpoint.from_dict``)."""
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,92 @@ from proqha.errors import ProqhaError, first_line
 from proqha.files import atomic_torch_save
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint dict atomically."""
-    atomic_torch_save(state, Path(path))
+CHECKPOINT_FORMAT = 1
+KINDS = ("train", "search")
+_REQUIRED = {"train": ("model", "recipe", "bits", "optimizer", "scheduler", "epoch"), "search": ("model", "bits", "step")}
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects; any problem is one ProqhaError line."""
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds. ``kind``: "train" (an epoch of training) or "search" (a step of a search).
+
+    model: the state dict; recipe: how to rebuild the model (``ModelRecipe.to_dict()``; None for a search
+    of a Python-API model); bits: per-layer bits; data: where the data came from (``dataset``,
+    ``data_dir``, ``download``); metrics: the epoch's or step's row; config: the run's TrainConfig or
+    SearchConfig as a dict. Train only: optimizer, scheduler, epoch, best_top1. Search only: step.
+    ``format``: the schema version, ``CHECKPOINT_FORMAT`` when written.
+    """
+
+    kind: str
+    model: dict[str, Any]
+    recipe: dict[str, Any] | None
+    bits: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    epoch: int | None = None
+    best_top1: float | None = None
+    step: int | None = None
+    format: int = CHECKPOINT_FORMAT
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        """The model's input size (C, H, W) from its recipe."""
+        if self.recipe is None:
+            raise ProqhaError("this checkpoint has no model recipe (a search of a Python-API model)")
+        return tuple(self.recipe["input_size"])
+
+    @property
+    def dataset(self) -> str:
+        return self.data.get("dataset", "digits")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain-data form that is saved (no copies of the tensors)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: Any, path: Path | str = "checkpoint") -> "Checkpoint":
+        """Validate a loaded dict (one ProqhaError line when it does not fit); files without ``format``
+        (written before the schema) are mapped onto it."""
+        if not isinstance(state, dict) or "model" not in state:
+            raise ProqhaError(f"checkpoint {path} is not a proqha checkpoint (no 'model' entry)")
+        if "format" not in state:
+            state = _unversioned(state, path)
+        if not isinstance(state["format"], int) or state["format"] > CHECKPOINT_FORMAT:
+            raise ProqhaError(f"checkpoint {path} has format {state['format']!r}; this proqha reads formats up to "
+                              f"{CHECKPOINT_FORMAT} (written by a newer proqha?)")
+        kind = state.get("kind")
+        if kind not in KINDS:
+            raise ProqhaError(f"checkpoint {path} has kind {kind!r}; expected one of {', '.join(KINDS)}")
+        missing = [k for k in _REQUIRED[kind] if state.get(k) is None]
+        if missing:
+            raise ProqhaError(f"checkpoint {path} ({kind}) lacks {', '.join(missing)}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+
+def _unversioned(state: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    """A checkpoint written before ``format`` existed, in today's schema: train ones kept the whole
+    TrainConfig under "config", search ones their data options there and the SearchConfig under "search"."""
+    config = state.get("config") or {}
+    data = {k: config.get(k) for k in ("dataset", "data_dir", "download") if k in config}
+    if "optimizer" in state:
+        return state | {"format": 1, "kind": "train", "data": data}
+    if "step" in state:
+        return state | {"format": 1, "kind": "search", "data": data, "config": state.get("search") or {}}
+    raise ProqhaError(f"checkpoint {path} is neither a training nor a search checkpoint")
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    """Write a checkpoint atomically."""
+    atomic_torch_save(checkpoint.to_dict(), Path(path))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint without unpickling arbitrary objects; any problem is one ProqhaError
+    line."""
     path = Path(path)
     if not path.is_file():
         raise ProqhaError(f"checkpoint not found: {path}")
@@ -34,6 +115,4 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise ProqhaError(f"checkpoint {path} is unreadable or truncated ({first_line(exc)[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - torch.load's unpickler raises anything on a file that is no checkpoint
         raise ProqhaError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {first_line(exc)[:120]})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise ProqhaError(f"checkpoint {path} is not a proqha checkpoint (no 'model' entry)")
-    return state
+    return Checkpoint.from_dict(state, path)

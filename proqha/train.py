@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from proqha import distributed
 from proqha.builder import ModelRecipe, build_model
-from proqha.checkpoint import load_checkpoint, save_checkpoint
+from proqha.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from proqha.compiling import maybe_compiled
 from proqha.cost import cost_report
 from proqha.data import check_data_dir, get_dataset_spec, load_dataset
@@ -286,7 +286,7 @@ def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Mo
         state = load_checkpoint(Path(cfg.init))
         wanted = BitConfig.from_model(model)  # the checkpoint's weights and ranges, this run's bits
         try:
-            load_float_state_dict(model, state["model"])
+            load_float_state_dict(model, state.model)
         except (ValueError, RuntimeError) as exc:
             raise ProqhaError(f"--init {cfg.init} does not fit {cfg.arch}: {first_line(exc)}") from None
         wanted.apply(model)
@@ -306,10 +306,10 @@ def training_net(model: nn.Module, device: torch.device, compile: bool = False) 
     return maybe_compiled(net, compile)
 
 
-def _checkpoint(model, optimizer, scheduler, epoch, best, cfg, recipe, row) -> dict[str, Any]:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "best_top1": best, "config": cfg.to_dict(), "recipe": recipe.to_dict(),
-            "bits": BitConfig.from_model(model).to_dict(), "metrics": row}
+def _checkpoint(model, optimizer, scheduler, epoch, best, cfg, recipe, row) -> Checkpoint:
+    return Checkpoint("train", model.state_dict(), recipe.to_dict(), BitConfig.from_model(model).to_dict(),
+                      {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "download": cfg.download}, row,
+                      cfg.to_dict(), optimizer.state_dict(), scheduler.state_dict(), epoch, best)
 
 
 def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCallback | None = None,
@@ -367,10 +367,10 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, resume: bool, run: TrainingRun,
     start_epoch, best = 0, -1.0
     if resume and (ckpt_dir / "last.pt").is_file():
         state = load_checkpoint(ckpt_dir / "last.pt", device)
-        load_float_state_dict(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = int(state["epoch"]), float(state["best_top1"])
+        load_float_state_dict(model, state.model)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        start_epoch, best = int(state.epoch), float(state.best_top1)
         kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch] \
             if (run_dir / "metrics.jsonl").exists() else []
         if main:

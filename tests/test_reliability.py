@@ -52,7 +52,7 @@ def _run_with_kills(first: list[str], resume: list[str], run_dir: Path, cwd: Pat
 
 
 def _state_equal(a: Path, b: Path) -> bool:
-    sa, sb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    sa, sb = load_checkpoint(a).model, load_checkpoint(b).model
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa if isinstance(sa[k], torch.Tensor))
 
 
@@ -105,7 +105,7 @@ def test_sigint_stops_cleanly_with_the_resume_command(tmp_path):
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1].startswith("error: interrupted")
     assert "proqha train --resume --run-dir r" in err
-    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] >= 1
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt").epoch >= 1
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
@@ -127,7 +127,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(ProqhaError, match="No space left on device; the previous version is intact"):
         fit(TrainConfig(epochs=3, batch_size=256).resolved(), tmp_path / "r")
-    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt").epoch == 1
     assert not list((tmp_path / "r").rglob("*.tmp"))
 
 
@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_naming_epoch_batch_and_parameter(tmp_path):
 
     fit(TrainConfig(epochs=1, batch_size=256).resolved(), tmp_path / "good")
     state = load_checkpoint(tmp_path / "good" / "checkpoints" / "last.pt")
-    state["model"]["layer2.0.bn1.weight"][0] = float("nan")
+    state.model["layer2.0.bn1.weight"][0] = float("nan")
     save_checkpoint(state, tmp_path / "poisoned.pt")
     with pytest.raises(ProqhaError, match=r"loss became nan at epoch 1, batch 0 \(parameter layer2.0.bn1.weight "
                                           r"is non-finite\)"):

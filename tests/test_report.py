@@ -60,6 +60,6 @@ def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(searc
     # the figure is the exported graph's: the same model at 2 bit gives a file about 4x smaller in weights
     model, state = load_model(dict(step_checkpoints(search_run))[rows[-1]["step"]])
     set_uniform_bits(model, 2)
-    proto, _ = export_onnx(model, tuple(state["recipe"]["input_size"]))
+    proto, _ = export_onnx(model, state.input_size)
     assert any(t.data_type == onnx.TensorProto.INT2 for t in proto.graph.initializer)
     assert proto.ByteSize() < rows[-1]["file_bytes"]

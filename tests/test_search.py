@@ -142,7 +142,7 @@ def test_cost_falls_every_step_and_files_are_written(trained, tmp_path):
         assert (tmp_path / "s" / "checkpoints" / f"step-{step:03d}.pt").is_file()
         assert (tmp_path / "s" / f"bits-step{step:03d}.json").is_file()
     ckpt = load_checkpoint(tmp_path / "s" / "checkpoints" / "step-003.pt")
-    assert ckpt["bits"]["layer1.0.conv1"]["w"] == int(rows[-1]["layer1.0.conv1/w"])
+    assert ckpt.bits["layer1.0.conv1"]["w"] == int(rows[-1]["layer1.0.conv1/w"])
 
 
 def test_resume_right_after_the_step_0_checkpoint_logs_step_0_once(trained, tmp_path):
@@ -182,8 +182,8 @@ def test_stopped_then_resumed_search_equals_uninterrupted(trained, tmp_path):
     assert len(full) == len(cut) == 4
     for a, b in zip(full, cut):
         assert {k: v for k, v in a.items() if k != "wall_s"} == {k: v for k, v in b.items() if k != "wall_s"}
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "step-003.pt")["model"]
-    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "step-003.pt")["model"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "step-003.pt").model
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "step-003.pt").model
     assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
 
 
@@ -208,7 +208,7 @@ def test_search_lands_on_both_targets(trained, tmp_path, strategy):
     from proqha.search.progressive import target_met
 
     model, state = load_model(trained / "checkpoints" / "last.pt")
-    report = cost_report(model, tuple(state["recipe"]["input_size"]))
+    report = cost_report(model, state.input_size)
     uniform = {name: {"w": 4, "a": 4} for name in searchable_layers(model)}
     w4a4 = report.with_bits(BitConfig.from_model(model).to_dict() | uniform)
     cfg = _search_cfg(trained, steps=20, finetune_epochs=0, strategy=strategy, target_cost=w4a4.paper_cost,
@@ -338,7 +338,7 @@ def test_train_then_search_with_no_other_arguments(tmp_path, monkeypatch):
 
 def _wrong_arch_checkpoint(trained, tmp_path):
     state = load_checkpoint(trained / "checkpoints" / "last.pt")
-    state["recipe"]["arch"] = "resnet20_post"
+    state.recipe["arch"] = "resnet20_post"
     save_checkpoint(state, tmp_path / "wrong.pt")
     return tmp_path / "wrong.pt"
 

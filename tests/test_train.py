@@ -32,8 +32,8 @@ def test_run_directory_holds_config_metrics_bits_and_checkpoints(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train_loss", "test_top1", "test_top5", "images_per_s"} <= set(rows[0])
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["epoch"] == 2 and state["best_top1"] == result["best_top1"]
-    assert BitConfig.load(run / "bits.json").to_dict() == state["bits"]
+    assert state.epoch == 2 and state.best_top1 == result["best_top1"]
+    assert BitConfig.load(run / "bits.json").to_dict() == state.bits
     model, _ = load_model(run / "checkpoints" / "best.pt")
     assert all(layer.weight_quantizer.initialized for layer in quant_layers(model).values())
     assert not list(run.glob("**/*.tmp"))  # atomic writes leave no temp files
@@ -58,8 +58,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
         assert a["test_top1"] == b["test_top1"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
     assert resumed["best_top1"] == full["best_top1"]
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt").model
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt").model
     assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
 
 
@@ -72,7 +72,7 @@ def test_same_seed_same_result(tmp_path):
 def test_float_training_then_qat_from_its_checkpoint(tmp_path):
     fit(_cfg(epochs=1, bits=32), tmp_path / "float")
     float_state = load_checkpoint(tmp_path / "float" / "checkpoints" / "last.pt")
-    assert set(float_state["bits"]["layer1.0.conv1"].values()) == {32}
+    assert set(float_state.bits["layer1.0.conv1"].values()) == {32}
     result = fit(_cfg(epochs=1, bits=4, init=str(tmp_path / "float" / "checkpoints" / "last.pt")), tmp_path / "q")
     assert result["last"]["test_top1"] > 50
     bits = BitConfig.load(tmp_path / "q" / "bits.json")

@@ -26,7 +26,7 @@ from proqha.train import resolve_device
 def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable",
                  weights: str = "packed") -> tuple[BenchModel, dict]:
     model, state = load_model(checkpoint)
-    size = tuple(state["recipe"]["input_size"])
+    size = state.input_size
     return bench_model(label, model, size, step, want_trt, int8_kernels, weights), state
 
 
@@ -103,7 +103,7 @@ def bench(
     want_trt = "trt" in engines
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
                                  chosen_step, want_trt, int8_kernels, weights)
-    size = tuple(state["recipe"]["input_size"])
+    size = state.input_size
     models = [chosen, fp32_model(chosen, size)]
     if chosen_step is not None:
         others = step_checkpoints(run_dir) if all_steps else [(s, p) for s, p in step_checkpoints(run_dir)[:1]]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from proqha.builder import load_model
+from proqha.checkpoint import Checkpoint
 from proqha.cli.common import console, err_console, fail, handle_errors
 from proqha.cost import format_ratio
 from proqha.deploy.trt_check import check_trt_graph
@@ -26,9 +27,9 @@ from proqha.train import resolve_device
 FORMATS = ("onnx", "onnx-fp32", "trt")
 
 
-def source_metadata(state: dict[str, Any], checkpoint: Path, step: int | None) -> dict[str, str]:
+def source_metadata(state: Checkpoint, checkpoint: Path, step: int | None) -> dict[str, str]:
     """Where an exported file came from: architecture, dataset, checkpoint and search step."""
-    return {"proqha.arch": state["recipe"]["arch"], "proqha.dataset": state.get("config", {}).get("dataset", ""),
+    return {"proqha.arch": state.recipe["arch"], "proqha.dataset": state.dataset,
             "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step)}
 
 
@@ -130,7 +131,7 @@ def export(
     model.to(torch_device)
     if fmt == "onnx-fp32":
         model = float_twin(model)
-    input_size = tuple(state["recipe"]["input_size"])
+    input_size = state.input_size
     proto, info = export_onnx(model, input_size, profile=profile, quantized=fmt != "onnx-fp32",
                               int8_kernels=int8_kernels, weights=weights)
     data = add_metadata(proto, model, info, input_size, source_metadata(state, checkpoint, step), fmt)

@@ -60,13 +60,13 @@ def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: lis
         if r["step"] not in done:
             raise ProqhaError(f"--file-size: step {r['step']} of {run_dir} has no checkpoint")
         model, state = load_model(done[r["step"]])
-        size = tuple(state["recipe"]["input_size"])
+        size = state.input_size
         r["file_bytes"] = graph_bytes(model, size)
         fp32 = fp32 or fp32_graph_bytes(model, size)
     sizes = []
     for point in baselines:
         model, state = load_model(run_dir.parent / point.run / "checkpoints" / "last.pt")
-        sizes.append((point, graph_bytes(model, tuple(state["recipe"]["input_size"]))))
+        sizes.append((point, graph_bytes(model, state.input_size)))
     return fp32, sizes
 
 

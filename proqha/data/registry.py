@@ -126,10 +126,11 @@ def calibration_split(n: int) -> tuple[list[int], list[int]]:
     return sorted(order[:n_calib]), sorted(order[n_calib:])
 
 
-def checkpoint_test_loader(state: dict[str, Any], samples: int | None, batch_size: int = 64) -> DataLoader:
-    """The first ``samples`` (None: all) test images of the dataset a checkpoint was trained on, in batches."""
-    config = state.get("config", {})
-    test = load_dataset(config.get("dataset", "digits"), "test", config.get("data_dir"), bool(config.get("download")))
+def checkpoint_test_loader(checkpoint: Any, samples: int | None, batch_size: int = 64) -> DataLoader:
+    """The first ``samples`` (None: all) test images of the dataset a checkpoint (``proqha.checkpoint.
+    Checkpoint``) was trained on, in batches."""
+    data = checkpoint.data
+    test = load_dataset(data.get("dataset", "digits"), "test", data.get("data_dir"), bool(data.get("download")))
     if samples is not None:
         test = Subset(test, range(min(samples, len(test))))
     return DataLoader(test, batch_size=batch_size, shuffle=False)

@@ -18,7 +18,7 @@ import torch
 
 from proqha import distributed
 from proqha.builder import ModelRecipe, load_model
-from proqha.checkpoint import save_checkpoint
+from proqha.checkpoint import Checkpoint, save_checkpoint
 from proqha.compiling import maybe_compiled
 from proqha.cost import CostReport, cost_report
 from proqha.data import load_dataset
@@ -237,15 +237,14 @@ class ProgressiveSearch:
                         ) -> "ProgressiveSearch":
         """The search of a checkpoint: its model rebuilt from the recipe, its training run's dataset."""
         model, state = load_model(source, device)
-        recipe = ModelRecipe.from_dict(state["recipe"])
-        train_cfg = state.get("config", {})
-        dataset = train_cfg.get("dataset", "digits")
-        data_dir, download = train_cfg.get("data_dir"), bool(train_cfg.get("download", False))
+        recipe = ModelRecipe.from_dict(state.recipe)
+        dataset = state.dataset
+        data_dir, download = state.data.get("data_dir"), bool(state.data.get("download", False))
         data = DatasetData(load_dataset(dataset, "train", data_dir, download),
                            load_dataset(dataset, "calib", data_dir, download),
                            load_dataset(dataset, "test", data_dir, download), cfg.batch_size, cfg.workers)
         return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, dataset,
-                   {"dataset": dataset, "data_dir": data_dir, "download": download}, state.get("metrics", {}))
+                   {"dataset": dataset, "data_dir": data_dir, "download": download}, state.metrics)
 
     # -- pieces of a step -------------------------------------------------------------------------
     def bits(self) -> dict[str, dict[str, int]]:
@@ -340,10 +339,8 @@ class ProgressiveSearch:
         bits = BitConfig.from_model(self.model)
         bits.save(self.run_dir / f"bits-step{step:03d}.json")
         recipe = self.recipe.to_dict() if self.recipe is not None else None
-        save_checkpoint({"model": self.model.state_dict(), "recipe": recipe, "bits": bits.to_dict(),
-                         "step": step, "search": self.cfg.to_dict(), "metrics": row,
-                         "config": self.data_options},
-                        step_checkpoint(self.run_dir, step))
+        save_checkpoint(Checkpoint("search", self.model.state_dict(), recipe, bits.to_dict(), self.data_options, row,
+                                   self.cfg.to_dict(), step=step), step_checkpoint(self.run_dir, step))
         self.frontier.append(row)  # after the checkpoint: a logged step is always resumable
         bits.save(self.run_dir / "bits.json")
 
