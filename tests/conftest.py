@@ -12,9 +12,10 @@ def _seed_and_threads():
     yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def search_run(tmp_path_factory):
-    """runs/train-1 (digits, 3 epochs at 8 bit) and runs/search-1 (2 steps) in a fresh folder per module."""
+    """runs/train-1 (digits, 3 epochs at 8 bit) and runs/search-1 (2 steps), made once for the whole run:
+    tests that write into it use their own file names or --force."""
     from proqha.search import SearchConfig, run_search
     from proqha.train import TrainConfig, fit
 

@@ -150,7 +150,7 @@ def test_compiled_training_follows_eager_and_bit_changes_recompile():
     step = searchable_layers(eager)["3"].input_quantizer.scale().item()
     with torch.no_grad():
         before = compiled(x)
-    for bits in (3, 2):  # a bit change must not run a stale graph
+    for bits in (2,):  # a bit change must not run a stale graph
         for net in (model, eager):
             for layer in searchable_layers(net).values():
                 layer.set_bits(w=bits, a=bits)
