@@ -72,6 +72,17 @@ def ort_quantize_static(fp32_path: Path, out: Path, calib: np.ndarray, reduce_ra
                     reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
+def calibrated(arch: str, calib: torch.Tensor, classes: int | None = None) -> torch.nn.Module:
+    """The 8-bit quantized twin of a random-weight model, its BatchNorm statistics and quantizer ranges set
+    from ``calib`` (four images at a time), in eval mode."""
+    model = quantize_model(create_model(arch, num_classes=classes), QuantConfig(bits=8))
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(calib), 4):
+            model(calib[i: i + 4])
+    return model.eval()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="resnet18")
@@ -83,12 +94,7 @@ def main() -> int:
     torch.manual_seed(0)
     size = get_model_spec(args.arch).input_size
     calib = torch.randn(16, *size)
-    model = quantize_model(create_model(args.arch), QuantConfig(bits=8))
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(calib), 4):
-            model(calib[i: i + 4])
-    model.eval()
+    model = calibrated(args.arch, calib)
     check_x = torch.randn(4, *size)
     cpu = cpu_int8_path()
     misses: list[str] = []

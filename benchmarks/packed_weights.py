@@ -28,31 +28,19 @@ import sys
 import numpy as np
 import torch
 
-from ort_latency import interleaved_ms
+from ort_latency import calibrated, interleaved_ms
 from proqha.cost import cost_report, format_ratio
 from proqha.deploy.memory import ort_session_memory
 from proqha.export.file_size import fp32_graph_bytes
 from proqha.export.onnx_export import export_onnx
 from proqha.export.ort_session import ort_session
 from proqha.export.validate import ort_kernels
-from proqha.models import create_model, get_model_spec
-from proqha.quant import QuantConfig, quantize_model, set_uniform_bits
+from proqha.models import get_model_spec
+from proqha.quant import set_uniform_bits
 
 MAX_SIZE_GAP = 0.15  # |file ratio / paper cost - 1|
 MAX_OVERHEAD = 0.05  # file ratio / all layers at their bits - 1
 MAX_LATENCY_GAP = 0.05  # |packed / int8 - 1|
-
-
-def calibrated(arch: str, size: tuple[int, ...], classes: int) -> torch.nn.Module:
-    """A quantized random-weight model whose BatchNorm statistics and quantizer ranges come from data."""
-    torch.manual_seed(0)
-    model = quantize_model(create_model(arch, num_classes=classes), QuantConfig(bits=8))
-    calib = torch.randn(16, *size)
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(calib), 4):
-            model(calib[i: i + 4])
-    return model.eval()
 
 
 def main() -> int:
@@ -65,7 +53,8 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=10, help="classifier outputs (torchvision's ImageNet head: 1000)")
     args = ap.parse_args()
     size = get_model_spec(args.arch).input_size
-    model = calibrated(args.arch, size, args.classes)
+    torch.manual_seed(0)
+    model = calibrated(args.arch, torch.randn(16, *size), args.classes)
     fp32 = fp32_graph_bytes(model, size)
     x = torch.randn(4, *size, generator=torch.Generator().manual_seed(1)).numpy()
     misses: list[str] = []

@@ -42,3 +42,10 @@ def random_cifar(weights: str) -> tuple[torch.nn.Module, DataLoader]:
     model = quantize_model(float_model, QuantConfig(weight_quantizer=weights))
     calibrate_bn(model, x[:32])  # BN statistics and quantizer ranges from data, then eval
     return model, DataLoader(TensorDataset(x[32:], torch.randint(0, 10, (64,))), batch_size=32)
+
+
+def calibrated_resnet20(bits: int = 4) -> torch.nn.Module:
+    """A quantized CIFAR-shape ResNet-20 with random weights, BN statistics and ranges set on 8 images, in eval."""
+    torch.manual_seed(0)
+    model = quantize_model(create_model("resnet20_post"), QuantConfig(bits=bits))
+    return calibrate_bn(model, torch.randn(8, 3, 32, 32), passes=1)

@@ -7,23 +7,16 @@ import copy
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
+from helpers import calibrated_resnet20
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.export.onnx_export import export_onnx
-from proqha.models import create_model
-from proqha.quant import QuantConfig, quantize_model
 
 
 @pytest.fixture(scope="module")
 def graphs():
-    torch.manual_seed(0)
-    model = quantize_model(create_model("resnet20_post"), QuantConfig(bits=4))
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(8, 3, 32, 32))
-    model.eval()
+    model = calibrated_resnet20(4)
     return export_onnx(model, (3, 32, 32), profile="trt")[0], export_onnx(model, (3, 32, 32), profile="ort")[0]
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import fake_tensorrt
+from helpers import calibrated_resnet20
 from proqha.deploy.bench import ACCURACY_BATCH, SANITY_BATCH, engine_max_batch
 from proqha.deploy.runtime_trt import TrtRuntime, build_engine, count_precisions
 from proqha.errors import ProqhaError
 from proqha.export.onnx_export import export_onnx
-from proqha.models import create_model
-from proqha.quant import QuantConfig, float_twin, quantize_model
+from proqha.quant import float_twin
 
 VERSIONS = ["10.16.0", "11.4.0"]
 
@@ -34,12 +34,7 @@ def trt(request, monkeypatch):
 
 @pytest.fixture(scope="module")
 def graphs():
-    torch.manual_seed(0)
-    model = quantize_model(create_model("resnet20_post"), QuantConfig(bits=4))
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(8, 3, 32, 32))
-    model.eval()
+    model = calibrated_resnet20(4)
     quantized, info = export_onnx(model, (3, 32, 32), profile="trt")
     floating, _ = export_onnx(float_twin(model), (3, 32, 32), quantized=False)
     return quantized.SerializeToString(), floating.SerializeToString(), len(info.layers)
