@@ -43,7 +43,7 @@ def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(searc
     import onnx
 
     from proqha.builder import load_model
-    from proqha.cli.report import measure_file_sizes
+    from proqha.deploy.report import measure_file_sizes
     from proqha.export.onnx_export import export_onnx
     from proqha.quant import set_uniform_bits
     from proqha.search.frontier import step_checkpoints

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from proqha.builder import load_model
+from proqha.checkpoint import Checkpoint
 from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line
 from proqha.data import checkpoint_test_loader
@@ -24,7 +25,7 @@ from proqha.train import resolve_device
 
 
 def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable",
-                 weights: str = "packed") -> tuple[BenchModel, dict]:
+                 weights: str = "packed") -> tuple[BenchModel, Checkpoint]:
     model, state = load_model(checkpoint)
     size = state.input_size
     return bench_model(label, model, size, step, want_trt, int8_kernels, weights), state

@@ -16,6 +16,7 @@ from proqha.deploy.report import (
     dominating_steps,
     is_nan,
     pick_row,
+    measure_file_sizes,
     plot_bits,
     plot_file_size,
     plot_frontier,
@@ -46,30 +47,6 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
     return table
 
 
-def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: list[UniformPoint]
-                       ) -> tuple[int, list[tuple[UniformPoint, int]]]:
-    """Export every step (and each uniform-bit run's last checkpoint) as ``proqha export`` would, without
-    validating: sets ``row["file_bytes"]``; returns the fp32 graph's size and the baselines' sizes."""
-    from proqha.builder import load_model
-    from proqha.export.file_size import fp32_graph_bytes, graph_bytes
-    from proqha.search.frontier import step_checkpoints
-
-    done = dict(step_checkpoints(run_dir))
-    fp32 = None
-    for r in rows:
-        if r["step"] not in done:
-            raise ProqhaError(f"--file-size: step {r['step']} of {run_dir} has no checkpoint")
-        model, state = load_model(done[r["step"]])
-        size = state.input_size
-        r["file_bytes"] = graph_bytes(model, size)
-        fp32 = fp32 or fp32_graph_bytes(model, size)
-    sizes = []
-    for point in baselines:
-        model, state = load_model(run_dir.parent / point.run / "checkpoints" / "last.pt")
-        sizes.append((point, graph_bytes(model, state.input_size)))
-    return fp32, sizes
-
-
 def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) -> Table:
     """Per uniform-bit run beside the search: its figures and the search steps that dominate it."""
     table = Table(title="uniform-bit baselines: dominated by a search step? (no more cost, BitOPs; no less top-1)")
@@ -85,7 +62,7 @@ def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) ->
 def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None,
                 files: tuple[int, list[tuple[UniformPoint, int]]] | None = None) -> list[Path]:
     """frontier.png (with uniform-bit train runs found beside the search), bits.png of one step and, with
-    ``files`` (from ``measure_file_sizes``), frontier_file_size.png."""
+    ``files`` (from ``proqha.deploy.report.measure_file_sizes``), frontier_file_size.png."""
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     arch = config.get("recipe", {}).get("arch", "")
     baselines = search_baselines(run_dir)

@@ -12,7 +12,7 @@ from typing import Any
 
 from proqha.errors import ProqhaError
 from proqha.files import atomic_write_bytes, read_jsonl
-from proqha.search.frontier import knob_layers
+from proqha.search.frontier import knob_layers, step_checkpoints
 from proqha.search.knobs import KNOB_SEP
 
 
@@ -92,6 +92,29 @@ def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], pat
     fig.suptitle(title or "accuracy against cost")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: list[UniformPoint]
+                       ) -> tuple[int, list[tuple[UniformPoint, int]]]:
+    """Export every step (and each uniform-bit run's last checkpoint) as ``proqha export`` would, without
+    validating: sets ``row["file_bytes"]``; returns the fp32 graph's size and the baselines' sizes."""
+    from proqha.builder import load_model
+    from proqha.export.file_size import fp32_graph_bytes, graph_bytes
+
+    done = dict(step_checkpoints(run_dir))
+    fp32 = None
+    for r in rows:
+        if r["step"] not in done:
+            raise ProqhaError(f"--file-size: step {r['step']} of {run_dir} has no checkpoint")
+        model, state = load_model(done[r["step"]])
+        size = state.input_size
+        r["file_bytes"] = graph_bytes(model, size)
+        fp32 = fp32 or fp32_graph_bytes(model, size)
+    sizes = []
+    for point in baselines:
+        model, state = load_model(run_dir.parent / point.run / "checkpoints" / "last.pt")
+        sizes.append((point, graph_bytes(model, state.input_size)))
+    return fp32, sizes
 
 
 def plot_file_size(rows: list[dict[str, Any]], baselines: list[tuple[UniformPoint, int]], fp32_bytes: int,

@@ -40,18 +40,18 @@ BASE_OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator
 
 @dataclass(frozen=True)
 class PackedType:
-    """A standard ONNX integer type narrower than int8, and the opset whose Cast first reads it."""
+    """A standard ONNX integer type narrower than int8 (its numpy type, from ml_dtypes, sets the ONNX type of
+    the initializer), its range, and the opset whose Cast first reads it."""
 
     name: str
-    onnx_type: int
     numpy_type: type
     lo: int
     hi: int
     opset: int
 
 
-PACKED_TYPES = (PackedType("int2", TensorProto.INT2, ml_dtypes.int2, -2, 1, 25),  # ONNX 1.20
-                PackedType("int4", TensorProto.INT4, ml_dtypes.int4, -8, 7, 21))  # ONNX 1.16
+PACKED_TYPES = (PackedType("int2", ml_dtypes.int2, -2, 1, 25),  # ONNX 1.20
+                PackedType("int4", ml_dtypes.int4, -8, 7, 21))  # ONNX 1.16
 
 
 def storage_opset(storage: str) -> int:
