@@ -5,7 +5,9 @@ under torch.compile, in one run.
 
 The models run in the same process, interleaved step by step, so machine noise hits all alike: float
 eager, QAT eager and (unless --no-compile) QAT compiled (`proqha.compiling.Compiled`, compiled before
-timing). Goals (exit 1 on a miss): QAT eager / float eager <= 1.15, and QAT compiled / float eager <= 1.0.
+timing). On a CPU all run with the allocator settings training uses (`proqha.allocator`; --glibc-defaults
+leaves glibc's own). Goals (exit 1 on a miss): QAT eager / float eager <= 1.15, and QAT compiled / float
+eager <= 1.0.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from proqha.allocator import reuse_freed_memory
 from proqha.compiling import Compiled
 from proqha.models import create_model
 from proqha.quant import QuantConfig, quantize_model
@@ -44,7 +47,7 @@ def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
 
 
 def measure(arch: str, batch: int, steps: int, warmup: int, weights: str, compile: bool, device: str = "cpu",
-            amp: bool = False) -> dict[str, float]:
+            amp: bool = False, reuse_memory: bool = True) -> dict[str, float]:
     """Median step seconds of float eager, QAT eager and (with ``compile``) QAT compiled."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, device=device)
@@ -54,6 +57,8 @@ def measure(arch: str, batch: int, steps: int, warmup: int, weights: str, compil
     with torch.no_grad():
         quant_model(x)  # ranges set, as training's calibration does
     models = {"float": float_model, "qat": quant_model}
+    if device == "cpu" and reuse_memory:
+        reuse_freed_memory()
     if compile:
         models["qat_compiled"] = Compiled(copy.deepcopy(quant_model))
     runs = {name: (m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), []) for name, m in models.items()}
@@ -77,10 +82,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--weight-quantizer", default="lsq")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--glibc-defaults", dest="reuse_memory", action="store_false",
+                    help="leave glibc's allocator settings as they are")
     args = ap.parse_args()
-    med = measure(args.arch, args.batch, args.steps, args.warmup, args.weight_quantizer, args.compile)
+    med = measure(args.arch, args.batch, args.steps, args.warmup, args.weight_quantizer, args.compile,
+                  reuse_memory=args.reuse_memory)
     print(f"arch={args.arch} batch={args.batch} threads={torch.get_num_threads()} steps={args.steps} "
-          f"weights={args.weight_quantizer}")
+          f"weights={args.weight_quantizer} reuse_freed_memory={args.reuse_memory and reuse_freed_memory()}")
     for name, seconds in med.items():
         print(f"{name:<13} step median {seconds * 1e3:8.1f} ms")
     misses = []

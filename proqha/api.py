@@ -115,6 +115,7 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     ``compile``: run training and evaluation through ``torch.compile`` (eagerly, with one warning, where it
     cannot compile).
     """
+    from proqha.allocator import reuse_freed_memory
     from proqha.compiling import maybe_compiled
     from proqha.train import DEFAULT_LR, OPTIMIZERS, evaluate, make_optimizer, train_one_epoch
 
@@ -134,6 +135,8 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
         raise ProqhaError(f"fit: optimizer must be one of {', '.join(OPTIMIZERS)} or a torch optimizer, "
                           f"got {optimizer!r}")
     rows = []
+    if dev.type == "cpu":
+        reuse_freed_memory()
     net = maybe_compiled(qmodel, compile)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()

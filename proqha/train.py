@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from proqha import distributed
 from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from proqha.allocator import reuse_freed_memory
 from proqha.compiling import maybe_compiled
 from proqha.cost import cost_report
 from proqha.data import check_data_dir, get_dataset_spec, load_dataset
@@ -297,7 +298,10 @@ def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Mo
 
 def training_net(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
     """What a training loop calls: ``model`` under DistributedDataParallel when torchrun started several
-    processes, compiled with ``compile`` (``proqha.compiling``); parameters stay ``model``'s."""
+    processes, compiled with ``compile`` (``proqha.compiling``); parameters stay ``model``'s. On a CPU the
+    C allocator is set to reuse freed memory (``proqha.allocator``)."""
+    if device.type == "cpu":
+        reuse_freed_memory()
     net = model
     if distributed.active():
         from torch.nn.parallel import DistributedDataParallel

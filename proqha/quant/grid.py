@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from proqha.quant import kernels
+
 FULL_PRECISION = 32
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
 
@@ -60,51 +62,29 @@ class _RoundSTE(torch.autograd.Function):
         return grad
 
 
-def _traceable(x: torch.Tensor) -> bool:
-    """Whether to use out-of-place operators and no host reads: under torch.compile (which then traces the
-    functions below and fuses them with their neighbours) and on tensors without data (meta, fake)."""
-    return torch.compiler.is_compiling() or x.device.type == "meta"
-
-
 class _FakeQuantPerTensor(torch.autograd.Function):
     """``clamp(round(x / s), qmin, qmax) * s`` with LSQ gradients.
 
     d/dx: 1 where qmin < x/s < qmax (straight-through), else 0.
     d/ds: round(x/s) - x/s inside the range, qmin or qmax where clipped; times ``grad_factor``.
-    Eagerly: a few in-place vectorised passes and two dot products (several times faster on CPU than
-    torch's fake-quantize kernels, which run single-threaded); traced (compile, meta): the same math in
-    plain out-of-place operators, which Inductor fuses.
+    The kernels, and which runs where (aten operators eagerly, plain math traced), are in
+    ``proqha.quant.kernels``.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
                 grad_factor: float) -> torch.Tensor:
-        inv = 1.0 / scale
-        traced = _traceable(x)
-        if traced:
-            y = torch.round(torch.clamp(x * inv, qmin, qmax)) * scale
-        else:  # one allocation, the output (torch's fused fake-quantize kernel is 7x slower on CPU)
-            y = (x * inv).clamp_(qmin, qmax).round_().mul_(scale)
-        ctx.save_for_backward(x, y, inv)  # x and y are usually kept alive by their neighbours anyway
-        ctx.bounds = (float(qmin), float(qmax), grad_factor, traced)
+        y = kernels.forward(x, scale, qmin, qmax)
+        ctx.save_for_backward(x, y, scale)  # x and y are usually kept alive by their neighbours anyway
+        ctx.bounds = (qmin, qmax, grad_factor)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, y, inv = ctx.saved_tensors
-        qmin, qmax, grad_factor, traced = ctx.bounds
-        g = grad.contiguous()
-        if x.is_cuda or traced:  # keep the scale on the device: no host synchronisation
-            xs = x * inv
-            g_x = torch.ops.aten.hardtanh_backward(g, xs, qmin, qmax)
-            dot_gx_xs = torch.dot(g_x.reshape(-1), xs.reshape(-1))
-        else:  # on the CPU reading the scale is free, and the mask needs no temporary tensor
-            step = 1.0 / float(inv)
-            g_x = torch.ops.aten.hardtanh_backward(g, x, qmin * step, qmax * step)
-            dot_gx_xs = torch.dot(g_x.reshape(-1), x.reshape(-1)) * inv
-        # d/ds = sum(g * q) - sum(g * x/s * inside), with q = y / s
-        grad_s = torch.dot(g.reshape(-1), y.reshape(-1)) * inv - dot_gx_xs
-        return g_x, (grad_s * grad_factor).reshape(1), None, None, None
+        x, y, scale = ctx.saved_tensors
+        qmin, qmax, grad_factor = ctx.bounds
+        grad_x, grad_s = kernels.backward(grad, x, y, scale, qmin, qmax)
+        return grad_x, grad_s * grad_factor, None, None, None
 
 
 def fake_quant_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
@@ -115,33 +95,23 @@ def fake_quant_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax:
 
 class _FakeQuantPerChannel(torch.autograd.Function):
     """Weights: ``clamp(round(w / s_c), qmin, qmax) * s_c`` per output channel (axis 0), with the gradients
-    of torch's learnable per-channel fake quantization: d/dw is 1 where round(w/s) lies in [qmin, qmax];
-    d/ds_c sums, over the channel, round(w/s) - w/s there and qmin or qmax elsewhere, times ``grad_factor``.
-    Plain vectorised operators both ways: multi-threaded, traceable by torch.compile and runnable on meta
-    tensors (torch's learnable per-channel op runs single-threaded on CPU and has no meta kernel)."""
+    of torch's learnable per-channel fake quantization times ``grad_factor`` (see
+    ``kernels.per_channel_backward_math``), in plain vectorised operators: multi-threaded, traceable and
+    runnable on meta tensors (torch's own op runs single-threaded on CPU and has no meta kernel)."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
                 grad_factor: float) -> torch.Tensor:
-        s = scale.reshape(-1, *([1] * (w.dim() - 1)))
-        y = torch.clamp(torch.round(w * (1.0 / s)), qmin, qmax) * s  # x * (1/s), as torch's kernels round
         ctx.save_for_backward(w, scale)
         ctx.bounds = (qmin, qmax, grad_factor)
-        return y
+        return kernels.per_channel_forward_math(w, scale, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         w, scale = ctx.saved_tensors
         qmin, qmax, grad_factor = ctx.bounds
-        channels = len(scale)
-        ws = w * (1.0 / scale).reshape(-1, *([1] * (w.dim() - 1)))
-        q = torch.round(ws)
-        qc = torch.clamp(q, qmin, qmax)
-        inside = q == qc
-        g_w = grad * inside
-        local = qc - ws * inside  # d(y / s) / ds: round(w/s) - w/s inside, qmin or qmax outside
-        grad_s = torch.linalg.vecdot(grad.reshape(channels, -1), local.reshape(channels, -1)) * grad_factor
-        return g_w, grad_s, None, None, None
+        grad_w, grad_s = kernels.per_channel_backward_math(grad, w, scale, qmin, qmax)
+        return grad_w, grad_s * grad_factor, None, None, None
 
 
 def fake_quant_per_channel(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
