@@ -1,7 +1,7 @@
 """Median training-step time of the 8-bit quantized ResNet-20 against the same model in float, eager and
 under torch.compile, in one run.
 
-    python benchmarks/qat_overhead.py [--arch resnet20] [--batch 128] [--steps 20] [--no-compile]
+    python benchmarks/qat_overhead.py [--arch resnet20] [--batch 128] [--steps 20] [--no-compile] [--ablate]
 
 The models run in the same process, interleaved step by step, so machine noise hits all alike: float
 eager, QAT eager and (unless --no-compile) QAT compiled (`proqha.compiling.Compiled`, compiled before
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from proqha.allocator import reuse_freed_memory
 from proqha.compiling import Compiled
 from proqha.models import create_model
-from proqha.quant import QuantConfig, quantize_model
+from proqha.quant import QuantAdd, QuantConfig, Quantizer, WeightQuantizer, quantize_model
 
 EAGER_GOAL = 1.15
 COMPILED_GOAL = 1.0
@@ -46,9 +46,27 @@ def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
     return time.perf_counter() - t0
 
 
+ABLATIONS = {  # --ablate: the QAT model with one group of quantizers off (32 bit), to see what each costs
+    "qat_no_weight_q": lambda q, in_add: isinstance(q, WeightQuantizer),
+    "qat_no_add_q": lambda q, in_add: in_add,
+    "qat_no_act_q": lambda q, in_add: not isinstance(q, WeightQuantizer),
+    "qat_all_q_off": lambda q, in_add: True,
+}
+
+
+def _ablated(model: torch.nn.Module, off) -> torch.nn.Module:
+    twin = copy.deepcopy(model)
+    in_adds = {id(q) for add in twin.modules() if isinstance(add, QuantAdd) for q in add.children()}
+    for q in twin.modules():
+        if isinstance(q, Quantizer) and off(q, id(q) in in_adds):
+            q.bits = 32
+    return twin
+
+
 def measure(arch: str, batch: int, steps: int, warmup: int, weights: str, compile: bool, device: str = "cpu",
-            amp: bool = False, reuse_memory: bool = True) -> dict[str, float]:
-    """Median step seconds of float eager, QAT eager and (with ``compile``) QAT compiled."""
+            amp: bool = False, reuse_memory: bool = True, ablate: bool = False) -> dict[str, float]:
+    """Median step seconds of float eager, QAT eager, (with ``compile``) QAT compiled, and (with ``ablate``)
+    QAT eager with each group of quantizers in ABLATIONS off."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -59,6 +77,8 @@ def measure(arch: str, batch: int, steps: int, warmup: int, weights: str, compil
     models = {"float": float_model, "qat": quant_model}
     if device == "cpu" and reuse_memory:
         reuse_freed_memory()
+    if ablate:
+        models |= {name: _ablated(quant_model, off) for name, off in ABLATIONS.items()}
     if compile:
         models["qat_compiled"] = Compiled(copy.deepcopy(quant_model))
     runs = {name: (m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9), []) for name, m in models.items()}
@@ -82,15 +102,16 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--weight-quantizer", default="lsq")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--ablate", action="store_true", help="also time the QAT model with quantizer groups off")
     ap.add_argument("--glibc-defaults", dest="reuse_memory", action="store_false",
                     help="leave glibc's allocator settings as they are")
     args = ap.parse_args()
     med = measure(args.arch, args.batch, args.steps, args.warmup, args.weight_quantizer, args.compile,
-                  reuse_memory=args.reuse_memory)
+                  reuse_memory=args.reuse_memory, ablate=args.ablate)
     print(f"arch={args.arch} batch={args.batch} threads={torch.get_num_threads()} steps={args.steps} "
           f"weights={args.weight_quantizer} reuse_freed_memory={args.reuse_memory and reuse_freed_memory()}")
     for name, seconds in med.items():
-        print(f"{name:<13} step median {seconds * 1e3:8.1f} ms")
+        print(f"{name:<16} step median {seconds * 1e3:8.1f} ms  {seconds / med['float']:5.2f}x float")
     misses = []
     eager = med["qat"] / med["float"]
     print(f"QAT eager / float eager     {eager:6.2f}x  (goal <= {EAGER_GOAL})")

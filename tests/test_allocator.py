@@ -10,16 +10,25 @@ import pytest
 from proqha.allocator import reuse_freed_memory
 
 CHILD = """
-import ctypes, resource, sys, torch
+import ctypes, resource, sys
 from proqha import allocator
+libc = ctypes.CDLL("libc.so.6")
+libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 # glibc's starting point, fixed: a 128 KiB mmap threshold that does not adapt (the adaptive default
 # reaches the same state or a better one depending on the heap's layout)
-ctypes.CDLL("libc.so.6").mallopt(allocator.M_MMAP_THRESHOLD, 128 << 10)
+libc.mallopt(allocator.M_MMAP_THRESHOLD, 128 << 10)
 if sys.argv[1] == "reuse":
     assert allocator.reuse_freed_memory()
-def step():  # a training step's pattern: several multi-megabyte tensors made, then all freed
-    tensors = [torch.ones(2 << 20) for _ in range(6)]
-    del tensors
+def step():  # a training step's pattern: several 8 MiB blocks, 64-byte aligned as torch's CPU
+    blocks = []  # allocator asks for them, written (touched), then all freed
+    for _ in range(6):
+        p = ctypes.c_void_p()
+        assert libc.posix_memalign(ctypes.byref(p), 64, 8 << 20) == 0
+        ctypes.memset(p, 1, 8 << 20)
+        blocks.append(p)
+    for p in blocks:
+        libc.free(p)
 step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):

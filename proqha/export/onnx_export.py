@@ -226,7 +226,7 @@ class _Writer:
     def function(self, node: fx.Node) -> str | list[str] | None:
         if self.is_shape_value(node):
             return None
-        handler = ops.FUNCTION_OPS.get(node.target)
+        handler = ops.function_handler(node.target)
         if handler is None:
             name = getattr(node.target, "__name__", str(node.target))
             hint = f": {ops.HINTS[name]}" if name in ops.HINTS else ""

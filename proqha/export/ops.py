@@ -20,8 +20,6 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.swin_transformer import _patch_merging_pad
-from torchvision.ops import StochasticDepth, stochastic_depth
 
 from proqha.errors import ProqhaError
 
@@ -408,7 +406,7 @@ MODULE_OPS: dict[type, Handler] = {
     nn.Hardsigmoid: hardsigmoid, nn.Hardswish: hardswish, nn.GELU: gelu, nn.Softmax: softmax,
     nn.BatchNorm2d: batch_norm, nn.LayerNorm: layer_norm_module,
     nn.MaxPool2d: pool_module, nn.AvgPool2d: pool_module, nn.AdaptiveAvgPool2d: global_pool,
-    nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity, StochasticDepth: identity,
+    nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity,
 }
 FUNCTION_OPS: dict[Any, Handler] = {
     F.relu: relu, torch.relu: relu, F.relu6: relu6, torch.sigmoid: sigmoid, F.sigmoid: sigmoid,
@@ -418,9 +416,16 @@ FUNCTION_OPS: dict[Any, Handler] = {
     torch.flatten: reshape, torch.reshape: reshape, torch.permute: transpose, torch.transpose: transpose,
     torch.swapaxes: transpose, torch.chunk: chunk, torch.split: chunk, torch.cat: cat, torch.concat: cat,
     operator.getitem: getitem, operator.mul: mul, torch.mul: mul, operator.add: add, operator.iadd: add,
-    torch.add: add, F.dropout: identity, stochastic_depth: identity,
+    torch.add: add, F.dropout: identity,
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, F.pad: pad, torch.roll: roll,
-    F.normalize: normalize, _patch_merging_pad: patch_merging_pad,
+    F.normalize: normalize,
+}
+# torchvision's own, by qualified name: importing torchvision takes seconds, and only models that use them
+# have imported it
+BY_NAME: dict[str, Handler] = {
+    "torchvision.ops.stochastic_depth.StochasticDepth": identity,
+    "torchvision.ops.stochastic_depth.stochastic_depth": identity,
+    "torchvision.models.swin_transformer._patch_merging_pad": patch_merging_pad,
 }
 
 HINTS = {  # what to do about a function the exporter refuses, by its name
@@ -436,6 +441,19 @@ METHOD_OPS: dict[str, Handler] = {
 }
 
 
+def _qualified_name(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+
+
 def module_handler(mod: nn.Module) -> Handler | None:
-    """The handler of a module type (or of its nearest base class in the table)."""
-    return next((MODULE_OPS[cls] for cls in type(mod).__mro__ if cls in MODULE_OPS), None)
+    """The handler of a module type (or of its nearest base class in the tables)."""
+    for cls in type(mod).__mro__:
+        handler = MODULE_OPS.get(cls) or BY_NAME.get(_qualified_name(cls))
+        if handler is not None:
+            return handler
+    return None
+
+
+def function_handler(target: Any) -> Handler | None:
+    """The handler of a called function (an fx ``call_function`` target)."""
+    return FUNCTION_OPS.get(target) or BY_NAME.get(_qualified_name(target))

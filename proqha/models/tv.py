@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from proqha.models.registry import register_model
+
+
+def _tv_models():
+    import torchvision.models  # seconds to import (it loads torch._dynamo): only when such a model is built
+
+    return torchvision.models
 
 
 def _first_conv_channels(model: nn.Module, path: str, in_channels: int) -> nn.Module:
@@ -23,19 +28,19 @@ def _first_conv_channels(model: nn.Module, path: str, in_channels: int) -> nn.Mo
 @register_model(input_size=(3, 224, 224), num_classes=1000)
 def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """torchvision ResNet-18 (the paper's ImageNet model), random init."""
-    return _first_conv_channels(torchvision.models.resnet18(weights=None, num_classes=num_classes), "conv1",
+    return _first_conv_channels(_tv_models().resnet18(weights=None, num_classes=num_classes), "conv1",
                                 in_channels)
 
 
 @register_model(input_size=(3, 224, 224), num_classes=1000)
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """torchvision ResNet-50, random init."""
-    return _first_conv_channels(torchvision.models.resnet50(weights=None, num_classes=num_classes), "conv1",
+    return _first_conv_channels(_tv_models().resnet50(weights=None, num_classes=num_classes), "conv1",
                                 in_channels)
 
 
 @register_model(input_size=(3, 224, 224), num_classes=1000)
 def mobilenet_v2(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     """torchvision MobileNetV2 (depthwise convs, linear bottlenecks), random init."""
-    return _first_conv_channels(torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes),
+    return _first_conv_channels(_tv_models().mobilenet_v2(weights=None, num_classes=num_classes),
                                 "features.0.0", in_channels)
