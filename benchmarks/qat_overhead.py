@@ -1,7 +1,7 @@
 """Median training-step time of the 8-bit quantized ResNet-20 against the same model in float, eager and
 under torch.compile, in one run.
 
-    python benchmarks/qat_overhead.py [--arch resnet20] [--batch 128] [--steps 20] [--no-compile] [--ablate]
+    python benchmarks/qat_overhead.py [--arch resnet20] [--batch 128] [--steps 20] [--no-compile] [--ablate] [--glibc-defaults]
 
 The models run in the same process, interleaved step by step, so machine noise hits all alike: float
 eager, QAT eager and (unless --no-compile) QAT compiled (`proqha.compiling.Compiled`, compiled before
@@ -17,6 +17,7 @@ import copy
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,8 @@ ABLATIONS = {  # --ablate: the QAT model with one group of quantizers off (32 bi
 }
 
 
-def _ablated(model: torch.nn.Module, off) -> torch.nn.Module:
+def _ablated(model: torch.nn.Module, off: Callable[[Quantizer, bool], bool]) -> torch.nn.Module:
+    """A copy of ``model`` with every quantizer ``off(quantizer, inside_an_add)`` selects at 32 bit."""
     twin = copy.deepcopy(model)
     in_adds = {id(q) for add in twin.modules() if isinstance(add, QuantAdd) for q in add.children()}
     for q in twin.modules():

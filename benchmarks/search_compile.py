@@ -47,6 +47,7 @@ def differences(base: list[dict], other: list[dict], tol: float) -> list[tuple[i
 
 
 def first_difference(diffs: list[tuple[int, str]]) -> float:
+    """The first step with a difference (infinity: none)."""
     return min((step for step, _ in diffs), default=float("inf"))
 
 
@@ -57,6 +58,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/search-compile-check"))
     ap.add_argument("--tol", type=float, default=0.5, help="test top-1 points (digits: 450 images, 1 = 0.22)")
     args = ap.parse_args()
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out} is not empty; pass another --out", file=sys.stderr)
+        return 2
     train = args.out / "train"
     _run("train", "--epochs", str(args.epochs), "--run-dir", str(train))
     common = ["search", "--from", str(train), "--steps", str(args.steps), "--final-epochs", "1"]
@@ -77,8 +81,11 @@ def main() -> int:
         print(f"MISS: the compiled search differs from step {first_difference(compiled)}, "
               f"eager on one thread only from step {first_difference(control)}")
         return 1
-    print(f"compiled agrees with eager up to step {first_difference(compiled) - 1}, as far as eager on one "
-          f"thread does (first difference: step {first_difference(control)})")
+    if compiled:
+        print(f"compiled agrees with eager up to step {first_difference(compiled) - 1}, as far as eager on one "
+              f"thread does (first difference: step {first_difference(control)})")
+    else:
+        print("compiled agrees with eager at every step")
     return 0
 
 

@@ -23,6 +23,11 @@ TRIM_THRESHOLD = 1 << 30  # free heap kept before any is returned to the system
 _applied: list[bool] = []
 
 
+def available() -> bool:
+    """Whether this process runs on glibc, whose ``mallopt`` ``reuse_freed_memory`` sets (nothing is set)."""
+    return _glibc() is not None
+
+
 def reuse_freed_memory() -> bool:
     """Set glibc's malloc to serve blocks up to 32 MiB from a heap it keeps (once per process); returns
     whether the settings are in force (False off Linux/glibc, where nothing is changed)."""
@@ -31,14 +36,20 @@ def reuse_freed_memory() -> bool:
     return _applied[0]
 
 
-def _set_mallopt() -> bool:
+def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only (musl's mallopt does nothing)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except OSError:
+        return None
+    # glibc only: musl has no gnu_get_libc_version, and its mallopt does nothing
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+
+
+def _set_mallopt() -> bool:
+    libc = _glibc()
+    if libc is None:
         return False
-    del gnu_get_libc_version
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                         TRIM_THRESHOLD))

@@ -113,7 +113,8 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     schedule and no weight decay on biases, BN and quantizer ranges; or your own optimizer, used as it is.
     ``loss(logits, targets)`` defaults to cross-entropy. ``device``: None keeps the model where it is.
     ``compile``: run training and evaluation through ``torch.compile`` (eagerly, with one warning, where it
-    cannot compile).
+    cannot compile). On a CPU this sets glibc's allocator to keep freed memory for the rest of the process
+    (``proqha.allocator.reuse_freed_memory``: training steps reuse it instead of faulting pages in again).
     """
     from proqha.allocator import reuse_freed_memory
     from proqha.compiling import maybe_compiled

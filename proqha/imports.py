@@ -15,6 +15,13 @@ from proqha.errors import ProqhaError, first_line
 _PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
+def loaded_attributes(module_name: str, *names: str) -> tuple[Any, ...]:
+    """``names`` from ``module_name`` if something has imported it already, else (): for types a model can
+    only hold once its library is imported (torchvision's take seconds to import for models without them)."""
+    module = sys.modules.get(module_name)
+    return tuple(getattr(module, n) for n in names) if module is not None else ()
+
+
 def is_import_path(name: str | None) -> bool:
     """Whether ``name`` reads as ``module:attribute`` (a registry name never holds a colon)."""
     return name is not None and ":" in name

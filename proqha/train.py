@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from proqha import distributed
+from proqha.allocator import reuse_freed_memory
 from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from proqha.allocator import reuse_freed_memory
 from proqha.compiling import maybe_compiled
 from proqha.cost import cost_report
 from proqha.data import check_data_dir, get_dataset_spec, load_dataset

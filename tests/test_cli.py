@@ -97,3 +97,15 @@ def test_a_file_that_is_no_checkpoint_is_one_line_exit_2(content, name, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {name} is not a PyTorch checkpoint (")
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.subprocess
+def test_torchvision_is_imported_only_by_what_uses_it():
+    """The CLI, and converting a model torchvision has nothing to do with, leave torchvision unimported (it
+    takes seconds); a torchvision model imports it when built."""
+    code = ("import sys; import proqha.cli.app; from proqha.models import create_model; "
+            "from proqha.quant import QuantConfig, quantize_model; "
+            "quantize_model(create_model('resnet20_post'), QuantConfig(bits=8)); print('torchvision' in sys.modules); "
+            "create_model('resnet18', num_classes=10); print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr

@@ -103,14 +103,23 @@ def test_the_traced_path_computes_what_the_eager_one_does(monkeypatch, qmin, qma
     assert torch.allclose(eager[2], traced[2], rtol=1e-4, atol=1e-4)  # a sum over terms of both signs
 
 
-def test_an_add_with_relu_lets_its_unsigned_output_grid_clamp():
+def test_an_add_with_relu_lets_its_unsigned_output_grid_clamp(monkeypatch):
     from proqha.quant import QuantAdd
     from proqha.quant.quantizers import PACTQuantizer
 
     gen = torch.Generator().manual_seed(3)
     a, b = torch.randn(4, 8, 5, 5, generator=gen), torch.randn(4, 8, 5, 5, generator=gen)
     add = QuantAdd(nn.Identity(), nn.Identity(), PACTQuantizer(4), relu=True)
+    with torch.no_grad():
+        first = add(a, b)  # the initialising call: its range comes from the ReLU's output, as before
+    assert torch.equal(add.output_quantizer.alpha.detach(), F.relu(a + b).amax().reshape(1))
     reference = copy.deepcopy(add.output_quantizer)
+    relu_calls = []
+    relu = F.relu
+
+    def counted_relu(x, *args, **kwargs):
+        relu_calls.append(1)
+        return relu(x, *args, **kwargs)
 
     def run(fn):
         x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
@@ -118,8 +127,12 @@ def test_an_add_with_relu_lets_its_unsigned_output_grid_clamp():
         (out * a).sum().backward()
         return out.detach(), x.grad
 
-    ours, ref = run(add), run(lambda x, y: reference(F.relu(x + y)))
-    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+    monkeypatch.setattr(F, "relu", counted_relu)
+    ours = run(add)
+    assert relu_calls == []  # the ReLU is left to the grid
+    monkeypatch.setattr(F, "relu", relu)
+    ref = run(lambda x, y: reference(F.relu(x + y)))
+    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[0], first) and torch.equal(ours[1], ref[1])
     assert torch.equal(add.output_quantizer.alpha.grad, reference.alpha.grad)
     add.output_quantizer.bits = 32  # quantizer off: the ReLU itself runs
     assert torch.equal(add(a, b), F.relu(a + b))

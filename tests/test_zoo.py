@@ -215,3 +215,13 @@ def test_adaptive_average_pooling_exports_exactly(size, pooled):
     proto, info = export_onnx(model, (3, size, size))
     report = validate_export(proto, info, model, _batches(x))
     assert report.ok, report.failures
+
+
+def test_torchvision_handlers_name_real_objects():
+    """The exporter finds torchvision's operators by qualified name: each name must still be one."""
+    from torchvision.models.swin_transformer import _patch_merging_pad
+    from torchvision.ops import StochasticDepth, stochastic_depth
+
+    from proqha.export import ops
+
+    assert {ops._qualified_name(o) for o in (StochasticDepth, stochastic_depth, _patch_merging_pad)} == set(ops.BY_NAME)

@@ -1,5 +1,5 @@
 """ONNX handlers for the float operators between quantized layers: one handler per module type, per
-function and per tensor method, looked up in three tables.
+function and per tensor method, looked up in three tables (and torchvision's by qualified name, ``BY_NAME``).
 
 A handler gets the writer (``proqha.export.onnx_export._Writer``: its GraphBuilder ``b``, the tensor
 names ``env`` of the nodes written so far, ``shape(node)`` from shape propagation) and the fx node, and

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from proqha.models.registry import register_model
 
 
-def _tv_models():
+def _tv_models() -> Any:
     import torchvision.models  # seconds to import (it loads torch._dynamo): only when such a model is built
 
     return torchvision.models

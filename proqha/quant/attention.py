@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from proqha.imports import loaded_attributes
+
 
 class SplitAttention(nn.Module):
     """Multi-head self/cross attention with separate q, k, v and out_proj Linear layers (no masks)."""
@@ -182,11 +184,8 @@ def _shift_mask(ph: int, pw: int, window: list[int], shift: tuple[int, int]) -> 
 
 
 def _window_attention_types() -> tuple[type, ...]:
-    try:
-        from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
-    except ImportError:
-        return ()
-    return ShiftedWindowAttention, ShiftedWindowAttentionV2
+    return loaded_attributes("torchvision.models.swin_transformer", "ShiftedWindowAttention",
+                             "ShiftedWindowAttentionV2")
 
 
 def _input_sizes(model: nn.Module, types: tuple[type, ...], input_size: tuple[int, ...]) -> dict[str, tuple]:

@@ -7,7 +7,6 @@ graph rewrites: dead code, and einsums that are batched matrix products.
 
 from __future__ import annotations
 
-import functools
 import operator
 from typing import Any, Mapping
 
@@ -16,6 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from proqha.imports import loaded_attributes
 from proqha.quant.layers import QuantAdd
 from proqha.quant.quantizers import Quantizer
 
@@ -141,14 +141,9 @@ def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
 
 # --- tracing and rewriting ----------------------------------------------------------------------
 
-@functools.cache
 def _train_dependent_modules() -> tuple[type, ...]:
     """Modules whose forward branches on ``self.training`` outside torch.nn (fx would bake the mode in)."""
-    try:
-        from torchvision.ops import StochasticDepth
-    except ImportError:
-        return ()
-    return (StochasticDepth,)
+    return loaded_attributes("torchvision.ops.stochastic_depth", "StochasticDepth")
 
 
 class _Tracer(fx.Tracer):

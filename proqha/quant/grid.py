@@ -1,4 +1,4 @@
-"""Integer grids and the fake-quantization math, as small pure functions.
+"""Integer grids, and the fake-quantization autograd functions (their kernels: ``proqha.quant.kernels``).
 
 A grid is what an exporter needs to reproduce a quantizer exactly:
 ``x_q = clamp(round(x / scale), qmin, qmax) * scale`` with zero point 0.

@@ -2,7 +2,7 @@
 
 Activations (per tensor, LSQ gradients): ``forward_math``/``backward_math`` define them in plain
 out-of-place operators, which run when traced (inside a ``torch.compile``d model, where TorchInductor
-fuses them with their neighbours) and on tensors without data (meta, fake). Tensors with data take
+fuses them with their neighbours) and on meta tensors. Tensors with data take
 ``_aten_forward``/``_aten_backward``: the same values with fewer allocations (in-place passes after one
 output; on the CPU a mask taken on ``x`` itself and the scale read on the host). The scale sums differ only
 in float summation order, and the straight-through mask only where ``x`` sits exactly on a clip bound.

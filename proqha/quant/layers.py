@@ -161,7 +161,7 @@ class QuantAdd(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         y = self.input_quantizer_a(a) + self.input_quantizer_b(b)
         q = self.output_quantizer
-        if self.relu and not (q.enabled and q.initialized):  # then the unsigned grid's clamp at 0 is the ReLU
+        if self.relu and not (q.enabled and q.initialized and not q.signed):  # an unsigned grid's clamp at 0: the ReLU
             y = F.relu(y)
         return self.output_quantizer(y)
 
