@@ -51,7 +51,7 @@ def search(
     fixed_bits: Annotated[Optional[int], typer.Option(help="Bits of the kind not searched (with --knobs weights|activations); default: as trained.")] = None,
     fit_budget: Annotated[bool, typer.Option(help="Near a target, lower only as many knobs as it needs (--no-fit-budget: every candidate lowers --ratio of the knobs, as the reference).")] = _DEFAULT.fit_budget,
     final_epochs: Annotated[int, typer.Option(help="Extra fine-tuning epochs of the last step (the one that meets the targets).")] = _DEFAULT.final_epochs,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same search on the same machine.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same search on the same machine and thread count.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model for fine-tuning and evaluation (recompiled each step).")] = _DEFAULT.compile,

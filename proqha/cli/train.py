@@ -29,7 +29,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: sgd 0.1, adam 1e-3).")] = None,
     optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
     weight_decay: Annotated[float, typer.Option(help="Weight decay (not on biases, BN, quantizer ranges).")] = 5e-4,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same result on the same machine.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same result on the same machine and thread count.")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint (float or quantized).")] = None,
