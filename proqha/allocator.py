@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
@@ -20,20 +21,19 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper limit for M_MMAP_THRESHOLD on 64-bit systems
 TRIM_THRESHOLD = 1 << 30  # free heap kept before any is returned to the system
 
-_applied: list[bool] = []
-
 
 def available() -> bool:
     """Whether this process runs on glibc, whose ``mallopt`` ``reuse_freed_memory`` sets (nothing is set)."""
     return _glibc() is not None
 
 
+@functools.cache
 def reuse_freed_memory() -> bool:
     """Set glibc's malloc to serve blocks up to 32 MiB from a heap it keeps (once per process); returns
     whether the settings are in force (False off Linux/glibc, where nothing is changed)."""
-    if not _applied:
-        _applied.append(_set_mallopt())
-    return _applied[0]
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -46,10 +46,3 @@ def _glibc() -> ctypes.CDLL | None:
     # glibc only: musl has no gnu_get_libc_version, and its mallopt does nothing
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
-
-def _set_mallopt() -> bool:
-    libc = _glibc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                         TRIM_THRESHOLD))

@@ -114,11 +114,9 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     ``loss(logits, targets)`` defaults to cross-entropy. ``device``: None keeps the model where it is.
     ``compile``: run training and evaluation through ``torch.compile`` (eagerly, with one warning, where it
     cannot compile). On a CPU this sets glibc's allocator to keep freed memory for the rest of the process
-    (``proqha.allocator.reuse_freed_memory``: training steps reuse it instead of faulting pages in again).
+    (``proqha.train.local_training_net``: training steps reuse it instead of faulting pages in again).
     """
-    from proqha.allocator import reuse_freed_memory
-    from proqha.compiling import maybe_compiled
-    from proqha.train import DEFAULT_LR, OPTIMIZERS, evaluate, make_optimizer, train_one_epoch
+    from proqha.train import DEFAULT_LR, OPTIMIZERS, evaluate, local_training_net, make_optimizer, train_one_epoch
 
     if epochs < 1:
         raise ProqhaError(f"fit: epochs must be >= 1, got {epochs}")
@@ -136,9 +134,7 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
         raise ProqhaError(f"fit: optimizer must be one of {', '.join(OPTIMIZERS)} or a torch optimizer, "
                           f"got {optimizer!r}")
     rows = []
-    if dev.type == "cpu":
-        reuse_freed_memory()
-    net = maybe_compiled(qmodel, compile)
+    net = local_training_net(qmodel, dev, compile)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}

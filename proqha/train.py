@@ -298,15 +298,20 @@ def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Mo
 
 def training_net(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
     """What a training loop calls: ``model`` under DistributedDataParallel when torchrun started several
-    processes, compiled with ``compile`` (``proqha.compiling``); parameters stay ``model``'s. On a CPU the
-    C allocator is set to reuse freed memory (``proqha.allocator``)."""
-    if device.type == "cpu":
-        reuse_freed_memory()
+    processes, then ``local_training_net``; parameters stay ``model``'s."""
     net = model
     if distributed.active():
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return local_training_net(net, device, compile)
+
+
+def local_training_net(net: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
+    """``net`` compiled with ``compile`` (``proqha.compiling``); on a CPU the C allocator is set to reuse
+    freed memory (``proqha.allocator``)."""
+    if device.type == "cpu":
+        reuse_freed_memory()
     return maybe_compiled(net, compile)
 
 

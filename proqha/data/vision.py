@@ -43,9 +43,9 @@ def _cifar_transform(split: str, stats) -> T.Compose:
 @register_dataset(num_classes=10, input_size=(1, 28, 28), default_arch="digits_resnet")
 def mnist(data_dir: Path, split: str, download: bool) -> Dataset:
     """MNIST in torchvision's format under --data-dir."""
-    T = _torchvision().transforms
-    tf = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
-    return _open(_torchvision().datasets.MNIST, "MNIST", data_dir, train=split != "test", download=download,
+    tv = _torchvision()
+    tf = tv.transforms.Compose([tv.transforms.ToTensor(), tv.transforms.Normalize((0.1307,), (0.3081,))])
+    return _open(tv.datasets.MNIST, "MNIST", data_dir, train=split != "test", download=download,
                  transform=tf)
 
 

@@ -163,7 +163,7 @@ class QuantAdd(nn.Module):
         q = self.output_quantizer
         if self.relu and not (q.enabled and q.initialized and not q.signed):  # an unsigned grid's clamp at 0: the ReLU
             y = F.relu(y)
-        return self.output_quantizer(y)
+        return q(y)
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}"
