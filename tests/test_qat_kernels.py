@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from proqha.compiling import Compiled
-from proqha.quant import QuantConfig, grid, kernels, quantize_model, searchable_layers
+from proqha.quant import QuantConfig, grid, kernels, native, quantize_model, searchable_layers
 
 
 class _Round(torch.autograd.Function):
@@ -60,7 +60,12 @@ def _values_and_grads(fn, x, scale, qmin, qmax, factor, upstream):
 
 
 @pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127), (0, 3), (-2, 1)])
-def test_per_tensor_kernel_matches_the_autograd_reference(qmin, qmax):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
+def test_per_tensor_kernel_matches_the_autograd_reference(monkeypatch, qmin, qmax, fused):
+    if fused and native.library() is None:
+        pytest.skip("no C compiler to build the fused kernels")
+    if not fused:
+        monkeypatch.setattr(native, "usable", lambda x: False)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 16, 12, 12, generator=gen) * 2
     scale = torch.tensor([4.0 / max(qmax, 1)])

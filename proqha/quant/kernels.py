@@ -2,10 +2,12 @@
 
 Activations (per tensor, LSQ gradients): ``forward_math``/``backward_math`` define them in plain
 out-of-place operators, which run when traced (inside a ``torch.compile``d model, where TorchInductor
-fuses them with their neighbours) and on meta tensors. Tensors with data take
-``_aten_forward``/``_aten_backward``: the same values with fewer allocations (in-place passes after one
-output; on the CPU a mask taken on ``x`` itself and the scale read on the host). The scale sums differ only
-in float summation order, and the straight-through mask only where ``x`` sits exactly on a clip bound.
+fuses them with their neighbours) and on meta tensors. float32 CPU tensors take the fused one-pass C
+kernels of ``proqha.quant.native`` where they could be built: the same values and d/dx, the scale sum
+accumulated in double. Other tensors with data take ``_aten_forward``/``_aten_backward``: the same values
+with fewer allocations (in-place passes after one output; on the CPU a mask taken on ``x`` itself and
+the scale read on the host). The scale sums differ only in float summation order, and aten's CPU
+straight-through mask only where ``x`` sits exactly on a clip bound.
 
 Weights (per output channel): ``per_channel_forward_math``/``per_channel_backward_math``, plain operators
 everywhere (weights are small).
@@ -14,6 +16,8 @@ everywhere (weights are small).
 from __future__ import annotations
 
 import torch
+
+from proqha.quant import native
 
 
 def forward_math(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -83,8 +87,13 @@ def _traced(x: torch.Tensor) -> bool:
 
 
 def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """The activation quantizer's forward: the math when traced, else aten operators."""
-    return forward_math(x, scale, qmin, qmax) if _traced(x) else _aten_forward(x, scale, qmin, qmax)
+    """The activation quantizer's forward: the math when traced, the fused kernel on a CPU that has it,
+    else aten operators."""
+    if _traced(x):
+        return forward_math(x, scale, qmin, qmax)
+    if native.usable(x):
+        return native.forward(x, scale, qmin, qmax)
+    return _aten_forward(x, scale, qmin, qmax)
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, qmin: int,
@@ -93,4 +102,6 @@ def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: torch.
     (d/dx, the scale sum of shape [1])."""
     if _traced(x):
         return backward_math(grad, x, scale, qmin, qmax)
+    if native.usable(x):
+        return native.backward(grad, x, scale, qmin, qmax)
     return _aten_backward(grad, x, y, scale, qmin, qmax)

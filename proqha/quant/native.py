@@ -1,0 +1,121 @@
+"""The activation quantizer's fused CPU kernels (``fake_quant.c``), compiled on first use.
+
+One pass each way where aten operators take four forward and three backward over a multi-megabyte
+activation: the part of a CPU QAT step that quantization adds (``benchmarks/qat_overhead.py``). The
+library is built with the system's C compiler for this CPU (``-march=native``) and cached under
+``~/.cache/proqha/kernels`` keyed by the source, flags, compiler and CPU. Without a compiler, or with
+``PROQHA_NATIVE_KERNELS=0``, ``library()`` is None and the quantizer uses aten operators (one warning
+line when a build fails).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("fake_quant.c")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
+SWITCH = "PROQHA_NATIVE_KERNELS"  # "0": never build or use them
+BUILD_TIMEOUT_S = 120
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$XDG_CACHE_HOME/proqha/kernels`` (default ``~/.cache``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "proqha" / "kernels"
+
+
+def compiler() -> str | None:
+    """The C compiler to build with: ``$CC``, else ``cc`` or ``gcc`` on the PATH (None: none found)."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _cpu_signature() -> str:
+    try:  # -march=native code runs only on CPUs with the same features
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def build(cc: str, out_dir: Path) -> Path:
+    """Compile ``fake_quant.c`` with ``cc`` into ``out_dir`` (unless built already) and return the library's
+    path. The file appears atomically, so concurrent processes (torchrun workers) can share the cache.
+    Raises OSError or subprocess.CalledProcessError when the build fails."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_signature()]).encode()).hexdigest()
+    target = out_dir / f"fake_quant-{key[:16]}.so"
+    if not target.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+        os.close(fd)
+        try:
+            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
+                           timeout=BUILD_TIMEOUT_S)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return target
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """Open a built library and declare its two functions' signatures."""
+    lib = ctypes.CDLL(str(path))
+    f32, i64, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
+    lib.fake_quant_forward.argtypes = [ptr, ptr, i64, f32, f32, f32, f32, ctypes.c_int]
+    lib.fake_quant_forward.restype = None
+    lib.fake_quant_backward.argtypes = [ptr, ptr, ptr, i64, f32, f32, f32, ctypes.c_int]
+    lib.fake_quant_backward.restype = ctypes.c_double
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The built kernels, or None where they cannot be had (switched off, not Linux, no compiler,
+    a failed build: that one with a warning). Built once per machine, loaded once per process."""
+    cc = compiler()
+    if os.environ.get(SWITCH) == "0" or not sys.platform.startswith("linux") or cc is None:
+        return None
+    try:
+        return load(build(cc, cache_dir()))
+    except (OSError, subprocess.SubprocessError) as exc:
+        lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
+        warnings.warn(f"fused quantizer kernels unavailable, using aten operators: {lines[-1] if lines else exc!r}",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the fused kernels can take ``x`` (a float32 CPU tensor, and the library built)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
+
+
+def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(round(x * (1/s)), qmin, qmax) * s`` in one pass (``usable(x)`` must hold)."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    inv = 1.0 / scale  # the float32 reciprocal, as forward_math computes it
+    library().fake_quant_forward(x.data_ptr(), y.data_ptr(), x.numel(), float(inv), float(scale), qmin, qmax,
+                                 torch.get_num_threads())
+    return y
+
+
+def backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, qmin: int,
+             qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.backward_math`` in one pass: (d/dx, the scale sum of shape [1])."""
+    g, x = grad.contiguous(), x.contiguous()
+    grad_x = torch.empty_like(x)
+    total = library().fake_quant_backward(g.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(),
+                                          float(1.0 / scale), qmin, qmax, torch.get_num_threads())
+    return grad_x, torch.tensor([total], dtype=x.dtype)

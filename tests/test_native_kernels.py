@@ -1,0 +1,147 @@
+"""The fused C kernels of the activation quantizer (proqha.quant.native): bit-identical to the math that
+defines them, on any thread count; built once per machine, shared safely, and optional."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from proqha.quant import grid, kernels, native
+from proqha.quant.quantizers import PACTQuantizer
+
+needs_compiler = pytest.mark.skipif(native.compiler() is None or native.library() is None,
+                                    reason="no C compiler to build the fused kernels (aten operators run instead)")
+
+
+@pytest.fixture
+def fresh_library(monkeypatch, tmp_path):
+    """A clean build cache and ``library()`` unloaded, restored afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    native.library.cache_clear()
+    yield tmp_path / "proqha" / "kernels"
+    native.library.cache_clear()
+
+
+def _hard_inputs(scale: float, qmin: int, qmax: int, n: int) -> torch.Tensor:
+    """Random values plus exact ties between levels, exact clip bounds, signed zeros, infinities and NaN."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=gen) * (qmax - qmin) * scale / 3
+    special = torch.tensor([(qmin + 0.5) * scale, (qmax - 0.5) * scale, 2.5 * scale, -1.5 * scale, qmin * scale,
+                            qmax * scale, 0.0, -0.0, float("inf"), float("-inf"), float("nan")])
+    x[: min(n, len(special))] = special[: min(n, len(special))]
+    return x
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit (NaN and the sign of zero included)."""
+    return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@needs_compiler
+@pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127), (0, 3), (-2, 1)])
+@pytest.mark.parametrize("n", [5, 4099, 200_000])  # below and above the parallel threshold, partial blocks
+def test_fused_kernels_are_bit_identical_to_the_math(qmin, qmax, n):
+    scale = torch.tensor([0.037])
+    x = _hard_inputs(0.037, qmin, qmax, n)
+    g = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    assert _same_bits(native.forward(x, scale, qmin, qmax), kernels.forward_math(x, scale, qmin, qmax))
+    assert _same_bits(native.backward(g, x, scale, qmin, qmax)[0], kernels.backward_math(g, x, scale, qmin, qmax)[0])
+    finite = x.isfinite()  # an infinite x makes both sums NaN (0 * inf)
+    total = native.backward(g[finite], x[finite], scale, qmin, qmax)[1]
+    ref_total = kernels.backward_math(g[finite], x[finite], scale, qmin, qmax)[1]
+    assert total.shape == (1,) and torch.allclose(total, ref_total, rtol=1e-4, atol=1e-3)
+
+
+@needs_compiler
+def test_a_nan_input_poisons_the_scale_sum_as_the_math_does():
+    x, g, scale = torch.tensor([0.1, float("nan")]), torch.ones(2), torch.tensor([0.05])
+    grad_x, total = native.backward(g, x, scale, 0, 15)
+    assert torch.equal(grad_x, kernels.backward_math(g, x, scale, 0, 15)[0]) and total.isnan().all()
+
+
+@needs_compiler
+def test_results_do_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(3)
+    x, g, scale = torch.randn(64, 16, 32, 32, generator=gen), torch.randn(64, 16, 32, 32, generator=gen), torch.tensor([0.02])
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append((native.forward(x, scale, -128, 127), *native.backward(g, x, scale, -128, 127)))
+    finally:
+        torch.set_num_threads(threads)
+    (y1, gx1, s1), (y3, gx3, s3) = results
+    assert torch.equal(y1, y3) and torch.equal(gx1, gx3) and torch.allclose(s1, s3, rtol=1e-6)
+
+
+@needs_compiler
+def test_non_contiguous_inputs_are_read_in_their_logical_order():
+    x = torch.randn(8, 6, 5).transpose(0, 2)
+    g = torch.randn(8, 6, 5).permute(2, 1, 0)
+    scale = torch.tensor([0.1])
+    assert torch.equal(native.forward(x, scale, -8, 7), kernels.forward_math(x, scale, -8, 7))
+    assert torch.equal(native.backward(g, x, scale, -8, 7)[0], kernels.backward_math(g, x, scale, -8, 7)[0])
+
+
+@needs_compiler
+def test_a_cpu_quantizer_runs_the_fused_kernels(monkeypatch):
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    q = PACTQuantizer(4)
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    q(x).sum().backward()
+    assert calls == ["forward", "backward"]
+
+
+@needs_compiler
+def test_the_kernels_share_torchs_openmp_runtime():
+    """Two OpenMP runtimes in one process would each keep a spinning thread pool: on a 2-core machine
+    that slows every torch operator by an order of magnitude."""
+    native.forward(torch.randn(100_000), torch.tensor([0.1]), 0, 15)
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
+@needs_compiler
+def test_a_build_is_cached_per_machine_and_keyed_by_its_source(fresh_library, monkeypatch, tmp_path):
+    cc = native.compiler()
+    first = native.build(cc, fresh_library)
+    stamp = first.stat().st_mtime_ns
+    assert native.build(cc, fresh_library) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    edited = tmp_path / "fake_quant.c"
+    edited.write_text(native.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(native, "SOURCE", edited)
+    assert native.build(cc, fresh_library) != first
+    assert sorted(p.suffix for p in fresh_library.iterdir()) == [".so", ".so"]  # no temporary files left
+
+
+def test_without_a_working_compiler_quantizers_use_aten_after_one_warning(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails every build
+    x = torch.randn(3, 50) * 2
+    q = PACTQuantizer(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = q(x)
+        q(x)
+    assert native.library() is None
+    assert [str(w.message).split(":")[0] for w in caught] == ["fused quantizer kernels unavailable, using aten operators"]
+    assert torch.equal(y, kernels.forward_math(x, q.scale(), 0, 15))
+
+
+def test_the_switch_turns_them_off_without_building(fresh_library, monkeypatch):
+    monkeypatch.setenv(native.SWITCH, "0")
+    assert native.library() is None and not fresh_library.exists()
+    assert not native.usable(torch.zeros(3))
+
+
+def test_other_devices_and_dtypes_do_not_take_them():
+    assert not native.usable(torch.zeros(3, dtype=torch.float64))
+    assert not native.usable(torch.zeros(3, device="meta"))
+    y = grid.fake_quant_per_tensor(torch.zeros(4, dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64), 0, 3, 1.0)
+    assert y.dtype == torch.float64
