@@ -66,13 +66,13 @@ def cuda_qat_epoch(out: Path) -> dict[str, Any]:
 
 def qat_overhead_cuda(out: Path) -> dict[str, Any]:
     need_cuda()
-    from qat_overhead import measure
+    from qat_overhead import measure, summarize
 
     result = {}
     for label, amp, compile in (("fp32", False, True), ("amp_bf16", True, False)):
-        med = measure("resnet20", 128, 20, 5, "lsq", compile, device="cuda", amp=amp)
+        med, ratio = summarize(measure("resnet20", 128, 20, 5, "lsq", compile, device="cuda", amp=amp))
         result[label] = {k: round(v * 1e3, 3) for k, v in med.items()} | {
-            f"{k}_over_float": round(v / med["float"], 3) for k, v in med.items() if k != "float"}
+            f"{k}_over_float": round(ratio[k], 3) for k in med if k != "float"}
     return result
 
 

@@ -3,9 +3,11 @@ under torch.compile, in one run.
 
     python benchmarks/qat_overhead.py [--arch resnet20] [--batch 128] [--steps 20] [--no-compile] [--ablate] [--glibc-defaults]
 
-The models run in the same process, interleaved step by step, so machine noise hits all alike: float
-eager, QAT eager and (unless --no-compile) QAT compiled (`proqha.compiling.Compiled`, compiled before
-timing). On a CPU all run with the allocator settings training uses (`proqha.allocator`; --glibc-defaults
+The models run in the same process, interleaved step by step (in reversed order every other round), so
+machine noise hits all alike: float eager, QAT eager and (unless --no-compile) QAT compiled
+(`proqha.compiling.Compiled`, compiled before timing). A model's ratio is the median over rounds of its
+step time over the float step of the same round, which cancels the drift of a shared machine better
+than a ratio of medians. On a CPU all run with the allocator settings training uses (`proqha.allocator`; --glibc-defaults
 leaves glibc's own). Goals (exit 1 on a miss): QAT eager / float eager <= 1.15, and QAT compiled / float
 eager <= 1.0.
 """
@@ -66,9 +68,9 @@ def _ablated(model: torch.nn.Module, off: Callable[[Quantizer, bool], bool]) -> 
 
 
 def measure(arch: str, batch: int, steps: int, warmup: int, weights: str, compile: bool, device: str = "cpu",
-            amp: bool = False, reuse_memory: bool = True, ablate: bool = False) -> dict[str, float]:
-    """Median step seconds of float eager, QAT eager, (with ``compile``) QAT compiled, and (with ``ablate``)
-    QAT eager with each group of quantizers in ABLATIONS off."""
+            amp: bool = False, reuse_memory: bool = True, ablate: bool = False) -> dict[str, list[float]]:
+    """Step seconds, round by round, of float eager, QAT eager, (with ``compile``) QAT compiled, and (with
+    ``ablate``) QAT eager with each group of quantizers in ABLATIONS off."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -89,11 +91,19 @@ def measure(arch: str, batch: int, steps: int, warmup: int, weights: str, compil
         step_time(runs["qat_compiled"][0], runs["qat_compiled"][1], x, y, amp)
         print(f"compiling took {time.perf_counter() - t0:.1f} s")
     for i in range(warmup + steps):
-        for name, (model, opt, times) in runs.items():
+        for name in list(runs)[:: 1 if i % 2 == 0 else -1]:
+            model, opt, times = runs[name]
             t = step_time(model, opt, x, y, amp)
             if i >= warmup:
                 times.append(t)
-    return {name: statistics.median(times) for name, (_, _, times) in runs.items()}
+    return {name: times for name, (_, _, times) in runs.items()}
+
+
+def summarize(times: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per model: the median step seconds, and the median over rounds of its step over float's."""
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ratios = {name: statistics.median(a / b for a, b in zip(t, times["float"])) for name, t in times.items()}
+    return medians, ratios
 
 
 def main() -> int:
@@ -108,19 +118,19 @@ def main() -> int:
     ap.add_argument("--glibc-defaults", dest="reuse_memory", action="store_false",
                     help="leave glibc's allocator settings as they are")
     args = ap.parse_args()
-    med = measure(args.arch, args.batch, args.steps, args.warmup, args.weight_quantizer, args.compile,
-                  reuse_memory=args.reuse_memory, ablate=args.ablate)
+    med, ratio = summarize(measure(args.arch, args.batch, args.steps, args.warmup, args.weight_quantizer,
+                                   args.compile, reuse_memory=args.reuse_memory, ablate=args.ablate))
     print(f"arch={args.arch} batch={args.batch} threads={torch.get_num_threads()} steps={args.steps} "
           f"weights={args.weight_quantizer} reuse_freed_memory={args.reuse_memory and reuse_freed_memory()}")
     for name, seconds in med.items():
-        print(f"{name:<16} step median {seconds * 1e3:8.1f} ms  {seconds / med['float']:5.2f}x float")
+        print(f"{name:<16} step median {seconds * 1e3:8.1f} ms  {ratio[name]:5.2f}x float")
     misses = []
-    eager = med["qat"] / med["float"]
+    eager = ratio["qat"]
     print(f"QAT eager / float eager     {eager:6.2f}x  (goal <= {EAGER_GOAL})")
     if eager > EAGER_GOAL:
         misses.append(f"QAT eager / float eager = {eager:.2f}x > {EAGER_GOAL}")
     if "qat_compiled" in med:
-        compiled = med["qat_compiled"] / med["float"]
+        compiled = ratio["qat_compiled"]
         print(f"QAT compiled / float eager  {compiled:6.2f}x  (goal <= {COMPILED_GOAL})")
         if compiled > COMPILED_GOAL:
             misses.append(f"QAT compiled / float eager = {compiled:.2f}x > {COMPILED_GOAL}")

@@ -3,6 +3,8 @@ defines them, on any thread count; built once per machine, shared safely, and op
 
 from __future__ import annotations
 
+import ctypes
+import os
 import warnings
 
 import pytest
@@ -19,9 +21,10 @@ needs_compiler = pytest.mark.skipif(native.compiler() is None or native.library(
 def fresh_library(monkeypatch, tmp_path):
     """A clean build cache and ``library()`` unloaded, restored afterwards."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    native.library.cache_clear()
+    library = native.library
+    library.cache_clear()
     yield tmp_path / "proqha" / "kernels"
-    native.library.cache_clear()
+    library.cache_clear()
 
 
 def _hard_inputs(scale: float, qmin: int, qmax: int, n: int) -> torch.Tensor:
@@ -87,6 +90,20 @@ def test_non_contiguous_inputs_are_read_in_their_logical_order():
 
 
 @needs_compiler
+def test_a_channels_last_input_keeps_its_layout():
+    """A channels-last activation stays channels-last for the conv after it (the --channels-last option)."""
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 8, 5, 5)  # the gradient may come in another layout
+    scale = torch.tensor([0.1])
+    y = native.forward(x, scale, 0, 15)
+    grad_x, total = native.backward(g, x, scale, 0, 15)
+    assert y.is_contiguous(memory_format=torch.channels_last) and grad_x.stride() == x.stride()
+    assert torch.equal(y, kernels.forward_math(x, scale, 0, 15))
+    ref_x, ref_total = kernels.backward_math(g, x, scale, 0, 15)
+    assert torch.equal(grad_x, ref_x) and torch.allclose(total, ref_total, rtol=1e-5)
+
+
+@needs_compiler
 def test_a_cpu_quantizer_runs_the_fused_kernels(monkeypatch):
     calls = []
     for name in ("forward", "backward"):
@@ -98,14 +115,41 @@ def test_a_cpu_quantizer_runs_the_fused_kernels(monkeypatch):
     assert calls == ["forward", "backward"]
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p),
+                ("saddr", ctypes.c_void_p)]
+
+
+def _file_defining(handle: int, symbol: str) -> str:
+    """The shared object that ``symbol`` resolves to as seen from the library ``handle`` (dlsym, dladdr)."""
+    libc = ctypes.CDLL(None)
+    libc.dlsym.restype, libc.dlsym.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]
+    address = libc.dlsym(handle, symbol.encode())
+    info = _DlInfo()
+    assert address and libc.dladdr(ctypes.c_void_p(address), ctypes.byref(info))
+    return os.path.realpath(info.fname.decode())
+
+
 @needs_compiler
 def test_the_kernels_share_torchs_openmp_runtime():
-    """Two OpenMP runtimes in one process would each keep a spinning thread pool: on a 2-core machine
-    that slows every torch operator by an order of magnitude."""
-    native.forward(torch.randn(100_000), torch.tensor([0.1]), 0, 15)
-    with open("/proc/self/maps") as f:
-        runtimes = {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
-    assert len(runtimes) == 1, runtimes
+    """The kernels' parallel loops must run on the OpenMP runtime torch already loaded: a second one
+    would keep a second spinning thread pool, which on a 2-core machine slows every torch operator by an
+    order of magnitude."""
+    torch_cpu = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    ours = _file_defining(native.library()._handle, "GOMP_parallel")
+    assert ours == _file_defining(torch_cpu._handle, "GOMP_parallel")
+
+
+@needs_compiler
+def test_beside_another_openmp_runtime_the_kernels_are_built_serial(fresh_library, monkeypatch):
+    monkeypatch.setattr(native, "torch_uses_libgomp", lambda: False)  # as with a torch on Intel's OpenMP
+    serial = native.load(native.build(native.compiler(), fresh_library))
+    libc = ctypes.CDLL(None)
+    libc.dlsym.restype, libc.dlsym.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]
+    assert not libc.dlsym(serial._handle, b"GOMP_parallel")  # no OpenMP runtime of its own
+    monkeypatch.setattr(native, "library", lambda: serial)
+    x, scale = torch.randn(100_000) * 3, torch.tensor([0.05])
+    assert torch.equal(native.forward(x, scale, -128, 127), kernels.forward_math(x, scale, -128, 127))
 
 
 @needs_compiler

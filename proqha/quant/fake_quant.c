@@ -45,3 +45,52 @@ double fake_quant_backward(const float *restrict g, const float *restrict x, flo
     }
     return total;
 }
+
+/* A residual add between quantizers: out = Qo(Qa(a) + Qb(b)), Q(v) = clamp(round(v * inv), lo, hi) * s,
+ * an input whose quantizer is off (on = 0) passing unchanged. One pass each way where the three quantizers
+ * and the add take four forward and three backward, and the sum Qa(a) + Qb(b) is never stored: the
+ * backward recomputes it bit for bit. */
+typedef struct { float inv, s, lo, hi; int on; } grid_t;
+
+static inline float fq(float v, grid_t q) { return q.on ? clamp_nan(nearbyintf(v * q.inv), q.lo, q.hi) * q.s : v; }
+
+void quant_add_forward(const float *restrict a, const float *restrict b, float *restrict out, int64_t n,
+                       grid_t qa, grid_t qb, grid_t qo, int threads) {
+    #pragma omp parallel for simd schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = fq(fq(a[i], qa) + fq(b[i], qb), qo);
+}
+
+/* One quantizer's backward at one element: returns d/dv, adds its scale-sum term to *part. */
+static inline float fq_grad(float g, float v, grid_t q, float *part) {
+    if (!q.on) return g;
+    const float vs = v * q.inv;
+    const float gv = (vs > q.lo && vs < q.hi) ? g : 0.0f;
+    *part += g * clamp_nan(nearbyintf(vs), q.lo, q.hi) - gv * vs;
+    return gv;
+}
+
+/* Writes d/da and d/db; sums[0..2] receive the scale sums of qa, qb, qo. */
+void quant_add_backward(const float *restrict g, const float *restrict a, const float *restrict b,
+                        float *restrict ga, float *restrict gb, int64_t n, grid_t qa, grid_t qb, grid_t qo,
+                        double *restrict sums, int threads) {
+    double sa = 0.0, sb = 0.0, so = 0.0;
+    const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+    #pragma omp parallel for reduction(+ : sa, sb, so) schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
+    for (int64_t k = 0; k < blocks; k++) {
+        const int64_t lo = k * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
+        float pa = 0.0f, pb = 0.0f, po = 0.0f;
+        #pragma omp simd reduction(+ : pa, pb, po)
+        for (int64_t i = lo; i < hi; i++) {
+            const float go = fq_grad(g[i], fq(a[i], qa) + fq(b[i], qb), qo, &po);
+            ga[i] = fq_grad(go, a[i], qa, &pa);
+            gb[i] = fq_grad(go, b[i], qb, &pb);
+        }
+        sa += pa;
+        sb += pb;
+        so += po;
+    }
+    sums[0] = sa;
+    sums[1] = sb;
+    sums[2] = so;
+}

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("fake_quant.c")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
+OPENMP = "-fopenmp"  # only where torch runs on libgomp: the kernels must share its thread pool
 SWITCH = "PROQHA_NATIVE_KERNELS"  # "0": never build or use them
 BUILD_TIMEOUT_S = 120
 
@@ -48,19 +49,36 @@ def _cpu_signature() -> str:
         return ""
 
 
+def torch_uses_libgomp() -> bool:
+    """Whether this process has GNU OpenMP (``libgomp.so.1``, torch's pip wheels) loaded: the kernels are
+    then built parallel and bind to that copy. Beside another runtime (Intel's) a second pool of spinning
+    threads would slow every torch operator, so they are built serial."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any(line.rstrip().endswith("/libgomp.so.1") for line in f)
+    except OSError:
+        return False
+
+
+def flags() -> tuple[str, ...]:
+    """The compiler flags for this process (``FLAGS``, and OpenMP when torch uses libgomp)."""
+    return (*FLAGS, OPENMP) if torch_uses_libgomp() else FLAGS
+
+
 def build(cc: str, out_dir: Path) -> Path:
     """Compile ``fake_quant.c`` with ``cc`` into ``out_dir`` (unless built already) and return the library's
     path. The file appears atomically, so concurrent processes (torchrun workers) can share the cache.
     Raises OSError or subprocess.CalledProcessError when the build fails."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_signature()]).encode()).hexdigest()
+    options = flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *options, version, _cpu_signature()]).encode()).hexdigest()
     target = out_dir / f"fake_quant-{key[:16]}.so"
     if not target.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         try:
-            subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
+            subprocess.run([cc, *options, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
                            timeout=BUILD_TIMEOUT_S)
             os.replace(tmp, target)
         finally:
@@ -101,10 +119,19 @@ def usable(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` if its elements fill its memory in some order (contiguous, channels-last), else a contiguous
+    copy: an elementwise kernel may then walk the memory and keep the layout."""
+    if x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
+        return x
+    return x.contiguous()
+
+
 def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """``clamp(round(x * (1/s)), qmin, qmax) * s`` in one pass (``usable(x)`` must hold)."""
-    x = x.contiguous()
-    y = torch.empty_like(x)
+    """``clamp(round(x * (1/s)), qmin, qmax) * s`` in one pass, in ``x``'s memory layout (``usable(x)``
+    must hold)."""
+    x = _dense(x)
+    y = torch.empty_like(x)  # the same strides as x
     inv = 1.0 / scale  # the float32 reciprocal, as forward_math computes it
     library().fake_quant_forward(x.data_ptr(), y.data_ptr(), x.numel(), float(inv), float(scale), qmin, qmax,
                                  torch.get_num_threads())
@@ -114,8 +141,9 @@ def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch
 def backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, qmin: int,
              qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``kernels.backward_math`` in one pass: (d/dx, the scale sum of shape [1])."""
-    g, x = grad.contiguous(), x.contiguous()
+    x = _dense(x)
     grad_x = torch.empty_like(x)
+    g = grad if grad.stride() == x.stride() else torch.empty_like(x).copy_(grad)  # in x's layout
     total = library().fake_quant_backward(g.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(),
                                           float(1.0 / scale), qmin, qmax, torch.get_num_threads())
     return grad_x, torch.tensor([total], dtype=x.dtype)
