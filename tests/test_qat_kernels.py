@@ -102,16 +102,21 @@ def test_the_traced_path_computes_what_the_eager_one_does(monkeypatch, qmin, qma
     x, upstream = torch.randn(4, 8, 6, 6, generator=gen), torch.randn(4, 8, 6, 6, generator=gen)
     scale = torch.tensor([0.05])
     eager = _values_and_grads(grid.fake_quant_per_tensor, x, scale, qmin, qmax, 0.1, upstream)
-    monkeypatch.setattr(kernels, "_traced", lambda t: True)  # the branch torch.compile and meta take
+    monkeypatch.setattr(kernels, "traced", lambda t: True)  # the branch torch.compile and meta take
     traced = _values_and_grads(grid.fake_quant_per_tensor, x, scale, qmin, qmax, 0.1, upstream)
     assert torch.equal(eager[0], traced[0]) and torch.equal(eager[1], traced[1])
     assert torch.allclose(eager[2], traced[2], rtol=1e-4, atol=1e-4)  # a sum over terms of both signs
 
 
-def test_an_add_with_relu_lets_its_unsigned_output_grid_clamp(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_an_add_with_relu_lets_its_unsigned_output_grid_clamp(monkeypatch, fused):
     from proqha.quant import QuantAdd
     from proqha.quant.quantizers import PACTQuantizer
 
+    if not fused:
+        monkeypatch.setattr(QuantAdd, "_fused_args", lambda self, a, b: None)
+    elif native.library() is None:
+        pytest.skip("no C compiler to build the fused kernels")
     gen = torch.Generator().manual_seed(3)
     a, b = torch.randn(4, 8, 5, 5, generator=gen), torch.randn(4, 8, 5, 5, generator=gen)
     add = QuantAdd(nn.Identity(), nn.Identity(), PACTQuantizer(4), relu=True)

@@ -1,96 +1,188 @@
-/* Fused CPU kernels of the activation quantizer (per tensor, LSQ gradients); see proqha/quant/native.py.
+/* Fused CPU kernels of the per-tensor activation quantizers (LSQ gradients); see proqha/quant/native.py.
  *
- * forward:  y = clamp(round(x * inv), qmin, qmax) * s, one pass (aten needs four).
- * backward: gx = g where qmin < x * inv < qmax, else 0; returns sum(g * q - gx * x * inv), q the clamped
- *           integers; one pass over g and x (aten needs three, and a second output).
- * The same float32 operations in the same order as proqha.quant.kernels.forward_math (so -0.0 stays
- * where it rounds), so outputs and d/dx are bit-identical to it; built with -ffp-contract=off so that
- * no multiply-add is fused. The scale sum
- * is accumulated in float per block of BLOCK elements and in double across blocks.
- * Parallel with OpenMP: linked against libgomp, which resolves to the copy torch has already loaded,
- * so these loops share torch's thread pool. */
+ * Q(v) = clamp(round(v * inv), lo, hi) * s, with the float32 operations of
+ * proqha.quant.kernels.forward_math in its order (so outputs and d/dx are bit-identical to it; built with
+ * -ffp-contract=off so that no multiply-add is fused). NaN stays NaN, as torch.clamp keeps it.
+ *
+ * fake_quant_*: one quantizer, one pass each way (aten needs four forward and three backward).
+ * quant_add_*:  a residual add between quantizers, out = Qo(Qa(a) + Qb(b)), an input whose quantizer is
+ *               off (on = 0) passing unchanged; one pass each way, the sum never stored (the backward
+ *               recomputes it bit for bit).
+ *
+ * A scale sum is deterministic: element i adds to lane i % LANES of its block of BLOCK elements (float),
+ * the lanes are added in a fixed order, and the blocks' partial sums in block order (double). The same
+ * terms therefore give the same sum on any thread count and vector width, fused or not.
+ * Parallel with OpenMP where built with it: linked against libgomp, which resolves to the copy torch has
+ * already loaded, so these loops share torch's thread pool. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define PARALLEL_MIN 32768
 #define BLOCK 4096
+#define LANES 16
 
-static inline float clamp_nan(float v, float lo, float hi) { /* NaN stays NaN, as torch.clamp keeps it */
-    return v < lo ? lo : (v > hi ? hi : v);
+typedef struct { float inv, s, lo, hi; int on; } grid_t;
+
+static inline float clamp_nan(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/* Branch-free (selects only), so that loops over it vectorise. */
+static inline float fq(float v, grid_t q) {
+    const float r = clamp_nan(nearbyintf(v * q.inv), q.lo, q.hi) * q.s;
+    return q.on ? r : v;
 }
 
-void fake_quant_forward(const float *restrict x, float *restrict y, int64_t n, float inv, float s,
-                        float qmin, float qmax, int threads) {
-    #pragma omp parallel for simd schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
-    for (int64_t i = 0; i < n; i++)
-        y[i] = clamp_nan(nearbyintf(x[i] * inv), qmin, qmax) * s;
+/* A quantizer's backward at one element: returns d/dv and sets *term to its scale-sum term
+ * (g * q - d/dv * v * inv, q the clamped integer); an off quantizer passes g with term 0. */
+static inline float fq_grad(float g, float v, grid_t q, float *term) {
+    const float vs = v * q.inv;
+    const float gv = ((vs > q.lo) & (vs < q.hi)) ? g : 0.0f;
+    const float t = g * clamp_nan(nearbyintf(vs), q.lo, q.hi) - gv * vs;
+    *term = q.on ? t : 0.0f;
+    return q.on ? gv : g;
 }
 
-double fake_quant_backward(const float *restrict g, const float *restrict x, float *restrict gx, int64_t n,
-                           float inv, float qmin, float qmax, int threads) {
-    double total = 0.0;
+static inline double lane_sum(const float acc[LANES]) {
+    float s = 0.0f;
+    for (int l = 0; l < LANES; l++) s += acc[l];
+    return (double)s;
+}
+
+/* ---- one quantizer ---- */
+
+static void fq_forward_block(const float *restrict x, float *restrict y, int64_t n, int64_t b, grid_t q) {
+    const int64_t hi = (b + 1) * BLOCK < n ? (b + 1) * BLOCK : n;
+    for (int64_t i = b * BLOCK; i < hi; i++) y[i] = fq(x[i], q);
+}
+
+/* Loops stay in per-block functions: GCC vectorises those, not the same loop inside an OpenMP region. */
+void fake_quant_forward(const float *restrict x, float *restrict y, int64_t n, grid_t q, int threads) {
     const int64_t blocks = (n + BLOCK - 1) / BLOCK;
-    #pragma omp parallel for reduction(+ : total) schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
-    for (int64_t b = 0; b < blocks; b++) {
-        const int64_t lo = b * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
-        float part = 0.0f;
-        #pragma omp simd reduction(+ : part)
-        for (int64_t i = lo; i < hi; i++) {
-            const float xs = x[i] * inv, gi = g[i];
-            const float gxi = (xs > qmin && xs < qmax) ? gi : 0.0f;
-            gx[i] = gxi;
-            part += gi * clamp_nan(nearbyintf(xs), qmin, qmax) - gxi * xs;
-        }
-        total += part;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
+    for (int64_t b = 0; b < blocks; b++) fq_forward_block(x, y, n, b, q);
+}
+
+static inline void fq_backward_at(const float *restrict g, const float *restrict x, float *restrict gx,
+                                  int64_t i, grid_t q, float *acc) {
+    float term;
+    gx[i] = fq_grad(g[i], x[i], q, &term);
+    *acc += term;
+}
+
+static double fq_backward_block(const float *restrict g, const float *restrict x, float *restrict gx,
+                                int64_t n, int64_t b, grid_t q) {
+    const int64_t lo = b * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
+    float acc[LANES] = {0.0f};
+    int64_t i = lo;
+    for (; i + LANES <= hi; i += LANES) {
+        #pragma omp simd
+        for (int l = 0; l < LANES; l++) fq_backward_at(g, x, gx, i + l, q, &acc[l]);
     }
+    for (; i < hi; i++) fq_backward_at(g, x, gx, i, q, &acc[(i - lo) % LANES]);
+    return lane_sum(acc);
+}
+
+/* Writes d/dx; returns the scale sum. */
+double fake_quant_backward(const float *restrict g, const float *restrict x, float *restrict gx, int64_t n,
+                           grid_t q, int threads) {
+    const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+    double total = 0.0, *partial = malloc((size_t)(blocks > 0 ? blocks : 1) * sizeof(double));
+    if (!partial) {  /* the same sum, serially */
+        for (int64_t b = 0; b < blocks; b++) total += fq_backward_block(g, x, gx, n, b, q);
+        return total;
+    }
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
+    for (int64_t b = 0; b < blocks; b++) partial[b] = fq_backward_block(g, x, gx, n, b, q);
+    for (int64_t b = 0; b < blocks; b++) total += partial[b];
+    free(partial);
     return total;
 }
 
-/* A residual add between quantizers: out = Qo(Qa(a) + Qb(b)), Q(v) = clamp(round(v * inv), lo, hi) * s,
- * an input whose quantizer is off (on = 0) passing unchanged. One pass each way where the three quantizers
- * and the add take four forward and three backward, and the sum Qa(a) + Qb(b) is never stored: the
- * backward recomputes it bit for bit. */
-typedef struct { float inv, s, lo, hi; int on; } grid_t;
+/* ---- a residual add between quantizers ---- */
 
-static inline float fq(float v, grid_t q) { return q.on ? clamp_nan(nearbyintf(v * q.inv), q.lo, q.hi) * q.s : v; }
+static void add_forward_block(const float *restrict a, const float *restrict b, float *restrict out, int64_t n,
+                              int64_t k, grid_t qa, grid_t qb, grid_t qo) {
+    const int64_t hi = (k + 1) * BLOCK < n ? (k + 1) * BLOCK : n;
+    for (int64_t i = k * BLOCK; i < hi; i++) out[i] = fq(fq(a[i], qa) + fq(b[i], qb), qo);
+}
 
 void quant_add_forward(const float *restrict a, const float *restrict b, float *restrict out, int64_t n,
                        grid_t qa, grid_t qb, grid_t qo, int threads) {
-    #pragma omp parallel for simd schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
-    for (int64_t i = 0; i < n; i++)
-        out[i] = fq(fq(a[i], qa) + fq(b[i], qb), qo);
+    const int64_t blocks = (n + BLOCK - 1) / BLOCK;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
+    for (int64_t k = 0; k < blocks; k++) add_forward_block(a, b, out, n, k, qa, qb, qo);
 }
 
-/* One quantizer's backward at one element: returns d/dv, adds its scale-sum term to *part. */
-static inline float fq_grad(float g, float v, grid_t q, float *part) {
-    if (!q.on) return g;
-    const float vs = v * q.inv;
-    const float gv = (vs > q.lo && vs < q.hi) ? g : 0.0f;
-    *part += g * clamp_nan(nearbyintf(vs), q.lo, q.hi) - gv * vs;
-    return gv;
+static inline void add_backward_at(const float *restrict g, const float *restrict a, const float *restrict b,
+                                   float *restrict ga, float *restrict gb, int64_t i, grid_t qa, grid_t qb,
+                                   grid_t qo, float *acc_a, float *acc_b, float *acc_o) {
+    float ta, tb, to;
+    const float go = fq_grad(g[i], fq(a[i], qa) + fq(b[i], qb), qo, &to);
+    ga[i] = fq_grad(go, a[i], qa, &ta);
+    gb[i] = fq_grad(go, b[i], qb, &tb);
+    *acc_a += ta;
+    *acc_b += tb;
+    *acc_o += to;
+}
+
+static inline __attribute__((always_inline)) void add_backward_block_on(
+        const float *restrict g, const float *restrict a, const float *restrict b, float *restrict ga,
+        float *restrict gb, int64_t n, int64_t k, grid_t qa, grid_t qb, grid_t qo, double out[3]) {
+    const int64_t lo = k * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
+    float acc_a[LANES] = {0.0f}, acc_b[LANES] = {0.0f}, acc_o[LANES] = {0.0f};
+    int64_t i = lo;
+    for (; i + LANES <= hi; i += LANES) {
+        #pragma omp simd
+        for (int l = 0; l < LANES; l++)
+            add_backward_at(g, a, b, ga, gb, i + l, qa, qb, qo, &acc_a[l], &acc_b[l], &acc_o[l]);
+    }
+    for (; i < hi; i++) {
+        const int l = (int)((i - lo) % LANES);
+        add_backward_at(g, a, b, ga, gb, i, qa, qb, qo, &acc_a[l], &acc_b[l], &acc_o[l]);
+    }
+    out[0] = lane_sum(acc_a);
+    out[1] = lane_sum(acc_b);
+    out[2] = lane_sum(acc_o);
+}
+
+/* The block with the inputs' on flags as constants: GCC vectorises each of the four versions. */
+static void add_backward_block(const float *restrict g, const float *restrict a, const float *restrict b,
+                               float *restrict ga, float *restrict gb, int64_t n, int64_t k, grid_t qa,
+                               grid_t qb, grid_t qo, double out[3]) {
+    qo.on = 1;
+    if (qa.on && qb.on) {
+        qa.on = qb.on = 1;
+        add_backward_block_on(g, a, b, ga, gb, n, k, qa, qb, qo, out);
+    } else if (qa.on) {
+        qa.on = 1, qb.on = 0;
+        add_backward_block_on(g, a, b, ga, gb, n, k, qa, qb, qo, out);
+    } else if (qb.on) {
+        qa.on = 0, qb.on = 1;
+        add_backward_block_on(g, a, b, ga, gb, n, k, qa, qb, qo, out);
+    } else {
+        qa.on = qb.on = 0;
+        add_backward_block_on(g, a, b, ga, gb, n, k, qa, qb, qo, out);
+    }
 }
 
 /* Writes d/da and d/db; sums[0..2] receive the scale sums of qa, qb, qo. */
 void quant_add_backward(const float *restrict g, const float *restrict a, const float *restrict b,
                         float *restrict ga, float *restrict gb, int64_t n, grid_t qa, grid_t qb, grid_t qo,
                         double *restrict sums, int threads) {
-    double sa = 0.0, sb = 0.0, so = 0.0;
     const int64_t blocks = (n + BLOCK - 1) / BLOCK;
-    #pragma omp parallel for reduction(+ : sa, sb, so) schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
-    for (int64_t k = 0; k < blocks; k++) {
-        const int64_t lo = k * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
-        float pa = 0.0f, pb = 0.0f, po = 0.0f;
-        #pragma omp simd reduction(+ : pa, pb, po)
-        for (int64_t i = lo; i < hi; i++) {
-            const float go = fq_grad(g[i], fq(a[i], qa) + fq(b[i], qb), qo, &po);
-            ga[i] = fq_grad(go, a[i], qa, &pa);
-            gb[i] = fq_grad(go, b[i], qb, &pb);
+    double *partial = malloc((size_t)(blocks > 0 ? blocks : 1) * 3 * sizeof(double));
+    sums[0] = sums[1] = sums[2] = 0.0;
+    if (!partial) {  /* the same sums, serially */
+        double one[3];
+        for (int64_t k = 0; k < blocks; k++) {
+            add_backward_block(g, a, b, ga, gb, n, k, qa, qb, qo, one);
+            for (int j = 0; j < 3; j++) sums[j] += one[j];
         }
-        sa += pa;
-        sb += pb;
-        so += po;
+        return;
     }
-    sums[0] = sa;
-    sums[1] = sb;
-    sums[2] = so;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (n >= PARALLEL_MIN)
+    for (int64_t k = 0; k < blocks; k++) add_backward_block(g, a, b, ga, gb, n, k, qa, qb, qo, partial + 3 * k);
+    for (int64_t k = 0; k < blocks; k++)
+        for (int j = 0; j < 3; j++) sums[j] += partial[3 * k + j];
+    free(partial);
 }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from proqha.quant import kernels
+from proqha.quant import kernels, native
 
 FULL_PRECISION = 32
 VALID_BITS = (2, 3, 4, 5, 6, 7, 8, FULL_PRECISION)
@@ -91,6 +91,42 @@ def fake_quant_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax:
                           grad_factor: float) -> torch.Tensor:
     """Fake quantization with a learnable per-tensor scale (shape [1]); LSQ gradients."""
     return _FakeQuantPerTensor.apply(x, scale, qmin, qmax, grad_factor)
+
+
+PerTensorArgs = tuple[torch.Tensor, int, int, float]  # scale (shape [1]), qmin, qmax, LSQ gradient factor
+
+
+class _FakeQuantAdd(torch.autograd.Function):
+    """``Qo(Qa(a) + Qb(b))``, a residual add between per-tensor LSQ quantizers, in the fused kernels of
+    ``proqha.quant.native`` (an input without a quantizer passes unchanged). The values and input
+    gradients are those of the quantizers and the add applied one after another; the scale sums differ
+    in summation order only."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor | None,  # type: ignore[override]
+                scale_b: torch.Tensor | None, scale_o: torch.Tensor, specs: tuple) -> torch.Tensor:
+        ctx.grids = tuple(native.grid_args(s, *spec[:2]) if spec else native.PASS_THROUGH
+                          for s, spec in zip((scale_a, scale_b, scale_o), specs))
+        ctx.factors = tuple(spec and spec[2] for spec in specs)
+        ctx.save_for_backward(a, b)
+        return native.quant_add_forward(a, b, ctx.grids)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        grad_a, grad_b, sums = native.quant_add_backward(grad, a, b, ctx.grids)
+        # as _FakeQuantPerTensor rounds them: the sum to float32, then times the factor
+        scale_grads = [None if f is None else torch.tensor([total], dtype=a.dtype) * f
+                       for total, f in zip(sums, ctx.factors)]
+        return grad_a, grad_b, *scale_grads, None
+
+
+def fake_quant_add(a: torch.Tensor, b: torch.Tensor, qa: PerTensorArgs | None, qb: PerTensorArgs | None,
+                   qo: PerTensorArgs) -> torch.Tensor:
+    """``Qo(Qa(a) + Qb(b))`` fused, each quantizer given as ``PerTensorArgs`` (None: that input as is);
+    ``a`` and ``b`` float32 CPU tensors of one shape, with ``native.usable(a)``."""
+    specs = tuple(q and q[1:] for q in (qa, qb, qo))  # (qmin, qmax, factor) or None
+    return _FakeQuantAdd.apply(a, b, qa and qa[0], qb and qb[0], qo[0], specs)
 
 
 class _FakeQuantPerChannel(torch.autograd.Function):

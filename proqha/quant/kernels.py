@@ -82,14 +82,15 @@ def _aten_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: 
     return g_x, (torch.dot(g.reshape(-1), y.reshape(-1)) * inv - dot_gx_xs).reshape(1)
 
 
-def _traced(x: torch.Tensor) -> bool:
+def traced(x: torch.Tensor) -> bool:
+    """Whether ``x`` is being traced (torch.compile) or has no data (meta): the plain-math branch."""
     return torch.compiler.is_compiling() or x.device.type == "meta"
 
 
 def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """The activation quantizer's forward: the math when traced, the fused kernel on a CPU that has it,
     else aten operators."""
-    if _traced(x):
+    if traced(x):
         return forward_math(x, scale, qmin, qmax)
     if native.usable(x):
         return native.forward(x, scale, qmin, qmax)
@@ -100,7 +101,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: torch.
              qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The activation quantizer's backward before LSQ's gradient factor (``y``: the forward's output):
     (d/dx, the scale sum of shape [1])."""
-    if _traced(x):
+    if traced(x):
         return backward_math(grad, x, scale, qmin, qmax)
     if native.usable(x):
         return native.backward(grad, x, scale, qmin, qmax)

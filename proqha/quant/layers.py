@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from proqha.quant import kernels, native
 from proqha.quant.fold import integer_layer
+from proqha.quant.grid import fake_quant_add
 from proqha.quant.quantizers import PACTQuantizer, Quantizer, SignedActQuantizer
 
 
@@ -146,6 +148,13 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
+def _plain_lsq_ready(q: nn.Module) -> bool:
+    """Whether ``q`` is a per-tensor LSQ activation quantizer (unmodified forward), on and initialised."""
+    return (isinstance(q, Quantizer) and q.enabled and q.initialized and q.axis is None
+            and type(q)._fake_quant is Quantizer._fake_quant
+            and type(q).forward in (Quantizer.forward, PACTQuantizer.forward))
+
+
 class QuantAdd(nn.Module):
     """A residual add that stays in integer kernels when deployed: both inputs and the output are
     quantized (8 bit). ``relu`` folds a ReLU that directly follows the add, so the output grid is
@@ -159,11 +168,30 @@ class QuantAdd(nn.Module):
         self.relu = relu
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        fused = self._fused_args(a, b)
+        if fused is not None:
+            return fake_quant_add(a, b, *fused)
         y = self.input_quantizer_a(a) + self.input_quantizer_b(b)
         q = self.output_quantizer
         if self.relu and not (q.enabled and q.initialized and not q.signed):  # an unsigned grid's clamp at 0: the ReLU
             y = F.relu(y)
         return q(y)
+
+    def _fused_args(self, a: torch.Tensor, b: torch.Tensor) -> tuple | None:
+        """The arguments of ``fake_quant_add`` when the fused CPU kernel computes what the quantizers and
+        the add compute in turn (float32 CPU inputs of one shape, not traced; plain LSQ quantizers, on and
+        initialised; a ReLU left to an unsigned output grid), else None."""
+        if kernels.traced(a) or not native.usable(a) or b.dtype != a.dtype or b.shape != a.shape or b.device != a.device:
+            return None
+        out = self.output_quantizer
+        if not _plain_lsq_ready(out) or (self.relu and out.signed):
+            return None
+        inputs = []
+        for q, x in ((self.input_quantizer_a, a), (self.input_quantizer_b, b)):
+            if not (isinstance(q, nn.Identity) or _plain_lsq_ready(q)):
+                return None
+            inputs.append(None if isinstance(q, nn.Identity) else q.per_tensor_args(x))
+        return (*inputs, out.per_tensor_args(a))
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}"

@@ -1,7 +1,8 @@
-"""The activation quantizer's fused CPU kernels (``fake_quant.c``), compiled on first use.
+"""Fused CPU kernels of the activation quantizers (``fake_quant.c``), compiled on first use.
 
-One pass each way where aten operators take four forward and three backward over a multi-megabyte
-activation: the part of a CPU QAT step that quantization adds (``benchmarks/qat_overhead.py``). The
+One pass each way over a multi-megabyte activation where aten operators take four forward and three
+backward per quantizer: the part of a CPU QAT step that quantization adds (``benchmarks/qat_overhead.py``).
+``forward``/``backward``: one quantizer; ``quant_add_*``: a residual add between three of them. The
 library is built with the system's C compiler for this CPU (``-march=native``) and cached under
 ``~/.cache/proqha/kernels`` keyed by the source, flags, compiler and CPU. Without a compiler, or with
 ``PROQHA_NATIVE_KERNELS=0``, ``library()`` is None and the quantizer uses aten operators (one warning
@@ -87,14 +88,27 @@ def build(cc: str, out_dir: Path) -> Path:
     return target
 
 
+class GridArgs(ctypes.Structure):
+    """A quantizer as the C kernels take it (``grid_t``); ``on`` 0: an input that passes unchanged."""
+
+    _fields_ = [("inv", ctypes.c_float), ("s", ctypes.c_float), ("lo", ctypes.c_float), ("hi", ctypes.c_float),
+                ("on", ctypes.c_int)]
+
+
 def load(path: Path) -> ctypes.CDLL:
-    """Open a built library and declare its two functions' signatures."""
+    """Open a built library and declare its functions' signatures."""
     lib = ctypes.CDLL(str(path))
-    f32, i64, ptr = ctypes.c_float, ctypes.c_int64, ctypes.c_void_p
-    lib.fake_quant_forward.argtypes = [ptr, ptr, i64, f32, f32, f32, f32, ctypes.c_int]
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.fake_quant_forward.argtypes = [ptr, ptr, i64, GridArgs, ctypes.c_int]
     lib.fake_quant_forward.restype = None
-    lib.fake_quant_backward.argtypes = [ptr, ptr, ptr, i64, f32, f32, f32, ctypes.c_int]
+    lib.fake_quant_backward.argtypes = [ptr, ptr, ptr, i64, GridArgs, ctypes.c_int]
     lib.fake_quant_backward.restype = ctypes.c_double
+    grids = [GridArgs] * 3
+    lib.quant_add_forward.argtypes = [ptr, ptr, ptr, i64, *grids, ctypes.c_int]
+    lib.quant_add_forward.restype = None
+    lib.quant_add_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, *grids, ctypes.POINTER(ctypes.c_double),
+                                       ctypes.c_int]
+    lib.quant_add_backward.restype = None
     return lib
 
 
@@ -127,13 +141,17 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _in_layout_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of ``ref`` (a dense tensor of the same shape); copied only if they differ."""
+    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
+
+
 def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """``clamp(round(x * (1/s)), qmin, qmax) * s`` in one pass, in ``x``'s memory layout (``usable(x)``
     must hold)."""
     x = _dense(x)
     y = torch.empty_like(x)  # the same strides as x
-    inv = 1.0 / scale  # the float32 reciprocal, as forward_math computes it
-    library().fake_quant_forward(x.data_ptr(), y.data_ptr(), x.numel(), float(inv), float(scale), qmin, qmax,
+    library().fake_quant_forward(x.data_ptr(), y.data_ptr(), x.numel(), grid_args(scale, qmin, qmax),
                                  torch.get_num_threads())
     return y
 
@@ -143,7 +161,35 @@ def backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, qmin: int
     """``kernels.backward_math`` in one pass: (d/dx, the scale sum of shape [1])."""
     x = _dense(x)
     grad_x = torch.empty_like(x)
-    g = grad if grad.stride() == x.stride() else torch.empty_like(x).copy_(grad)  # in x's layout
+    g = _in_layout_of(grad, x)
     total = library().fake_quant_backward(g.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(),
-                                          float(1.0 / scale), qmin, qmax, torch.get_num_threads())
+                                          grid_args(scale, qmin, qmax), torch.get_num_threads())
     return grad_x, torch.tensor([total], dtype=x.dtype)
+
+
+PASS_THROUGH = GridArgs(0.0, 0.0, 0.0, 0.0, 0)  # an input without a quantizer
+
+
+def grid_args(scale: torch.Tensor, qmin: int, qmax: int) -> GridArgs:
+    """``GridArgs`` of a per-tensor grid, its reciprocal computed as ``forward_math`` computes it."""
+    return GridArgs(float(1.0 / scale), float(scale), qmin, qmax, 1)
+
+
+def quant_add_forward(a: torch.Tensor, b: torch.Tensor, grids: tuple[GridArgs, GridArgs, GridArgs]) -> torch.Tensor:
+    """``Qo(Qa(a) + Qb(b))`` in one pass (``a``, ``b``: the same shape and layout, ``usable``)."""
+    a = _dense(a)
+    b = _in_layout_of(b, a)
+    out = torch.empty_like(a)
+    library().quant_add_forward(a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel(), *grids, torch.get_num_threads())
+    return out
+
+
+def quant_add_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, grids: tuple[GridArgs, GridArgs, GridArgs]
+                       ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """d/da, d/db and the three scale sums (qa, qb, qo) of ``quant_add_forward``, in one pass."""
+    a = _dense(a)
+    b, g = _in_layout_of(b, a), _in_layout_of(grad, a)
+    grad_a, grad_b, sums = torch.empty_like(a), torch.empty_like(a), (ctypes.c_double * 3)()
+    library().quant_add_backward(g.data_ptr(), a.data_ptr(), b.data_ptr(), grad_a.data_ptr(), grad_b.data_ptr(),
+                                 a.numel(), *grids, sums, torch.get_num_threads())
+    return grad_a, grad_b, list(sums)

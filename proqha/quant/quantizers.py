@@ -90,10 +90,13 @@ class Quantizer(nn.Module):
             self.initialize(x)
         return self._fake_quant(x)
 
-    def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+    def per_tensor_args(self, x: torch.Tensor) -> g.PerTensorArgs:
+        """What the per-tensor LSQ kernels take to quantize ``x``: scale, qmin, qmax, gradient factor."""
         qmin, qmax = self.qrange()
-        factor = g.lsq_grad_factor(x.numel() // max(x.shape[0], 1), qmax)
-        return g.fake_quant_per_tensor(x, self.scale(), qmin, qmax, factor)
+        return self.scale(), qmin, qmax, g.lsq_grad_factor(x.numel() // max(x.shape[0], 1), qmax)
+
+    def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        return g.fake_quant_per_tensor(x, *self.per_tensor_args(x))
 
     # -- state: bits and the initialised flag travel with the state dict ----------------------------
     def get_extra_state(self) -> dict[str, Any]:
