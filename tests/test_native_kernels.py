@@ -60,6 +60,23 @@ def test_fused_kernels_are_bit_identical_to_the_math(qmin, qmax, n):
 
 
 @needs_compiler
+@pytest.mark.parametrize("qmin, qmax", [(-127, 127), (-7, 7), (-1, 1)])
+@pytest.mark.parametrize("shape", [(5, 3), (64, 16, 3, 3), (40, 1000)])  # rows shorter than a lane; parallel
+def test_the_weight_kernels_are_bit_identical_to_the_math(qmin, qmax, shape):
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(shape, generator=gen) * 0.3
+    scale = torch.rand(shape[0], generator=gen) * 0.05 + 0.002
+    w.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, (qmax + 0.5) * float(scale[0])])
+    g = torch.randn(shape, generator=gen)
+    assert _same_bits(native.per_channel_forward(w, scale, qmin, qmax), kernels.per_channel_forward_math(w, scale, qmin, qmax))
+    grad_w, grad_s = native.per_channel_backward(g, w, scale, qmin, qmax)
+    ref_w, ref_s = kernels.per_channel_backward_math(g, w, scale, qmin, qmax)
+    assert _same_bits(grad_w, ref_w)
+    assert grad_s[0].isnan() and ref_s[0].isnan()  # row 0 holds the NaN
+    assert torch.allclose(grad_s[1:], ref_s[1:], rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
 def test_a_nan_input_poisons_the_scale_sum_as_the_math_does():
     x, g, scale = torch.tensor([0.1, float("nan")]), torch.ones(2), torch.tensor([0.05])
     grad_x, total = native.backward(g, x, scale, 0, 15)

@@ -79,7 +79,12 @@ def test_per_tensor_kernel_matches_the_autograd_reference(monkeypatch, qmin, qma
 
 
 @pytest.mark.parametrize("qmin, qmax", [(-127, 127), (-7, 7), (-1, 1)])
-def test_per_channel_kernel_matches_torch_and_the_reference(qmin, qmax):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "math"])
+def test_per_channel_kernel_matches_torch_and_the_reference(monkeypatch, qmin, qmax, fused):
+    if fused and native.library() is None:
+        pytest.skip("no C compiler to build the fused kernels")
+    if not fused:
+        monkeypatch.setattr(native, "usable", lambda x: False)
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(32, 16, 3, 3, generator=gen) * 0.2
     scale = torch.rand(32, generator=gen) * 0.02 + 0.01

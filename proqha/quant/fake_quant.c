@@ -186,3 +186,45 @@ void quant_add_backward(const float *restrict g, const float *restrict a, const 
         for (int j = 0; j < 3; j++) sums[j] += partial[3 * k + j];
     free(partial);
 }
+
+/* ---- weights: one grid per output channel (rows of a [channels, k] matrix) ----
+ * The float32 operations of kernels.per_channel_forward_math/per_channel_backward_math in their order;
+ * d/dw is grad times (q in range ? 1 : 0), as that math multiplies by its mask (so -0.0 where it does).
+ * Weights are small: GCC leaves the backward scalar, which costs little beside the calls it replaces. */
+
+static void pc_forward_row(const float *restrict w, float *restrict y, int64_t k, float inv, float s, float lo, float hi) {
+    for (int64_t i = 0; i < k; i++) y[i] = clamp_nan(nearbyintf(w[i] * inv), lo, hi) * s;
+}
+
+void per_channel_forward(const float *restrict w, float *restrict y, int64_t channels, int64_t k,
+                         const float *restrict inv, const float *restrict s, float lo, float hi, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads) if (channels * k >= PARALLEL_MIN)
+    for (int64_t c = 0; c < channels; c++) pc_forward_row(w + c * k, y + c * k, k, inv[c], s[c], lo, hi);
+}
+
+static inline void pc_backward_at(const float *restrict g, const float *restrict w, float *restrict gw, int64_t i,
+                                  float inv, float lo, float hi, float *acc) {
+    const float ws = w[i] * inv, q = nearbyintf(ws), qc = clamp_nan(q, lo, hi);
+    const float inside = ((q >= lo) & (q <= hi)) ? 1.0f : 0.0f;  /* q == qc, NaN included */
+    gw[i] = g[i] * inside;
+    *acc += g[i] * (qc - ws * inside);
+}
+
+static float pc_backward_row(const float *restrict g, const float *restrict w, float *restrict gw, int64_t k,
+                             float inv, float lo, float hi) {
+    float acc[LANES] = {0.0f};
+    int64_t i = 0;
+    for (; i + LANES <= k; i += LANES) {
+        #pragma omp simd
+        for (int l = 0; l < LANES; l++) pc_backward_at(g, w, gw, i + l, inv, lo, hi, &acc[l]);
+    }
+    for (; i < k; i++) pc_backward_at(g, w, gw, i, inv, lo, hi, &acc[i % LANES]);
+    return (float)lane_sum(acc);
+}
+
+/* Writes d/dw and each channel's scale sum into gs[channels]. */
+void per_channel_backward(const float *restrict g, const float *restrict w, float *restrict gw, float *restrict gs,
+                          int64_t channels, int64_t k, const float *restrict inv, float lo, float hi, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads) if (channels * k >= PARALLEL_MIN)
+    for (int64_t c = 0; c < channels; c++) gs[c] = pc_backward_row(g + c * k, w + c * k, gw + c * k, k, inv[c], lo, hi);
+}

@@ -132,21 +132,21 @@ def fake_quant_add(a: torch.Tensor, b: torch.Tensor, qa: PerTensorArgs | None, q
 class _FakeQuantPerChannel(torch.autograd.Function):
     """Weights: ``clamp(round(w / s_c), qmin, qmax) * s_c`` per output channel (axis 0), with the gradients
     of torch's learnable per-channel fake quantization times ``grad_factor`` (see
-    ``kernels.per_channel_backward_math``), in plain vectorised operators: multi-threaded, traceable and
-    runnable on meta tensors (torch's own op runs single-threaded on CPU and has no meta kernel)."""
+    ``kernels.per_channel_backward_math``): multi-threaded, traceable and runnable on meta tensors (torch's
+    own op runs single-threaded on CPU and has no meta kernel). Kernels: ``proqha.quant.kernels``."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
                 grad_factor: float) -> torch.Tensor:
         ctx.save_for_backward(w, scale)
         ctx.bounds = (qmin, qmax, grad_factor)
-        return kernels.per_channel_forward_math(w, scale, qmin, qmax)
+        return kernels.per_channel_forward(w, scale, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         w, scale = ctx.saved_tensors
         qmin, qmax, grad_factor = ctx.bounds
-        grad_w, grad_s = kernels.per_channel_backward_math(grad, w, scale, qmin, qmax)
+        grad_w, grad_s = kernels.per_channel_backward(grad, w, scale, qmin, qmax)
         return grad_w, grad_s * grad_factor, None, None, None
 
 

@@ -9,8 +9,9 @@ with fewer allocations (in-place passes after one output; on the CPU a mask take
 the scale read on the host). The scale sums differ only in float summation order, and aten's CPU
 straight-through mask only where ``x`` sits exactly on a clip bound.
 
-Weights (per output channel): ``per_channel_forward_math``/``per_channel_backward_math``, plain operators
-everywhere (weights are small).
+Weights (per output channel): ``per_channel_forward_math``/``per_channel_backward_math``, plain operators,
+except for float32 CPU tensors where the fused kernels exist: the same values and d/dw in one call each
+(a weight is small, and its dozen small operators cost more than their arithmetic).
 """
 
 from __future__ import annotations
@@ -106,3 +107,19 @@ def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: torch.
     if native.usable(x):
         return native.backward(grad, x, scale, qmin, qmax)
     return _aten_backward(grad, x, y, scale, qmin, qmax)
+
+
+def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """The weight quantizer's forward: the fused kernel on a CPU that has it, else the math."""
+    if not traced(w) and native.usable(w):
+        return native.per_channel_forward(w, scale, qmin, qmax)
+    return per_channel_forward_math(w, scale, qmin, qmax)
+
+
+def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, qmin: int,
+                         qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight quantizer's backward before LSQ's factor: the fused kernel on a CPU that has it, else
+    the math."""
+    if not traced(w) and native.usable(w):
+        return native.per_channel_backward(grad, w, scale, qmin, qmax)
+    return per_channel_backward_math(grad, w, scale, qmin, qmax)

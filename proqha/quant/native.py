@@ -2,7 +2,9 @@
 
 One pass each way over a multi-megabyte activation where aten operators take four forward and three
 backward per quantizer: the part of a CPU QAT step that quantization adds (``benchmarks/qat_overhead.py``).
-``forward``/``backward``: one quantizer; ``quant_add_*``: a residual add between three of them. The
+``forward``/``backward``: one quantizer; ``quant_add_*``: a residual add between three of them;
+``per_channel_*``: a weight quantizer (one grid per output channel), in one call where plain operators
+take a dozen small ones. The
 library is built with the system's C compiler for this CPU (``-march=native``) and cached under
 ``~/.cache/proqha/kernels`` keyed by the source, flags, compiler and CPU. Without a compiler, or with
 ``PROQHA_NATIVE_KERNELS=0``, ``library()`` is None and the quantizer uses aten operators (one warning
@@ -109,6 +111,11 @@ def load(path: Path) -> ctypes.CDLL:
     lib.quant_add_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, *grids, ctypes.POINTER(ctypes.c_double),
                                        ctypes.c_int]
     lib.quant_add_backward.restype = None
+    f32, nt = ctypes.c_float, ctypes.c_int
+    lib.per_channel_forward.argtypes = [ptr, ptr, i64, i64, ptr, ptr, f32, f32, nt]
+    lib.per_channel_forward.restype = None
+    lib.per_channel_backward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ptr, f32, f32, nt]
+    lib.per_channel_backward.restype = None
     return lib
 
 
@@ -193,3 +200,22 @@ def quant_add_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gri
     library().quant_add_backward(g.data_ptr(), a.data_ptr(), b.data_ptr(), grad_a.data_ptr(), grad_b.data_ptr(),
                                  a.numel(), *grids, sums, torch.get_num_threads())
     return grad_a, grad_b, list(sums)
+
+
+def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``kernels.per_channel_forward_math`` in one call (``usable(w)`` must hold; ``scale``: one per row)."""
+    w, inv, scale = w.contiguous(), (1.0 / scale).contiguous(), scale.contiguous()
+    y = torch.empty_like(w)
+    library().per_channel_forward(w.data_ptr(), y.data_ptr(), len(scale), w.numel() // max(len(scale), 1),
+                                  inv.data_ptr(), scale.data_ptr(), qmin, qmax, torch.get_num_threads())
+    return y
+
+
+def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, qmin: int,
+                         qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.per_channel_backward_math`` in one call: (d/dw, the per-channel scale sums)."""
+    g, w, inv = grad.contiguous(), w.contiguous(), (1.0 / scale).contiguous()
+    grad_w, grad_s = torch.empty_like(w), torch.empty_like(inv)
+    library().per_channel_backward(g.data_ptr(), w.data_ptr(), grad_w.data_ptr(), grad_s.data_ptr(), len(inv),
+                                   w.numel() // max(len(inv), 1), inv.data_ptr(), qmin, qmax, torch.get_num_threads())
+    return grad_w, grad_s
