@@ -76,6 +76,12 @@ def test_the_weight_kernels_are_bit_identical_to_the_math(qmin, qmax, shape):
     assert torch.allclose(grad_s[1:], ref_s[1:], rtol=1e-4, atol=1e-5)
 
 
+def test_the_host_reciprocal_is_torchs():
+    scales = torch.cat([torch.rand(20000) * 10.0 ** torch.randint(-8, 3, (20000,)), torch.tensor([1e-8, 3.0, 1 / 3])])
+    ours = torch.tensor([native.grid_args(s.reshape(1), 0, 1).inv for s in scales])
+    assert torch.equal(ours, 1.0 / scales)
+
+
 @needs_compiler
 def test_a_nan_input_poisons_the_scale_sum_as_the_math_does():
     x, g, scale = torch.tensor([0.1, float("nan")]), torch.ones(2), torch.tensor([0.05])

@@ -189,8 +189,7 @@ void quant_add_backward(const float *restrict g, const float *restrict a, const 
 
 /* ---- weights: one grid per output channel (rows of a [channels, k] matrix) ----
  * The float32 operations of kernels.per_channel_forward_math/per_channel_backward_math in their order;
- * d/dw is grad times (q in range ? 1 : 0), as that math multiplies by its mask (so -0.0 where it does).
- * Weights are small: GCC leaves the backward scalar, which costs little beside the calls it replaces. */
+ * d/dw is grad times (q in range ? 1 : 0), as that math multiplies by its mask (so -0.0 where it does). */
 
 static void pc_forward_row(const float *restrict w, float *restrict y, int64_t k, float inv, float s, float lo, float hi) {
     for (int64_t i = 0; i < k; i++) y[i] = clamp_nan(nearbyintf(w[i] * inv), lo, hi) * s;
@@ -204,10 +203,10 @@ void per_channel_forward(const float *restrict w, float *restrict y, int64_t cha
 
 static inline void pc_backward_at(const float *restrict g, const float *restrict w, float *restrict gw, int64_t i,
                                   float inv, float lo, float hi, float *acc) {
-    const float ws = w[i] * inv, q = nearbyintf(ws), qc = clamp_nan(q, lo, hi);
-    const float inside = ((q >= lo) & (q <= hi)) ? 1.0f : 0.0f;  /* q == qc, NaN included */
-    gw[i] = g[i] * inside;
-    *acc += g[i] * (qc - ws * inside);
+    const float ws = w[i] * inv, q = nearbyintf(ws), gi = g[i];
+    const float inside = (float)((q >= lo) & (q <= hi));  /* q == clamp(q), NaN included; a select would not vectorise */
+    gw[i] = gi * inside;
+    *acc += gi * (clamp_nan(q, lo, hi) - ws * inside);
 }
 
 static float pc_backward_row(const float *restrict g, const float *restrict w, float *restrict gw, int64_t k,

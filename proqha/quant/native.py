@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy
 import torch
 
 SOURCE = Path(__file__).with_name("fake_quant.c")
@@ -178,8 +179,10 @@ PASS_THROUGH = GridArgs(0.0, 0.0, 0.0, 0.0, 0)  # an input without a quantizer
 
 
 def grid_args(scale: torch.Tensor, qmin: int, qmax: int) -> GridArgs:
-    """``GridArgs`` of a per-tensor grid, its reciprocal computed as ``forward_math`` computes it."""
-    return GridArgs(float(1.0 / scale), float(scale), qmin, qmax, 1)
+    """``GridArgs`` of a per-tensor grid. The reciprocal is the float32 quotient 1/s, which is what
+    ``1.0 / scale`` computes in ``forward_math``, taken on the host (no tensor operators)."""
+    s = numpy.float32(scale.item())
+    return GridArgs(float(numpy.float32(1.0) / s), float(s), qmin, qmax, 1)
 
 
 def quant_add_forward(a: torch.Tensor, b: torch.Tensor, grids: tuple[GridArgs, GridArgs, GridArgs]) -> torch.Tensor:
