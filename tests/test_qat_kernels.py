@@ -65,7 +65,7 @@ def test_per_tensor_kernel_matches_the_autograd_reference(monkeypatch, qmin, qma
     if fused and native.library() is None:
         pytest.skip("no C compiler to build the fused kernels")
     if not fused:
-        monkeypatch.setattr(native, "usable", lambda x: False)
+        monkeypatch.setattr(native, "usable", lambda *tensors: False)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 16, 12, 12, generator=gen) * 2
     scale = torch.tensor([4.0 / max(qmax, 1)])
@@ -84,7 +84,7 @@ def test_per_channel_kernel_matches_torch_and_the_reference(monkeypatch, qmin, q
     if fused and native.library() is None:
         pytest.skip("no C compiler to build the fused kernels")
     if not fused:
-        monkeypatch.setattr(native, "usable", lambda x: False)
+        monkeypatch.setattr(native, "usable", lambda *tensors: False)
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(32, 16, 3, 3, generator=gen) * 0.2
     scale = torch.rand(32, generator=gen) * 0.02 + 0.01

@@ -124,7 +124,7 @@ class _FakeQuantAdd(torch.autograd.Function):
 def fake_quant_add(a: torch.Tensor, b: torch.Tensor, qa: PerTensorArgs | None, qb: PerTensorArgs | None,
                    qo: PerTensorArgs) -> torch.Tensor:
     """``Qo(Qa(a) + Qb(b))`` fused, each quantizer given as ``PerTensorArgs`` (None: that input as is);
-    ``a`` and ``b`` float32 CPU tensors of one shape, with ``native.usable(a)``."""
+    ``a`` and ``b`` float32 CPU tensors of one shape (``native.usable(a, b)``)."""
     specs = tuple(q and q[1:] for q in (qa, qb, qo))  # (qmin, qmax, factor) or None
     return _FakeQuantAdd.apply(a, b, qa and qa[0], qb and qb[0], qo[0], specs)
 

@@ -111,7 +111,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: torch.
 
 def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """The weight quantizer's forward: the fused kernel on a CPU that has it, else the math."""
-    if not traced(w) and native.usable(w):
+    if not traced(w) and native.usable(w, scale):
         return native.per_channel_forward(w, scale, qmin, qmax)
     return per_channel_forward_math(w, scale, qmin, qmax)
 
@@ -120,6 +120,6 @@ def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, scale: torch.Tenso
                          qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The weight quantizer's backward before LSQ's factor: the fused kernel on a CPU that has it, else
     the math."""
-    if not traced(w) and native.usable(w):
+    if not traced(w) and native.usable(w, scale):
         return native.per_channel_backward(grad, w, scale, qmin, qmax)
     return per_channel_backward_math(grad, w, scale, qmin, qmax)

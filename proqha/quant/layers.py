@@ -181,7 +181,7 @@ class QuantAdd(nn.Module):
         """The arguments of ``fake_quant_add`` when the fused CPU kernel computes what the quantizers and
         the add compute in turn (float32 CPU inputs of one shape, not traced; plain LSQ quantizers, on and
         initialised; a ReLU left to an unsigned output grid), else None."""
-        if kernels.traced(a) or not native.usable(a) or b.dtype != a.dtype or b.shape != a.shape or b.device != a.device:
+        if kernels.traced(a) or not native.usable(a, b) or b.shape != a.shape:
             return None
         out = self.output_quantizer
         if not _plain_lsq_ready(out) or (self.relu and out.signed):

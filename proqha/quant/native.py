@@ -1,13 +1,14 @@
-"""Fused CPU kernels of the activation quantizers (``fake_quant.c``), compiled on first use.
+"""Fused CPU kernels of the quantizers (``fake_quant.c``), compiled on first use.
 
 One pass each way over a multi-megabyte activation where aten operators take four forward and three
 backward per quantizer: the part of a CPU QAT step that quantization adds (``benchmarks/qat_overhead.py``).
-``forward``/``backward``: one quantizer; ``quant_add_*``: a residual add between three of them;
-``per_channel_*``: a weight quantizer (one grid per output channel), in one call where plain operators
-take a dozen small ones. The
-library is built with the system's C compiler for this CPU (``-march=native``) and cached under
+``forward``/``backward``: one activation quantizer; ``quant_add_*``: a residual add between three of
+them; ``per_channel_*``: a weight quantizer (one grid per output channel), in one call where plain
+operators take a dozen small ones.
+
+The library is built with the system's C compiler for this CPU (``-march=native``) and cached under
 ``~/.cache/proqha/kernels`` keyed by the source, flags, compiler and CPU. Without a compiler, or with
-``PROQHA_NATIVE_KERNELS=0``, ``library()`` is None and the quantizer uses aten operators (one warning
+``PROQHA_NATIVE_KERNELS=0``, ``library()`` is None and the quantizers use aten operators (one warning
 line when a build fails).
 """
 
@@ -136,9 +137,9 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether the fused kernels can take ``x`` (a float32 CPU tensor, and the library built)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and library() is not None
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the fused kernels can take these tensors (float32 CPU tensors, and the library built)."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -206,7 +207,7 @@ def quant_add_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gri
 
 
 def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """``kernels.per_channel_forward_math`` in one call (``usable(w)`` must hold; ``scale``: one per row)."""
+    """``kernels.per_channel_forward_math`` in one call (``usable(w, scale)`` must hold; one scale per row)."""
     w, inv, scale = w.contiguous(), (1.0 / scale).contiguous(), scale.contiguous()
     y = torch.empty_like(w)
     library().per_channel_forward(w.data_ptr(), y.data_ptr(), len(scale), w.numel() // max(len(scale), 1),
