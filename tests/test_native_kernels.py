@@ -214,8 +214,9 @@ def test_other_devices_and_dtypes_do_not_take_them():
     assert not native.usable(torch.zeros(3, dtype=torch.float64))
     assert not native.usable(torch.zeros(3, device="meta"))
     assert not native.usable(torch.zeros(3), torch.zeros(3, dtype=torch.float64))  # every tensor counts
-    w, s64 = torch.randn(4, 9), torch.full((4,), 0.05, dtype=torch.float64)
-    assert torch.equal(grid.fake_quant_per_channel(w, s64, -7, 7, 1.0), kernels.per_channel_forward_math(w, s64, -7, 7))
+    w, a64 = torch.randn(4, 9), torch.full((4,), 0.35, dtype=torch.float64)
+    assert torch.equal(grid.fake_quant_per_channel(w, a64, -7, 7, 1.0),
+                       kernels.per_channel_forward_math(w, kernels.lsq_scale(a64, 7), -7, 7))
     y = grid.fake_quant_per_tensor(torch.zeros(4, dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64), 0, 3, 1.0)
     assert y.dtype == torch.float64
 

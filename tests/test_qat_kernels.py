@@ -36,27 +36,29 @@ class _Scaled(torch.autograd.Function):
         return g * ctx.factor, None
 
 
-def reference_per_tensor(x, scale, qmin, qmax, factor):
-    """LSQ as written in the paper, by autograd: s * round(hardtanh(x / s)) (strict mask on x / s)."""
-    s = _Scaled.apply(scale, factor)
+def reference_per_tensor(x, alpha, qmin, qmax, factor):
+    """LSQ as written in the paper, by autograd: s * round(hardtanh(x / s)) (strict mask on x / s), with
+    the scale derived from alpha by autograd too."""
+    s = _Scaled.apply(kernels.lsq_scale(alpha, qmax), factor)
     return _Round.apply(F.hardtanh(x / s, qmin, qmax)) * s
 
 
-def reference_per_channel(w, scale, qmin, qmax, factor):
+def reference_per_channel(w, alpha, qmin, qmax, factor):
     """torch's learnable per-channel fake quantization, by autograd: clamp(round(w / s)) * s with the
     gradient passing where the rounded value lies in [qmin, qmax], bounds included (torch.clamp's own
     backward leaves the bounds out)."""
-    s = _Scaled.apply(scale, factor).reshape(-1, *([1] * (w.dim() - 1)))
+    s = _Scaled.apply(kernels.lsq_scale(alpha, qmax), factor).reshape(-1, *([1] * (w.dim() - 1)))
     q = _Round.apply(w / s)
     inside = (q >= qmin) & (q <= qmax)
     return torch.where(inside, q, q.clamp(qmin, qmax).detach()) * s
 
 
-def _values_and_grads(fn, x, scale, qmin, qmax, factor, upstream):
-    x, scale = x.clone().requires_grad_(), scale.clone().requires_grad_()
-    y = fn(x, scale, qmin, qmax, factor)
+def _values_and_grads(fn, x, alpha, qmin, qmax, factor, upstream):
+    """Values, d/dx and d/dalpha of ``fn(x, alpha, ...)``."""
+    x, alpha = x.clone().requires_grad_(), alpha.clone().requires_grad_()
+    y = fn(x, alpha, qmin, qmax, factor)
     (y * upstream).sum().backward()
-    return y.detach(), x.grad, scale.grad
+    return y.detach(), x.grad, alpha.grad
 
 
 @pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127), (0, 3), (-2, 1)])
@@ -68,14 +70,21 @@ def test_per_tensor_kernel_matches_the_autograd_reference(monkeypatch, qmin, qma
         monkeypatch.setattr(native, "usable", lambda *tensors: False)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 16, 12, 12, generator=gen) * 2
-    scale = torch.tensor([4.0 / max(qmax, 1)])
+    alpha = torch.tensor([4.0])
     upstream = torch.randn(x.shape, generator=gen)
-    ours = _values_and_grads(grid.fake_quant_per_tensor, x, scale, qmin, qmax, 0.01, upstream)
-    ref = _values_and_grads(reference_per_tensor, x, scale, qmin, qmax, 0.01, upstream)
+    ours = _values_and_grads(grid.fake_quant_per_tensor, x, alpha, qmin, qmax, 0.01, upstream)
+    ref = _values_and_grads(reference_per_tensor, x, alpha, qmin, qmax, 0.01, upstream)
     assert torch.allclose(ours[0], ref[0], atol=1e-6)  # x * (1/s) against x / s: a tie may move one step
     assert (ours[0] != ref[0]).float().mean() < 1e-3
     assert torch.equal(ours[1] != 0, ref[1] != 0) or (ours[1] != ref[1]).float().mean() < 1e-3
-    assert torch.allclose(ours[2], ref[2], rtol=1e-3, atol=1e-4)  # the LSQ scale gradient
+    assert torch.allclose(ours[2], ref[2], rtol=1e-3, atol=1e-4)  # the LSQ gradient of the clip range
+
+
+def test_the_clip_range_gradient_is_what_autograd_computes():
+    alpha = torch.tensor([0.5, -0.3, 0.0, 5e-9, -5e-9, 1e-8, 3.0], requires_grad=True)  # below, at, above eps
+    g = torch.randn(7, generator=torch.Generator().manual_seed(6))
+    kernels.lsq_scale(alpha, 7).backward(g)
+    assert torch.equal(kernels.lsq_alpha_grad(g, alpha.detach(), 7), alpha.grad)
 
 
 @pytest.mark.parametrize("qmin, qmax", [(-127, 127), (-7, 7), (-1, 1)])
@@ -87,15 +96,16 @@ def test_per_channel_kernel_matches_torch_and_the_reference(monkeypatch, qmin, q
         monkeypatch.setattr(native, "usable", lambda *tensors: False)
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(32, 16, 3, 3, generator=gen) * 0.2
-    scale = torch.rand(32, generator=gen) * 0.02 + 0.01
+    alpha = (torch.rand(32, generator=gen) * 0.02 + 0.01) * qmax
     upstream = torch.randn(w.shape, generator=gen)
-    ours = _values_and_grads(grid.fake_quant_per_channel, w, scale, qmin, qmax, 0.01, upstream)
-    ref = _values_and_grads(reference_per_channel, w, scale, qmin, qmax, 0.01, upstream)
+    ours = _values_and_grads(grid.fake_quant_per_channel, w, alpha, qmin, qmax, 0.01, upstream)
+    ref = _values_and_grads(reference_per_channel, w, alpha, qmin, qmax, 0.01, upstream)
 
-    def torch_op(w, s, lo, hi, factor):
+    def torch_op(w, alpha, lo, hi, factor):
+        s = kernels.lsq_scale(alpha, hi)
         return torch._fake_quantize_learnable_per_channel_affine(w, s, torch.zeros_like(s), 0, lo, hi, factor)
 
-    today = _values_and_grads(torch_op, w, scale, qmin, qmax, 0.01, upstream)
+    today = _values_and_grads(torch_op, w, alpha, qmin, qmax, 0.01, upstream)
     assert torch.equal(ours[0], today[0]) and torch.equal(ours[1], today[1])  # what training computed before
     assert torch.allclose(ours[2], today[2], rtol=1e-4, atol=1e-6)
     assert (ours[0] != ref[0]).float().mean() < 1e-3 and torch.allclose(ours[2], ref[2], rtol=1e-3, atol=1e-5)
@@ -105,10 +115,10 @@ def test_per_channel_kernel_matches_torch_and_the_reference(monkeypatch, qmin, q
 def test_the_traced_path_computes_what_the_eager_one_does(monkeypatch, qmin, qmax):
     gen = torch.Generator().manual_seed(2)
     x, upstream = torch.randn(4, 8, 6, 6, generator=gen), torch.randn(4, 8, 6, 6, generator=gen)
-    scale = torch.tensor([0.05])
-    eager = _values_and_grads(grid.fake_quant_per_tensor, x, scale, qmin, qmax, 0.1, upstream)
+    alpha = torch.tensor([0.05 * qmax])
+    eager = _values_and_grads(grid.fake_quant_per_tensor, x, alpha, qmin, qmax, 0.1, upstream)
     monkeypatch.setattr(kernels, "traced", lambda t: True)  # the branch torch.compile and meta take
-    traced = _values_and_grads(grid.fake_quant_per_tensor, x, scale, qmin, qmax, 0.1, upstream)
+    traced = _values_and_grads(grid.fake_quant_per_tensor, x, alpha, qmin, qmax, 0.1, upstream)
     assert torch.equal(eager[0], traced[0]) and torch.equal(eager[1], traced[1])
     assert torch.allclose(eager[2], traced[2], rtol=1e-4, atol=1e-4)  # a sum over terms of both signs
 

@@ -81,15 +81,16 @@ def test_scale_gradient_is_lsq():
     torch.manual_seed(1)
     x = torch.randn(1000) * 2
     g = torch.randn(1000)
-    s = torch.tensor([3.0 / 7], requires_grad=True)
-    y = fake_quant_per_tensor(x, s, -7, 7, 0.5)
+    alpha = torch.tensor([3.0], requires_grad=True)  # scale 3/7
+    y = fake_quant_per_tensor(x, alpha, -7, 7, 0.5)
     y.backward(g)
     with torch.no_grad():
+        s = alpha / 7
         xs = x / s
         q = xs.clamp(-7, 7).round()
         inside = (xs > -7) & (xs < 7)
-        expected = (g * torch.where(inside, q - xs, q)).sum() * 0.5
-    assert torch.allclose(s.grad, expected.reshape(1), rtol=1e-4, atol=1e-4)
+        expected = (g * torch.where(inside, q - xs, q)).sum() * 0.5 / 7  # d/ds, then ds/dalpha = 1/7
+    assert torch.allclose(alpha.grad, expected.reshape(1), rtol=1e-4, atol=1e-4)
 
 
 def test_pact_clip_gradient_counts_clipped_inputs():

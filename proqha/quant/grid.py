@@ -63,37 +63,39 @@ class _RoundSTE(torch.autograd.Function):
 
 
 class _FakeQuantPerTensor(torch.autograd.Function):
-    """``clamp(round(x / s), qmin, qmax) * s`` with LSQ gradients.
+    """``clamp(round(x / s), qmin, qmax) * s`` with LSQ gradients, ``s = kernels.lsq_scale(alpha, qmax)``.
 
     d/dx: 1 where qmin < x/s < qmax (straight-through), else 0.
-    d/ds: round(x/s) - x/s inside the range, qmin or qmax where clipped; times ``grad_factor``.
-    The kernels, and which runs where (aten operators eagerly, plain math traced), are in
-    ``proqha.quant.kernels``.
+    d/ds: round(x/s) - x/s inside the range, qmin or qmax where clipped; times ``grad_factor``; then to
+    ``alpha`` through ``lsq_scale`` (``kernels.lsq_alpha_grad``). The kernels, and which runs where
+    (fused C or aten operators eagerly, plain math traced), are in ``proqha.quant.kernels``.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
                 grad_factor: float) -> torch.Tensor:
+        scale = kernels.lsq_scale(alpha, qmax)
         y = kernels.forward(x, scale, qmin, qmax)
-        ctx.save_for_backward(x, y, scale)  # x and y are usually kept alive by their neighbours anyway
+        ctx.save_for_backward(x, y, alpha, scale)  # x and y are usually kept alive by their neighbours anyway
         ctx.bounds = (qmin, qmax, grad_factor)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, y, scale = ctx.saved_tensors
+        x, y, alpha, scale = ctx.saved_tensors
         qmin, qmax, grad_factor = ctx.bounds
         grad_x, grad_s = kernels.backward(grad, x, y, scale, qmin, qmax)
-        return grad_x, grad_s * grad_factor, None, None, None
+        return grad_x, kernels.lsq_alpha_grad(grad_s * grad_factor, alpha, qmax), None, None, None
 
 
-def fake_quant_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
+def fake_quant_per_tensor(x: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,
                           grad_factor: float) -> torch.Tensor:
-    """Fake quantization with a learnable per-tensor scale (shape [1]); LSQ gradients."""
-    return _FakeQuantPerTensor.apply(x, scale, qmin, qmax, grad_factor)
+    """Fake quantization with a learnable per-tensor clip range ``alpha`` (shape [1]; the scale is
+    ``kernels.lsq_scale(alpha, qmax)``); LSQ gradients."""
+    return _FakeQuantPerTensor.apply(x, alpha, qmin, qmax, grad_factor)
 
 
-PerTensorArgs = tuple[torch.Tensor, int, int, float]  # scale (shape [1]), qmin, qmax, LSQ gradient factor
+PerTensorArgs = tuple[torch.Tensor, int, int, float]  # alpha (shape [1]), qmin, qmax, LSQ gradient factor
 
 
 class _FakeQuantAdd(torch.autograd.Function):
@@ -103,22 +105,28 @@ class _FakeQuantAdd(torch.autograd.Function):
     in summation order only."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor | None,  # type: ignore[override]
-                scale_b: torch.Tensor | None, scale_o: torch.Tensor, specs: tuple) -> torch.Tensor:
-        ctx.grids = tuple(native.grid_args(s, *spec[:2]) if spec else native.PASS_THROUGH
-                          for s, spec in zip((scale_a, scale_b, scale_o), specs))
-        ctx.factors = tuple(spec and spec[2] for spec in specs)
-        ctx.save_for_backward(a, b)
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, alpha_a: torch.Tensor | None,  # type: ignore[override]
+                alpha_b: torch.Tensor | None, alpha_o: torch.Tensor, specs: tuple) -> torch.Tensor:
+        alphas = (alpha_a, alpha_b, alpha_o)
+        ctx.grids = tuple(native.grid_args(kernels.lsq_scale(alpha, spec[1]), *spec[:2]) if spec else native.PASS_THROUGH
+                          for alpha, spec in zip(alphas, specs))
+        ctx.specs = specs
+        ctx.save_for_backward(a, b, *(alpha for alpha in alphas if alpha is not None))
         return native.quant_add_forward(a, b, ctx.grids)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        a, b = ctx.saved_tensors
+        a, b, *alphas = ctx.saved_tensors
         grad_a, grad_b, sums = native.quant_add_backward(grad, a, b, ctx.grids)
-        # as _FakeQuantPerTensor rounds them: the sum to float32, then times the factor
-        scale_grads = [None if f is None else torch.tensor([total], dtype=a.dtype) * f
-                       for total, f in zip(sums, ctx.factors)]
-        return grad_a, grad_b, *scale_grads, None
+        grads = []
+        for total, spec in zip(sums, ctx.specs):
+            if spec is None:
+                grads.append(None)
+                continue
+            # as _FakeQuantPerTensor rounds it: the sum to float32, times the factor, then to alpha
+            grad_s = torch.tensor([total], dtype=a.dtype) * spec[2]
+            grads.append(kernels.lsq_alpha_grad(grad_s, alphas.pop(0), spec[1]))
+        return grad_a, grad_b, *grads, None
 
 
 def fake_quant_add(a: torch.Tensor, b: torch.Tensor, qa: PerTensorArgs | None, qb: PerTensorArgs | None,
@@ -130,30 +138,33 @@ def fake_quant_add(a: torch.Tensor, b: torch.Tensor, qa: PerTensorArgs | None, q
 
 
 class _FakeQuantPerChannel(torch.autograd.Function):
-    """Weights: ``clamp(round(w / s_c), qmin, qmax) * s_c`` per output channel (axis 0), with the gradients
-    of torch's learnable per-channel fake quantization times ``grad_factor`` (see
-    ``kernels.per_channel_backward_math``): multi-threaded, traceable and runnable on meta tensors (torch's
-    own op runs single-threaded on CPU and has no meta kernel). Kernels: ``proqha.quant.kernels``."""
+    """Weights: ``clamp(round(w / s_c), qmin, qmax) * s_c`` per output channel (axis 0), ``s =
+    kernels.lsq_scale(alpha, qmax)``, with the gradients of torch's learnable per-channel fake
+    quantization times ``grad_factor`` (see ``kernels.per_channel_backward_math``), then to ``alpha``:
+    multi-threaded, traceable and runnable on meta tensors (torch's own op runs single-threaded on CPU and
+    has no meta kernel). Kernels: ``proqha.quant.kernels``."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
+    def forward(ctx, w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
                 grad_factor: float) -> torch.Tensor:
-        ctx.save_for_backward(w, scale)
+        scale = kernels.lsq_scale(alpha, qmax)
+        ctx.save_for_backward(w, alpha, scale)
         ctx.bounds = (qmin, qmax, grad_factor)
         return kernels.per_channel_forward(w, scale, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        w, scale = ctx.saved_tensors
+        w, alpha, scale = ctx.saved_tensors
         qmin, qmax, grad_factor = ctx.bounds
         grad_w, grad_s = kernels.per_channel_backward(grad, w, scale, qmin, qmax)
-        return grad_w, grad_s * grad_factor, None, None, None
+        return grad_w, kernels.lsq_alpha_grad(grad_s * grad_factor, alpha, qmax), None, None, None
 
 
-def fake_quant_per_channel(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
+def fake_quant_per_channel(w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,
                            grad_factor: float) -> torch.Tensor:
-    """Fake quantization of weights with a learnable scale per output channel (axis 0)."""
-    return _FakeQuantPerChannel.apply(w, scale, qmin, qmax, grad_factor)
+    """Fake quantization of weights with a learnable clip range per output channel (axis 0; the scales
+    are ``kernels.lsq_scale(alpha, qmax)``)."""
+    return _FakeQuantPerChannel.apply(w, alpha, qmin, qmax, grad_factor)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

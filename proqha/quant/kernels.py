@@ -21,6 +21,21 @@ import torch
 from proqha.quant import native
 
 
+SCALE_EPS = 1e-8  # the smallest clip range a quantizer's scale is derived from
+
+
+def lsq_scale(alpha: torch.Tensor, qmax: int) -> torch.Tensor:
+    """A quantizer's step size(s) from its learnable clip range: ``max(|alpha|, SCALE_EPS) / qmax``."""
+    return alpha.abs().clamp_min(SCALE_EPS) / qmax
+
+
+def lsq_alpha_grad(grad_scale: torch.Tensor, alpha: torch.Tensor, qmax: int) -> torch.Tensor:
+    """d/dalpha from d/dscale through ``lsq_scale``: what autograd computes for it, in its order (so the
+    same bits), without its three graph nodes per quantizer. clamp_min's gradient passes where |alpha|
+    reaches SCALE_EPS as a double, which for float32 values is ``> SCALE_EPS`` compared in float32."""
+    return torch.where(alpha.abs() > SCALE_EPS, grad_scale / qmax, 0.0) * alpha.sgn()
+
+
 def forward_math(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """``clamp(round(x * (1/s)), qmin, qmax) * s`` (``x * (1/s)``, as torch's fake-quantize kernels round)."""
     return torch.clamp(torch.round(x * (1.0 / scale)), qmin, qmax) * scale

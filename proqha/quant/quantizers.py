@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from proqha.quant import grid as g
+from proqha.quant import kernels
 
-_EPS = 1e-8
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -55,7 +55,7 @@ class Quantizer(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """Current step size(s): ``|alpha| / qmax``."""
-        return self.alpha.abs().clamp_min(_EPS) / self.qrange()[1]
+        return kernels.lsq_scale(self.alpha, self.qrange()[1])
 
     def grid(self) -> g.Grid:
         """The integer grid an exporter reproduces (fails for a quantizer that is off)."""
@@ -91,9 +91,9 @@ class Quantizer(nn.Module):
         return self._fake_quant(x)
 
     def per_tensor_args(self, x: torch.Tensor) -> g.PerTensorArgs:
-        """What the per-tensor LSQ kernels take to quantize ``x``: scale, qmin, qmax, gradient factor."""
+        """What the per-tensor LSQ kernels take to quantize ``x``: alpha, qmin, qmax, gradient factor."""
         qmin, qmax = self.qrange()
-        return self.scale(), qmin, qmax, g.lsq_grad_factor(x.numel() // max(x.shape[0], 1), qmax)
+        return self.alpha, qmin, qmax, g.lsq_grad_factor(x.numel() // max(x.shape[0], 1), qmax)
 
     def _fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         return g.fake_quant_per_tensor(x, *self.per_tensor_args(x))
@@ -152,7 +152,7 @@ class WeightQuantizer(Quantizer):
     def _fake_quant(self, w: torch.Tensor) -> torch.Tensor:
         qmin, qmax = self.qrange()
         factor = g.lsq_grad_factor(w[0].numel(), qmax)
-        return g.fake_quant_per_channel(w, self.scale(), qmin, qmax, factor)
+        return g.fake_quant_per_channel(w, self.alpha, qmin, qmax, factor)
 
 
 class DoReFaWeightQuantizer(Quantizer):
@@ -184,7 +184,7 @@ class DoReFaWeightQuantizer(Quantizer):
 
     def _normalized(self, w: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(w)
-        return t / (2 * t.abs().amax().clamp_min(_EPS)) + 0.5
+        return t / (2 * t.abs().amax().clamp_min(kernels.SCALE_EPS)) + 0.5
 
     def _fake_quant(self, w: torch.Tensor) -> torch.Tensor:
         n = 2**self.bits - 1
