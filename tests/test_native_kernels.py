@@ -1,11 +1,10 @@
-"""The fused C kernels of the activation quantizer (proqha.quant.native): bit-identical to the math that
+"""The fused C kernels of the quantizers (proqha.quant.native): bit-identical to the math that
 defines them, on any thread count; built once per machine, shared safely, and optional."""
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import os
+import subprocess
 import warnings
 
 import pytest
@@ -76,6 +75,18 @@ def test_the_weight_kernels_are_bit_identical_to_the_math(qmin, qmax, shape):
     assert torch.allclose(grad_s[1:], ref_s[1:], rtol=1e-4, atol=1e-5)
 
 
+@needs_compiler
+def test_channels_last_weights_keep_their_layout():
+    w = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last)  # rows still contiguous
+    g, scale = torch.randn(8, 4, 3, 3), torch.rand(8) * 0.05 + 0.01
+    y = native.per_channel_forward(w, scale, -7, 7)
+    grad_w, grad_s = native.per_channel_backward(g, w, scale, -7, 7)
+    assert y.stride() == w.stride() == grad_w.stride()
+    assert torch.equal(y, kernels.per_channel_forward_math(w, scale, -7, 7))
+    ref_w, ref_s = kernels.per_channel_backward_math(g, w, scale, -7, 7)
+    assert torch.equal(grad_w, ref_w) and torch.allclose(grad_s, ref_s, rtol=1e-4, atol=1e-5)
+
+
 def test_the_host_reciprocal_is_torchs():
     scales = torch.cat([torch.rand(20000) * 10.0 ** torch.randint(-8, 3, (20000,)), torch.tensor([1e-8, 3.0, 1 / 3])])
     ours = torch.tensor([native.grid_args(s.reshape(1), 0, 1).inv for s in scales])
@@ -141,41 +152,35 @@ def test_a_cpu_quantizer_runs_the_fused_kernels(monkeypatch):
     assert calls == ["forward", "backward"]
 
 
-class _DlInfo(ctypes.Structure):
-    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p),
-                ("saddr", ctypes.c_void_p)]
-
-
-def _file_defining(handle: int, symbol: str) -> str:
-    """The shared object that ``symbol`` resolves to as seen from the library ``handle`` (dlsym, dladdr)."""
-    libc = ctypes.CDLL(None)
-    libc.dlsym.restype, libc.dlsym.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]
-    address = libc.dlsym(handle, symbol.encode())
-    info = _DlInfo()
-    assert address and libc.dladdr(ctypes.c_void_p(address), ctypes.byref(info))
-    return os.path.realpath(info.fname.decode())
-
-
 @needs_compiler
 def test_the_kernels_share_torchs_openmp_runtime():
     """The kernels' parallel loops must run on the OpenMP runtime torch already loaded: a second one
     would keep a second spinning thread pool, which on a 2-core machine slows every torch operator by an
     order of magnitude."""
-    torch_cpu = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
-    ours = _file_defining(native.library()._handle, "GOMP_parallel")
-    assert ours == _file_defining(torch_cpu._handle, "GOMP_parallel")
+    theirs = native.torch_openmp_file()
+    if theirs is None or not native.openmp_shared_with_torch(subprocess.run(
+            [native.compiler(), "--version"], capture_output=True, text=True).stdout):
+        pytest.skip("torch is not on libgomp.so.1 or the compiler is not GCC: the kernels are built serial")
+    assert native.defining_file(native.library()._handle, "GOMP_parallel") == theirs
 
 
 @needs_compiler
 def test_beside_another_openmp_runtime_the_kernels_are_built_serial(fresh_library, monkeypatch):
-    monkeypatch.setattr(native, "torch_uses_libgomp", lambda: False)  # as with a torch on Intel's OpenMP
+    monkeypatch.setattr(native, "torch_openmp_file", lambda: None)  # as with a torch on Intel's OpenMP
     serial = native.load(native.build(native.compiler(), fresh_library))
-    libc = ctypes.CDLL(None)
-    libc.dlsym.restype, libc.dlsym.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]
-    assert not libc.dlsym(serial._handle, b"GOMP_parallel")  # no OpenMP runtime of its own
+    assert native.defining_file(serial._handle, "GOMP_parallel") is None  # no OpenMP runtime of its own
     monkeypatch.setattr(native, "library", lambda: serial)
     x, scale = torch.randn(100_000) * 3, torch.tensor([0.05])
     assert torch.equal(native.forward(x, scale, -128, 127), kernels.forward_math(x, scale, -128, 127))
+
+
+def test_only_gcc_beside_torchs_libgomp_builds_parallel(monkeypatch):
+    gcc = "gcc (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022 Free Software Foundation, Inc.\n"
+    clang = "Debian clang version 14.0.6\nTarget: x86_64-pc-linux-gnu\n"  # -fopenmp would link LLVM's libomp
+    monkeypatch.setattr(native, "torch_openmp_file", lambda: "/site-packages/torch/lib/libgomp.so.1")
+    assert native.OPENMP in native.flags(gcc) and native.OPENMP not in native.flags(clang)
+    monkeypatch.setattr(native, "torch_openmp_file", lambda: "/site-packages/torch.libs/libgomp-a34b3233.so.1")
+    assert native.OPENMP not in native.flags(gcc)  # a renamed copy: the linker would load a second runtime
 
 
 @needs_compiler
@@ -208,6 +213,18 @@ def test_the_switch_turns_them_off_without_building(fresh_library, monkeypatch):
     monkeypatch.setenv(native.SWITCH, "0")
     assert native.library() is None and not fresh_library.exists()
     assert not native.usable(torch.zeros(3))
+
+
+def test_a_float64_clip_range_takes_the_math_as_before():
+    """A model moved to float64 quantizes float32 activations (Quantizer casts them) on a float64 grid."""
+    q = PACTQuantizer(4).double()
+    x = torch.rand(2, 3, 8, 8)
+    y = q(x)
+    assert y.dtype == torch.float64 and torch.equal(y, kernels.forward_math(x, q.scale(), 0, 15))
+    add = _quant_add("signed", "none", relu=False).double()
+    a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    add(a, b)
+    assert add._fused_args(a, b) is None and add(a, b).dtype == torch.float64
 
 
 def test_other_devices_and_dtypes_do_not_take_them():

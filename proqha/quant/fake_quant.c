@@ -1,4 +1,4 @@
-/* Fused CPU kernels of the per-tensor activation quantizers (LSQ gradients); see proqha/quant/native.py.
+/* Fused CPU kernels of the quantizers (LSQ gradients); see proqha/quant/native.py.
  *
  * Q(v) = clamp(round(v * inv), lo, hi) * s, with the float32 operations of
  * proqha.quant.kernels.forward_math in its order (so outputs and d/dx are bit-identical to it; built with
@@ -12,8 +12,8 @@
  * A scale sum is deterministic: element i adds to lane i % LANES of its block of BLOCK elements (float),
  * the lanes are added in a fixed order, and the blocks' partial sums in block order (double). The same
  * terms therefore give the same sum on any thread count and vector width, fused or not.
- * Parallel with OpenMP where built with it: linked against libgomp, which resolves to the copy torch has
- * already loaded, so these loops share torch's thread pool. */
+ * Parallel with OpenMP where built with it (GCC, and torch on libgomp.so.1): the library then resolves
+ * to the copy torch has already loaded, so these loops share torch's thread pool. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

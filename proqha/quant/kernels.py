@@ -108,7 +108,7 @@ def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch
     else aten operators."""
     if traced(x):
         return forward_math(x, scale, qmin, qmax)
-    if native.usable(x):
+    if native.usable(x, scale):
         return native.forward(x, scale, qmin, qmax)
     return _aten_forward(x, scale, qmin, qmax)
 
@@ -119,7 +119,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: torch.
     (d/dx, the scale sum of shape [1])."""
     if traced(x):
         return backward_math(grad, x, scale, qmin, qmax)
-    if native.usable(x):
+    if native.usable(x, scale):
         return native.backward(grad, x, scale, qmin, qmax)
     return _aten_backward(grad, x, y, scale, qmin, qmax)
 

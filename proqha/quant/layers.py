@@ -149,10 +149,12 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
 
 
 def _plain_lsq_ready(q: nn.Module) -> bool:
-    """Whether ``q`` is a per-tensor LSQ activation quantizer (unmodified forward), on and initialised."""
+    """Whether ``q`` is a per-tensor LSQ activation quantizer (unmodified forward, no hooks), on and
+    initialised."""
     return (isinstance(q, Quantizer) and q.enabled and q.initialized and q.axis is None
             and type(q)._fake_quant is Quantizer._fake_quant
-            and type(q).forward in (Quantizer.forward, PACTQuantizer.forward))
+            and type(q).forward in (Quantizer.forward, PACTQuantizer.forward)
+            and not (q._forward_hooks or q._forward_pre_hooks))  # the fused path does not call the module
 
 
 class QuantAdd(nn.Module):
@@ -191,7 +193,8 @@ class QuantAdd(nn.Module):
             if not (isinstance(q, nn.Identity) or _plain_lsq_ready(q)):
                 return None
             inputs.append(None if isinstance(q, nn.Identity) else q.per_tensor_args(x))
-        return (*inputs, out.per_tensor_args(a))
+        args = (*inputs, out.per_tensor_args(a))
+        return args if native.usable(*(arg[0] for arg in args if arg is not None)) else None  # float32 alphas
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}"

@@ -8,8 +8,8 @@ operators take a dozen small ones.
 
 The library is built with the system's C compiler for this CPU (``-march=native``) and cached under
 ``~/.cache/proqha/kernels`` keyed by the source, flags, compiler and CPU. Without a compiler, or with
-``PROQHA_NATIVE_KERNELS=0``, ``library()`` is None and the quantizers use aten operators (one warning
-line when a build fails).
+``PROQHA_NATIVE_KERNELS=0`` (read once per process), ``library()`` is None and the quantizers use aten
+operators and the plain math (one warning line when a build fails).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy
 import torch
 
 SOURCE = Path(__file__).with_name("fake_quant.c")
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
-OPENMP = "-fopenmp"  # only where torch runs on libgomp: the kernels must share its thread pool
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC")
+OPENMP = "-fopenmp"  # only where the kernels then share torch's thread pool (openmp_shared_with_torch)
 SWITCH = "PROQHA_NATIVE_KERNELS"  # "0": never build or use them
 BUILD_TIMEOUT_S = 120
 
@@ -54,20 +54,47 @@ def _cpu_signature() -> str:
         return ""
 
 
-def torch_uses_libgomp() -> bool:
-    """Whether this process has GNU OpenMP (``libgomp.so.1``, torch's pip wheels) loaded: the kernels are
-    then built parallel and bind to that copy. Beside another runtime (Intel's) a second pool of spinning
-    threads would slow every torch operator, so they are built serial."""
+class DlInfo(ctypes.Structure):
+    """glibc's ``Dl_info`` (what ``dladdr`` fills in)."""
+
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p), ("sname", ctypes.c_char_p),
+                ("saddr", ctypes.c_void_p)]
+
+
+def defining_file(handle: int, symbol: str) -> str | None:
+    """The shared object that ``symbol`` resolves to as seen from the library ``handle`` (dlsym, then
+    dladdr), or None where it does not resolve."""
+    libc = ctypes.CDLL(None)
+    libc.dlsym.restype, libc.dlsym.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]
+    address = libc.dlsym(handle, symbol.encode())
+    info = DlInfo()
+    if not address or not libc.dladdr(ctypes.c_void_p(address), ctypes.byref(info)) or not info.fname:
+        return None
+    return os.path.realpath(info.fname.decode())
+
+
+def torch_openmp_file() -> str | None:
+    """The shared object torch's own parallel loops call into (``GOMP_parallel`` as libtorch_cpu resolves
+    it), or None where torch does not run on GNU OpenMP."""
     try:
-        with open("/proc/self/maps") as f:
-            return any(line.rstrip().endswith("/libgomp.so.1") for line in f)
-    except OSError:
-        return False
+        torch_cpu = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        return defining_file(torch_cpu._handle, "GOMP_parallel")
+    except (OSError, AttributeError):
+        return None
 
 
-def flags() -> tuple[str, ...]:
-    """The compiler flags for this process (``FLAGS``, and OpenMP when torch uses libgomp)."""
-    return (*FLAGS, OPENMP) if torch_uses_libgomp() else FLAGS
+def openmp_shared_with_torch(version: str) -> bool:
+    """Whether a parallel build would share torch's thread pool: GCC (whose ``-fopenmp`` links
+    ``libgomp.so.1``) and a torch whose ``GOMP_parallel`` lives in a file of that name, which the dynamic
+    linker then reuses. Anything else (clang's libomp, Intel's runtime, a renamed copy) would start a
+    second pool of spinning threads, so the kernels are built serial."""
+    openmp = torch_openmp_file()
+    return "Free Software Foundation" in version and openmp is not None and os.path.basename(openmp) == "libgomp.so.1"
+
+
+def flags(version: str) -> tuple[str, ...]:
+    """The compiler flags (``FLAGS``, and OpenMP where it shares torch's pool), given ``cc --version``."""
+    return (*FLAGS, OPENMP) if openmp_shared_with_torch(version) else FLAGS
 
 
 def build(cc: str, out_dir: Path) -> Path:
@@ -75,7 +102,7 @@ def build(cc: str, out_dir: Path) -> Path:
     path. The file appears atomically, so concurrent processes (torchrun workers) can share the cache.
     Raises OSError or subprocess.CalledProcessError when the build fails."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    options = flags()
+    options = flags(version)
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *options, version, _cpu_signature()]).encode()).hexdigest()
     target = out_dir / f"fake_quant-{key[:16]}.so"
     if not target.exists():
@@ -130,7 +157,7 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         return load(build(cc, cache_dir()))
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
         warnings.warn(f"fused quantizer kernels unavailable, using aten operators: {lines[-1] if lines else exc!r}",
                       RuntimeWarning, stacklevel=2)
@@ -180,8 +207,8 @@ PASS_THROUGH = GridArgs(0.0, 0.0, 0.0, 0.0, 0)  # an input without a quantizer
 
 
 def grid_args(scale: torch.Tensor, qmin: int, qmax: int) -> GridArgs:
-    """``GridArgs`` of a per-tensor grid. The reciprocal is the float32 quotient 1/s, which is what
-    ``1.0 / scale`` computes in ``forward_math``, taken on the host (no tensor operators)."""
+    """``GridArgs`` of a per-tensor float32 grid. The reciprocal is the float32 quotient 1/s, which is
+    what ``1.0 / scale`` computes in ``forward_math``, taken on the host (no tensor operators)."""
     s = numpy.float32(scale.item())
     return GridArgs(float(numpy.float32(1.0) / s), float(s), qmin, qmax, 1)
 
@@ -208,7 +235,7 @@ def quant_add_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gri
 
 def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """``kernels.per_channel_forward_math`` in one call (``usable(w, scale)`` must hold; one scale per row)."""
-    w, inv, scale = w.contiguous(), (1.0 / scale).contiguous(), scale.contiguous()
+    w, inv, scale = _dense(w), (1.0 / scale).contiguous(), scale.contiguous()  # each row stays contiguous
     y = torch.empty_like(w)
     library().per_channel_forward(w.data_ptr(), y.data_ptr(), len(scale), w.numel() // max(len(scale), 1),
                                   inv.data_ptr(), scale.data_ptr(), qmin, qmax, torch.get_num_threads())
@@ -218,7 +245,8 @@ def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: i
 def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, qmin: int,
                          qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``kernels.per_channel_backward_math`` in one call: (d/dw, the per-channel scale sums)."""
-    g, w, inv = grad.contiguous(), w.contiguous(), (1.0 / scale).contiguous()
+    w, inv = _dense(w), (1.0 / scale).contiguous()
+    g = _in_layout_of(grad, w)
     grad_w, grad_s = torch.empty_like(w), torch.empty_like(inv)
     library().per_channel_backward(g.data_ptr(), w.data_ptr(), grad_w.data_ptr(), grad_s.data_ptr(), len(inv),
                                    w.numel() // max(len(inv), 1), inv.data_ptr(), qmin, qmax, torch.get_num_threads())

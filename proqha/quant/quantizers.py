@@ -18,7 +18,6 @@ from proqha.quant import grid as g
 from proqha.quant import kernels
 
 
-
 def _autocast_on(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)
