@@ -61,13 +61,18 @@ def _values_and_grads(fn, x, alpha, qmin, qmax, factor, upstream):
     return y.detach(), x.grad, alpha.grad
 
 
-@pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127), (0, 3), (-2, 1)])
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
-def test_per_tensor_kernel_matches_the_autograd_reference(monkeypatch, qmin, qmax, fused):
+def _choose_kernels(monkeypatch, fused: bool) -> None:
+    """Run the fused C kernels (skipped where none could be built), or force the aten/math paths."""
     if fused and native.library() is None:
         pytest.skip("no C compiler to build the fused kernels")
     if not fused:
         monkeypatch.setattr(native, "usable", lambda *tensors: False)
+
+
+@pytest.mark.parametrize("qmin, qmax", [(0, 255), (-128, 127), (0, 3), (-2, 1)])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
+def test_per_tensor_kernel_matches_the_autograd_reference(monkeypatch, qmin, qmax, fused):
+    _choose_kernels(monkeypatch, fused)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(8, 16, 12, 12, generator=gen) * 2
     alpha = torch.tensor([4.0])
@@ -90,10 +95,7 @@ def test_the_clip_range_gradient_is_what_autograd_computes():
 @pytest.mark.parametrize("qmin, qmax", [(-127, 127), (-7, 7), (-1, 1)])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "math"])
 def test_per_channel_kernel_matches_torch_and_the_reference(monkeypatch, qmin, qmax, fused):
-    if fused and native.library() is None:
-        pytest.skip("no C compiler to build the fused kernels")
-    if not fused:
-        monkeypatch.setattr(native, "usable", lambda *tensors: False)
+    _choose_kernels(monkeypatch, fused)
     gen = torch.Generator().manual_seed(1)
     w = torch.randn(32, 16, 3, 3, generator=gen) * 0.2
     alpha = (torch.rand(32, generator=gen) * 0.02 + 0.01) * qmax
