@@ -4,6 +4,7 @@ defines them, on any thread count; built once per machine, shared safely, and op
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import warnings
 
@@ -55,7 +56,7 @@ def test_fused_kernels_are_bit_identical_to_the_math(qmin, qmax, n):
     finite = x.isfinite()  # an infinite x makes both sums NaN (0 * inf)
     total = native.backward(g[finite], x[finite], scale, qmin, qmax)[1]
     ref_total = kernels.backward_math(g[finite], x[finite], scale, qmin, qmax)[1]
-    assert total.shape == (1,) and torch.allclose(total, ref_total, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(torch.tensor([total]), ref_total, rtol=1e-4, atol=1e-3)
 
 
 @needs_compiler
@@ -64,27 +65,49 @@ def test_fused_kernels_are_bit_identical_to_the_math(qmin, qmax, n):
 def test_the_weight_kernels_are_bit_identical_to_the_math(qmin, qmax, shape):
     gen = torch.Generator().manual_seed(5)
     w = torch.randn(shape, generator=gen) * 0.3
-    scale = torch.rand(shape[0], generator=gen) * 0.05 + 0.002
+    alpha = (torch.rand(shape[0], generator=gen) * 0.05 + 0.002) * qmax
+    scale = kernels.lsq_scale(alpha, qmax)
     w.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, (qmax + 0.5) * float(scale[0])])
     g = torch.randn(shape, generator=gen)
-    assert _same_bits(native.per_channel_forward(w, scale, qmin, qmax), kernels.per_channel_forward_math(w, scale, qmin, qmax))
-    grad_w, grad_s = native.per_channel_backward(g, w, scale, qmin, qmax)
+    assert _same_bits(native.per_channel_forward(w, alpha, qmin, qmax, kernels.SCALE_EPS_32),
+                      kernels.per_channel_forward_math(w, scale, qmin, qmax))
+    grad_w, grad_alpha = native.per_channel_backward(g, w, alpha, qmin, qmax, 0.1, kernels.SCALE_EPS_32)
     ref_w, ref_s = kernels.per_channel_backward_math(g, w, scale, qmin, qmax)
+    ref_alpha = kernels.lsq_alpha_grad(ref_s * 0.1, alpha, qmax)
     assert _same_bits(grad_w, ref_w)
-    assert grad_s[0].isnan() and ref_s[0].isnan()  # row 0 holds the NaN
-    assert torch.allclose(grad_s[1:], ref_s[1:], rtol=1e-4, atol=1e-5)
+    assert grad_alpha[0].isnan() and ref_alpha[0].isnan()  # row 0 holds the NaN
+    assert torch.allclose(grad_alpha[1:], ref_alpha[1:], rtol=1e-4, atol=1e-6)  # sums in another order
+
+
+@needs_compiler
+def test_the_weight_kernels_take_the_clip_ranges_gradient_step_by_step_as_torch():
+    """One weight per channel (a sum of one term, so no summation order) and clip ranges that are
+    negative, zero, at and around eps, huge and NaN: scale and d/dalpha bit for bit."""
+    eps = kernels.SCALE_EPS_32
+    gen = torch.Generator().manual_seed(7)
+    alpha = torch.cat([torch.randn(3000, generator=gen) * 10.0 ** torch.randint(-9, 4, (3000,), generator=gen),
+                       torch.tensor([0.0, -0.0, eps, -eps, eps * 1.0000001, eps * 0.9999999, 3e38, float("nan")])])
+    scale = kernels.lsq_scale(alpha, 7)
+    w = (torch.randn(len(alpha), 1, generator=gen) * 4 * scale[:, None]).nan_to_num(0.0)
+    g = torch.randn(len(alpha), 1, generator=gen)
+    assert _same_bits(native.per_channel_forward(w, alpha, -7, 7, eps), kernels.per_channel_forward_math(w, scale, -7, 7))
+    _, grad_alpha = native.per_channel_backward(g, w, alpha, -7, 7, 0.37, eps)
+    _, ref_s = kernels.per_channel_backward_math(g, w, scale, -7, 7)
+    assert _same_bits(grad_alpha, kernels.lsq_alpha_grad(ref_s * 0.37, alpha, 7))
 
 
 @needs_compiler
 def test_channels_last_weights_keep_their_layout():
     w = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last)  # rows still contiguous
-    g, scale = torch.randn(8, 4, 3, 3), torch.rand(8) * 0.05 + 0.01
-    y = native.per_channel_forward(w, scale, -7, 7)
-    grad_w, grad_s = native.per_channel_backward(g, w, scale, -7, 7)
+    g, alpha = torch.randn(8, 4, 3, 3), torch.rand(8) * 0.35 + 0.07
+    scale = kernels.lsq_scale(alpha, 7)
+    y = native.per_channel_forward(w, alpha, -7, 7, kernels.SCALE_EPS_32)
+    grad_w, grad_alpha = native.per_channel_backward(g, w, alpha, -7, 7, 1.0, kernels.SCALE_EPS_32)
     assert y.stride() == w.stride() == grad_w.stride()
     assert torch.equal(y, kernels.per_channel_forward_math(w, scale, -7, 7))
     ref_w, ref_s = kernels.per_channel_backward_math(g, w, scale, -7, 7)
-    assert torch.equal(grad_w, ref_w) and torch.allclose(grad_s, ref_s, rtol=1e-4, atol=1e-5)
+    assert torch.equal(grad_w, ref_w)
+    assert torch.allclose(grad_alpha, kernels.lsq_alpha_grad(ref_s, alpha, 7), rtol=1e-4, atol=1e-6)
 
 
 def test_the_host_reciprocal_is_torchs():
@@ -97,7 +120,7 @@ def test_the_host_reciprocal_is_torchs():
 def test_a_nan_input_poisons_the_scale_sum_as_the_math_does():
     x, g, scale = torch.tensor([0.1, float("nan")]), torch.ones(2), torch.tensor([0.05])
     grad_x, total = native.backward(g, x, scale, 0, 15)
-    assert torch.equal(grad_x, kernels.backward_math(g, x, scale, 0, 15)[0]) and total.isnan().all()
+    assert torch.equal(grad_x, kernels.backward_math(g, x, scale, 0, 15)[0]) and math.isnan(total)
 
 
 @needs_compiler
@@ -114,7 +137,7 @@ def test_results_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     (y1, gx1, s1), (y3, gx3, s3) = results
-    assert torch.equal(y1, y3) and torch.equal(gx1, gx3) and torch.equal(s1, s3)  # the sum in a fixed order
+    assert torch.equal(y1, y3) and torch.equal(gx1, gx3) and s1 == s3  # the sum in a fixed order
 
 
 @needs_compiler
@@ -137,7 +160,7 @@ def test_a_channels_last_input_keeps_its_layout():
     assert y.is_contiguous(memory_format=torch.channels_last) and grad_x.stride() == x.stride()
     assert torch.equal(y, kernels.forward_math(x, scale, 0, 15))
     ref_x, ref_total = kernels.backward_math(g, x, scale, 0, 15)
-    assert torch.equal(grad_x, ref_x) and torch.allclose(total, ref_total, rtol=1e-5)
+    assert torch.equal(grad_x, ref_x) and torch.allclose(torch.tensor([total]), ref_total, rtol=1e-5)
 
 
 @needs_compiler

@@ -92,6 +92,31 @@ def test_the_clip_range_gradient_is_what_autograd_computes():
     assert torch.equal(kernels.lsq_alpha_grad(g, alpha.detach(), 7), alpha.grad)
 
 
+def _bits(values) -> list[int]:
+    return torch.as_tensor(values, dtype=torch.float32).view(torch.int32).tolist()
+
+
+@pytest.mark.parametrize("qmax", [1, 7, 127, 255])
+def test_the_host_scale_and_clip_range_gradient_are_the_tensor_ones_bit_for_bit(qmax):
+    """What the fused kernels' callers compute on the host in place of ``lsq_scale`` and ``lsq_alpha_grad``
+    (on the scale sum rounded to float32, times the factor): the same float32 values, over random
+    magnitudes and the edges (signed zeros, eps and its neighbours, overflow, NaN)."""
+    gen = torch.Generator().manual_seed(8)
+    eps = kernels.SCALE_EPS_32
+    edges = [0.0, -0.0, eps, -eps, eps * 1.0000001, eps * 0.9999999, 3e38, -3e38, float("inf"), float("nan")]
+    alpha = torch.cat([torch.randn(4000, generator=gen) * 10.0 ** torch.randint(-10, 5, (4000,), generator=gen),
+                       torch.tensor(edges)])
+    sums = (torch.randn(len(alpha), generator=gen, dtype=torch.float64)
+            * 10.0 ** torch.randint(-6, 30, (len(alpha),), generator=gen)).tolist()
+    sums[:len(edges)] = [0.0, -0.0, 1e-300, -5.0, 1e45, float("inf"), float("nan"), 3.0, -2.0, 1.0]
+    factors = (torch.rand(len(alpha), generator=gen, dtype=torch.float64) + 1e-3).tolist()
+    assert _bits([kernels.lsq_scale_value(a, qmax) for a in alpha.tolist()]) == _bits(kernels.lsq_scale(alpha, qmax))
+    ours = [kernels.lsq_alpha_grad_value(t, f, a, qmax) for t, f, a in zip(sums, factors, alpha.tolist())]
+    theirs = [kernels.lsq_alpha_grad(torch.tensor([t], dtype=torch.float32) * f, a.reshape(1), qmax).item()
+              for t, f, a in zip(sums, factors, alpha)]
+    assert _bits(ours) == _bits(theirs)
+
+
 @pytest.mark.parametrize("qmin, qmax", [(-127, 127), (-7, 7), (-1, 1)])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "math"])
 def test_per_channel_kernel_matches_torch_and_the_reference(monkeypatch, qmin, qmax, fused):

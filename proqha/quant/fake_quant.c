@@ -188,17 +188,33 @@ void quant_add_backward(const float *restrict g, const float *restrict a, const 
 }
 
 /* ---- weights: one grid per output channel (rows of a [channels, k] matrix) ----
- * The float32 operations of kernels.per_channel_forward_math/per_channel_backward_math in their order;
+ * The float32 operations of kernels.per_channel_forward_math/per_channel_backward_math in their order, on
+ * the scales of kernels.lsq_scale, and the clip ranges' gradients as kernels.lsq_alpha_grad takes them;
  * d/dw is grad times (q in range ? 1 : 0), as that math multiplies by its mask (so -0.0 where it does). */
+
+/* max(|alpha|, eps) / qmax, NaN kept (torch.clamp_min's NaN passes) */
+static inline float lsq_scale(float alpha, float eps, float qmax) {
+    const float a = fabsf(alpha);
+    return (a < eps ? eps : a) / qmax;
+}
+
+/* d/dalpha from a channel's scale sum: (|alpha| > eps ? sum * factor / qmax : 0) * sgn(alpha) */
+static inline float lsq_alpha_grad(float sum, float factor, float alpha, float eps, float qmax) {
+    const float sign = alpha > 0.0f ? 1.0f : (alpha < 0.0f ? -1.0f : 0.0f);  /* torch.sgn: 0 for NaN */
+    return (fabsf(alpha) > eps ? (sum * factor) / qmax : 0.0f) * sign;
+}
 
 static void pc_forward_row(const float *restrict w, float *restrict y, int64_t k, float inv, float s, float lo, float hi) {
     for (int64_t i = 0; i < k; i++) y[i] = clamp_nan(nearbyintf(w[i] * inv), lo, hi) * s;
 }
 
 void per_channel_forward(const float *restrict w, float *restrict y, int64_t channels, int64_t k,
-                         const float *restrict inv, const float *restrict s, float lo, float hi, int threads) {
+                         const float *restrict alpha, float eps, int qmin, int qmax, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads) if (channels * k >= PARALLEL_MIN)
-    for (int64_t c = 0; c < channels; c++) pc_forward_row(w + c * k, y + c * k, k, inv[c], s[c], lo, hi);
+    for (int64_t c = 0; c < channels; c++) {
+        const float s = lsq_scale(alpha[c], eps, (float)qmax);
+        pc_forward_row(w + c * k, y + c * k, k, 1.0f / s, s, (float)qmin, (float)qmax);
+    }
 }
 
 static inline void pc_backward_at(const float *restrict g, const float *restrict w, float *restrict gw, int64_t i,
@@ -221,9 +237,14 @@ static float pc_backward_row(const float *restrict g, const float *restrict w, f
     return (float)lane_sum(acc);
 }
 
-/* Writes d/dw and each channel's scale sum into gs[channels]. */
-void per_channel_backward(const float *restrict g, const float *restrict w, float *restrict gw, float *restrict gs,
-                          int64_t channels, int64_t k, const float *restrict inv, float lo, float hi, int threads) {
+/* Writes d/dw and each channel's d/dalpha into ga[channels] (its scale sum times factor, to alpha). */
+void per_channel_backward(const float *restrict g, const float *restrict w, float *restrict gw, float *restrict ga,
+                          int64_t channels, int64_t k, const float *restrict alpha, float eps, float factor,
+                          int qmin, int qmax, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads) if (channels * k >= PARALLEL_MIN)
-    for (int64_t c = 0; c < channels; c++) gs[c] = pc_backward_row(g + c * k, w + c * k, gw + c * k, k, inv[c], lo, hi);
+    for (int64_t c = 0; c < channels; c++) {
+        const float s = lsq_scale(alpha[c], eps, (float)qmax);
+        const float sum = pc_backward_row(g + c * k, w + c * k, gw + c * k, k, 1.0f / s, (float)qmin, (float)qmax);
+        ga[c] = lsq_alpha_grad(sum, factor, alpha[c], eps, (float)qmax);
+    }
 }

@@ -74,18 +74,15 @@ class _FakeQuantPerTensor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
                 grad_factor: float) -> torch.Tensor:
-        scale = kernels.lsq_scale(alpha, qmax)
-        y = kernels.forward(x, scale, qmin, qmax)
-        ctx.save_for_backward(x, y, alpha, scale)  # x and y are usually kept alive by their neighbours anyway
+        y = kernels.forward(x, alpha, qmin, qmax)
+        ctx.save_for_backward(x, y, alpha)  # x and y are usually kept alive by their neighbours anyway
         ctx.bounds = (qmin, qmax, grad_factor)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, y, alpha, scale = ctx.saved_tensors
-        qmin, qmax, grad_factor = ctx.bounds
-        grad_x, grad_s = kernels.backward(grad, x, y, scale, qmin, qmax)
-        return grad_x, kernels.lsq_alpha_grad(grad_s * grad_factor, alpha, qmax), None, None, None
+        x, y, alpha = ctx.saved_tensors
+        return *kernels.backward(grad, x, y, alpha, *ctx.bounds), None, None, None
 
 
 def fake_quant_per_tensor(x: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,
@@ -108,8 +105,8 @@ class _FakeQuantAdd(torch.autograd.Function):
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, alpha_a: torch.Tensor | None,  # type: ignore[override]
                 alpha_b: torch.Tensor | None, alpha_o: torch.Tensor, specs: tuple) -> torch.Tensor:
         alphas = (alpha_a, alpha_b, alpha_o)
-        ctx.grids = tuple(native.grid_args(kernels.lsq_scale(alpha, spec[1]), *spec[:2]) if spec else native.PASS_THROUGH
-                          for alpha, spec in zip(alphas, specs))
+        ctx.grids = tuple(native.grid_args(kernels.lsq_scale_value(float(alpha), spec[1]), *spec[:2]) if spec
+                          else native.PASS_THROUGH for alpha, spec in zip(alphas, specs))
         ctx.specs = specs
         ctx.save_for_backward(a, b, *(alpha for alpha in alphas if alpha is not None))
         return native.quant_add_forward(a, b, ctx.grids)
@@ -123,9 +120,9 @@ class _FakeQuantAdd(torch.autograd.Function):
             if spec is None:
                 grads.append(None)
                 continue
-            # as _FakeQuantPerTensor rounds it: the sum to float32, times the factor, then to alpha
-            grad_s = torch.tensor([total], dtype=a.dtype) * spec[2]
-            grads.append(kernels.lsq_alpha_grad(grad_s, alphas.pop(0), spec[1]))
+            alpha = alphas.pop(0)
+            grads.append(torch.full((1,), kernels.lsq_alpha_grad_value(total, spec[2], float(alpha), spec[1]),
+                                    dtype=alpha.dtype))
         return grad_a, grad_b, *grads, None
 
 
@@ -147,17 +144,14 @@ class _FakeQuantPerChannel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,  # type: ignore[override]
                 grad_factor: float) -> torch.Tensor:
-        scale = kernels.lsq_scale(alpha, qmax)
-        ctx.save_for_backward(w, alpha, scale)
+        ctx.save_for_backward(w, alpha)
         ctx.bounds = (qmin, qmax, grad_factor)
-        return kernels.per_channel_forward(w, scale, qmin, qmax)
+        return kernels.per_channel_forward(w, alpha, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        w, alpha, scale = ctx.saved_tensors
-        qmin, qmax, grad_factor = ctx.bounds
-        grad_w, grad_s = kernels.per_channel_backward(grad, w, scale, qmin, qmax)
-        return grad_w, kernels.lsq_alpha_grad(grad_s * grad_factor, alpha, qmax), None, None, None
+        w, alpha = ctx.saved_tensors
+        return *kernels.per_channel_backward(grad, w, alpha, *ctx.bounds), None, None, None
 
 
 def fake_quant_per_channel(w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,

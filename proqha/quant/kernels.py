@@ -4,14 +4,17 @@ Activations (per tensor, LSQ gradients): ``forward_math``/``backward_math`` defi
 out-of-place operators, which run when traced (inside a ``torch.compile``d model, where TorchInductor
 fuses them with their neighbours) and on meta tensors. float32 CPU tensors take the fused one-pass C
 kernels of ``proqha.quant.native`` where they could be built: the same values and d/dx, the scale sum
-accumulated in double. Other tensors with data take ``_aten_forward``/``_aten_backward``: the same values
+accumulated in double, and the scale and d/dalpha taken on the host in the same float32 steps
+(``lsq_scale_value``, ``lsq_alpha_grad_value``; one-element tensor operators cost about 10 µs each, a
+dozen per quantizer and step). Other tensors with data take ``_aten_forward``/``_aten_backward``: the same values
 with fewer allocations (in-place passes after one output; on the CPU a mask taken on ``x`` itself and
 the scale read on the host). The scale sums differ only in float summation order, and aten's CPU
 straight-through mask only where ``x`` sits exactly on a clip bound.
 
 Weights (per output channel): ``per_channel_forward_math``/``per_channel_backward_math``, plain operators,
 except for float32 CPU tensors where the fused kernels exist: the same values and d/dw in one call each
-(a weight is small, and its dozen small operators cost more than their arithmetic).
+(a weight is small, and its dozen small operators cost more than their arithmetic), the scales and
+d/dalpha included.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from proqha.quant import native
 
 
 SCALE_EPS = 1e-8  # the smallest clip range a quantizer's scale is derived from
+SCALE_EPS_32 = native.float32(SCALE_EPS)  # as float32 tensors hold it
 
 
 def lsq_scale(alpha: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -34,6 +38,21 @@ def lsq_alpha_grad(grad_scale: torch.Tensor, alpha: torch.Tensor, qmax: int) -> 
     same bits), without its three graph nodes per quantizer. clamp_min's gradient passes where |alpha|
     reaches SCALE_EPS as a double, which for float32 values is ``> SCALE_EPS`` compared in float32."""
     return torch.where(alpha.abs() > SCALE_EPS, grad_scale / qmax, 0.0) * alpha.sgn()
+
+
+def lsq_scale_value(alpha: float, qmax: int) -> float:
+    """``lsq_scale`` of one clip range on the host: the same float32 value, without tensor operators."""
+    a = abs(native.float32(alpha))
+    return native.float32((SCALE_EPS_32 if a < SCALE_EPS_32 else a) / qmax)  # NaN stays NaN, as in clamp_min
+
+
+def lsq_alpha_grad_value(scale_sum: float, grad_factor: float, alpha: float, qmax: int) -> float:
+    """``lsq_alpha_grad(float32(scale_sum) * grad_factor, alpha, qmax)`` of one clip range on the host: the
+    same float32 steps (the factor taken as float32, as a tensor times a Python float does)."""
+    grad_scale = native.float32(native.float32(scale_sum) * native.float32(grad_factor))
+    a = native.float32(alpha)
+    sign = float((a > 0) - (a < 0))  # torch.sgn: 0 for 0, -0 and NaN
+    return native.float32((native.float32(grad_scale / qmax) if abs(a) > SCALE_EPS_32 else 0.0) * sign)
 
 
 def forward_math(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -103,38 +122,49 @@ def traced(x: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or x.device.type == "meta"
 
 
-def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """The activation quantizer's forward: the math when traced, the fused kernel on a CPU that has it,
-    else aten operators."""
+def _fused(x: torch.Tensor, alpha: torch.Tensor) -> bool:
+    return not traced(x) and native.usable(x, alpha)
+
+
+def forward(x: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """The activation quantizer's forward on the grid of clip range ``alpha`` (shape [1]): the math when
+    traced, the fused kernel on a CPU that has it (its scale taken on the host), else aten operators."""
+    if _fused(x, alpha):
+        return native.forward(x, lsq_scale_value(float(alpha), qmax), qmin, qmax)
+    scale = lsq_scale(alpha, qmax)
+    return forward_math(x, scale, qmin, qmax) if traced(x) else _aten_forward(x, scale, qmin, qmax)
+
+
+def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,
+             grad_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activation quantizer's backward (``y``: the forward's output): d/dx, and d/dalpha with LSQ's
+    ``grad_factor`` (``lsq_alpha_grad``; on the fused path the same float32 operations on the host)."""
+    if _fused(x, alpha):
+        a = float(alpha)
+        grad_x, total = native.backward(grad, x, lsq_scale_value(a, qmax), qmin, qmax)
+        grad_alpha = lsq_alpha_grad_value(total, grad_factor, a, qmax)
+        return grad_x, torch.full((1,), grad_alpha, dtype=alpha.dtype)
+    scale = lsq_scale(alpha, qmax)
     if traced(x):
-        return forward_math(x, scale, qmin, qmax)
-    if native.usable(x, scale):
-        return native.forward(x, scale, qmin, qmax)
-    return _aten_forward(x, scale, qmin, qmax)
+        grad_x, grad_s = backward_math(grad, x, scale, qmin, qmax)
+    else:
+        grad_x, grad_s = _aten_backward(grad, x, y, scale, qmin, qmax)
+    return grad_x, lsq_alpha_grad(grad_s * grad_factor, alpha, qmax)
 
 
-def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, qmin: int,
-             qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The activation quantizer's backward before LSQ's gradient factor (``y``: the forward's output):
-    (d/dx, the scale sum of shape [1])."""
-    if traced(x):
-        return backward_math(grad, x, scale, qmin, qmax)
-    if native.usable(x, scale):
-        return native.backward(grad, x, scale, qmin, qmax)
-    return _aten_backward(grad, x, y, scale, qmin, qmax)
+def per_channel_forward(w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """The weight quantizer's forward on the grids of clip ranges ``alpha`` (one per output channel): the
+    fused kernel on a CPU that has it, else the math."""
+    if _fused(w, alpha):
+        return native.per_channel_forward(w, alpha, qmin, qmax, SCALE_EPS_32)
+    return per_channel_forward_math(w, lsq_scale(alpha, qmax), qmin, qmax)
 
 
-def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """The weight quantizer's forward: the fused kernel on a CPU that has it, else the math."""
-    if not traced(w) and native.usable(w, scale):
-        return native.per_channel_forward(w, scale, qmin, qmax)
-    return per_channel_forward_math(w, scale, qmin, qmax)
-
-
-def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, qmin: int,
-                         qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight quantizer's backward before LSQ's factor: the fused kernel on a CPU that has it, else
-    the math."""
-    if not traced(w) and native.usable(w, scale):
-        return native.per_channel_backward(grad, w, scale, qmin, qmax)
-    return per_channel_backward_math(grad, w, scale, qmin, qmax)
+def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,
+                         grad_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight quantizer's backward: d/dw, and d/dalpha with LSQ's ``grad_factor`` (the fused kernel,
+    which takes the same float32 steps as ``lsq_alpha_grad``, on a CPU that has it; else the math)."""
+    if _fused(w, alpha):
+        return native.per_channel_backward(grad, w, alpha, qmin, qmax, grad_factor, SCALE_EPS_32)
+    grad_w, grad_s = per_channel_backward_math(grad, w, lsq_scale(alpha, qmax), qmin, qmax)
+    return grad_w, lsq_alpha_grad(grad_s * grad_factor, alpha, qmax)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -25,7 +26,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy
 import torch
 
 SOURCE = Path(__file__).with_name("fake_quant.c")
@@ -141,9 +141,9 @@ def load(path: Path) -> ctypes.CDLL:
                                        ctypes.c_int]
     lib.quant_add_backward.restype = None
     f32, nt = ctypes.c_float, ctypes.c_int
-    lib.per_channel_forward.argtypes = [ptr, ptr, i64, i64, ptr, ptr, f32, f32, nt]
+    lib.per_channel_forward.argtypes = [ptr, ptr, i64, i64, ptr, f32, nt, nt, nt]
     lib.per_channel_forward.restype = None
-    lib.per_channel_backward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ptr, f32, f32, nt]
+    lib.per_channel_backward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, ptr, f32, f32, nt, nt, nt]
     lib.per_channel_backward.restype = None
     return lib
 
@@ -182,9 +182,23 @@ def _in_layout_of(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
 
 
-def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+def float32(v: float) -> float:
+    """``v`` rounded to float32 (as a Python float). A float32 sum, product or quotient of float32 values
+    taken in double and rounded once is the float32 result: double has over twice float32's precision."""
+    return ctypes.c_float(v).value
+
+
+def grid_args(scale: float, qmin: int, qmax: int) -> GridArgs:
+    """``GridArgs`` of a per-tensor float32 grid of step ``scale`` (a float or a one-element tensor). The
+    reciprocal is the float32 quotient 1/s, which is what ``1.0 / scale`` computes in ``forward_math``,
+    taken on the host (no tensor operators)."""
+    s = float32(float(scale))
+    return GridArgs(float32(1.0 / s) if s else math.copysign(math.inf, s), s, qmin, qmax, 1)
+
+
+def forward(x: torch.Tensor, scale: float, qmin: int, qmax: int) -> torch.Tensor:
     """``clamp(round(x * (1/s)), qmin, qmax) * s`` in one pass, in ``x``'s memory layout (``usable(x)``
-    must hold)."""
+    must hold; ``scale`` a float or a one-element tensor)."""
     x = _dense(x)
     y = torch.empty_like(x)  # the same strides as x
     library().fake_quant_forward(x.data_ptr(), y.data_ptr(), x.numel(), grid_args(scale, qmin, qmax),
@@ -192,25 +206,17 @@ def forward(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch
     return y
 
 
-def backward(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, qmin: int,
-             qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``kernels.backward_math`` in one pass: (d/dx, the scale sum of shape [1])."""
+def backward(grad: torch.Tensor, x: torch.Tensor, scale: float, qmin: int, qmax: int) -> tuple[torch.Tensor, float]:
+    """``kernels.backward_math`` in one pass: d/dx, and the scale sum (a float, summed in double)."""
     x = _dense(x)
     grad_x = torch.empty_like(x)
     g = _in_layout_of(grad, x)
     total = library().fake_quant_backward(g.data_ptr(), x.data_ptr(), grad_x.data_ptr(), x.numel(),
                                           grid_args(scale, qmin, qmax), torch.get_num_threads())
-    return grad_x, torch.tensor([total], dtype=x.dtype)
+    return grad_x, total
 
 
 PASS_THROUGH = GridArgs(0.0, 0.0, 0.0, 0.0, 0)  # an input without a quantizer
-
-
-def grid_args(scale: torch.Tensor, qmin: int, qmax: int) -> GridArgs:
-    """``GridArgs`` of a per-tensor float32 grid. The reciprocal is the float32 quotient 1/s, which is
-    what ``1.0 / scale`` computes in ``forward_math``, taken on the host (no tensor operators)."""
-    s = numpy.float32(scale.item())
-    return GridArgs(float(numpy.float32(1.0) / s), float(s), qmin, qmax, 1)
 
 
 def quant_add_forward(a: torch.Tensor, b: torch.Tensor, grids: tuple[GridArgs, GridArgs, GridArgs]) -> torch.Tensor:
@@ -233,21 +239,24 @@ def quant_add_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, gri
     return grad_a, grad_b, list(sums)
 
 
-def per_channel_forward(w: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """``kernels.per_channel_forward_math`` in one call (``usable(w, scale)`` must hold; one scale per row)."""
-    w, inv, scale = _dense(w), (1.0 / scale).contiguous(), scale.contiguous()  # each row stays contiguous
+def per_channel_forward(w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int, eps: float) -> torch.Tensor:
+    """``kernels.per_channel_forward_math`` on the scales ``max(|alpha|, eps) / qmax`` (one per row,
+    ``kernels.lsq_scale``'s float32 steps) in one call; ``usable(w, alpha)`` must hold."""
+    w, alpha = _dense(w), alpha.contiguous()  # each row stays contiguous
     y = torch.empty_like(w)
-    library().per_channel_forward(w.data_ptr(), y.data_ptr(), len(scale), w.numel() // max(len(scale), 1),
-                                  inv.data_ptr(), scale.data_ptr(), qmin, qmax, torch.get_num_threads())
+    library().per_channel_forward(w.data_ptr(), y.data_ptr(), len(alpha), w.numel() // max(len(alpha), 1),
+                                  alpha.data_ptr(), eps, qmin, qmax, torch.get_num_threads())
     return y
 
 
-def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, qmin: int,
-                         qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``kernels.per_channel_backward_math`` in one call: (d/dw, the per-channel scale sums)."""
-    w, inv = _dense(w), (1.0 / scale).contiguous()
+def per_channel_backward(grad: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int,
+                         grad_factor: float, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.per_channel_backward_math`` and then ``kernels.lsq_alpha_grad(sums * grad_factor, alpha,
+    qmax)`` in one call, the same float32 steps: (d/dw, d/dalpha)."""
+    w, alpha = _dense(w), alpha.contiguous()
     g = _in_layout_of(grad, w)
-    grad_w, grad_s = torch.empty_like(w), torch.empty_like(inv)
-    library().per_channel_backward(g.data_ptr(), w.data_ptr(), grad_w.data_ptr(), grad_s.data_ptr(), len(inv),
-                                   w.numel() // max(len(inv), 1), inv.data_ptr(), qmin, qmax, torch.get_num_threads())
-    return grad_w, grad_s
+    grad_w, grad_alpha = torch.empty_like(w), torch.empty_like(alpha)
+    library().per_channel_backward(g.data_ptr(), w.data_ptr(), grad_w.data_ptr(), grad_alpha.data_ptr(), len(alpha),
+                                   w.numel() // max(len(alpha), 1), alpha.data_ptr(), eps, grad_factor, qmin, qmax,
+                                   torch.get_num_threads())
+    return grad_w, grad_alpha
