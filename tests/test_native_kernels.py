@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shlex
 import subprocess
 import warnings
 
@@ -217,6 +218,24 @@ def test_a_build_is_cached_per_machine_and_keyed_by_its_source(fresh_library, mo
     monkeypatch.setattr(native, "SOURCE", edited)
     assert native.build(cc, fresh_library) != first
     assert sorted(p.suffix for p in fresh_library.iterdir()) == [".so", ".so"]  # no temporary files left
+
+
+@needs_compiler
+def test_a_compiler_given_as_a_command_line_builds(fresh_library, monkeypatch):
+    monkeypatch.setenv("CC", f"env {shlex.quote(native.compiler())}")  # as with CC="ccache gcc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed build would warn
+        assert native.library() is not None
+    x = torch.randn(100) * 3
+    assert torch.equal(native.forward(x, 0.05, -128, 127), kernels.forward_math(x, torch.tensor([0.05]), -128, 127))
+
+
+@pytest.mark.parametrize("cpuinfo, feature", [("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n", "avx2"),
+                                              ("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n", "sve")])
+def test_the_build_is_keyed_by_the_cpus_features_on_x86_and_arm(tmp_path, cpuinfo, feature):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert feature in native.cpu_signature(str(path)).split()
 
 
 def test_without_a_working_compiler_quantizers_use_aten_after_one_warning(fresh_library, monkeypatch):

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,14 +43,17 @@ def cache_dir() -> Path:
 
 
 def compiler() -> str | None:
-    """The C compiler to build with: ``$CC``, else ``cc`` or ``gcc`` on the PATH (None: none found)."""
+    """The C compiler to build with: ``$CC`` (a command line, such as ``ccache gcc``), else ``cc`` or ``gcc``
+    on the PATH (None: none found)."""
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def _cpu_signature() -> str:
-    try:  # -march=native code runs only on CPUs with the same features
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
+def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's feature list (x86 ``flags``, Arm ``Features``): -march=native code runs only on CPUs
+    that have the same features, so it keys the build cache."""
+    try:
+        with open(cpuinfo) as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
         return ""
 
@@ -101,16 +105,17 @@ def build(cc: str, out_dir: Path) -> Path:
     """Compile ``fake_quant.c`` with ``cc`` into ``out_dir`` (unless built already) and return the library's
     path. The file appears atomically, so concurrent processes (torchrun workers) can share the cache.
     Raises OSError or subprocess.CalledProcessError when the build fails."""
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    command = shlex.split(cc)
+    version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30).stdout
     options = flags(version)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *options, version, _cpu_signature()]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *options, version, cpu_signature()]).encode()).hexdigest()
     target = out_dir / f"fake_quant-{key[:16]}.so"
     if not target.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
         os.close(fd)
         try:
-            subprocess.run([cc, *options, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
+            subprocess.run([*command, *options, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True,
                            timeout=BUILD_TIMEOUT_S)
             os.replace(tmp, target)
         finally:
