@@ -203,6 +203,29 @@ def test_a_quantized_model_runs_on_the_meta_device():
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in meta.parameters() if p.requires_grad)
 
 
+def test_fake_and_recorded_tensors_take_the_plain_math():
+    """Under FakeTensorMode (torch.export's shape propagation) a C kernel would read memory that does not
+    exist, and under make_fx it would be missing from the graph: both take the traceable math."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from proqha.models import create_model
+
+    model = quantize_model(create_model("resnet20"), QuantConfig(bits=4)).train()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)  # ranges set on real data
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        out = model(mode.from_tensor(x))
+        out.sum().backward()
+    assert out.shape == (2, 10) and type(out).__name__ == "FakeTensor"
+    model.zero_grad(set_to_none=True)
+    traced = make_fx(lambda t: model(t))(x)
+    assert torch.equal(traced(x), model(x))
+    ops = {str(node.target) for node in traced.graph.nodes}
+    assert "aten.round.default" in ops  # the quantizers' math is in the graph
+
+
 def _tiny() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),

@@ -20,8 +20,12 @@ d/dalpha included.
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from proqha.quant import native
+
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
 
 
 SCALE_EPS = 1e-8  # the smallest clip range a quantizer's scale is derived from
@@ -118,8 +122,11 @@ def _aten_backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, scale: 
 
 
 def traced(x: torch.Tensor) -> bool:
-    """Whether ``x`` is being traced (torch.compile) or has no data (meta): the plain-math branch."""
-    return torch.compiler.is_compiling() or x.device.type == "meta"
+    """Whether ``x`` takes the plain-math branch: traced (torch.compile, or a dispatch mode that records or
+    fakes operators: make_fx, FakeTensorMode, torch.export), without data (meta), or a tensor subclass
+    (fake, functional) that a C kernel cannot read."""
+    return (torch.compiler.is_compiling() or x.device.type == "meta" or is_in_torch_dispatch_mode()
+            or type(x) not in _PLAIN_TENSORS)
 
 
 def _fused(x: torch.Tensor, alpha: torch.Tensor) -> bool:
