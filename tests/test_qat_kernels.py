@@ -203,6 +203,19 @@ def test_a_quantized_model_runs_on_the_meta_device():
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in meta.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
+def test_a_second_derivative_is_refused_not_silently_wrong(monkeypatch, fused):
+    """The kernels' backward is not differentiable (C and in-place operators): differentiating it again
+    raises instead of returning a gradient that misses their terms."""
+    _choose_kernels(monkeypatch, fused)
+    x, alpha, w = torch.randn(4, 8, requires_grad=True), torch.tensor([2.0], requires_grad=True), torch.randn(3, 8)
+    loss = (grid.fake_quant_per_tensor(x, alpha, -8, 7, 0.1) ** 2).sum() + \
+        (grid.fake_quant_per_channel(w.requires_grad_(), alpha.expand(3).contiguous(), -7, 7, 0.1) ** 2).sum()
+    (grad_x,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        grad_x.sum().backward()
+
+
 def test_fake_and_recorded_tensors_take_the_plain_math():
     """Under FakeTensorMode (torch.export's shape propagation) a C kernel would read memory that does not
     exist, and under make_fx it would be missing from the graph: both take the traceable math."""

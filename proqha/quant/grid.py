@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from proqha.quant import kernels, native
 
@@ -80,6 +81,7 @@ class _FakeQuantPerTensor(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         x, y, alpha = ctx.saved_tensors
         return *kernels.backward(grad, x, y, alpha, *ctx.bounds), None, None, None
@@ -112,6 +114,7 @@ class _FakeQuantAdd(torch.autograd.Function):
         return native.quant_add_forward(a, b, ctx.grids)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         a, b, *alphas = ctx.saved_tensors
         grad_a, grad_b, sums = native.quant_add_backward(grad, a, b, ctx.grids)
@@ -149,6 +152,7 @@ class _FakeQuantPerChannel(torch.autograd.Function):
         return kernels.per_channel_forward(w, alpha, qmin, qmax)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         w, alpha = ctx.saved_tensors
         return *kernels.per_channel_backward(grad, w, alpha, *ctx.bounds), None, None, None
