@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shlex
-import subprocess
+import shutil
 import warnings
 
 import pytest
@@ -182,8 +183,7 @@ def test_the_kernels_share_torchs_openmp_runtime():
     would keep a second spinning thread pool, which on a 2-core machine slows every torch operator by an
     order of magnitude."""
     theirs = native.torch_openmp_file()
-    if theirs is None or not native.openmp_shared_with_torch(subprocess.run(
-            [native.compiler(), "--version"], capture_output=True, text=True).stdout):
+    if theirs is None or not native.openmp_shared_with_torch(native.compiler_version(native.compiler())):
         pytest.skip("torch is not on libgomp.so.1 or the compiler is not GCC: the kernels are built serial")
     assert native.defining_file(native.library()._handle, "GOMP_parallel") == theirs
 
@@ -222,12 +222,25 @@ def test_a_build_is_cached_per_machine_and_keyed_by_its_source(fresh_library, mo
 
 @needs_compiler
 def test_a_compiler_given_as_a_command_line_builds(fresh_library, monkeypatch):
-    monkeypatch.setenv("CC", f"env {shlex.quote(native.compiler())}")  # as with CC="ccache gcc"
+    monkeypatch.setenv("CC", shlex.join(["env", *native.compiler()]))  # as with CC="ccache gcc"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed build would warn
         assert native.library() is not None
     x = torch.randn(100) * 3
     assert torch.equal(native.forward(x, 0.05, -128, 127), kernels.forward_math(x, torch.tensor([0.05]), -128, 127))
+
+
+@needs_compiler
+def test_a_compiler_found_in_a_folder_with_a_space_builds(fresh_library, monkeypatch, tmp_path):
+    folder = tmp_path / "my tools"
+    folder.mkdir()
+    (folder / "cc").symlink_to(shutil.which(native.compiler()[0]))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    assert native.compiler() == [str(folder / "cc")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.library() is not None
 
 
 @pytest.mark.parametrize("cpuinfo, feature", [("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n", "avx2"),

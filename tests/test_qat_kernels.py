@@ -108,13 +108,24 @@ def test_the_host_scale_and_clip_range_gradient_are_the_tensor_ones_bit_for_bit(
                        torch.tensor(edges)])
     sums = (torch.randn(len(alpha), generator=gen, dtype=torch.float64)
             * 10.0 ** torch.randint(-6, 30, (len(alpha),), generator=gen)).tolist()
-    sums[:len(edges)] = [0.0, -0.0, 1e-300, -5.0, 1e45, float("inf"), float("nan"), 3.0, -2.0, 1.0]
     factors = (torch.rand(len(alpha), generator=gen, dtype=torch.float64) + 1e-3).tolist()
+    edge_sums = [0.0, -0.0, 1e-300, -5.0, 1e45, float("inf"), float("nan")]
+    cases = [*zip(sums, factors, alpha.tolist()), *((t, 0.3, a) for t in edge_sums for a in edges)]  # edge x edge
     assert _bits([kernels.lsq_scale_value(a, qmax) for a in alpha.tolist()]) == _bits(kernels.lsq_scale(alpha, qmax))
-    ours = [kernels.lsq_alpha_grad_value(t, f, a, qmax) for t, f, a in zip(sums, factors, alpha.tolist())]
-    theirs = [kernels.lsq_alpha_grad(torch.tensor([t], dtype=torch.float32) * f, a.reshape(1), qmax).item()
-              for t, f, a in zip(sums, factors, alpha)]
+    ours = [kernels.lsq_alpha_grad_value(t, f, a, qmax) for t, f, a in cases]
+    theirs = [kernels.lsq_alpha_grad(torch.tensor([t], dtype=torch.float32) * f, torch.tensor([a]), qmax).item()
+              for t, f, a in cases]
     assert _bits(ours) == _bits(theirs)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "aten"])
+def test_a_clip_range_gets_its_gradient_in_its_own_shape(monkeypatch, fused):
+    _choose_kernels(monkeypatch, fused)
+    x = torch.randn(4, 8)
+    for shape in [(1,), (1, 1), ()]:
+        alpha = torch.full(shape, 2.0, requires_grad=True)
+        grid.fake_quant_per_tensor(x, alpha, -8, 7, 0.1).sum().backward()
+        assert alpha.grad.shape == alpha.shape
 
 
 @pytest.mark.parametrize("qmin, qmax", [(-127, 127), (-7, 7), (-1, 1)])

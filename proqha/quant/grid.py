@@ -124,8 +124,7 @@ class _FakeQuantAdd(torch.autograd.Function):
                 grads.append(None)
                 continue
             alpha = alphas.pop(0)
-            grads.append(torch.full((1,), kernels.lsq_alpha_grad_value(total, spec[2], float(alpha), spec[1]),
-                                    dtype=alpha.dtype))
+            grads.append(alpha.new_full(alpha.shape, kernels.lsq_alpha_grad_value(total, spec[2], float(alpha), spec[1])))
         return grad_a, grad_b, *grads, None
 
 

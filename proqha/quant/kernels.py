@@ -1,15 +1,16 @@
 """The quantizers' fake-quantization kernels: their definitions, and which implementation runs where.
 
 Activations (per tensor, LSQ gradients): ``forward_math``/``backward_math`` define them in plain
-out-of-place operators, which run when traced (inside a ``torch.compile``d model, where TorchInductor
-fuses them with their neighbours) and on meta tensors. float32 CPU tensors take the fused one-pass C
-kernels of ``proqha.quant.native`` where they could be built: the same values and d/dx, the scale sum
-accumulated in double, and the scale and d/dalpha taken on the host in the same float32 steps
-(``lsq_scale_value``, ``lsq_alpha_grad_value``; one-element tensor operators cost about 10 µs each, a
-dozen per quantizer and step). Other tensors with data take ``_aten_forward``/``_aten_backward``: the same values
-with fewer allocations (in-place passes after one output; on the CPU a mask taken on ``x`` itself and
-the scale read on the host). The scale sums differ only in float summation order, and aten's CPU
-straight-through mask only where ``x`` sits exactly on a clip bound.
+out-of-place operators, which run wherever ``traced`` holds: inside a ``torch.compile``d model (where
+TorchInductor fuses them with their neighbours), under a dispatch mode (make_fx, FakeTensorMode), on
+meta tensors and on tensor subclasses. Plain float32 CPU tensors take the fused one-pass C kernels of
+``proqha.quant.native`` where they could be built: the same values and d/dx, the scale sum accumulated
+in double, and the scale and d/dalpha taken on the host in the same float32 steps (``lsq_scale_value``,
+``lsq_alpha_grad_value``; one-element tensor operators cost about 10 µs each, about ten per quantizer
+and step). Other plain tensors take ``_aten_forward``/``_aten_backward``: the same values with fewer
+allocations (in-place passes after one output; on the CPU a mask taken on ``x`` itself and the scale
+read on the host). The scale sums differ only in float summation order, and aten's CPU straight-through
+mask only where ``x`` sits exactly on a clip bound.
 
 Weights (per output channel): ``per_channel_forward_math``/``per_channel_backward_math``, plain operators,
 except for float32 CPU tensors where the fused kernels exist: the same values and d/dw in one call each
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from proqha.quant import native
 
@@ -125,7 +125,7 @@ def traced(x: torch.Tensor) -> bool:
     """Whether ``x`` takes the plain-math branch: traced (torch.compile, or a dispatch mode that records or
     fakes operators: make_fx, FakeTensorMode, torch.export), without data (meta), or a tensor subclass
     (fake, functional) that a C kernel cannot read."""
-    return (torch.compiler.is_compiling() or x.device.type == "meta" or is_in_torch_dispatch_mode()
+    return (torch.compiler.is_compiling() or x.device.type == "meta" or torch._C._len_torch_dispatch_stack() > 0
             or type(x) not in _PLAIN_TENSORS)
 
 
@@ -150,7 +150,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, alpha: torch.
         a = float(alpha)
         grad_x, total = native.backward(grad, x, lsq_scale_value(a, qmax), qmin, qmax)
         grad_alpha = lsq_alpha_grad_value(total, grad_factor, a, qmax)
-        return grad_x, torch.full((1,), grad_alpha, dtype=alpha.dtype)
+        return grad_x, alpha.new_full(alpha.shape, grad_alpha)
     scale = lsq_scale(alpha, qmax)
     if traced(x):
         grad_x, grad_s = backward_math(grad, x, scale, qmin, qmax)

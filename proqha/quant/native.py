@@ -42,10 +42,18 @@ def cache_dir() -> Path:
     return Path(root) / "proqha" / "kernels"
 
 
-def compiler() -> str | None:
-    """The C compiler to build with: ``$CC`` (a command line, such as ``ccache gcc``), else ``cc`` or ``gcc``
-    on the PATH (None: none found)."""
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def compiler() -> list[str] | None:
+    """The command of the C compiler to build with: ``$CC`` split as a shell would (``ccache gcc``), else
+    ``cc`` or ``gcc`` found on the PATH (None: none found). ValueError: a ``$CC`` with unbalanced quotes."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
+
+
+def compiler_version(command: list[str]) -> str:
+    """What ``command --version`` prints (it names the compiler, and keys the build cache)."""
+    return subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30).stdout
 
 
 def cpu_signature(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -101,12 +109,11 @@ def flags(version: str) -> tuple[str, ...]:
     return (*FLAGS, OPENMP) if openmp_shared_with_torch(version) else FLAGS
 
 
-def build(cc: str, out_dir: Path) -> Path:
-    """Compile ``fake_quant.c`` with ``cc`` into ``out_dir`` (unless built already) and return the library's
-    path. The file appears atomically, so concurrent processes (torchrun workers) can share the cache.
-    Raises OSError or subprocess.CalledProcessError when the build fails."""
-    command = shlex.split(cc)
-    version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30).stdout
+def build(command: list[str], out_dir: Path) -> Path:
+    """Compile ``fake_quant.c`` with the compiler ``command`` into ``out_dir`` (unless built already) and
+    return the library's path. The file appears atomically, so concurrent processes (torchrun workers) can
+    share the cache. Raises OSError or subprocess.CalledProcessError when the build fails."""
+    version = compiler_version(command)
     options = flags(version)
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *options, version, cpu_signature()]).encode()).hexdigest()
     target = out_dir / f"fake_quant-{key[:16]}.so"
@@ -157,11 +164,11 @@ def load(path: Path) -> ctypes.CDLL:
 def library() -> ctypes.CDLL | None:
     """The built kernels, or None where they cannot be had (switched off, not Linux, no compiler,
     a failed build: that one with a warning). Built once per machine, loaded once per process."""
-    cc = compiler()
-    if os.environ.get(SWITCH) == "0" or not sys.platform.startswith("linux") or cc is None:
+    if os.environ.get(SWITCH) == "0" or not sys.platform.startswith("linux"):
         return None
     try:
-        return load(build(cc, cache_dir()))
+        command = compiler()
+        return None if command is None else load(build(command, cache_dir()))
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         lines = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
         warnings.warn(f"fused quantizer kernels unavailable, using aten operators: {lines[-1] if lines else exc!r}",
