@@ -18,7 +18,7 @@ from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cli.app import app
 from proqha.errors import ProqhaError
 from proqha.builder import load_model
-from proqha.quant import BitConfig, searchable_layers
+from proqha.quant import BitConfig, Quantizer, searchable_layers
 from proqha.search import Knob, SearchConfig, choose_candidate, hessian_score, run_search, sample_candidates
 from proqha.search.scores import Snapshot
 from proqha.train import TrainConfig, fit
@@ -43,6 +43,19 @@ def _search_cfg(trained, **kw) -> SearchConfig:
 def _frontier(run_dir):
     with open(run_dir / "frontier.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+def test_a_float_run_enters_the_search_as_a_whole_8_bit_model(tmp_path, trained):
+    """Edge layers and residual adds too, as an 8-bit run would have them: else the search's result had
+    float layers that no int8 runtime runs, and its export failed."""
+    fit(TrainConfig(epochs=1, batch_size=128, bits=32).resolved(), tmp_path / "float")
+    run_search(_search_cfg(tmp_path / "float", steps=1), tmp_path / "s")
+    model, state = load_model(tmp_path / "s" / "checkpoints" / "step-001.pt")
+    quantizers = [q for q in model.modules() if isinstance(q, Quantizer)]
+    assert quantizers and all(q.enabled and q.initialized for q in quantizers)
+    assert state.recipe["quant"]["bits"] == 8
+    run_search(_search_cfg(trained, steps=1), tmp_path / "s8")
+    assert float(_frontier(tmp_path / "s")[0]["cost"]) == float(_frontier(tmp_path / "s8")[0]["cost"])
 
 
 # --- the score -------------------------------------------------------------------------------------

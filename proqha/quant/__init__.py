@@ -8,6 +8,7 @@ from proqha.quant.convert import (
     quant_layers,
     quantize_model,
     searchable_layers,
+    switch_on_fixed_quantizers,
     set_uniform_bits,
 )
 from proqha.quant.grid import Grid
@@ -24,5 +25,5 @@ __all__ = [
     "BitConfig", "DoReFaWeightQuantizer", "Grid", "PACTQuantizer", "QuantAdd", "QuantConfig", "QuantConv2d",
     "QuantLayer", "QuantLinear", "Quantizer", "SignedActQuantizer", "WeightQuantizer", "float_twin",
     "load_float_state_dict",
-    "quant_layers", "quantize_model", "searchable_layers", "set_uniform_bits",
+    "quant_layers", "quantize_model", "searchable_layers", "set_uniform_bits", "switch_on_fixed_quantizers",
 ]

@@ -367,6 +367,19 @@ def set_uniform_bits(model: nn.Module, bits: int, layers: Iterable[str] | None =
         layer.set_bits(w=bits, a=bits)
 
 
+def switch_on_fixed_quantizers(model: nn.Module, config: QuantConfig) -> None:
+    """Give the quantizers outside the search that are off (32 bit) the bits ``config`` gives them: edge
+    layers ``edge_bits()``, residual adds and inserted output quantizers ``fixed_bits()``. A run trained
+    in float enters a search this way, as if it had been trained at ``config.bits``; the ranges of the
+    quantizers switched on are taken from the first batch they see."""
+    knobs = {id(q) for layer in searchable_layers(model).values() for q in (layer.input_quantizer, layer.weight_quantizer)}
+    edges = {id(q) for layer in quant_layers(model).values() if not layer.searchable
+             for q in (layer.input_quantizer, layer.weight_quantizer)}
+    for q in model.modules():
+        if isinstance(q, Quantizer) and not q.enabled and id(q) not in knobs:
+            q.bits = config.edge_bits() if id(q) in edges else config.fixed_bits()
+
+
 def float_twin(model: nn.Module) -> nn.Module:
     """A copy of a quantized model with every quantizer off: the float network it was trained from."""
     twin = copy.deepcopy(model)
