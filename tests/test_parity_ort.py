@@ -6,6 +6,8 @@ ResNet with random weights, at uniform 8, 4 and 2 bit and at mixed 2..8-bit conf
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -146,6 +148,19 @@ def test_cli_export_fp32_and_best_under_cost(search_run):
     assert result.exit_code == 0, result.output
     ops = {n.op_type for n in onnx.load(search_run / "fp32.onnx").graph.node}
     assert "QuantizeLinear" not in ops and "Conv" in ops
+    again = runner.invoke(app, ["parity", str(search_run / "fp32.onnx"), "--samples", "64", "--no-reference"])
+    assert again.exit_code == 0, again.output
+    report = json.loads((search_run / "fp32.parity.json").read_text())
+    assert report["parity"][0]["max_abs_diff"] < 1e-4  # against the float twin it was exported from
+
+
+def test_parity_refuses_a_run_with_other_bits_and_keeps_the_report(search_run, tmp_path):
+    out = tmp_path / "step1.onnx"
+    assert runner.invoke(app, ["export", str(search_run), "--step", "1", "--out", str(out)]).exit_code == 0
+    before = (tmp_path / "step1.parity.json").read_text()
+    result = runner.invoke(app, ["parity", str(out), "--run", str(search_run.parent / "train-1"), "--samples", "64"])
+    assert result.exit_code == 2 and "was exported from: bits differ" in result.stderr
+    assert (tmp_path / "step1.parity.json").read_text() == before
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

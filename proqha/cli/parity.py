@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import onnx
+import torch
 import typer
 
 from proqha.builder import load_model
@@ -17,6 +19,8 @@ from proqha.errors import ProqhaError
 from proqha.export.pair_sums import check_pair_sums, pair_sum_bounds
 from proqha.export.validate import ValidationReport, check_graph, check_parity, ort_kernels, parity
 from proqha.files import atomic_write_json
+from proqha.quant import BitConfig, float_twin
+from proqha.quant.bitconfig import KNOBS
 
 MAX_BYTES = 2 * 1024**3
 
@@ -39,6 +43,19 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
     return proto, data
 
 
+def check_same_bits(meta: dict[str, str], model: torch.nn.Module, model_path: Path, checkpoint: Path) -> None:
+    """Refuse (ProqhaError) a checkpoint whose layer bits differ from those the quantized file records:
+    the comparison would measure two different models."""
+    if not meta.get("proqha.bits"):
+        return
+    recorded = {name: {k: knobs[k] for k in KNOBS} for name, knobs in json.loads(meta["proqha.bits"]).items()}
+    ours = BitConfig.from_model(model).to_dict()
+    if recorded != ours:
+        differing = sorted(set(recorded) ^ set(ours) | {n for n in set(recorded) & set(ours) if recorded[n] != ours[n]})
+        raise ProqhaError(f"{checkpoint} is not the model {model_path} was exported from: bits differ at "
+                          f"{', '.join(differing[:3])}{' ...' if len(differing) > 3 else ''}; pass the --run it came from")
+
+
 @handle_errors
 def parity_command(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="An ONNX file written by proqha export.")],
@@ -59,6 +76,10 @@ def parity_command(
     else:
         checkpoint = pick_checkpoint(run, None, None)[0]
     model, state = load_model(checkpoint)
+    if meta.get("proqha.format") == "onnx-fp32":
+        model = float_twin(model)  # what that export compared with
+    else:
+        check_same_bits(meta, model, model_path, checkpoint)
     step = float(meta["proqha.output_scale"]) if meta.get("proqha.output_scale") else None
     results = parity(model, data, checkpoint_test_loader(state, samples), step, reference)
     exact = meta.get("proqha.format") == "onnx" and meta.get("proqha.profile") == "ort"
