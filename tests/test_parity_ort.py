@@ -154,6 +154,13 @@ def test_cli_export_fp32_and_best_under_cost(search_run):
     assert report["parity"][0]["max_abs_diff"] < 1e-4  # against the float twin it was exported from
 
 
+def test_exporting_a_float_run_to_int8_is_refused_up_front(tmp_path):
+    fit(TrainConfig(epochs=1, batch_size=256, bits=32).resolved(), tmp_path / "float")
+    result = runner.invoke(app, ["export", str(tmp_path / "float"), "--out", str(tmp_path / "f.onnx")])
+    assert result.exit_code == 2 and "is a float (32-bit) run: export it with --format onnx-fp32" in result.stderr
+    assert not (tmp_path / "f.onnx").exists()
+
+
 def test_parity_refuses_a_run_with_other_bits_and_keeps_the_report(search_run, tmp_path):
     out = tmp_path / "step1.onnx"
     assert runner.invoke(app, ["export", str(search_run), "--step", "1", "--out", str(out)]).exit_code == 0

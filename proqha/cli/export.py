@@ -20,6 +20,7 @@ from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
 from proqha.quant import float_twin
+from proqha.quant.grid import FULL_PRECISION
 from proqha.data import checkpoint_test_loader
 from proqha.runs import pick_checkpoint
 from proqha.train import resolve_device
@@ -128,6 +129,9 @@ def export(
     checkpoint, run_dir, step = pick_checkpoint(run, step, best_under_cost)
     out = output_path(out, run_dir, step, fmt, profile, force)
     model, state = load_model(checkpoint, torch_device)
+    if fmt != "onnx-fp32" and state.recipe.get("quant", {}).get("bits") == FULL_PRECISION:
+        raise ProqhaError(f"{checkpoint} is a float (32-bit) run: export it with --format onnx-fp32, or "
+                          f"quantize it first (proqha search --from {run}, or proqha train --init {checkpoint})")
     model.to(torch_device)
     if fmt == "onnx-fp32":
         model = float_twin(model)
