@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
+import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from proqha.cli.app import app
@@ -25,3 +25,11 @@ def test_pipeline_ends_with_the_latency_cost_accuracy_table(tmp_path, monkeypatc
     tail = result.stdout[result.stdout.rindex("proqha bench"):]
     for col in ("median ms", "vs fp32", "paper cost", "GBitOPs", "file KB", "ort MB", "top-1 engine"):
         assert col in tail
+
+
+def test_a_missing_tensorrt_stops_the_pipeline_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a machine without it: import fails
+    result = CliRunner().invoke(app, ["pipeline", "--engine", "trt"])
+    assert result.exit_code == 2 and "TensorRT is not installed" in result.stderr
+    assert not (tmp_path / "runs").exists()

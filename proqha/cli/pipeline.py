@@ -47,6 +47,10 @@ def pipeline(
     for e in engine or ["ort"]:
         if e not in ENGINES:
             raise ProqhaError(f"--engine must be one of {', '.join(ENGINES)}, got {e!r}")
+    if "trt" in (engine or []):
+        from proqha.deploy.runtime_trt import require_tensorrt
+
+        require_tensorrt()  # before training: the bench stage would otherwise stop after hours of work
     parse_int_tuple(batch, "--batch")
     if iters < 1:
         raise ProqhaError(f"--iters out of range: {iters}")
