@@ -7,13 +7,17 @@ of the same seed; bad invocations go through the console entry point (`proqha.cl
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -207,6 +211,8 @@ BAD = [
     (["train", "--device", "tpu"], "--device must be"),
     (["train", "--bits-file", "FILE"], "not readable JSON"),
     (["train", "--run-dir", "RUNS/train-1"], "already exists"),
+    (["train", "--run-dir", "FILE/run"], "is a file, not a folder"),
+    (["train", "--dataset", "cifar10", "--download", "--data-dir", "OFFLINE"], "--download: could not fetch 'cifar10'"),
     (["train", "--frobnicate"], "No such option"),
     (["search", "--from", "RUNS/train-1", "--lam", "-1"], "--lam must be >= 0"),
     (["search", "--from", "RUNS/train-1", "--ratio", "0"], "--ratio must be in (0, 1]"),
@@ -242,11 +248,17 @@ BAD = [
 ]
 
 
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+
 @pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a)[:50] for a, _ in BAD])
 def test_bad_invocation_exits_2_with_one_line_and_writes_nothing(runs, tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / "file").write_text("not json, not a folder, not onnx")
-    subst = {"FILE": str(tmp_path / "file")}
-    args = [subst.get(a, a.replace("RUNS", str(runs))) for a in args]
+    args = [a.replace("FILE", str(tmp_path / "file")).replace("RUNS", str(runs)) for a in args]
+    if "OFFLINE" in args:  # a download without a network
+        args = [str(tmp_path / "data") if a == "OFFLINE" else a for a in args]
+        monkeypatch.setattr(urllib.request, "urlopen", _offline)
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path, runs)
     code, err = _main(args, monkeypatch, capsys)
@@ -254,6 +266,23 @@ def test_bad_invocation_exits_2_with_one_line_and_writes_nothing(runs, tmp_path,
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert "Traceback" not in err
     assert _snapshot(tmp_path, runs) == before
+
+
+def test_a_refused_path_is_one_line_and_exit_2_other_os_errors_stay_bugs(capsys):
+    import typer
+
+    from proqha.cli.common import handle_errors
+
+    @handle_errors
+    def writes(code: int) -> None:
+        raise OSError(code, os.strerror(code), "ro/run")
+
+    with pytest.raises(typer.Exit) as exit_info:
+        writes(errno.EROFS)
+    assert exit_info.value.exit_code == 2
+    assert capsys.readouterr().err.strip() == "error: ro/run: Read-only file system"
+    with pytest.raises(OSError):
+        writes(errno.EIO)  # not the user's to fix: the internal-error path, with its --debug hint
 
 
 @pytest.mark.subprocess

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -20,6 +22,8 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+FILESYSTEM_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC,
+                       errno.EDQUOT, errno.ENAMETOOLONG}  # an OSError with these is one line and exit 2
 
 
 class _Options:
@@ -48,6 +52,10 @@ def handle_errors(fn: F) -> F:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except OSError as exc:  # the machine refused a path: the user's to fix, not a bug of ours
+            if options.debug or exc.errno not in FILESYSTEM_REFUSALS:
+                raise
+            raise fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -94,4 +102,9 @@ def fresh_run_dir(stage: str, run_dir: Path | None) -> Path:
     run_dir = run_dir or next_run_dir(stage, DEFAULT_ROOT)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ProqhaError(f"--run-dir {run_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ProqhaError(f"--run-dir {run_dir}: {existing} is not writable")
     return run_dir

@@ -11,9 +11,11 @@ the same three splits, carved the same way unless the factory returns its own ``
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.error import URLError
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -93,9 +95,15 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
         calib_idx, train_idx = calibration_split(len(splits.train))
         return Subset(splits.train, train_idx if split == "train" else calib_idx)
     spec = get_dataset_spec(name)
-    if split == "test":
-        return spec.build(path, "test", download)
-    full = spec.build(path, "train" if split == "train" else "train-eval", download)
+    created = path is not None and not path.exists()
+    try:
+        if split == "test":
+            return spec.build(path, "test", download)
+        full = spec.build(path, "train" if split == "train" else "train-eval", download)
+    except URLError as exc:  # --download without a network
+        if created:  # the folder the download began: nothing of the user's is in it
+            shutil.rmtree(path, ignore_errors=True)
+        raise ProqhaError(f"--download: could not fetch {name!r} into {path}: {exc.reason}") from None
     calib_idx, train_idx = calibration_split(len(full))
     return Subset(full, train_idx if split == "train" else calib_idx)
 
