@@ -5,6 +5,7 @@ Files written before the schema had a version are read too (``Checkpoint.from_di
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -99,18 +100,34 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
     atomic_torch_save(checkpoint.to_dict(), Path(path))
 
 
+ZIP_MAGIC, PICKLE_PROTO = b"PK\x03\x04", b"\x80"  # how torch.save's files begin (zip; legacy pickle)
+
+
+def _refusal(message: str) -> str:
+    """What torch.load(weights_only=True) refused, in a few words (its message is a paragraph of advice)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", message)  # terminal colour codes
+    named = re.search(r"unsupported GLOBAL (\S+)", text)
+    if named:
+        return f"it would import {named.group(1)}"
+    detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return detail.group(1).strip()[:160] if detail else "classes or code beyond tensors and numbers"
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read and validate a checkpoint without unpickling arbitrary objects; any problem is one ProqhaError
     line."""
     path = Path(path)
     if not path.is_file():
         raise ProqhaError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] != ZIP_MAGIC and head[:1] != PICKLE_PROTO:
+        raise ProqhaError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "refused"
         raise ProqhaError(f"checkpoint {path} was refused: it holds objects that are not plain data "
-                          f"({first[:160]})") from None
+                          f"({_refusal(str(exc))})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ProqhaError(f"checkpoint {path} is unreadable or truncated ({first_line(exc)[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - torch.load's unpickler raises anything on a file that is no checkpoint

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -50,3 +52,19 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(change, message, tmp_path):
     with pytest.raises(ProqhaError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         load_checkpoint(tmp_path / "bad.pt")
     assert "\n" not in str(err.value)
+
+
+class _RunsCode:
+    """Unpickling this would call os.system."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_naming_what_it_imports(tmp_path):
+    torch.save({"model": _RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(ProqhaError) as info:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(info.value)
+    assert f"would import {os.system.__module__}.system" in message
+    assert "\x1b" not in message and len(message) < 200

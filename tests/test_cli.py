@@ -88,7 +88,8 @@ def test_console_script_usage_errors_are_one_line(args, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("content, name", [(b"hello\n", "x.pt"), (b"step,cost\n", "frontier.csv")])
+@pytest.mark.parametrize("content, name", [(b"hello\n", "x.pt"), (b"step,cost\n", "frontier.csv"),
+                                           (b'{"epoch": 1}\n', "metrics.jsonl"), (b"\x08\x09\x12\x07pytorch", "model.onnx")])
 def test_a_file_that_is_no_checkpoint_is_one_line_exit_2(content, name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / name).write_bytes(content)
