@@ -6,7 +6,11 @@ class ProqhaError(Exception):
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (at most ``limit`` characters), or its type name when the
-    message is empty: what a one-line error quotes of its cause."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    """The first line of an exception's message (at most ``limit`` characters), with the line after it when
+    it only introduces it (ends in a colon), or its type name when the message is empty: what a one-line
+    error quotes of its cause."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    head = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return head[:limit]

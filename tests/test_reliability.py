@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from proqha.checkpoint import load_checkpoint
 from proqha.cli.app import main
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.files import read_jsonl
 from proqha.quant import BitConfig
 from proqha.runs import run_lock
@@ -266,6 +266,12 @@ def test_bad_invocation_exits_2_with_one_line_and_writes_nothing(runs, tmp_path,
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert "Traceback" not in err
     assert _snapshot(tmp_path, runs) == before
+
+
+def test_a_quoted_cause_keeps_the_line_its_first_line_introduces():
+    cause = RuntimeError("Error(s) in loading state_dict for Net:\n\tsize mismatch for fc.weight: [10, 8] vs [10, 4].\n\tmore")
+    assert first_line(cause) == "Error(s) in loading state_dict for Net: size mismatch for fc.weight: [10, 8] vs [10, 4]."
+    assert first_line(ValueError("one line\nand more")) == "one line" and first_line(KeyError()) == "KeyError"
 
 
 def test_a_refused_path_is_one_line_and_exit_2_other_os_errors_stay_bugs(capsys):
