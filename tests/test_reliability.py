@@ -268,6 +268,25 @@ def test_bad_invocation_exits_2_with_one_line_and_writes_nothing(runs, tmp_path,
     assert _snapshot(tmp_path, runs) == before
 
 
+def test_ctrl_c_names_a_resume_command_only_where_one_works(tmp_path, capsys):
+    from proqha.cli.common import interrupted
+
+    run = tmp_path / "r"
+    progress = run / "checkpoints" / "last.pt"
+
+    def said() -> str:
+        assert interrupted("train", run, progress, "the last completed epoch is saved").exit_code == 130
+        return capsys.readouterr().err.strip()
+
+    assert said() == "error: interrupted before the run started; nothing was saved"  # no folder yet
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert said().startswith("error: interrupted before anything was saved; to start the run again: proqha train --resume")
+    progress.parent.mkdir()
+    progress.write_bytes(b"")
+    assert said() == f"error: interrupted; the last completed epoch is saved: proqha train --resume --run-dir {run}"
+
+
 def test_a_quoted_cause_keeps_the_line_its_first_line_introduces():
     cause = RuntimeError("Error(s) in loading state_dict for Net:\n\tsize mismatch for fc.weight: [10, 8] vs [10, 4].\n\tmore")
     assert first_line(cause) == "Error(s) in loading state_dict for Net: size mismatch for fc.weight: [10, 8] vs [10, 4]."

@@ -39,6 +39,17 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def interrupted(stage: str, run_dir: Path, progress_file: Path, saved: str) -> typer.Exit:
+    """The Exit (code 130) of a run stopped by Ctrl-C, telling what was saved and the command that goes on
+    (``progress_file``: where the first completed piece of work is written; ``saved``: what it holds)."""
+    resume = f"proqha {stage} --resume --run-dir {run_dir}"
+    if not (run_dir / "config.json").is_file():
+        return fail("interrupted before the run started; nothing was saved", 130)
+    if not progress_file.is_file():
+        return fail(f"interrupted before anything was saved; to start the run again: {resume}", 130)
+    return fail(f"interrupted; {saved}: {resume}", 130)
+
+
 def handle_errors(fn: F) -> F:
     """Turn ProqhaError into one stderr line and exit code 2, Ctrl-C into exit 130 (no traceback)."""
 

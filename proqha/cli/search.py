@@ -11,9 +11,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from proqha import distributed
-from proqha.cli.common import console, err_console, fail, fresh_run_dir, handle_errors, resume_config
+from proqha.cli.common import console, err_console, fresh_run_dir, handle_errors, interrupted, resume_config
 from proqha.cli.report import frontier_table, write_plots
-from proqha.search.frontier import read_frontier
+from proqha.search.frontier import FRONTIER_FILE, read_frontier
 from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 from proqha.search import SearchConfig, run_search
@@ -108,7 +108,7 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
             result = run_search(cfg, run_dir, resume=resume, on_candidate=on_candidate, on_step=on_step,
                                 on_start=on_start)
     except KeyboardInterrupt:
-        raise fail(f"interrupted; completed steps are saved: proqha search --resume --run-dir {run_dir}", 130) from None
+        raise interrupted("search", run_dir, run_dir / FRONTIER_FILE, "completed steps are saved") from None
     if not distributed.is_main():
         return
     rows = read_frontier(run_dir)

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from proqha import distributed
-from proqha.cli.common import console, err_console, fail, fresh_run_dir, handle_errors, resume_config
+from proqha.cli.common import console, err_console, fresh_run_dir, handle_errors, interrupted, resume_config
 from proqha.train import TrainConfig, fit
 
 
@@ -84,8 +84,7 @@ def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
             if progress.live.is_started:  # stopping a progress never started still prints a blank line
                 progress.stop()
     except KeyboardInterrupt:
-        raise fail(f"interrupted; the last completed epoch is saved: proqha train --resume --run-dir {run_dir}",
-                   130) from None
+        raise interrupted("train", run_dir, run_dir / "checkpoints" / "last.pt", "the last completed epoch is saved") from None
     if not distributed.is_main():
         return
     last = result["last"]
