@@ -224,6 +224,8 @@ BAD = [
     (["search", "--from", "RUNS/train-1", "--strategy", "allocate", "--target-size-mb", "1"], "spends a budget"),
     (["search", "--from", "nowhere"], "no such checkpoint or run directory"),
     (["search", "--resume", "--run-dir", "RUNS/train-1"], "is a train run, not a search run"),
+    (["train", "--resume", "--run-dir", "RUNS/train-1", "--bits", "4"], "--bits cannot change them"),
+    (["search", "--resume", "--run-dir", "RUNS/search-1", "--lam", "0.9"], "--lam cannot change them"),
     (["export", "RUNS/search-1", "--step", "42"], "--step 42"),
     (["export", "RUNS/search-1", "--format", "pdf"], "--format must be one of"),
     (["export", "RUNS/search-1", "--profile", "tpu"], "--profile must be one of"),

@@ -85,9 +85,23 @@ def parse_int_tuple(text: str, option: str, length: int | None = None) -> tuple[
 C = TypeVar("C")
 
 
-def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, **overrides: Any) -> tuple[C, Path]:
+def options_given(ctx: typer.Context | None, exclude: set[str]) -> list[str]:
+    """The options of the command ``ctx`` runs that were typed on its command line (or set by environment),
+    other than ``exclude`` (parameter names), as their flags."""
+    if ctx is None:
+        return []
+    return [p.opts[0] for p in ctx.command.params if p.name not in exclude and p.name is not None
+            and getattr(ctx.get_parameter_source(p.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")]
+
+
+def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, ctx: typer.Context | None = None,
+                  **overrides: Any) -> tuple[C, Path]:
     """The saved options of a run to resume (default: the latest of ``stage``), with overrides left at None
-    ignored; ProqhaError when there is no such run."""
+    ignored; ProqhaError when there is no such run, or when ``ctx``'s command line sets another option."""
+    given = options_given(ctx, exclude={"run_dir", "resume", *overrides})
+    if given:
+        raise ProqhaError(f"--resume continues a run with the options it was started with; {given[0]} cannot change "
+                          f"them (leave it out, or start a new run)")
     run_dir = run_dir or latest_run_dir(stage, DEFAULT_ROOT)
     if run_dir is None:
         raise ProqhaError(f"--resume: no {stage} run found under {DEFAULT_ROOT}/ (pass --run-dir)")

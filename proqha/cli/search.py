@@ -29,6 +29,7 @@ _DEFAULT = SearchConfig()
 
 @handle_errors
 def search(
+    ctx: typer.Context,
     source: Annotated[Optional[Path], typer.Option("--from", help="Train run, search run or checkpoint to start from (default: the latest train run).")] = None,
     lam: Annotated[float, typer.Option(help="Weight of cost saving against sensitivity (0: the reference's choice).")] = 0.1,
     candidates: Annotated[int, typer.Option(help="Candidates sampled per step.")] = 16,
@@ -64,7 +65,7 @@ def search(
     the chosen bits are those of a single-process run with the same seed."""
     distributed.setup()
     if resume:
-        cfg, run_dir = resume_config("search", SearchConfig, run_dir, steps=steps)
+        cfg, run_dir = resume_config("search", SearchConfig, run_dir, ctx, steps=steps)
     else:
         if source is None:
             source = latest_run_dir("train", DEFAULT_ROOT)

@@ -16,6 +16,7 @@ from proqha.train import TrainConfig, fit
 
 @handle_errors
 def train(
+    ctx: typer.Context,
     arch: Annotated[Optional[str], typer.Option(help="Architecture: a registered name, or package.module:factory for your own (default: the dataset's own).")] = None,
     dataset: Annotated[str, typer.Option(help="digits (offline default), mnist, cifar10, cifar100, imagefolder, or package.module:factory for your own.")] = "digits",
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the dataset's files.")] = None,
@@ -45,7 +46,7 @@ def train(
     DistributedDataParallel; --batch-size stays the global batch and only rank 0 writes or prints."""
     distributed.setup()
     if resume:
-        cfg, run_dir = resume_config("train", TrainConfig, run_dir, epochs=epochs)
+        cfg, run_dir = resume_config("train", TrainConfig, run_dir, ctx, epochs=epochs)
     else:
         cfg = TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
                           download=download, bits=bits, bits_file=str(bits_file) if bits_file else None,
