@@ -4,6 +4,7 @@ search's fine-tuning reuses. No printing here: callers pass callbacks for progre
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -367,6 +368,17 @@ class TrainingRun:
     device: torch.device
 
 
+def replan_cosine(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, total_steps: int) -> None:
+    """Stretch a cosine schedule to ``total_steps`` at the step it has reached (a run extended by
+    ``--epochs``): each group's learning rate set to the closed form there, from which torch's recursive
+    form then goes on (left alone, a schedule that reached its end stays at its minimum)."""
+    scheduler.T_max = total_steps
+    t = min(scheduler.last_epoch, total_steps)
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / total_steps)) / 2
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 def _fit_locked(cfg: TrainConfig, run_dir: Path, resume: bool, run: TrainingRun, on_batch: BatchCallback | None,
                 on_epoch: EpochCallback | None) -> dict[str, Any]:
     model, recipe, optimizer, scheduler, device = run.model, run.recipe, run.optimizer, run.scheduler, run.device
@@ -378,8 +390,16 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, resume: bool, run: TrainingRun,
         state = load_checkpoint(ckpt_dir / "last.pt", device)
         load_float_state_dict(model, state.model)
         optimizer.load_state_dict(state.optimizer)
+        planned = scheduler.T_max
         scheduler.load_state_dict(state.scheduler)
         start_epoch, best = int(state.epoch), float(state.best_top1)
+        if cfg.epochs < start_epoch:
+            raise ProqhaError(f"--epochs {cfg.epochs}: {run_dir} has already trained {start_epoch} epochs")
+        if scheduler.T_max != planned:  # --epochs extended the run
+            replan_cosine(scheduler, planned)
+            if main:
+                saved = json.loads((run_dir / "config.json").read_text())
+                atomic_write_json(run_dir / "config.json", saved | {"epochs": cfg.epochs})
         kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch] \
             if (run_dir / "metrics.jsonl").exists() else []
         if main:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -67,6 +68,17 @@ def test_same_seed_same_result(tmp_path):
     r1 = fit(_cfg(epochs=1), tmp_path / "a")
     r2 = fit(_cfg(epochs=1), tmp_path / "b")
     assert r1["last"]["train_loss"] == r2["last"]["train_loss"]
+
+
+def test_more_epochs_on_resume_stretch_the_schedule_and_fewer_are_refused(tmp_path):
+    fit(_cfg(epochs=2), tmp_path / "r")  # its cosine schedule ends at 0
+    fit(_cfg(epochs=3), tmp_path / "r", resume=True)
+    rows = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[2]["lr"] == pytest.approx(0.05 * (1 + math.cos(2 * math.pi / 3)) / 2)  # as if planned for 3
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["epochs"] == 3  # a later resume keeps it
+    with pytest.raises(ProqhaError, match="has already trained 3 epochs"):
+        fit(_cfg(epochs=1), tmp_path / "r", resume=True)
 
 
 def test_float_training_then_qat_from_its_checkpoint(tmp_path):
