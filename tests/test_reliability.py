@@ -244,6 +244,7 @@ BAD = [
     (["cost", "--input-size", "3,224"], "--input-size must be 3 positive integers"),
     (["cost", "--num-classes", "0"], "--num-classes must be positive"),
     (["cost", "--bits-file", "nowhere.json"], "bit config file not found"),
+    (["cost", "--bits-file", "RUNS/search-1/bits.json"], "(is --arch resnet18 the model"),
     (["pipeline", "--lam", "-2", "--epochs", "1"], "--lam must be >= 0"),
     (["pipeline", "--engine", "gpu", "--epochs", "1"], "--engine must be one of"),
     (["pipeline", "--dataset", "mnist"], "needs --data-dir"),

@@ -39,7 +39,10 @@ def cost(
         raise ProqhaError(f"--bits/--edge-layers: {exc}") from None
     model = quantize_model(create_model(arch, num_classes=num_classes, in_channels=size[0]), qconfig, size)
     if bits_file is not None:
-        BitConfig.load(bits_file).apply(model)
+        try:
+            BitConfig.load(bits_file).apply(model)
+        except ProqhaError as exc:
+            raise ProqhaError(f"{exc} (is --arch {arch} the model {bits_file} was made for?)") from None
     try:
         report = cost_report(model, size)
     except RuntimeError as exc:
