@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.train import LossFn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -72,7 +72,10 @@ def _place(model: nn.Module, device: str | torch.device | None) -> torch.device:
 
 def _size(input_size: InputSize) -> tuple[int, ...]:
     """``(C, H, W)`` from a shape or from an example batch (its shape after the batch dimension)."""
-    size = tuple(input_size.shape[1:]) if isinstance(input_size, torch.Tensor) else tuple(input_size)
+    try:
+        size = tuple(input_size.shape[1:]) if isinstance(input_size, torch.Tensor) else tuple(input_size)
+    except TypeError:  # a single number
+        size = ()
     if not size or not all(isinstance(v, int) and v > 0 for v in size):
         raise ProqhaError(f"input_size must be positive ints such as (channels, height, width), got {input_size!r}")
     return size
@@ -138,9 +141,13 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-        row |= train_one_epoch(net, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
-        if test_loader is not None:
-            row |= evaluate(net, test_loader, dev, loss)
+        try:
+            row |= train_one_epoch(net, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
+            if test_loader is not None:
+                row |= evaluate(net, test_loader, dev, loss)
+        except IndexError as exc:  # cross-entropy's word for a label the model has no output for
+            raise ProqhaError(f"fit: {first_line(exc)} (labels must be class indices below the model's number "
+                              "of outputs)") from None
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         if on_epoch is not None:

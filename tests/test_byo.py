@@ -251,6 +251,10 @@ def test_api_export_writes_nothing_when_validation_fails(user_module, tmp_path, 
      "unknown option 'batch_size'"),
     (True, lambda m, x: proqha.fit(m, [(x, torch.zeros(len(x), dtype=torch.long))], optimizer="rmsprop"),
      "optimizer must be one of"),
+    (True, lambda m, x: proqha.fit(m, [(x, torch.full((len(x),), 9, dtype=torch.long))]),
+     "labels must be class indices below the model's number of outputs"),
+    (True, lambda m, x: proqha.export_onnx(m, "m.onnx", 16, [(x, torch.zeros(len(x), dtype=torch.long))]),
+     "input_size must be positive ints"),
 ])
 def test_api_bad_arguments_raise_one_line_proqha_errors(quantized, call, message, user_module):
     mod = _user(user_module)
