@@ -237,6 +237,7 @@ BAD = [
     (["bench", "RUNS/search-1", "--engine", "npu"], "--engine must be one of"),
     (["bench", "RUNS/search-1", "--batch", "1,0"], "--batch must be"),
     (["bench", "RUNS/search-1", "--iters", "0"], "--iters out of range"),
+    (["bench", "RUNS/train-1", "--all-steps"], "--all-steps times every step of a search run"),
     (["bench", "RUNS/search-1", "--seconds", "-1"], "--seconds out of range"),
     (["report", "nowhere"], "run directory not found"),
     (["report", "RUNS/search-1", "--step", "77"], "--step 77"),

@@ -101,6 +101,8 @@ def bench(
 
         require_tensorrt()
     checkpoint, run_dir, chosen_step = pick_checkpoint(run, step, best_under_cost)
+    if all_steps and chosen_step is None:
+        raise ProqhaError(f"--all-steps times every step of a search run; {run or run_dir} is not one")
     want_trt = "trt" in engines
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
                                  chosen_step, want_trt, int8_kernels, weights)
