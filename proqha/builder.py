@@ -13,6 +13,7 @@ from proqha.checkpoint import Checkpoint, load_checkpoint
 from proqha.errors import ProqhaError, first_line
 from proqha.models import create_model
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict, quantize_model
+from proqha.quant.grid import FULL_PRECISION
 
 
 @dataclass
@@ -27,6 +28,11 @@ class ModelRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"input_size": list(self.input_size)}
+
+    @property
+    def float_run(self) -> bool:
+        """Whether the model was trained in float (``--bits 32``: every quantizer off)."""
+        return self.quant.get("bits") == FULL_PRECISION
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRecipe":

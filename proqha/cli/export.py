@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from proqha.builder import load_model
+from proqha.builder import ModelRecipe, load_model
 from proqha.checkpoint import Checkpoint
 from proqha.cli.common import console, err_console, fail, handle_errors
 from proqha.cost import format_ratio
@@ -20,7 +20,6 @@ from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.files import atomic_write_bytes, atomic_write_json
 from proqha.quant import float_twin
-from proqha.quant.grid import FULL_PRECISION
 from proqha.data import checkpoint_test_loader
 from proqha.runs import pick_checkpoint
 from proqha.train import resolve_device
@@ -129,7 +128,7 @@ def export(
     checkpoint, run_dir, step = pick_checkpoint(run, step, best_under_cost)
     out = output_path(out, run_dir, step, fmt, profile, force)
     model, state = load_model(checkpoint, torch_device)
-    if fmt != "onnx-fp32" and state.recipe.get("quant", {}).get("bits") == FULL_PRECISION:
+    if fmt != "onnx-fp32" and ModelRecipe.from_dict(state.recipe).float_run:
         raise ProqhaError(f"{checkpoint} is a float (32-bit) run: export it with --format onnx-fp32, or "
                           f"quantize it first (proqha search --from {run}, or proqha train --init {checkpoint})")
     model.to(torch_device)

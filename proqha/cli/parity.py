@@ -51,7 +51,7 @@ def check_same_bits(meta: dict[str, str], model: torch.nn.Module, model_path: Pa
     recorded = {name: {k: knobs[k] for k in KNOBS} for name, knobs in json.loads(meta["proqha.bits"]).items()}
     ours = BitConfig.from_model(model).to_dict()
     if recorded != ours:
-        differing = sorted(set(recorded) ^ set(ours) | {n for n in set(recorded) & set(ours) if recorded[n] != ours[n]})
+        differing = sorted(n for n in recorded.keys() | ours.keys() if recorded.get(n) != ours.get(n))
         raise ProqhaError(f"{checkpoint} is not the model {model_path} was exported from: bits differ at "
                           f"{', '.join(differing[:3])}{' ...' if len(differing) > 3 else ''}; pass the --run it came from")
 

@@ -110,7 +110,7 @@ class _FakeQuantAdd(torch.autograd.Function):
         ctx.grids = tuple(native.grid_args(kernels.lsq_scale_value(float(alpha), spec[1]), *spec[:2]) if spec
                           else native.PASS_THROUGH for alpha, spec in zip(alphas, specs))
         ctx.specs = specs
-        ctx.save_for_backward(a, b, *(alpha for alpha in alphas if alpha is not None))
+        ctx.save_for_backward(a, b, *alphas)  # None where an input has no quantizer
         return native.quant_add_forward(a, b, ctx.grids)
 
     @staticmethod
@@ -118,13 +118,8 @@ class _FakeQuantAdd(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         a, b, *alphas = ctx.saved_tensors
         grad_a, grad_b, sums = native.quant_add_backward(grad, a, b, ctx.grids)
-        grads = []
-        for total, spec in zip(sums, ctx.specs):
-            if spec is None:
-                grads.append(None)
-                continue
-            alpha = alphas.pop(0)
-            grads.append(alpha.new_full(alpha.shape, kernels.lsq_alpha_grad_value(total, spec[2], float(alpha), spec[1])))
+        grads = [None if spec is None else alpha.new_full(alpha.shape, kernels.lsq_alpha_grad_value(
+                     total, spec[2], float(alpha), spec[1])) for total, spec, alpha in zip(sums, ctx.specs, alphas)]
         return grad_a, grad_b, *grads, None
 
 

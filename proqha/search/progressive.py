@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +25,6 @@ from proqha.data import load_dataset
 from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
-from proqha.quant.grid import FULL_PRECISION
 from proqha.runs import run_lock
 from proqha.search.allocate import allocate
 from proqha.search.data import DatasetData, SearchData
@@ -240,8 +238,8 @@ class ProgressiveSearch:
         """The search of a checkpoint: its model rebuilt from the recipe, its training run's dataset."""
         model, state = load_model(source, device)
         recipe = ModelRecipe.from_dict(state.recipe)
-        if recipe.quant.get("bits") == FULL_PRECISION:  # a float run enters the search at START_BITS, all of it
-            recipe = dataclasses.replace(recipe, quant={**recipe.quant, "bits": START_BITS})
+        if recipe.float_run:  # a float run enters the search at START_BITS, all of it
+            recipe = replace(recipe, quant={**recipe.quant, "bits": START_BITS})
             switch_on_fixed_quantizers(model, QuantConfig(**recipe.quant))
         dataset = state.dataset
         data_dir, download = state.data.get("data_dir"), bool(state.data.get("download", False))
