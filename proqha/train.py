@@ -195,11 +195,19 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each row: the first index of its maximum, as onnxruntime's ArgMax, numpy and
+    every deployed argmax pick it (logits on an output grid often tie; ``topk`` orders ties arbitrarily)."""
+    return logits.argmax(dim=1)
+
+
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
-    k = min(max(ks), logits.shape[1])
-    pred = logits.topk(k, dim=1).indices
-    hit = pred.eq(target.unsqueeze(1))
-    return [int(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
+    """Rows whose target ranks below k, ties broken by the lower index as ``predictions`` breaks them (so
+    top-1 is the deployed argmax's top-1, and top-k does not depend on the order ``topk`` gives ties)."""
+    t = logits.gather(1, target.unsqueeze(1))
+    lower = torch.arange(logits.shape[1], device=logits.device) < target.unsqueeze(1)
+    rank = (logits > t).sum(1) + ((logits == t) & lower).sum(1)
+    return [int((rank < k).sum()) for k in ks]
 
 
 def first_non_finite(model: nn.Module) -> str:
@@ -244,7 +252,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += (predictions(logits.detach()) == y).sum()
         seen += len(y)
         if on_batch is not None and (i % sync_every == 0 or i == len(loader) - 1):
             on_batch(epoch, i, len(loader), float(loss.detach()))

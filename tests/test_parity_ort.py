@@ -58,11 +58,11 @@ def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
     _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
 
 
-# DoReFa at mixed 2..7 bit on random weights is chaotic: one-step float ties between PyTorch and both ONNX
-# runtimes grow to several output steps (measured on AVX2: ORT and onnx.reference alike, 6 steps), so the
-# mixed DoReFa case runs on the trained digits model (test_digits_dorefa_mixed)
-@pytest.mark.parametrize("weights, config", [("lsq", "8"), ("lsq", "4"), ("lsq", "2"), ("lsq", "mixed"),
-                                             ("dorefa", "4")])
+# DoReFa on random weights is chaotic: one-step float ties between PyTorch and both ONNX runtimes grow to
+# several output steps in a deep random net (measured: ORT and onnx.reference agreeing with each other at
+# 100% top-1 and both up to 6 steps from PyTorch, at 4 bit on a VNNI CPU and mixed on AVX2), so the DoReFa
+# cases run on the trained digits model, where that is not so
+@pytest.mark.parametrize("weights, config", [("lsq", "8"), ("lsq", "4"), ("lsq", "2"), ("lsq", "mixed")])
 def test_cifar_shape_random_weights(weights, config):
     model, batches = random_cifar(weights)
     configure_bits(model, config)
@@ -70,11 +70,17 @@ def test_cifar_shape_random_weights(weights, config):
     _assert_exact(validate_export(proto, info, model, batches), info)
 
 
-def test_digits_dorefa_mixed(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def dorefa_digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("dorefa") / "run"
     fit(TrainConfig(epochs=2, batch_size=128, weight_quantizer="dorefa", bits=6).resolved(), run)
-    model, _ = load_model(run / "checkpoints" / "last.pt")
-    configure_bits(model, "mixed")
+    return run / "checkpoints" / "last.pt"
+
+
+@pytest.mark.parametrize("config", ["4", "mixed"])
+def test_digits_dorefa(dorefa_digits_run, config):
+    model, _ = load_model(dorefa_digits_run)
+    configure_bits(model, config)
     proto, info = export_onnx(model, (1, 8, 8))
     assert any(layer.odd_levels for layer in info.layers.values())
     _assert_exact(validate_export(proto, info, model, _digits_batches()), info)

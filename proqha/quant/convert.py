@@ -222,6 +222,19 @@ def _insert_matmul_quantizers(gm: fx.GraphModule, bits: int) -> None:
     gm.recompile()
 
 
+def _track_output_ranges(gm: fx.GraphModule) -> None:
+    """The quantizers whose output the model returns (its logits, possibly reshaped) take their range
+    from the observed outputs (``Quantizer.track_range``): a learned range set by the untrained network
+    clips the logits it should grow to, and a clipped logit gets no gradient back."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            for returned in node.all_input_nodes:
+                quantizer = quantizer_behind(returned, modules)
+                if quantizer is not None:
+                    quantizer.track_range()
+
+
 def _layer_calls(gm: fx.GraphModule) -> dict[str, list[fx.Node]]:
     """Conv/linear calls by module path, except those computing from parameters alone (a position-bias
     MLP): they stay float and an exporter writes their result as a value."""
@@ -303,6 +316,25 @@ def _absorb_relus(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+def _out_of_place(model: nn.Module) -> None:
+    """Switch off ``inplace`` on modules (``nn.ReLU(inplace=True)``, Hardswish, Dropout): a quantizer keeps
+    its output for the backward pass, which an in-place activation after it would overwrite."""
+    for mod in model.modules():
+        if isinstance(getattr(mod, "inplace", None), bool):
+            mod.inplace = False
+
+
+def _out_of_place_calls(gm: fx.GraphModule) -> None:
+    """The same for functional calls in the traced graph (``F.relu(x, inplace=True)``)."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+            changed = True
+    if changed:
+        gm.recompile()
+
+
 def quantize_model(model: nn.Module, config: QuantConfig | None = None,
                    input_size: tuple[int, ...] | None = None) -> nn.Module:
     """Return the quantized twin of ``model`` (which is left untouched).
@@ -315,6 +347,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None,
     """
     config = config or QuantConfig()
     original, model = model, copy.deepcopy(model)
+    _out_of_place(model)
     twins = make_traceable(model, input_size)
     try:
         root: nn.Module = trace(model)
@@ -327,16 +360,19 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None,
         warnings.warn(f"torch.fx could not trace {type(model).__name__} ({exc}); residual adds stay "
                       "float and every activation grid is signed", stacklevel=2)
         model = copy.deepcopy(original)
+        _out_of_place(model)
         modules = dict(model.named_modules())
         names = [n for n, m in modules.items() if isinstance(m, _FLOAT_LAYERS)]
         _swap_layers(model, {n: True for n in names}, _edge_names(names, modules), config)
         return model
     rewrite_einsums(root)
+    _out_of_place_calls(root)
     if config.quantize_adds:
         _insert_quant_adds(root, config.fixed_bits())
     if config.quantize_outputs:
         _insert_output_quantizers(root, config.fixed_bits())
         _insert_matmul_quantizers(root, config.fixed_bits())
+    _track_output_ranges(root)
     modules = dict(root.named_modules())
     calls = _layer_calls(root)
     signed = {name: any(not nonnegative(c.args[0], modules) for c in nodes) for name, nodes in calls.items()}

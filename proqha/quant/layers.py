@@ -149,9 +149,9 @@ class FoldedBatchNorm2d(nn.BatchNorm2d):
 
 
 def _plain_lsq_ready(q: nn.Module) -> bool:
-    """Whether ``q`` is a per-tensor LSQ activation quantizer (unmodified forward, no hooks), on and
-    initialised."""
-    return (isinstance(q, Quantizer) and q.enabled and q.initialized and q.axis is None
+    """Whether ``q`` is a per-tensor LSQ activation quantizer (unmodified forward, no hooks, a learned
+    range), on and initialised."""
+    return (isinstance(q, Quantizer) and q.enabled and q.initialized and q.axis is None and not q.tracks_range
             and type(q)._fake_quant is Quantizer._fake_quant
             and type(q).forward in (Quantizer.forward, PACTQuantizer.forward)
             and not (q._forward_hooks or q._forward_pre_hooks))  # the fused path does not call the module
