@@ -129,6 +129,12 @@ def traced(x: torch.Tensor) -> bool:
             or type(x) not in _PLAIN_TENSORS)
 
 
+def recording(x: torch.Tensor) -> bool:
+    """Whether ``x`` is being recorded or faked rather than computed (``traced`` except torch.compile,
+    which keeps in-place updates of a module's state as eager runs them)."""
+    return traced(x) and not torch.compiler.is_compiling()
+
+
 def _fused(x: torch.Tensor, alpha: torch.Tensor) -> bool:
     return not traced(x) and native.usable(x, alpha)
 

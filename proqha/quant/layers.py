@@ -10,7 +10,7 @@ from torch import nn
 from proqha.quant import kernels, native
 from proqha.quant.fold import integer_layer
 from proqha.quant.grid import fake_quant_add
-from proqha.quant.quantizers import PACTQuantizer, Quantizer, SignedActQuantizer
+from proqha.quant.quantizers import PACTQuantizer, Quantizer, SignedActQuantizer, WeightQuantizer
 
 
 def act_quantizer(bits: int, signed: bool) -> Quantizer:
@@ -39,6 +39,15 @@ class QuantLayer:
             self.weight_quantizer.bits = w
         if a is not None:
             self.input_quantizer.bits = a
+
+    def train(self, mode: bool = True):  # type: ignore[override]
+        """Turning to eval mode settles a max-range weight grid on the weights as they are now (the last
+        optimizer step came after the last training forward)."""
+        quantizer = self._modules.get("weight_quantizer")  # type: ignore[attr-defined]  # absent while built
+        if not mode and isinstance(quantizer, WeightQuantizer):
+            with torch.no_grad():
+                quantizer.follow(self.weight)
+        return super().train(mode)  # type: ignore[misc]
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight as the forward pass uses it (fake-quantized)."""

@@ -109,7 +109,7 @@ class Quantizer(nn.Module):
                 return self.forward(x.float())
         if not self.initialized:
             self.initialize(x)
-        elif self.tracks_range and self.training:
+        elif self.tracks_range and self.training and not kernels.recording(x):
             self._track(x)
         return self._fake_quant(x)
 
@@ -188,9 +188,15 @@ class WeightQuantizer(Quantizer):
     def _initial_alpha(self, w: torch.Tensor) -> torch.Tensor:
         return w.detach().abs().flatten(1).amax(dim=1)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.training and self.bits == MAX_RANGE_BITS:
+    def follow(self, w: torch.Tensor) -> None:
+        """At ``MAX_RANGE_BITS``, set the range to max |w| (a layer calls it on each training forward and
+        when it turns to eval mode, so the deployed range is that of the final weights)."""
+        if self.bits == MAX_RANGE_BITS and not kernels.recording(w):
             self.initialize(w)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.follow(w)
         return super().forward(w)
 
     def _fake_quant(self, w: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""8-bit QAT on networks and data of the kind users bring (``benchmarks/user_nets.py``): it must learn
+what the float network learns (``benchmarks/qat_accuracy.py`` runs the longer, wider comparison)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import proqha
+from proqha.quant import quant_layers
+from proqha.quant.quantizers import Quantizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from user_nets import NETS, splits  # noqa: E402
+
+
+def _train(net_name: str, data: str, bits: int, epochs: int, n_train: int, optimizer: str = "sgd"):
+    train_set, test_set, classes = splits(data, n_train, 300)
+    torch.manual_seed(0)
+    loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    q = proqha.quantize(NETS[net_name](classes, train_set.tensors[0].shape[-1]), train_set.tensors[0][:64],
+                        bits=bits)
+    lr = 0.1 if optimizer == "sgd" else 1e-3
+    rows = proqha.fit(q, loader, DataLoader(test_set, batch_size=300), epochs=epochs, optimizer=optimizer, lr=lr,
+                      weight_decay=5e-4)
+    return q, rows[-1]["test_top1"], test_set
+
+
+@pytest.mark.slow
+def test_a_users_depthwise_net_learns_at_8_bit_what_it_learns_in_float():
+    """The logits quantizer used to keep the range of the untrained network (alpha 0.7 against logits
+    growing to 5): most logits clipped, without gradient, a class never predicted (15% against 97%)."""
+    _, top_float, _ = _train("depthwise", "prototypes", 32, 5, 1500)
+    q, top_q, test_set = _train("depthwise", "prototypes", 8, 5, 1500)
+    assert top_float > 80.0
+    assert top_q >= top_float - 3.0, (top_q, top_float)
+    logits_q = q.get_submodule("fc.output_quantizer")
+    assert logits_q.tracks_range and not logits_q.alpha.requires_grad
+    q.eval()
+    with torch.no_grad():
+        logits = q(test_set.tensors[0])
+    at_clip = (logits.abs() >= float(logits_q.alpha) * (1 - 1e-6)).float().mean()
+    assert at_clip < 0.01  # the range follows the logits: hardly any sits at the limit
+    assert len(logits.argmax(1).unique()) == 10  # every class is predicted
+
+
+@pytest.mark.slow
+def test_stock_mobilenet_v3_with_in_place_activations_trains_with_adam_and_keeps_its_weight_ranges():
+    """torchvision's in-place Hardswish after a quantizer overwrote the tensor the quantizer's backward
+    needs; Adam's scale-free steps dragged the small depthwise weight ranges to zero and below."""
+    q, top_q, _ = _train("mobilenet_v3_small", "shapes", 8, 1, 640, optimizer="adam")
+    for name, layer in quant_layers(q).items():
+        w, alpha = layer.weight.detach(), layer.weight_quantizer.alpha.detach()
+        assert torch.equal(alpha, w.abs().flatten(1).amax(1).clamp_min(1e-4)), name  # 8 bit: max |w|, nothing clipped
+    assert all(not m.inplace for m in q.modules() if isinstance(getattr(m, "inplace", None), bool))
+
+
+def test_a_tracked_range_grows_at_once_and_shrinks_slowly():
+    from proqha.quant.quantizers import RANGE_DECAY, SignedActQuantizer
+
+    q = SignedActQuantizer(8).track_range().train()
+    q(torch.tensor([1.0, -0.5]))
+    assert float(q.alpha) == 1.0
+    q(torch.tensor([-4.0, 2.0]))  # a larger batch max: taken at once, nothing in the batch clips
+    assert float(q.alpha) == 4.0
+    q(torch.tensor([2.0]))
+    assert float(q.alpha) == pytest.approx(4.0 - RANGE_DECAY * 2.0)
+    q.eval()
+    q(torch.tensor([100.0]))  # frozen in eval mode
+    assert float(q.alpha) == pytest.approx(4.0 - RANGE_DECAY * 2.0)
+    assert isinstance(q, Quantizer) and not q.alpha.requires_grad
