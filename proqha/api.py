@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from proqha.errors import ProqhaError, first_line
+from proqha.errors import ProqhaError
 from proqha.train import LossFn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -141,13 +141,9 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-        try:
-            row |= train_one_epoch(net, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
-            if test_loader is not None:
-                row |= evaluate(net, test_loader, dev, loss)
-        except IndexError as exc:  # cross-entropy's word for a label the model has no output for
-            raise ProqhaError(f"fit: {first_line(exc)} (labels must be class indices below the model's number "
-                              "of outputs)") from None
+        row |= train_one_epoch(net, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
+        if test_loader is not None:
+            row |= evaluate(net, test_loader, dev, loss)
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         if on_epoch is not None:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -52,6 +53,19 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def removed_on_error(run_dir: Path, first_saved: Path, keep: bool = False) -> Iterator[None]:
+    """Remove a new ``run_dir`` when the work in it fails (any error but Ctrl-C) before ``first_saved`` is
+    written: a run with nothing saved must not become the latest run a later command picks up. ``keep``:
+    leave it (a resumed run, another rank's folder)."""
+    try:
+        yield
+    except Exception:
+        if not keep and not Path(first_saved).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def pick_checkpoint(run: Path | None, step: int | None = None, best_under_cost: float | None = None

@@ -28,7 +28,7 @@ from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_json
 from proqha.models import get_model_spec
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
 from proqha.quant.quantizers import check_bits
-from proqha.runs import run_lock
+from proqha.runs import removed_on_error, run_lock
 
 OPTIMIZERS = ("sgd", "adam")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -219,6 +219,20 @@ def first_non_finite(model: nn.Module) -> str:
     return "parameters finite; the activations overflowed"
 
 
+def bad_label_error(loader: Iterable, y: torch.Tensor, classes: int, split: str, when: str) -> ProqhaError:
+    """The one-line error for a batch (of ``split``, found ``when``) holding a label that is not a class index
+    of a ``classes``-way model, naming the first such sample of the loader's dataset where it can be found."""
+    from proqha.data.custom import first_bad_label
+
+    wrong = y[(y < 0) | (y >= classes)]
+    value = int(wrong[0]) if len(wrong) else "?"
+    dataset = getattr(loader, "dataset", None)
+    found = first_bad_label(dataset, classes) if dataset is not None else None
+    where = f" at sample {found[0]} of the {split} data" if found is not None else f" in the {split} data"
+    return ProqhaError(f"label {value}{where} ({when}) is not a class index; labels must be class indices below "
+                       f"the model's number of outputs ({classes})")
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device, epoch: int = 0,
                     on_batch: BatchCallback | None = None, options: StepOptions | None = None,
@@ -241,7 +255,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
         with options.autocast(device):
             logits = model(x)
-            loss = (loss_fn or F.cross_entropy)(logits.float(), y)
+            try:
+                loss = (loss_fn or F.cross_entropy)(logits.float(), y)
+            except IndexError:  # cross-entropy's word for a target the model has no output for
+                raise bad_label_error(loader, y, logits.shape[1], "training", f"epoch {epoch}, batch {i}") from None
         if (i % sync_every == 0 or i == len(loader) - 1) and not torch.isfinite(loss):
             raise ProqhaError(f"loss became {loss.item()} at epoch {epoch}, batch {i} ({first_non_finite(model)}); "
                               "lower --lr (the last good checkpoint is kept)")
@@ -271,6 +288,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: 
         x, y = x.to(device), y.to(device)
         logits = model(x)
         if loss_fn is None:
+            if ((y < 0) | (y >= logits.shape[1])).any():
+                raise bad_label_error(loader, y, logits.shape[1], "test", "evaluating")
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         else:
             loss_sum += float(loss_fn(logits.float(), y)) * len(y)
@@ -359,7 +378,8 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
         on_batch = on_epoch = None
     run = TrainingRun(model, recipe, optimizer, scheduler, train_set, test_set, data.num_classes, device)
     with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        return _fit_locked(cfg, run_dir, resume, run, on_batch, on_epoch)
+        with removed_on_error(run_dir, run_dir / "checkpoints" / "last.pt", keep=resume or not distributed.is_main()):
+            return _fit_locked(cfg, run_dir, resume, run, on_batch, on_epoch)
 
 
 @dataclass

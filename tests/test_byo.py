@@ -90,6 +90,30 @@ def bad_labels():
 
 def raising():
     raise ValueError("no data here")
+
+
+def late_bad_tensor_label():  # past the first 32 samples the shape check reads
+    train = images(640, 1)
+    train.tensors[1][600] = 4
+    return proqha.DataSplits(train, images(256, 2), num_classes=4)
+
+
+class Listed(torch.utils.data.Dataset):  # a map-style dataset without a label tensor
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x, int(y)
+
+
+def late_bad_listed_label():
+    train = images(640, 1)
+    train.tensors[1][600] = 4
+    return proqha.DataSplits(Listed(train), images(256, 2), num_classes=4, calib=images(64, 3))
 '''
 
 
@@ -142,6 +166,7 @@ BAD = [
     (["--dataset", "{mod}:wrong_shape"], "images have shape (1, 8, 8), expected input_size (3, 8, 8)"),
     (["--dataset", "{mod}:bad_labels"], "labels must be class indices in 0..1"),
     (["--dataset", "{mod}:raising"], "raised ValueError: no data here"),
+    (["--dataset", "{mod}:late_bad_tensor_label"], "got 4 at train[600]"),
     (["--dataset", "{mod}:make_data", "--arch", None], "has no default architecture; pass --arch"),
     (["--arch", "{mod}:make_net", "--dataset", "{broken}:make_data"], "importing '{broken}' failed: boom"),
 ]
@@ -164,6 +189,16 @@ def test_bad_import_paths_exit_2_with_one_line_and_write_nothing(args, message, 
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert message.format(broken=broken) in lines[0], lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_label_found_mid_run_is_one_line_naming_the_sample_and_leaves_no_run(user_module, tmp_path):
+    result = runner.invoke(app, ["train", "--arch", f"{user_module}:make_net", "--dataset",
+                                 f"{user_module}:late_bad_listed_label", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines and "label 4 at sample 600 of the training data" in lines[-1], result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "train-1").exists()  # no run without a checkpoint for `search` to pick
 
 
 def _user(name: str):

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from proqha.errors import ProqhaError
 from proqha.imports import call_factory, import_callable
@@ -91,7 +91,68 @@ def check_splits(result: Any, where: str) -> DataSplits:
                     not 0 <= label < result.num_classes:
                 raise ProqhaError(f"{where}: {name} labels must be class indices in 0..{result.num_classes - 1}, "
                                   f"got {label!r} at {name}[{i}]")
+        bad = first_bad_label(data, result.num_classes, scan=False)
+        if bad is not None:
+            raise ProqhaError(f"{where}: {name} labels must be class indices in 0..{result.num_classes - 1}, "
+                              f"got {bad[1]!r} at {name}[{bad[0]}]")
     return DataSplits(result.train, result.test, result.num_classes, input_size, result.calib)
+
+
+class _SubsetView(Dataset):
+    """A Subset's samples in the subset's order, as a plain dataset (so that ``first_bad_label`` maps
+    only the outermost index back)."""
+
+    def __init__(self, subset: Subset) -> None:
+        self.subset = subset
+
+    def __len__(self) -> int:
+        return len(self.subset)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.subset[i]
+
+
+def _label_tensor(data: Dataset) -> torch.Tensor | None:
+    """All labels of a dataset that holds them as one tensor (TensorDataset, a Subset of one, or a
+    ``targets`` attribute as torchvision's datasets have), without reading any image; else None."""
+    if isinstance(data, _SubsetView):
+        data = data.subset
+    if isinstance(data, Subset):
+        inner = _label_tensor(data.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(data.indices), dtype=torch.long)]
+    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
+        return data.tensors[1]
+    targets = getattr(data, "targets", None)
+    if isinstance(targets, (list, tuple, torch.Tensor)) and len(targets) == len(data):  # type: ignore[arg-type]
+        try:
+            return torch.as_tensor(targets)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    return None
+
+
+SCAN_LIMIT = 100_000  # datasets up to this size are read sample by sample to find a bad label
+
+
+def first_bad_label(data: Dataset, num_classes: int, scan: bool = True) -> tuple[int, Any] | None:
+    """(index, label) of the first sample whose label is not a class index in 0..num_classes-1, or None;
+    the index is that of the dataset a ``Subset`` wraps. Labels held as one tensor are checked all at once;
+    otherwise, with ``scan``, the samples of a dataset of at most ``SCAN_LIMIT`` are read."""
+    if isinstance(data, Subset):
+        found = first_bad_label(_SubsetView(data), num_classes, scan)
+        return None if found is None else (int(data.indices[found[0]]), found[1])
+    labels = _label_tensor(data)
+    if labels is not None and labels.dim() == 1 and not (labels.is_floating_point() or labels.is_complex()):
+        bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+        return (int(bad[0]), int(labels[bad[0]])) if len(bad) else None
+    if labels is not None or not scan or len(data) > SCAN_LIMIT:  # type: ignore[arg-type]
+        return None
+    for i in range(len(data)):  # type: ignore[arg-type]
+        y = data[i][1]
+        label = y.item() if isinstance(y, torch.Tensor) and y.numel() == 1 else y
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < num_classes:
+            return i, label
+    return None
 
 
 def _first_sample(data: Dataset, name: str, where: str) -> tuple[torch.Tensor, Any]:

@@ -25,7 +25,7 @@ from proqha.data import load_dataset
 from proqha.errors import ProqhaError
 from proqha.files import atomic_write_json
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
-from proqha.runs import run_lock
+from proqha.runs import removed_on_error, run_lock
 from proqha.search.allocate import allocate
 from proqha.search.data import DatasetData, SearchData
 from proqha.search.frontier import FRONTIER_FILE, FrontierLog, step_checkpoint, step_checkpoints
@@ -502,7 +502,8 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
         on_candidate = on_step = on_batch = None
     if on_start is not None and main:
         on_start(search)
-    with run_lock(run_dir) if main else contextlib.nullcontext():
+    with run_lock(run_dir) if main else contextlib.nullcontext(), \
+            removed_on_error(run_dir, step_checkpoint(run_dir, 0), keep=resume or not main):
         if done and main:
             search.frontier.resume_at(start, search.source_metrics)
         elif main:
