@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -119,7 +120,9 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     cannot compile). On a CPU this sets glibc's allocator to keep freed memory for the rest of the process
     (``proqha.train.local_training_net``: training steps reuse it instead of faulting pages in again).
     """
-    from proqha.train import DEFAULT_LR, OPTIMIZERS, evaluate, local_training_net, make_optimizer, train_one_epoch
+    from proqha.health import OutputHealth
+    from proqha.train import (DEFAULT_LR, OPTIMIZERS, evaluate, local_training_net, make_optimizer, output_warnings,
+                              train_one_epoch)
 
     if epochs < 1:
         raise ProqhaError(f"fit: epochs must be >= 1, got {epochs}")
@@ -143,7 +146,9 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
         row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
         row |= train_one_epoch(net, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
         if test_loader is not None:
-            row |= evaluate(net, test_loader, dev, loss)
+            health = OutputHealth()
+            row |= evaluate(net, test_loader, dev, loss, health)
+            _warn(row, output_warnings(qmodel, health, test_loader, dev), f"epoch {epoch}: ")
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
         if on_epoch is not None:
@@ -154,10 +159,24 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
 def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = None,
              device: str | torch.device | None = None) -> dict[str, float]:
     """``test_loss``, ``test_top1`` and ``test_top5`` (percent) of ``qmodel`` over ``loader``, in eval mode
-    (where quantized layers compute as the deployed integer kernels do)."""
+    (where quantized layers compute as the deployed integer kernels do). A class never predicted while the
+    float network predicts it, or logits at their quantizer's limit, are warned about (``warnings``) and
+    listed under ``warnings``."""
+    from proqha.health import OutputHealth
     from proqha.train import evaluate as run_evaluate
+    from proqha.train import output_warnings
 
-    return run_evaluate(qmodel, loader, _place(qmodel, device), loss)
+    dev, health = _place(qmodel, device), OutputHealth()
+    row: dict[str, Any] = dict(run_evaluate(qmodel, loader, dev, loss, health))
+    _warn(row, output_warnings(qmodel, health, loader, dev), "")
+    return row
+
+
+def _warn(row: dict[str, Any], lines: list[str], prefix: str) -> None:
+    """Each line as a Python warning and under ``row["warnings"]``."""
+    for line in lines:
+        warnings.warn(prefix + line, stacklevel=3)
+        row.setdefault("warnings", []).append(line)
 
 
 _SEARCH_FIXED = {"source", "device", "workers", "batch_size"}

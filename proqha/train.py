@@ -25,6 +25,7 @@ from proqha.cost import cost_report
 from proqha.data import check_data_dir, get_dataset_spec, load_dataset
 from proqha.errors import ProqhaError, first_line
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
+from proqha.health import OutputHealth, predicted_classes
 from proqha.models import get_model_spec
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
 from proqha.quant.quantizers import check_bits
@@ -279,14 +280,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: LossFn | None = None
-             ) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over ``loader``; ``loss_fn`` as in ``train_one_epoch``."""
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: LossFn | None = None,
+             health: OutputHealth | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over ``loader``; ``loss_fn`` as in ``train_one_epoch``;
+    ``health`` gathers what ``output_warnings`` reports."""
     model.eval()
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    if health is not None:
+        health.start(model)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
+        if health is not None:
+            health.add(logits, y)
         if loss_fn is None:
             if ((y < 0) | (y >= logits.shape[1])).any():
                 raise bad_label_error(loader, y, logits.shape[1], "test", "evaluating")
@@ -297,6 +303,15 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: 
         top1, top5, seen = top1 + c1, top5 + c5, seen + len(y)
     n = max(seen, 1)
     return {"test_loss": loss_sum / n, "test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n}
+
+
+def output_warnings(model: nn.Module, health: OutputHealth, loader: Iterable, device: torch.device) -> list[str]:
+    """The warnings of an evaluation pass (``proqha.health``); the float twin is evaluated only when a class
+    was never predicted."""
+    from proqha.quant import float_twin
+
+    lost = health.never_predicted()
+    return health.warnings(predicted_classes(float_twin(model), loader, device) if lost else ())
 
 
 def recipe_for(cfg: TrainConfig) -> ModelRecipe:
@@ -451,8 +466,11 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, resume: bool, run: TrainingRun,
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(net, loader, optimizer, scheduler, device, epoch, on_batch,
                                StepOptions(cfg.amp, cfg.channels_last))
-        row |= evaluate(test_net, test_loader, device)
+        health = OutputHealth()
+        row |= evaluate(test_net, test_loader, device, health=health)
         row["time_s"] = time.perf_counter() - t0
+        if warned := output_warnings(model, health, test_loader, device):
+            row["warnings"] = warned
         row["images_per_s"] = len(train_set) / max(row["time_s"], 1e-9)
         state = _checkpoint(model, optimizer, scheduler, epoch, max(best, row["test_top1"]), cfg, recipe, row)
         improved = row["test_top1"] > best

@@ -73,3 +73,24 @@ def test_a_tracked_range_grows_at_once_and_shrinks_slowly():
     q(torch.tensor([100.0]))  # frozen in eval mode
     assert float(q.alpha) == pytest.approx(4.0 - RANGE_DECAY * 2.0)
     assert isinstance(q, Quantizer) and not q.alpha.requires_grad
+
+
+def test_logits_at_the_clip_limit_and_classes_lost_to_quantization_are_warned_about():
+    """A logits range far too small (what a learned range stuck at the untrained network's scale gave):
+    every logit clips, ties, and argmax picks class 0 everywhere while the float network predicts all."""
+    train_set, test_set, classes = splits("prototypes", 640, 200)
+    torch.manual_seed(0)
+    loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    q = proqha.quantize(NETS["depthwise"](classes, 32), train_set.tensors[0][:64])
+    test = DataLoader(test_set, batch_size=200)
+    rows = proqha.fit(q, loader, test, epochs=2)
+    assert "warnings" not in rows[-1]
+    logits_q = q.get_submodule("fc.output_quantizer")
+    with torch.no_grad():
+        logits_q.alpha.fill_(1e-3)
+    with pytest.warns(UserWarning) as caught:
+        row = proqha.evaluate(q, test)
+    text = " ".join(str(w.message) for w in caught)
+    assert "% of the logits sit at the output quantizer's limit" in text
+    assert "never predicted on the test split, while the float network (quantizers off) predicts them" in text
+    assert len(row["warnings"]) == 2

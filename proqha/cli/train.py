@@ -73,6 +73,8 @@ def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
         progress.console.print(f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%"
                                f"  test top-1 {row['test_top1']:.2f}%  top-5 {row['test_top5']:.2f}%"
                                f"  {row['time_s']:.1f}s")
+        for line in row.get("warnings", ()):
+            progress.console.print(f"warning: {line}", markup=False)
 
     def on_start() -> None:  # the model and data are built and checked: only now show progress, so a bad
         progress.start()      # --arch/--dataset is one error line with nothing before it
