@@ -63,3 +63,27 @@ def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(searc
     proto, _ = export_onnx(model, state.input_size)
     assert any(t.data_type == onnx.TensorProto.INT2 for t in proto.graph.initializer)
     assert proto.ByteSize() < rows[-1]["file_bytes"]
+
+
+def test_report_compares_a_search_with_its_start_and_uniform_runs_of_the_same_recipe_only(search_run, tmp_path):
+    """Unrelated train runs beside a search (another recipe: other epochs, optimizer) are not baselines; the
+    run it started from is, even when not the newest; a same-recipe run at other bits is."""
+    import json
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(search_run, root / "search-1")
+    start = json.loads((search_run / "config.json").read_text())["source"]
+    shutil.copytree(start, root / "train-1")
+    config = json.loads((root / "search-1" / "config.json").read_text())
+    (root / "search-1" / "config.json").write_text(json.dumps(config | {"source": str(root / "train-1")}))
+    base = json.loads((root / "train-1" / "config.json").read_text())
+    for name, change in [("train-2", {"epochs": base["epochs"] + 7}), ("train-3", {"optimizer": "adam"}),
+                         ("train-4", {"bits": 4}), ("train-5", {"bits": 6, "seed": 3})]:
+        shutil.copytree(root / "train-1", root / name)
+        (root / name / "config.json").write_text(json.dumps(base | change))
+    baselines = search_baselines(root / "search-1")
+    assert [(b.run, b.start) for b in baselines] == [("train-1", True), ("train-4", False), ("train-5", False)]
+    result = runner.invoke(app, ["report", str(root / "search-1")])
+    assert result.exit_code == 0, result.output
+    assert "train-1 (start)" in result.stdout and "train-2" not in result.stdout and "train-3" not in result.stdout

@@ -49,12 +49,15 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
 
 def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) -> Table:
     """Per uniform-bit run beside the search: its figures and the search steps that dominate it."""
-    table = Table(title="uniform-bit baselines: dominated by a search step? (no more cost, BitOPs; no less top-1)")
+    table = Table(title="baselines: the run the search started from and uniform-bit train runs of its recipe "
+                        "(same arch, data, epochs, optimizer, lr, weight decay); dominated by a search step? "
+                        "(no more cost, BitOPs; no less top-1)")
     for col in ("run", "bits", "paper cost", "GBitOPs", "test top-1", "dominated by"):
         table.add_column(col, justify="right")
     for point in baselines:
         steps = dominating_steps(rows, point)
-        table.add_row(point.run, str(point.bits), format_ratio(point.cost), f"{point.bitops / 1e9:.4f}",
+        table.add_row(point.run + (" (start)" if point.start else ""), str(point.bits), format_ratio(point.cost),
+                      f"{point.bitops / 1e9:.4f}",
                       f"{point.test_top1:.2f}", ", ".join(f"step {s}" for s in steps) if steps else "no step")
     return table
 

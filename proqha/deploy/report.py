@@ -27,38 +27,61 @@ def pyplot() -> Any:
 
 @dataclass
 class UniformPoint:
-    """A uniform-bit QAT run found beside the search, for comparison."""
+    """A uniform-bit QAT run found beside the search, for comparison (``start``: the run it started from)."""
 
     run: str
     bits: int
     cost: float
     bitops: float
     test_top1: float
+    start: bool = False
 
 
-def uniform_baselines(root: Path, arch: str, dataset: str) -> list[UniformPoint]:
-    """Train runs under ``root`` of the same architecture and dataset at uniform bits (no bits file)."""
+RECIPE_KEYS = ("arch", "dataset", "data_dir", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+               "weight_quantizer", "edge_layers", "init", "amp")
+"""What makes two train runs the same recipe (all but bits, seed, where and how fast they ran)."""
+
+
+def _uniform_point(run: Path, start: bool = False) -> tuple[UniformPoint, dict[str, Any]] | None:
+    try:
+        config = json.loads((run / "config.json").read_text())
+        cost = json.loads((run / "cost.json").read_text())["totals"]
+        rows = read_jsonl(run / "metrics.jsonl")
+    except (OSError, ValueError, KeyError):
+        return None
+    if not rows or config.get("bits_file") or config.get("stage", "train") != "train":
+        return None
+    return UniformPoint(run.name, int(config["bits"]), float(cost["paper_cost"]), float(cost["bitops"]),
+                        float(rows[-1]["test_top1"]), start), config
+
+
+def uniform_baselines(root: Path, recipe: dict[str, Any]) -> list[UniformPoint]:
+    """Train runs under ``root`` at uniform bits (no bits file) whose ``RECIPE_KEYS`` equal ``recipe``'s."""
     points = []
     for run in sorted(Path(root).glob("train-*")):
-        try:
-            config = json.loads((run / "config.json").read_text())
-            cost = json.loads((run / "cost.json").read_text())["totals"]
-            rows = read_jsonl(run / "metrics.jsonl")
-        except (OSError, ValueError, KeyError):
-            continue
-        if not rows or config.get("bits_file") or config.get("arch") != arch or config.get("dataset") != dataset:
-            continue
-        points.append(UniformPoint(run.name, int(config["bits"]), float(cost["paper_cost"]), float(cost["bitops"]),
-                                   float(rows[-1]["test_top1"])))
+        found = _uniform_point(run)
+        if found is not None and all(found[1].get(k) == recipe.get(k) for k in RECIPE_KEYS):
+            points.append(found[0])
     return points
 
 
 def search_baselines(run_dir: Path) -> list[UniformPoint]:
-    """The uniform-bit train runs beside a search run (same architecture and dataset)."""
+    """What a search is compared with: the train run it started from (first, ``start``) and the uniform-bit
+    train runs beside it of that run's recipe (``RECIPE_KEYS``); none when the start is not a train run."""
     path = Path(run_dir) / "config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}
-    arch = config.get("recipe", {}).get("arch", "")
-    return uniform_baselines(Path(run_dir).parent, arch, config.get("dataset", "")) if arch else []
+    source = Path(config.get("source", "")) if config.get("source") else None
+    if source is not None and source.is_file():  # a checkpoint file: its run folder
+        source = source.parent.parent if source.parent.name == "checkpoints" else source.parent
+    if source is None and config.get("source_checkpoint"):
+        source = Path(config["source_checkpoint"]).parent.parent
+    if source is not None and not source.is_dir():  # recorded relative to another working directory
+        source = Path(run_dir).parent / source.name
+    start = _uniform_point(source, start=True) if source is not None and source.is_dir() else None
+    if start is None:
+        return []
+    others = [p for p in uniform_baselines(source.parent, start[1]) if p.run != source.name]
+    return [start[0]] + others
 
 
 def dominating_steps(rows: list[dict[str, Any]], point: UniformPoint) -> list[int]:
