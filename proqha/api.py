@@ -121,8 +121,8 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     (``proqha.train.local_training_net``: training steps reuse it instead of faulting pages in again).
     """
     from proqha.health import OutputHealth
-    from proqha.train import (DEFAULT_LR, OPTIMIZERS, evaluate, local_training_net, make_optimizer, output_warnings,
-                              train_one_epoch)
+    from proqha.train import evaluate, local_training_net, make_optimizer, output_warnings, train_one_epoch
+    from proqha.train_config import DEFAULT_LR, OPTIMIZERS
 
     if epochs < 1:
         raise ProqhaError(f"fit: epochs must be >= 1, got {epochs}")

@@ -7,7 +7,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -22,84 +22,20 @@ from proqha.builder import ModelRecipe, build_model
 from proqha.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from proqha.compiling import maybe_compiled
 from proqha.cost import cost_report
-from proqha.data import check_data_dir, get_dataset_spec, load_dataset
+from proqha.data import get_dataset_spec, load_dataset
 from proqha.errors import ProqhaError, first_line
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from proqha.health import OutputHealth, predicted_classes
-from proqha.models import get_model_spec
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
-from proqha.quant.quantizers import check_bits
 from proqha.runs import removed_on_error, run_lock
+from proqha.train_config import TrainConfig
 
-OPTIMIZERS = ("sgd", "adam")
-AMP_MODES = ("none", "bf16", "fp16")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}
 
 SYNC_EVERY = 20
 BatchCallback = Callable[[int, int, int, float], None]  # (epoch, batch index, batches, loss)
 EpochCallback = Callable[[dict[str, Any]], None]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets) -> mean loss
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run (written to the run's config.json)."""
-
-    arch: str | None = None
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    bits: int = 8
-    bits_file: str | None = None
-    weight_quantizer: str = "lsq"
-    edge_layers: str = "int8"
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float | None = None
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    init: str | None = None
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model for training and evaluation
-
-    def resolved(self) -> "TrainConfig":
-        """Fill defaults that depend on other options and validate ranges (ProqhaError on bad input)."""
-        check_data_dir(self.dataset, self.data_dir, self.download)
-        data = get_dataset_spec(self.dataset, self.data_dir)
-        arch = self.arch or data.default_arch
-        if arch is None:
-            raise ProqhaError(f"--dataset {self.dataset} has no default architecture; pass --arch (a name or "
-                              "package.module:factory)")
-        get_model_spec(arch)
-        try:
-            check_bits(self.bits, "--bits")
-            QuantConfig(bits=self.bits, weight_quantizer=self.weight_quantizer, edge_layers=self.edge_layers)
-        except ValueError as exc:
-            raise ProqhaError(str(exc)) from None
-        if self.optimizer not in OPTIMIZERS:
-            raise ProqhaError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.amp not in AMP_MODES:
-            raise ProqhaError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.amp == "fp16" and resolve_device(self.device).type != "cuda":
-            raise ProqhaError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
-        for name, value, ok in [("--epochs", self.epochs, self.epochs >= 1),
-                                ("--batch-size", self.batch_size, self.batch_size >= 1),
-                                ("--workers", self.workers, self.workers >= 0),
-                                ("--lr", self.lr, self.lr is None or (math.isfinite(self.lr) and self.lr > 0)),
-                                ("--weight-decay", self.weight_decay, self.weight_decay >= 0)]:
-            if not ok:
-                raise ProqhaError(f"{name} out of range: {value}")
-        lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
-        return TrainConfig(**(asdict(self) | {"arch": arch, "lr": lr}))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def resolve_device(name: str) -> torch.device:

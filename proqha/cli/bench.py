@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from proqha.builder import load_model
-from proqha.checkpoint import Checkpoint
 from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line
-from proqha.data import checkpoint_test_loader
 from proqha.runs import pick_checkpoint
-from proqha.cost import format_ratio
-from proqha.deploy.bench import (ACCURACY_BATCH, SANITY_BATCH, BenchModel, BenchResult, bench_model,
-                                 engine_max_batch, fp32_model, make_runtime, plot_results, run_bench, write_results)
 from proqha.deploy.runtime import ENGINES
 from proqha.errors import ProqhaError
-from proqha.export.onnx_export import check_int8_kernels, check_weights
-from proqha.search.frontier import step_checkpoints
-from proqha.train import resolve_device
+
+if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
+    from proqha.checkpoint import Checkpoint
+    from proqha.deploy.bench import BenchModel, BenchResult
 
 
 def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable",
                  weights: str = "packed") -> tuple[BenchModel, Checkpoint]:
+    from proqha.builder import load_model
+    from proqha.deploy.bench import bench_model
     model, state = load_model(checkpoint)
     size = state.input_size
     return bench_model(label, model, size, step, want_trt, int8_kernels, weights), state
@@ -37,6 +34,7 @@ def _megabytes(n: int | None) -> str:
 
 def _file_size(row: dict) -> str:
     """The graph file's size in KB, with its ratio to the fp32 graph's where there is one."""
+    from proqha.cost import format_ratio
     if row["file_bytes"] is None:
         return "-"
     ratio = row["file_ratio_fp32"]
@@ -47,6 +45,7 @@ def print_bench(result: BenchResult, title: str, samples: int) -> None:
     """The side-by-side table: latency and speed-up next to paper cost, BitOPs, the graph file's size (and
     its ratio to the fp32 graph's), onnxruntime's session memory and accuracy on the first ``samples`` test
     images (the search's frontier uses the whole test split)."""
+    from proqha.cost import format_ratio
     table = Table(title=title)
     for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32", "paper cost",
                 "GBitOPs (ratio)", "file KB (ratio)", "ort MB", f"top-1 torch ({samples} img)",
@@ -82,6 +81,11 @@ def bench(
     weights: Annotated[str, typer.Option(help="Weight storage of the onnxruntime graphs: packed (INT2/INT4 where the grid fits) or int8.")] = "packed",
 ) -> None:
     """Time the chosen model, its fp32 twin and the uniform 8-bit start on each engine and batch size."""
+    from proqha.data import checkpoint_test_loader
+    from proqha.deploy.bench import ACCURACY_BATCH, SANITY_BATCH, engine_max_batch, fp32_model, make_runtime, run_bench
+    from proqha.export.onnx_export import check_int8_kernels, check_weights
+    from proqha.search.frontier import step_checkpoints
+    from proqha.train import resolve_device
     engines = engine or ["ort"]
     for e in engines:
         if e not in ENGINES:
@@ -129,6 +133,7 @@ def bench(
 
 def report(result: BenchResult, out: Path, run_dir: Path, plot: bool, samples: int, ort_forms: str | None) -> None:
     """Write bench.json/bench.csv (and plots), print the table and, for onnxruntime, the CPU's int8 path."""
+    from proqha.deploy.bench import plot_results, write_results
     paths = write_results(result, out)
     if plot:
         paths += plot_results(result, out, str(run_dir))

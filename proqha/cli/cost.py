@@ -10,10 +10,7 @@ import typer
 from rich.table import Table
 
 from proqha.cli.common import console, handle_errors, parse_int_tuple
-from proqha.cost import cost_report, format_ratio
 from proqha.errors import ProqhaError
-from proqha.models import create_model, get_model_spec
-from proqha.quant import BitConfig, QuantConfig, quantize_model
 
 
 @handle_errors
@@ -27,6 +24,9 @@ def cost(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Print per-layer cost and the totals: paper cost, BitOPs, size."""
+    from proqha.cost import cost_report, format_ratio
+    from proqha.models import create_model, get_model_spec
+    from proqha.quant import BitConfig, QuantConfig, quantize_model
     spec = get_model_spec(arch)
     size = parse_int_tuple(input_size, "--input-size", 3) if input_size else spec.input_size
     if size is None:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from proqha.builder import ModelRecipe, load_model
-from proqha.checkpoint import Checkpoint
 from proqha.cli.common import console, err_console, fail, handle_errors
-from proqha.cost import format_ratio
-from proqha.deploy.trt_check import check_trt_graph
 from proqha.errors import ProqhaError
-from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata
-from proqha.export.onnx_export import EXACT_ON, check_int8_kernels, check_weights, export_onnx
-from proqha.export.pair_sums import cpu_int8_path
-from proqha.export.validate import ValidationReport, validate_export
-from proqha.files import atomic_write_bytes, atomic_write_json
-from proqha.quant import float_twin
-from proqha.data import checkpoint_test_loader
 from proqha.runs import pick_checkpoint
-from proqha.train import resolve_device
+
+if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
+    from proqha.checkpoint import Checkpoint
+    from proqha.export.validate import ValidationReport
 
 FORMATS = ("onnx", "onnx-fp32", "trt")
 
@@ -35,11 +27,13 @@ def source_metadata(state: Checkpoint, checkpoint: Path, step: int | None) -> di
 
 def cpu_line() -> str:
     """Which int8 kernel path onnxruntime takes on this CPU, for printing next to parity and latency."""
+    from proqha.export.pair_sums import cpu_int8_path
     return f"onnxruntime int8 kernels on this CPU: {cpu_int8_path().description}"
 
 
 def print_report(report: ValidationReport, title: str) -> None:
     """Kernel counts, the int16 pair-sum bound, the CPU's int8 path and parity."""
+    from proqha.export.onnx_export import EXACT_ON
     if report.kernels is not None:
         k = report.kernels
         table = Table(title=f"{title}: what onnxruntime runs")
@@ -113,6 +107,16 @@ def export(
     weights: Annotated[str, typer.Option(help="packed: 2-bit weights as INT2, 3/4-bit as INT4 (opset 21/25, widened at load into the same int8 kernels); int8: int8 everywhere (opset 19, for runtimes that cannot read packed types). The trt profile stores int8.")] = "packed",
 ) -> None:
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
+    from proqha.builder import ModelRecipe, load_model
+    from proqha.cost import format_ratio
+    from proqha.deploy.trt_check import check_trt_graph
+    from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata
+    from proqha.export.onnx_export import check_int8_kernels, check_weights, export_onnx
+    from proqha.export.validate import validate_export
+    from proqha.files import atomic_write_bytes, atomic_write_json
+    from proqha.quant import float_twin
+    from proqha.data import checkpoint_test_loader
+    from proqha.train import resolve_device
     if fmt not in FORMATS:
         raise ProqhaError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if samples < 1:

@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import onnx
-import torch
 import typer
 
-from proqha.builder import load_model
 from proqha.cli.common import err_console, fail, handle_errors
 from proqha.cli.export import parity_path, print_report
-from proqha.data import checkpoint_test_loader
 from proqha.runs import pick_checkpoint
 from proqha.errors import ProqhaError
-from proqha.export.pair_sums import check_pair_sums, pair_sum_bounds
-from proqha.export.validate import ValidationReport, check_graph, check_parity, ort_kernels, parity
-from proqha.files import atomic_write_json
-from proqha.quant import BitConfig, float_twin
-from proqha.quant.bitconfig import KNOBS
+
+if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
+    import onnx
+    import torch
 
 MAX_BYTES = 2 * 1024**3
 
 
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
     """Load an ONNX file a user hands us, refusing anything that is not a valid model (ProqhaError)."""
+    import onnx
+    from proqha.export.validate import check_graph
     if not path.is_file():
         raise ProqhaError(f"ONNX model not found: {path}")
     size = path.stat().st_size
@@ -46,6 +43,8 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
 def check_same_bits(meta: dict[str, str], model: torch.nn.Module, model_path: Path, checkpoint: Path) -> None:
     """Refuse (ProqhaError) a checkpoint whose layer bits differ from those the quantized file records:
     the comparison would measure two different models."""
+    from proqha.quant import BitConfig
+    from proqha.quant.bitconfig import KNOBS
     if not meta.get("proqha.bits"):
         return
     recorded = {name: {k: knobs[k] for k in KNOBS} for name, knobs in json.loads(meta["proqha.bits"]).items()}
@@ -64,6 +63,12 @@ def parity_command(
     reference: Annotated[bool, typer.Option(help="Also run the ONNX reference evaluator (slow on large models).")] = True,
 ) -> None:
     """Compare an exported model with its PyTorch model on the test split (onnxruntime and reference)."""
+    from proqha.builder import load_model
+    from proqha.data import checkpoint_test_loader
+    from proqha.export.pair_sums import check_pair_sums, pair_sum_bounds
+    from proqha.export.validate import ValidationReport, check_parity, ort_kernels, parity
+    from proqha.files import atomic_write_json
+    from proqha.quant import float_twin
     if samples is not None and samples < 1:
         raise ProqhaError(f"--samples must be >= 1, got {samples}")
     proto, data = read_onnx(model_path)

@@ -15,8 +15,8 @@ from proqha.cli.train import run_train
 from proqha.deploy.runtime import ENGINES
 from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, next_run_dir
-from proqha.search import SearchConfig
-from proqha.train import TrainConfig
+from proqha.search.config import SearchConfig
+from proqha.train_config import TrainConfig
 
 _TRAIN, _SEARCH = TrainConfig(), SearchConfig()  # the defaults of the stages, defined there once
 

@@ -4,31 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from proqha.cli.common import console, err_console, handle_errors
-from proqha.cost import format_ratio
-from proqha.deploy.report import (
-    UniformPoint,
-    dominating_steps,
-    is_nan,
-    pick_row,
-    measure_file_sizes,
-    plot_bits,
-    plot_file_size,
-    plot_frontier,
-    search_baselines,
-)
 from proqha.errors import ProqhaError
-from proqha.search.frontier import read_frontier
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
+
+if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
+    from proqha.deploy.report import UniformPoint
 
 
 def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | None = None) -> Table:
     """The frontier as a rich table: one row per step (with the exported file's size where measured)."""
+    from proqha.cost import format_ratio
+    from proqha.deploy.report import is_nan
     table = Table(title=title)
     files = fp32_bytes is not None
     for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "size (KB)") + \
@@ -49,6 +41,8 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
 
 def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) -> Table:
     """Per uniform-bit run beside the search: its figures and the search steps that dominate it."""
+    from proqha.cost import format_ratio
+    from proqha.deploy.report import dominating_steps
     table = Table(title="baselines: the run the search started from and uniform-bit train runs of its recipe "
                         "(same arch, data, epochs, optimizer, lr, weight decay); dominated by a search step? "
                         "(no more cost, BitOPs; no less top-1)")
@@ -66,6 +60,7 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = No
                 files: tuple[int, list[tuple[UniformPoint, int]]] | None = None) -> list[Path]:
     """frontier.png (with uniform-bit train runs found beside the search), bits.png of one step and, with
     ``files`` (from ``proqha.deploy.report.measure_file_sizes``), frontier_file_size.png."""
+    from proqha.deploy.report import pick_row, plot_bits, plot_file_size, plot_frontier, search_baselines
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     arch = config.get("recipe", {}).get("arch", "")
     baselines = search_baselines(run_dir)
@@ -85,6 +80,8 @@ def report(
     file_size: Annotated[bool, typer.Option(help="Export every step (packed weights, not validated) to show its ONNX file size, and plot accuracy against it (frontier_file_size.png).")] = False,
 ) -> None:
     """Print a search run's frontier and write frontier.png and bits.png into it."""
+    from proqha.deploy.report import measure_file_sizes, pick_row, search_baselines
+    from proqha.search.frontier import read_frontier
     run_dir = run or latest_run_dir("search", DEFAULT_ROOT)
     if run_dir is None:
         raise ProqhaError(f"no search run found under {DEFAULT_ROOT}/ (pass RUN)")

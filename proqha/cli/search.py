@@ -10,13 +10,11 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from proqha import distributed
 from proqha.cli.common import console, err_console, fresh_run_dir, handle_errors, interrupted, resume_config
 from proqha.cli.report import frontier_table, write_plots
-from proqha.search.frontier import FRONTIER_FILE, read_frontier
 from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
-from proqha.search import SearchConfig, run_search
+from proqha.search.config import SearchConfig
 
 STOP_MESSAGES = {
     "steps": "ran all {steps} steps",
@@ -63,6 +61,7 @@ def search(
 
     Under torchrun each rank scores its share of a step's candidates and the fine-tuning runs as DDP;
     the chosen bits are those of a single-process run with the same seed."""
+    from proqha import distributed
     distributed.setup()
     if resume:
         cfg, run_dir = resume_config("search", SearchConfig, run_dir, ctx, steps=steps)
@@ -85,6 +84,9 @@ def search(
 
 def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     """Search ``cfg`` into ``run_dir`` with progress bars, a line per step, the frontier table and plots."""
+    from proqha import distributed
+    from proqha.search.frontier import FRONTIER_FILE, read_frontier
+    from proqha.search import run_search
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
                         disable=not distributed.is_main())

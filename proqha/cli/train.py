@@ -9,9 +9,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from proqha import distributed
 from proqha.cli.common import console, err_console, fresh_run_dir, handle_errors, interrupted, resume_config
-from proqha.train import TrainConfig, fit
+from proqha.train_config import TrainConfig
 
 
 @handle_errors
@@ -44,6 +43,7 @@ def train(
 
     Under torchrun (`torchrun --nproc_per_node=N -m proqha train ...`) it trains with
     DistributedDataParallel; --batch-size stays the global batch and only rank 0 writes or prints."""
+    from proqha import distributed
     distributed.setup()
     if resume:
         cfg, run_dir = resume_config("train", TrainConfig, run_dir, ctx, epochs=epochs)
@@ -61,6 +61,8 @@ def train(
 
 def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
     """Train ``cfg`` into ``run_dir`` with a progress bar, a line per epoch and the summary table."""
+    from proqha import distributed
+    from proqha.train import fit
     progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=not distributed.is_main())

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from proqha.quant import searchable_layers
+from proqha.search.config import KNOB_KINDS
 
 Bits = dict[str, dict[str, int]]
 
@@ -26,7 +27,6 @@ class Knob(NamedTuple):
         return f"{self.layer}{KNOB_SEP}{self.kind}"
 
 
-KNOB_KINDS = {"both": ("w", "a"), "weights": ("w",), "activations": ("a",)}
 
 
 def model_knobs(model: nn.Module, kinds: str = "both") -> list[Knob]:
