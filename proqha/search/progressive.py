@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from proqha import distributed
+from proqha.allocator import reuse_freed_memory
 from proqha.builder import ModelRecipe, load_model
 from proqha.checkpoint import Checkpoint, save_checkpoint
 from proqha.compiling import maybe_compiled
@@ -105,6 +106,8 @@ class ProgressiveSearch:
                  dataset: str = "", data_options: dict[str, Any] | None = None,
                  source_metrics: dict[str, Any] | None = None, loss_fn: LossFn | None = None) -> None:
         self.cfg, self.device = cfg, device
+        if device.type == "cpu":  # the loss tables evaluate hundreds of times before any fine-tuning
+            reuse_freed_memory()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.model, self.data, self.input_size = model.to(device), data, tuple(input_size)
         self.recipe, self.dataset, self.loss_fn = recipe, dataset, loss_fn
