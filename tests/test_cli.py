@@ -128,3 +128,15 @@ def test_the_cli_app_and_its_help_load_neither_torch_nor_onnx():
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(command, search_run, tmp_path):
+    """A file where a folder of the output path must go: one line naming it, before parity or timing."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    option = ["--out", str(blocker / "model.onnx")] if command == "export" else ["--out-dir", str(blocker / "bench")]
+    result = runner.invoke(app, [command, str(search_run), *option, "--iters", "1"][: 4 if command == "export" else 6])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [f"error: {option[0]} {option[1]}: {blocker} is a file, not a folder"]
+    assert "parity" not in result.output and "timing" not in result.output

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from proqha.cli.common import console, err_console, handle_errors, parse_int_tuple
+from proqha.cli.common import check_writable, console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line
 from proqha.runs import pick_checkpoint
 from proqha.deploy.runtime import ENGINES
@@ -107,6 +107,8 @@ def bench(
     checkpoint, run_dir, chosen_step = pick_checkpoint(run, step, best_under_cost)
     if all_steps and chosen_step is None:
         raise ProqhaError(f"--all-steps times every step of a search run; {run or run_dir} is not one")
+    out_dir = out_dir or run_dir / "bench"
+    check_writable(out_dir, "--out-dir", folder=True)
     want_trt = "trt" in engines
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
                                  chosen_step, want_trt, int8_kernels, weights)
@@ -127,7 +129,7 @@ def bench(
                        lambda: checkpoint_test_loader(state, samples, ACCURACY_BATCH),
                        size, warmup, None if seconds else iters, seconds,
                        on_progress=lambda what: err_console.print(f"timing {what}"))
-    report(result, out_dir or run_dir / "bench", run_dir, plot, samples,
+    report(result, out_dir, run_dir, plot, samples,
            f"(graphs: {int8_kernels}, weights {weights})" if "ort" in engines else None)
 
 

@@ -127,9 +127,20 @@ def fresh_run_dir(stage: str, run_dir: Path | None) -> Path:
     run_dir = run_dir or next_run_dir(stage, DEFAULT_ROOT)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
-    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ProqhaError(f"--run-dir {run_dir}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ProqhaError(f"--run-dir {run_dir}: {existing} is not writable")
+    check_writable(run_dir, "--run-dir", folder=True)
     return run_dir
+
+
+def check_writable(path: Path, option: str, folder: bool = False) -> None:
+    """Refuse, before any work, a ``path`` (a file, or a ``folder``) that could not be written: a file in
+    the way of a folder it needs, a folder where the file goes, or a nearest existing folder that is not
+    writable (ProqhaError naming ``option``)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ProqhaError(f"{option} {path} is a {'file' if folder else 'folder'}, not a {'folder' if folder else 'file'}")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if existing != path.absolute() and not existing.is_dir():
+        raise ProqhaError(f"{option} {path}: {existing} is a file, not a folder")
+    target = existing if existing.is_dir() else existing.parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise ProqhaError(f"{option} {path}: {target} is not writable")

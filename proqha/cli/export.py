@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from proqha.cli.common import console, err_console, fail, handle_errors
+from proqha.cli.common import check_writable, console, err_console, fail, handle_errors
 from proqha.errors import ProqhaError
 from proqha.runs import pick_checkpoint
 
@@ -76,10 +76,11 @@ def output_path(out: Path | None, run_dir: Path, step: int | None, fmt: str, pro
         suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "") + \
                  ("-trt" if profile == "trt" else "")
         out = run_dir / "export" / f"model{suffix}.onnx"
-    if out.exists() and not force:
-        raise ProqhaError(f"--out {out} exists; pass --force to overwrite")
     if out.exists() and out.is_dir():
         raise ProqhaError(f"--out {out} is a folder")
+    if out.exists() and not force:
+        raise ProqhaError(f"--out {out} exists; pass --force to overwrite")
+    check_writable(out, "--out")
     return out
 
 
