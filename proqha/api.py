@@ -217,11 +217,12 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     ``run_dir``: also write frontier.csv, per-step checkpoints and bits files there (a new folder).
     """
     from proqha.files import atomic_write_json
-    from proqha.quant import BitConfig
+    from proqha.quant import BitConfig, require_quantized
     from proqha.runs import run_lock
     from proqha.search.data import LoaderData
     from proqha.search.progressive import ProgressiveSearch
 
+    require_quantized(qmodel, "search_bits")
     cfg = _search_config(dict(steps=steps, candidates=candidates, lam=lam, target_cost=target_cost) | options,
                          calib_loader is not None)
     folder = Path(run_dir) if run_dir is not None else None

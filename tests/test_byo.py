@@ -319,3 +319,20 @@ def test_the_example_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "model.parity.json").is_file()
     assert "parity onnxruntime: top-1 agreement" in done.stdout and "bench" in done.stdout
+
+
+def test_a_model_never_quantized_is_told_to_call_quantize_first(user_module):
+    mod = _user(user_module)
+    net = mod.make_net(4, 1)
+    batch = [(mod.images(16, 1).tensors[0], torch.zeros(16, dtype=torch.long))]
+    with pytest.raises(proqha.ProqhaError, match=r"export: Net is not quantized; call proqha.quantize"):
+        proqha.export_onnx(net, "m.onnx", (1, 8, 8), batch)
+    with pytest.raises(proqha.ProqhaError, match=r"search_bits: Net is not quantized; call proqha.quantize"):
+        proqha.search_bits(net, batch, batch, steps=1)
+
+
+def test_an_architecture_written_with_a_dot_for_the_colon_gets_the_import_path_form():
+    from proqha.models import get_model_spec
+
+    with pytest.raises(proqha.ProqhaError, match=r"module:factory, my_pkg.models:make_net"):
+        get_model_spec("my_pkg.models.make_net")

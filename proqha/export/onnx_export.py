@@ -26,7 +26,7 @@ from proqha.cost import cost_report
 from proqha.errors import ProqhaError, first_line
 from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder, dequantize_behind
-from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer
+from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer, require_quantized
 from proqha.quant.fx_graph import constant_nodes, quantizer_behind
 from proqha.quant.fold import float_layer, integer_layer
 from proqha.quant.grid import uint8_activation_max
@@ -403,6 +403,8 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
         raise ProqhaError(f"--profile must be one of {', '.join(qdq.PROFILES)}, got {profile!r}")
     check_int8_kernels(int8_kernels)
     check_weights(weights)
+    if quantized:
+        require_quantized(model, "export")
     if not isinstance(model, fx.GraphModule):
         raise ProqhaError("only models that torch.fx could trace can be exported (this one fell back to a module walk)")
     model = model.eval()

@@ -54,7 +54,11 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[name]
     except KeyError:
-        raise ProqhaError(f"unknown architecture {name!r}; choose one of: {', '.join(list_models())}") from None
+        hint = ""
+        if "." in name:  # my_pkg.models.make_net: the import-path form with its colon missing
+            module, _, attr = name.rpartition(".")
+            hint = f" (your own model? name it as module:factory, {module}:{attr})"
+        raise ProqhaError(f"unknown architecture {name!r}{hint}; choose one of: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None,

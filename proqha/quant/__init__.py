@@ -7,6 +7,7 @@ from proqha.quant.convert import (
     load_float_state_dict,
     quant_layers,
     quantize_model,
+    require_quantized,
     searchable_layers,
     switch_on_fixed_quantizers,
     set_uniform_bits,
@@ -25,5 +26,5 @@ __all__ = [
     "BitConfig", "DoReFaWeightQuantizer", "Grid", "PACTQuantizer", "QuantAdd", "QuantConfig", "QuantConv2d",
     "QuantLayer", "QuantLinear", "Quantizer", "SignedActQuantizer", "WeightQuantizer", "float_twin",
     "load_float_state_dict",
-    "quant_layers", "quantize_model", "searchable_layers", "set_uniform_bits", "switch_on_fixed_quantizers",
+    "quant_layers", "quantize_model", "require_quantized", "searchable_layers", "set_uniform_bits", "switch_on_fixed_quantizers",
 ]

@@ -390,6 +390,15 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
+def require_quantized(model: nn.Module, what: str) -> None:
+    """ProqhaError naming ``what`` when ``model`` has no quantized layer (a float network handed on as is)."""
+    from proqha.errors import ProqhaError
+
+    if not any(isinstance(m, QuantLayer) for m in model.modules()):
+        raise ProqhaError(f"{what}: {type(model).__name__} is not quantized; call proqha.quantize(model, "
+                          "example_batch) first (proqha train does it for you)")
+
+
 def searchable_layers(model: nn.Module) -> dict[str, QuantLayer]:
     """The layers whose bits the search may change."""
     return {n: m for n, m in quant_layers(model).items() if m.searchable}
