@@ -57,7 +57,7 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
     assert set(data) == {"schema", "settings", "devices", "rows"} and data["schema"] == 1
     assert set(data["devices"]) == {"ort", "torch"}
     rows = data["rows"]
-    assert {r["model"] for r in rows} == {"step 2", "fp32", "step 0 (uniform 8)"}
+    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)"}
     assert len(rows) == 3 * 2 * 2
     assert set(CSV_FIELDS) <= set(rows[0])
     for r in rows:
@@ -66,9 +66,9 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
             assert r["file_bytes"] > 0 and r["ort_session_bytes"] > 0
         else:
             assert r["file_bytes"] is None and r["file_ratio_fp32"] is None and r["ort_session_bytes"] is None
-        fp32 = next(f for f in rows if f["model"] == "fp32" and (f["engine"], f["batch"]) == (r["engine"], r["batch"]))
+        fp32 = next(f for f in rows if f["model"] == "fp32 twin" and (f["engine"], f["batch"]) == (r["engine"], r["batch"]))
         assert r["speedup_vs_fp32"] == pytest.approx(fp32["median_ms"] / r["median_ms"])  # against its own row
-        if r["model"] == "fp32":
+        if r["model"] == "fp32 twin":
             assert r["paper_cost"] == 1.0 and (r["engine"] != "ort" or r["file_ratio_fp32"] == 1.0)
         else:
             assert r["paper_cost"] < 1.0 and r["engine_top1"] == pytest.approx(r["torch_top1"], abs=2.0)
@@ -114,3 +114,26 @@ def test_bench_bad_input(search_run, args, message):
     result = runner.invoke(app, ["bench", str(search_run), *args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_one_file_size_figure_the_written_files_bytes_in_export_bench_and_report(search_run, tmp_path):
+    """export, bench and report --file-size give the size of the file proqha export writes, to the byte."""
+    from proqha.deploy.report import measure_file_sizes
+    from proqha.search.frontier import read_frontier
+
+    out, fp32_out = tmp_path / "m.onnx", tmp_path / "f.onnx"
+    for path, args in ((out, []), (fp32_out, ["--format", "onnx-fp32"])):
+        result = runner.invoke(app, ["export", str(search_run), "--out", str(path), *args])
+        assert result.exit_code == 0, result.output
+        size = path.stat().st_size
+        assert f"file {size / 1e3:.1f} KB: {size:,} bytes" in result.stderr
+    result = runner.invoke(app, ["bench", str(search_run), "--iters", "1", "--warmup", "0", "--samples", "16",
+                                 "--batch", "1", "--out-dir", str(tmp_path / "bench")])
+    assert result.exit_code == 0, result.output
+    rows = {r["model"]: r for r in json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]}
+    assert rows["step 2"]["file_bytes"] == out.stat().st_size
+    assert rows["fp32 twin"]["file_bytes"] == fp32_out.stat().st_size
+    assert "fp32 twin: the model with every quantizer off" in result.stdout and "not the trained function" in result.stdout
+    frontier = read_frontier(search_run)
+    fp32, _ = measure_file_sizes(search_run, frontier, [])
+    assert frontier[-1]["file_bytes"] == out.stat().st_size and fp32 == fp32_out.stat().st_size

@@ -22,10 +22,12 @@ if TYPE_CHECKING:  # annotations only: the modules load inside the commands that
 def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable",
                  weights: str = "packed") -> tuple[BenchModel, Checkpoint]:
     from proqha.builder import load_model
+    from proqha.export.file_size import source_metadata
     from proqha.deploy.bench import bench_model
     model, state = load_model(checkpoint)
     size = state.input_size
-    return bench_model(label, model, size, step, want_trt, int8_kernels, weights), state
+    return bench_model(label, model, size, step, want_trt, int8_kernels, weights,
+                       source_metadata(state, checkpoint, step)), state
 
 
 def _megabytes(n: int | None) -> str:
@@ -82,6 +84,7 @@ def bench(
 ) -> None:
     """Time the chosen model, its fp32 twin and the uniform 8-bit start on each engine and batch size."""
     from proqha.data import checkpoint_test_loader
+    from proqha.export.file_size import source_metadata
     from proqha.deploy.bench import ACCURACY_BATCH, SANITY_BATCH, engine_max_batch, fp32_model, make_runtime, run_bench
     from proqha.export.onnx_export import check_int8_kernels, check_weights
     from proqha.search.frontier import step_checkpoints
@@ -113,7 +116,7 @@ def bench(
     chosen, state = _bench_model(f"step {chosen_step}" if chosen_step is not None else "model", checkpoint,
                                  chosen_step, want_trt, int8_kernels, weights)
     size = state.input_size
-    models = [chosen, fp32_model(chosen, size)]
+    models = [chosen, fp32_model(chosen, size, source_metadata(state, checkpoint, chosen_step))]
     if chosen_step is not None:
         others = step_checkpoints(run_dir) if all_steps else [(s, p) for s, p in step_checkpoints(run_dir)[:1]]
         for s, path in others:
@@ -135,11 +138,13 @@ def bench(
 
 def report(result: BenchResult, out: Path, run_dir: Path, plot: bool, samples: int, ort_forms: str | None) -> None:
     """Write bench.json/bench.csv (and plots), print the table and, for onnxruntime, the CPU's int8 path."""
-    from proqha.deploy.bench import plot_results, write_results
+    from proqha.deploy.bench import FP32_NOTE, plot_results, write_results
     paths = write_results(result, out)
     if plot:
         paths += plot_results(result, out, str(run_dir))
     print_bench(result, f"proqha bench: {run_dir}", samples)
+    console.print(FP32_NOTE, markup=False)
+    console.print("file KB: the bytes of the graph file as proqha export writes it", markup=False)
     if ort_forms is not None:
         console.print(f"{cpu_line()} {ort_forms}", markup=False)
         console.print("ort MB: onnxruntime's peak resident memory for creating the session, in a child process",

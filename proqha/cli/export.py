@@ -13,16 +13,9 @@ from proqha.errors import ProqhaError
 from proqha.runs import pick_checkpoint
 
 if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
-    from proqha.checkpoint import Checkpoint
     from proqha.export.validate import ValidationReport
 
 FORMATS = ("onnx", "onnx-fp32", "trt")
-
-
-def source_metadata(state: Checkpoint, checkpoint: Path, step: int | None) -> dict[str, str]:
-    """Where an exported file came from: architecture, dataset, checkpoint and search step."""
-    return {"proqha.arch": state.recipe["arch"], "proqha.dataset": state.dataset,
-            "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step)}
 
 
 def cpu_line() -> str:
@@ -111,7 +104,7 @@ def export(
     from proqha.builder import ModelRecipe, load_model
     from proqha.cost import format_ratio
     from proqha.deploy.trt_check import check_trt_graph
-    from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata
+    from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata, source_metadata
     from proqha.export.onnx_export import check_int8_kernels, check_weights, export_onnx
     from proqha.export.validate import validate_export
     from proqha.files import atomic_write_bytes, atomic_write_json
@@ -163,6 +156,7 @@ def export(
         atomic_write_bytes(out.with_suffix(".engine"), engine)
         atomic_write_json(out.with_suffix(".engine.json"), settings)
         err_console.print(f"wrote {out.with_suffix('.engine')}")
-    err_console.print(f"wrote {out} ({int(meta[FILE_BYTES]):,} bytes, {format_ratio(float(meta[RATIO]))} of the fp32 "
+    err_console.print(f"wrote {out} (file {int(meta[FILE_BYTES]) / 1e3:.1f} KB: {int(meta[FILE_BYTES]):,} bytes, "
+                      f"{format_ratio(float(meta[RATIO]))} of the fp32 "
                       f"graph; weights {meta['proqha.weights']}, opset {info.opset}; {len(info.layers)} layers; "
                       f"paper cost {format_ratio(float(meta['proqha.paper_cost']))})")

@@ -23,7 +23,7 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
     from proqha.deploy.report import is_nan
     table = Table(title=title)
     files = fp32_bytes is not None
-    for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "size (KB)") + \
+    for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "weights KB (cost model)") + \
             (("file KB (ratio)",) if files else ()) + ("score", "train top-1", "test top-1", "seconds"):
         table.add_column(col, justify="right")
 

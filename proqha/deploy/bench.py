@@ -45,32 +45,43 @@ class BenchModel:
 
 
 def bench_model(label: str, model: nn.Module, input_size: tuple[int, ...], step: int | None = None,
-                want_trt: bool = False, int8_kernels: str = "portable", weights: str = "packed") -> BenchModel:
-    """A quantized model ready to time: its onnxruntime graph (and trt-profile graph, checked against
-    TensorRT's rules, when ``want_trt``) and its cost figures."""
+                want_trt: bool = False, int8_kernels: str = "portable", weights: str = "packed",
+                metadata: dict[str, str] | None = None) -> BenchModel:
+    """A quantized model ready to time: its onnxruntime graph as ``proqha export`` writes it (with
+    ``metadata``, where it came from, the file is byte for byte the exported one), the trt-profile graph
+    (checked against TensorRT's rules) when ``want_trt``, and its cost figures."""
     from proqha.deploy.trt_check import check_trt_graph
+    from proqha.export.file_size import add_metadata
     from proqha.export.onnx_export import export_onnx
 
-    proto, _ = export_onnx(model, input_size, int8_kernels=int8_kernels, weights=weights)
+    proto, info = export_onnx(model, input_size, int8_kernels=int8_kernels, weights=weights)
+    data = add_metadata(proto, model, info, input_size, metadata or {})
     trt_bytes = None
     if want_trt:
-        trt_proto, _ = export_onnx(model, input_size, profile="trt")
+        trt_proto, trt_info = export_onnx(model, input_size, profile="trt")
         problems = check_trt_graph(trt_proto)
         if problems:
             raise ProqhaError(f"{label}: the trt-profile graph breaks a TensorRT rule: {problems[0]}")
-        trt_bytes = trt_proto.SerializeToString()
-    return BenchModel(label, model, proto.SerializeToString(), cost_report(model, input_size), True, step, trt_bytes)
+        trt_bytes = add_metadata(trt_proto, model, trt_info, input_size, metadata or {})
+    return BenchModel(label, model, data, cost_report(model, input_size), True, step, trt_bytes)
 
 
-def fp32_model(base: BenchModel, input_size: tuple[int, ...]) -> BenchModel:
-    """The fp32 twin of a quantized bench model (every quantizer off): the speed-up baseline."""
+FP32_LABEL = "fp32 twin"
+FP32_NOTE = ("fp32 twin: the model with every quantizer off, exported in float: the latency and size baseline. It is "
+             "not the trained function (that is the quantized one), so its accuracy can be far lower.")
+
+
+def fp32_model(base: BenchModel, input_size: tuple[int, ...], metadata: dict[str, str] | None = None) -> BenchModel:
+    """The fp32 twin of a quantized bench model (every quantizer off): the speed-up baseline, as
+    ``proqha export --format onnx-fp32`` writes it."""
+    from proqha.export.file_size import add_metadata
     from proqha.export.onnx_export import export_onnx
     from proqha.quant import float_twin
 
     twin = float_twin(base.model)
-    proto, _ = export_onnx(twin, input_size, quantized=False)
-    data = proto.SerializeToString()
-    return BenchModel("fp32", twin, data, cost_report(twin, input_size), False, base.step, data)
+    proto, info = export_onnx(twin, input_size, quantized=False)
+    data = add_metadata(proto, twin, info, input_size, metadata or {}, "onnx-fp32")
+    return BenchModel(FP32_LABEL, twin, data, cost_report(twin, input_size), False, base.step, data)
 
 
 def engine_max_batch(batches: Iterable[int]) -> int:

@@ -122,21 +122,19 @@ def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: lis
     """Export every step (and each uniform-bit run's last checkpoint) as ``proqha export`` would, without
     validating: sets ``row["file_bytes"]``; returns the fp32 graph's size and the baselines' sizes."""
     from proqha.builder import load_model
-    from proqha.export.file_size import fp32_graph_bytes, graph_bytes
+    from proqha.export.file_size import exported_file, fp32_graph_bytes, source_metadata
 
     done = dict(step_checkpoints(run_dir))
     fp32 = None
     for r in rows:
         if r["step"] not in done:
             raise ProqhaError(f"--file-size: step {r['step']} of {run_dir} has no checkpoint")
-        model, state = load_model(done[r["step"]])
-        size = state.input_size
-        r["file_bytes"] = graph_bytes(model, size)
-        fp32 = fp32 or fp32_graph_bytes(model, size)
-    sizes = []
-    for point in baselines:
-        model, state = load_model(run_dir.parent / point.run / "checkpoints" / "last.pt")
-        sizes.append((point, graph_bytes(model, state.input_size)))
+        r["file_bytes"] = len(exported_file(done[r["step"]], r["step"]))
+        if fp32 is None:
+            model, state = load_model(done[r["step"]])
+            fp32 = fp32_graph_bytes(model, state.input_size, source_metadata(state, done[r["step"]], r["step"]))
+    sizes = [(point, len(exported_file(run_dir.parent / point.run / "checkpoints" / "last.pt")))
+             for point in baselines]
     return fp32, sizes
 
 

@@ -3,6 +3,9 @@ written into the file's own metadata next to the paper cost."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import onnx
 from torch import nn
 
@@ -12,19 +15,31 @@ from proqha.export.onnx_export import ExportInfo, export_onnx, graph_metadata
 FILE_BYTES, FP32_BYTES, RATIO = "proqha.file_bytes", "proqha.fp32_graph_bytes", "proqha.file_ratio_fp32"
 
 
-def fp32_graph_bytes(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """The size of the float graph of ``model`` (every quantizer off, BatchNorm folded, no metadata): the
-    baseline of a file's size ratio."""
+def fp32_graph_bytes(model: nn.Module, input_size: tuple[int, ...], extra: dict[str, str] | None = None) -> int:
+    """The size of the float graph file of ``model`` (every quantizer off, BatchNorm folded), as ``proqha
+    export --format onnx-fp32`` writes it with ``extra`` metadata: the baseline of a file's size ratio."""
     from proqha.quant import float_twin
 
-    proto, _ = export_onnx(float_twin(model), input_size, quantized=False)
-    return proto.ByteSize()
+    twin = float_twin(model)
+    proto, info = export_onnx(twin, input_size, quantized=False)
+    return len(add_metadata(proto, twin, info, input_size, extra or {}, "onnx-fp32"))
 
 
-def graph_bytes(model: nn.Module, input_size: tuple[int, ...], weights: str = "packed") -> int:
-    """The size of ``model``'s exported onnxruntime graph (``weights`` storage; without its metadata)."""
-    proto, _ = export_onnx(model, input_size, weights=weights)
-    return proto.ByteSize()
+def source_metadata(state: Any, checkpoint: Path, step: int | None) -> dict[str, str]:
+    """Where an exported file came from (a ``proqha.checkpoint.Checkpoint``): architecture, dataset,
+    checkpoint and search step."""
+    return {"proqha.arch": state.recipe["arch"], "proqha.dataset": state.dataset,
+            "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step)}
+
+
+def exported_file(checkpoint: Path, step: int | None = None, weights: str = "packed") -> bytes:
+    """The bytes ``proqha export`` writes for a checkpoint (default options, ``weights`` storage), without
+    validating it."""
+    from proqha.builder import load_model
+
+    model, state = load_model(checkpoint)
+    proto, info = export_onnx(model, state.input_size, weights=weights)
+    return add_metadata(proto, model, info, state.input_size, source_metadata(state, checkpoint, step))
 
 
 def stamp_file_size(proto: onnx.ModelProto, fp32_bytes: int | None) -> bytes:
@@ -49,4 +64,4 @@ def add_metadata(proto: onnx.ModelProto, model: nn.Module, info: ExportInfo, inp
     """Write everything an exported file says about itself (``graph_metadata``, then ``extra``: where it
     came from) and its size against the fp32 graph; returns the file's bytes."""
     set_metadata(proto, graph_metadata(model, info, tuple(input_size), fmt) | extra)
-    return stamp_file_size(proto, fp32_graph_bytes(model, tuple(input_size)) if info.quantized else None)
+    return stamp_file_size(proto, fp32_graph_bytes(model, tuple(input_size), extra) if info.quantized else None)
