@@ -87,3 +87,17 @@ def test_report_compares_a_search_with_its_start_and_uniform_runs_of_the_same_re
     result = runner.invoke(app, ["report", str(root / "search-1")])
     assert result.exit_code == 0, result.output
     assert "train-1 (start)" in result.stdout and "train-2" not in result.stdout and "train-3" not in result.stdout
+
+
+def test_plot_labels_are_plain_and_legends_sit_outside_the_data():
+    from proqha.deploy.report import legend_outside, plain_number, pyplot, time_label
+
+    assert [time_label(v) for v in (0.22, 1.0, 15.0)] == ["220 µs", "1 ms", "15 ms"]
+    assert [plain_number(v) for v in (0.0022, 0.1, 2200.0)] == ["0.0022", "0.1", "2200"]
+    fig, ax = pyplot().subplots()
+    ax.plot([0, 1], [0, 1], "o", label="steps")
+    legend_outside(ax)
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 > ax.get_window_extent().x1  # right of the axes: it cannot cover a point
+    pyplot().close(fig)

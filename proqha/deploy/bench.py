@@ -210,33 +210,37 @@ def write_results(result: BenchResult, out_dir: Path) -> list[Path]:
 
 
 def plot_results(result: BenchResult, out_dir: Path, title: str = "") -> list[Path]:
-    """latency_vs_bitops.png and accuracy_vs_latency.png (the smallest batch, per engine); BitOPs and latency
-    on log axes, so the fp32 point does not squeeze the quantized steps into one blob; ``title`` names the
-    run (the engines and batch are added)."""
-    from proqha.deploy.report import pyplot, save_figure
+    """latency_vs_bitops.png and accuracy_vs_latency.png, one panel per batch size, per engine; BitOPs and
+    latency on log axes (so the fp32 point does not squeeze the quantized steps into one blob) with plain
+    tick labels; ``title`` names the run (the engines are added)."""
+    from proqha.deploy.report import legend_outside, plain_number, plain_ticks, pyplot, save_figure, time_label
 
-    batch = min(r["batch"] for r in result.rows)
-    rows = [r for r in result.rows if r["batch"] == batch]
-    engines = sorted({r["engine"] for r in rows})
+    batches = sorted({r["batch"] for r in result.rows})
+    engines = sorted({r["engine"] for r in result.rows})
     paths = []
     for name, (xkey, ykey, xlabel, ylabel) in {
-            "latency_vs_bitops.png": ("gbitops", "median_ms", "GBitOPs", f"median latency, batch {batch} (ms)"),
-            "accuracy_vs_latency.png": ("median_ms", "engine_top1", f"median latency, batch {batch} (ms)",
-                                        "top-1 (%)")}.items():
-        fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
-        for engine in engines:
-            pts = [r for r in rows if r["engine"] == engine]
-            ax.plot([r[xkey] for r in pts], [r[ykey] for r in pts], "o", label=engine)
-            for r in pts:
-                ax.annotate(r["model"], (r[xkey], r[ykey]), fontsize=6, textcoords="offset points", xytext=(3, 3))
-        ax.set_xscale("log")
-        if ykey == "median_ms":
-            ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{title + ': ' if title else ''}{', '.join(engines)}, batch {batch}", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+            "latency_vs_bitops.png": ("gbitops", "median_ms", "GBitOPs", "median latency"),
+            "accuracy_vs_latency.png": ("median_ms", "engine_top1", "median latency", "top-1 (%)")}.items():
+        fig, axes = pyplot().subplots(1, len(batches), figsize=(5.0 * len(batches) + 1.5, 4.2), squeeze=False)
+        for ax, batch in zip(axes[0], batches):
+            rows = [r for r in result.rows if r["batch"] == batch]
+            for engine in engines:
+                pts = [r for r in rows if r["engine"] == engine]
+                ax.plot([r[xkey] for r in pts], [r[ykey] for r in pts], "o", label=engine)
+                for r in pts:
+                    ax.annotate(r["model"], (r[xkey], r[ykey]), fontsize=6, textcoords="offset points", xytext=(3, 3))
+            ax.set_xscale("log")
+            plain_ticks(ax.xaxis, time_label if xkey == "median_ms" else plain_number)
+            if ykey == "median_ms":
+                ax.set_yscale("log")
+                plain_ticks(ax.yaxis, time_label)
+            ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"batch {batch}", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+        legend_outside(axes[0][-1])
+        fig.suptitle(f"{title + ': ' if title else ''}{', '.join(engines)}", fontsize=9)
         fig.tight_layout()
         paths.append(save_figure(fig, out_dir / name))
     return paths

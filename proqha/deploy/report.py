@@ -110,8 +110,8 @@ def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], pat
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
     if baselines:
-        axes[0].plot([], [], "s", color="tab:red", label="uniform-bit QAT")
-    axes[0].legend(loc="lower left", fontsize=8)
+        axes[1].plot([], [], "s", color="tab:red", label="uniform-bit QAT")
+    legend_outside(axes[1])
     fig.suptitle(title or "accuracy against cost")
     fig.tight_layout()
     return save_figure(fig, path)
@@ -159,7 +159,7 @@ def plot_file_size(rows: list[dict[str, Any]], baselines: list[tuple[UniformPoin
     ax.set_ylabel("test top-1 (%)")
     ax.invert_xaxis()
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    legend_outside(ax)
     ax.set_title(title or "accuracy against file size", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -180,16 +180,39 @@ def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
     ax.set_ylabel("bits")
     ax.set_ylim(0, 8.5)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.set_title(title or f"step {row['step']}: cost {row['cost']:.4f}, top-1 {row['test_top1']:.2f}%")
     fig.tight_layout()
     return save_figure(fig, path)
 
 
+def legend_outside(ax: Any) -> None:
+    """The legend to the right of the axes, where it cannot cover a point (``save_figure`` keeps it in)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+
+
+def plain_number(value: float) -> str:
+    """A tick label without exponents: 0.0022, 0.22, 22, 2200 (up to 4 significant digits)."""
+    return f"{value:.4g}" if 1e-4 <= abs(value) < 1e5 or value == 0 else f"{value:.2g}"
+
+
+def time_label(ms: float) -> str:
+    """A latency tick in the unit that reads best: µs below 1 ms, else ms."""
+    return f"{plain_number(ms * 1e3)} µs" if 0 < ms < 1 else f"{plain_number(ms)} ms"
+
+
+def plain_ticks(axis: Any, label: Any = plain_number) -> None:
+    """Major ticks of a (log) axis labelled by ``label`` (no 2.2x10^-1), minor ones unlabelled."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: label(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def save_figure(fig: Any, path: Path) -> Path:
-    """Write a figure as PNG atomically and close it."""
+    """Write a figure as PNG atomically (cropped to what it draws, legends outside included) and close it."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     pyplot().close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
