@@ -94,3 +94,19 @@ def test_logits_at_the_clip_limit_and_classes_lost_to_quantization_are_warned_ab
     assert "% of the logits sit at the output quantizer's limit" in text
     assert "never predicted on the test split, while the float network (quantizers off) predicts them" in text
     assert len(row["warnings"]) == 2
+
+
+def test_reported_top1_is_the_deployed_argmax_even_when_logits_tie():
+    """Saturated logits tie; onnxruntime's ArgMax (and numpy's) takes the lowest index, as must the top-1 of
+    metrics, frontier and report (topk's order among ties is arbitrary: it once reported 82.8% for 65.3%)."""
+    import numpy as np
+
+    from proqha.train import _topk_correct
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (500, 10), generator=g).float()  # many ties at the top
+    target = torch.randint(0, 10, (500,), generator=g)
+    top1, top5 = _topk_correct(logits, target, (1, 5))
+    assert top1 == int((np.argmax(logits.numpy(), 1) == target.numpy()).sum())
+    rank = [(row > row[t]).sum() + (row[:t] == row[t]).sum() for row, t in zip(logits, target)]
+    assert top5 == sum(int(r < 5) for r in rank) and top5 >= top1
