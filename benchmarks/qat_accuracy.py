@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=600)
     parser.add_argument("--max-gap", type=float, default=2.0, help="points of top-1 float may lead by")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="epoch ")  # fit's per-epoch output warnings: the gap says it
     misses = 0
     print(f"{'case':32} {'opt':5} {'seed':>4} {'float':>7} {'8 bit':>7} {'gap':>6} {'time':>6}")
     for case in args.cases:

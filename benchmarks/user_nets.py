@@ -44,13 +44,13 @@ class DepthwiseNet(nn.Module):
 
 
 class PlainNet(nn.Module):
-    """Conv-BN-ReLU and max pooling down to 4x4, then one linear layer on the flattened features."""
+    """Conv-BN-ReLU and max pooling down to 1/16 of the image, then one linear layer on the flattened features."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, size: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(_cbr(in_channels, 16), nn.MaxPool2d(2), _cbr(16, 32), nn.MaxPool2d(2),
-                                      _cbr(32, 64), nn.MaxPool2d(2))
-        self.classifier = nn.Linear(64 * (size // 8) ** 2, num_classes)
+                                      _cbr(32, 64), _cbr(64, 64), nn.MaxPool2d(2), _cbr(64, 64), nn.MaxPool2d(2))
+        self.classifier = nn.Linear(64 * (size // 16) ** 2, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

@@ -101,6 +101,8 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
                         info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
         progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}"
                                f"  score {'-' if math.isnan(row['score']) else format(row['score'], '.3g')}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
+        for line in row.get("warnings", ()):
+            progress.console.print(f"warning: step {row['step']}: {line}", markup=False)
 
     def on_start(s) -> None:
         progress.console.print(f"searching {s.recipe.arch} ({len(s.knobs)} knobs) on {s.dataset}, "

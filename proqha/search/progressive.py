@@ -35,7 +35,9 @@ from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, mode
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score, loss_score
 from proqha.search.select import objective
 
-from proqha.train import LossFn, evaluate, make_optimizer, resolve_device, train_one_epoch, training_net
+from proqha.health import OutputHealth
+from proqha.train import (LossFn, evaluate, make_optimizer, output_warnings, resolve_device, train_one_epoch,
+                          training_net)
 
 LOSS_FLOOR = 1e-6  # a candidate's loss increase is at least this (calibration noise can make it negative)
 CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)
@@ -223,7 +225,8 @@ class ProgressiveSearch:
         bits = self.bits()
         report = self.cost_of(bits)
         batches = self.data.test_batches()
-        test = evaluate(maybe_compiled(self.model, self.cfg.compile), batches, self.device, self.loss_fn) \
+        health = OutputHealth()
+        test = evaluate(maybe_compiled(self.model, self.cfg.compile), batches, self.device, self.loss_fn, health) \
             if batches is not None else \
             {"test_top1": math.nan, "test_top5": math.nan}
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
@@ -231,6 +234,8 @@ class ProgressiveSearch:
                                "score": score, "train_top1": train_top1, "test_top1": test["test_top1"],
                                "test_top5": test["test_top5"], "wall_s": time.perf_counter() - t0}
         row |= {k.column: bits[k.layer][k.kind] for k in self.knobs}
+        if batches is not None and (warned := output_warnings(self.model, health, batches, self.device)):
+            row["warnings"] = warned  # printed and kept in the step's checkpoint, not in frontier.csv
         return row
 
     def save_step(self, step: int, row: dict[str, Any]) -> None:
