@@ -56,15 +56,20 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def removed_on_error(run_dir: Path, first_saved: Path, keep: bool = False) -> Iterator[None]:
-    """Remove a new ``run_dir`` when the work in it fails (any error but Ctrl-C) before ``first_saved`` is
-    written: a run with nothing saved must not become the latest run a later command picks up. ``keep``:
-    leave it (a resumed run, another rank's folder)."""
+def removed_on_error(run_dir: Path, first_saved: Path, keep: bool = False, made_here: bool = True) -> Iterator[None]:
+    """Remove what a new run wrote into ``run_dir`` when its work fails (any error but Ctrl-C) before
+    ``first_saved`` is written: a run with nothing saved must not become the latest run a later command
+    picks up. ``made_here``: the folder was created for this run (else it was an empty one the user named:
+    only its contents go). ``keep``: leave everything (a resumed run, another rank's folder)."""
     try:
         yield
     except Exception:
         if not keep and not Path(first_saved).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if made_here:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                for child in Path(run_dir).iterdir():
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
         raise
 
 

@@ -141,9 +141,11 @@ def predictions(logits: torch.Tensor) -> torch.Tensor:
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
     """Rows whose target ranks below k, ties broken by the lower index as ``predictions`` breaks them (so
     top-1 is the deployed argmax's top-1, and top-k does not depend on the order ``topk`` gives ties)."""
-    t = logits.gather(1, target.unsqueeze(1))
-    lower = torch.arange(logits.shape[1], device=logits.device) < target.unsqueeze(1)
+    target = target.long().unsqueeze(1)
+    t = logits.gather(1, target)
+    lower = torch.arange(logits.shape[1], device=logits.device) < target
     rank = (logits > t).sum(1) + ((logits == t) & lower).sum(1)
+    rank = torch.where(torch.isnan(logits).any(1), logits.shape[1], rank)  # a NaN row predicts nothing
     return [int((rank < k).sum()) for k in ks]
 
 
@@ -156,6 +158,11 @@ def first_non_finite(model: nn.Module) -> str:
     return "parameters finite; the activations overflowed"
 
 
+def not_class_indices(y: torch.Tensor, classes: int) -> bool:
+    """Whether a batch of integer labels holds one outside 0..classes-1 (float targets are not checked)."""
+    return not y.is_floating_point() and bool(((y < 0) | (y >= classes)).any())
+
+
 def bad_label_error(loader: Iterable, y: torch.Tensor, classes: int, split: str, when: str) -> ProqhaError:
     """The one-line error for a batch (of ``split``, found ``when``) holding a label that is not a class index
     of a ``classes``-way model, naming the first such sample of the loader's dataset where it can be found."""
@@ -165,6 +172,8 @@ def bad_label_error(loader: Iterable, y: torch.Tensor, classes: int, split: str,
     value = int(wrong[0]) if len(wrong) else "?"
     dataset = getattr(loader, "dataset", None)
     found = first_bad_label(dataset, classes) if dataset is not None else None
+    if found is not None:
+        value = found[1]
     where = f" at sample {found[0]} of the {split} data" if found is not None else f" in the {split} data"
     return ProqhaError(f"label {value}{where} ({when}) is not a class index; labels must be class indices below "
                        f"the model's number of outputs ({classes})")
@@ -188,14 +197,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = torch.zeros((), device=device, dtype=torch.long)
-    for i, (x, y) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True, memory_format=memory), y.to(device, non_blocking=True)
+    for i, (x, y_host) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True, memory_format=memory), y_host.to(device, non_blocking=True)
         with options.autocast(device):
             logits = model(x)
-            try:
-                loss = (loss_fn or F.cross_entropy)(logits.float(), y)
-            except IndexError:  # cross-entropy's word for a target the model has no output for
-                raise bad_label_error(loader, y, logits.shape[1], "training", f"epoch {epoch}, batch {i}") from None
+            if loss_fn is None and not_class_indices(y_host, logits.shape[1]):  # on the host: no device sync
+                raise bad_label_error(loader, y_host, logits.shape[1], "training", f"epoch {epoch}, batch {i}")
+            loss = (loss_fn or F.cross_entropy)(logits.float(), y)
         if (i % sync_every == 0 or i == len(loader) - 1) and not torch.isfinite(loss):
             raise ProqhaError(f"loss became {loss.item()} at epoch {epoch}, batch {i} ({first_non_finite(model)}); "
                               "lower --lr (the last good checkpoint is kept)")
@@ -230,7 +238,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: 
         if health is not None:
             health.add(logits, y)
         if loss_fn is None:
-            if ((y < 0) | (y >= logits.shape[1])).any():
+            if not_class_indices(y, logits.shape[1]):
                 raise bad_label_error(loader, y, logits.shape[1], "test", "evaluating")
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         else:
@@ -328,8 +336,10 @@ def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCa
     if not distributed.is_main():
         on_batch = on_epoch = None
     run = TrainingRun(model, recipe, optimizer, scheduler, train_set, test_set, data.num_classes, device)
+    made_here = not run_dir.exists()
     with run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext():
-        with removed_on_error(run_dir, run_dir / "checkpoints" / "last.pt", keep=resume or not distributed.is_main()):
+        with removed_on_error(run_dir, run_dir / "checkpoints" / "last.pt", keep=resume or not distributed.is_main(),
+                              made_here=made_here):
             return _fit_locked(cfg, run_dir, resume, run, on_batch, on_epoch)
 
 
@@ -368,7 +378,12 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, resume: bool, run: TrainingRun,
     if resume and (ckpt_dir / "last.pt").is_file():
         state = load_checkpoint(ckpt_dir / "last.pt", device)
         load_float_state_dict(model, state.model)
-        optimizer.load_state_dict(state.optimizer)
+        try:
+            optimizer.load_state_dict(state.optimizer)
+        except ValueError:  # another parameter layout: a run of an earlier proqha (its logits range learned)
+            raise ProqhaError(f"--resume: {run_dir} was trained by an earlier version whose optimizer state does not "
+                              f"fit this one; continue it as a new run: proqha train --init {ckpt_dir / 'last.pt'}"
+                              ) from None
         planned = scheduler.T_max
         scheduler.load_state_dict(state.scheduler)
         start_epoch, best = int(state.epoch), float(state.best_top1)

@@ -52,7 +52,10 @@ def test_a_users_depthwise_net_learns_at_8_bit_what_it_learns_in_float():
 def test_stock_mobilenet_v3_with_in_place_activations_trains_with_adam_and_keeps_its_weight_ranges():
     """torchvision's in-place Hardswish after a quantizer overwrote the tensor the quantizer's backward
     needs; Adam's scale-free steps dragged the small depthwise weight ranges to zero and below."""
-    q, top_q, _ = _train("mobilenet_v3_small", "shapes", 8, 1, 640, optimizer="adam")
+    q, top_q, test_set = _train("mobilenet_v3_small", "shapes", 8, 1, 640, optimizer="adam")
+    q.train()
+    with torch.no_grad():
+        q(test_set.tensors[0][:8])  # a training forward sets the ranges too, not only turning to eval
     for name, layer in quant_layers(q).items():
         w, alpha = layer.weight.detach(), layer.weight_quantizer.alpha.detach()
         assert torch.equal(alpha, w.abs().flatten(1).amax(1).clamp_min(1e-4)), name  # 8 bit: max |w|, nothing clipped

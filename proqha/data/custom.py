@@ -120,10 +120,11 @@ def _label_tensor(data: Dataset) -> torch.Tensor | None:
     if isinstance(data, Subset):
         inner = _label_tensor(data.dataset)
         return None if inner is None else inner[torch.as_tensor(list(data.indices), dtype=torch.long)]
-    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
+    if type(data) is TensorDataset and len(data.tensors) >= 2:  # a subclass may change what [i] returns
         return data.tensors[1]
     targets = getattr(data, "targets", None)
-    if isinstance(targets, (list, tuple, torch.Tensor)) and len(targets) == len(data):  # type: ignore[arg-type]
+    if getattr(data, "target_transform", None) is None and isinstance(targets, (list, tuple, torch.Tensor)) \
+            and len(targets) == len(data):  # type: ignore[arg-type]
         try:
             return torch.as_tensor(targets)
         except (TypeError, ValueError, RuntimeError):

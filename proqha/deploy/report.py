@@ -35,6 +35,7 @@ class UniformPoint:
     bitops: float
     test_top1: float
     start: bool = False
+    path: str = ""  # the run folder
 
 
 RECIPE_KEYS = ("arch", "dataset", "data_dir", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
@@ -52,7 +53,7 @@ def _uniform_point(run: Path, start: bool = False) -> tuple[UniformPoint, dict[s
     if not rows or config.get("bits_file") or config.get("stage", "train") != "train":
         return None
     return UniformPoint(run.name, int(config["bits"]), float(cost["paper_cost"]), float(cost["bitops"]),
-                        float(rows[-1]["test_top1"]), start), config
+                        float(rows[-1]["test_top1"]), start, str(run)), config
 
 
 def uniform_baselines(root: Path, recipe: dict[str, Any]) -> list[UniformPoint]:
@@ -67,14 +68,15 @@ def uniform_baselines(root: Path, recipe: dict[str, Any]) -> list[UniformPoint]:
 
 def search_baselines(run_dir: Path) -> list[UniformPoint]:
     """What a search is compared with: the train run it started from (first, ``start``) and the uniform-bit
-    train runs beside it of that run's recipe (``RECIPE_KEYS``); none when the start is not a train run."""
+    train runs beside it of that run's recipe (``RECIPE_KEYS``); none when the start is not a uniform-bit
+    train run (a search, or a run trained with a bits file)."""
     path = Path(run_dir) / "config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}
     source = Path(config.get("source", "")) if config.get("source") else None
-    if source is not None and source.is_file():  # a checkpoint file: its run folder
+    if (source is None or not source.exists()) and config.get("source_checkpoint"):
+        source = Path(config["source_checkpoint"])
+    if source is not None and (source.is_file() or source.suffix == ".pt"):  # a checkpoint: its run folder
         source = source.parent.parent if source.parent.name == "checkpoints" else source.parent
-    if source is None and config.get("source_checkpoint"):
-        source = Path(config["source_checkpoint"]).parent.parent
     if source is not None and not source.is_dir():  # recorded relative to another working directory
         source = Path(run_dir).parent / source.name
     start = _uniform_point(source, start=True) if source is not None and source.is_dir() else None
@@ -133,7 +135,7 @@ def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: lis
         if fp32 is None:
             model, state = load_model(done[r["step"]])
             fp32 = fp32_graph_bytes(model, state.input_size, source_metadata(state, done[r["step"]], r["step"]))
-    sizes = [(point, len(exported_file(run_dir.parent / point.run / "checkpoints" / "last.pt")))
+    sizes = [(point, len(exported_file(Path(point.path or run_dir.parent / point.run) / "checkpoints" / "last.pt")))
              for point in baselines]
     return fp32, sizes
 
@@ -202,11 +204,18 @@ def time_label(ms: float) -> str:
 
 
 def plain_ticks(axis: Any, label: Any = plain_number) -> None:
-    """Major ticks of a (log) axis labelled by ``label`` (no 2.2x10^-1), minor ones unlabelled."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    """Ticks of a (log) axis labelled by ``label`` (no 2.2x10^-1): every decade, and its 2 and 5 (so an axis
+    spanning less than a decade still reads)."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value: float, _pos: int) -> str:
+        lead = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+        return label(value) if round(lead, 6) in (2.0, 5.0) else ""
 
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: label(v)))
-    axis.set_minor_formatter(NullFormatter())
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def save_figure(fig: Any, path: Path) -> Path:

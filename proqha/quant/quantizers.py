@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from proqha.quant import grid as g
@@ -61,9 +60,13 @@ class Quantizer(nn.Module):
         self.tracks_range = False
 
     def track_range(self) -> "Quantizer":
-        """Take the range from the observed activations instead of learning it (see ``tracked_range``)."""
+        """Take the range from the observed activations instead of learning it (see ``tracked_range``): the
+        range becomes a buffer (the same state-dict key), which DistributedDataParallel broadcasts from rank
+        0 before every forward, so every rank quantizes with the same range."""
         self.tracks_range = True
-        self.alpha.requires_grad_(False)
+        alpha = self.alpha.detach().clone()
+        del self.alpha
+        self.register_buffer("alpha", alpha)
         return self
 
     # -- grid -------------------------------------------------------------------------------------
@@ -115,10 +118,7 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _track(self, x: torch.Tensor) -> None:
-        batch_max = self._initial_alpha(x).to(self.alpha)
-        if dist.is_available() and dist.is_initialized():  # every rank keeps the same range
-            dist.all_reduce(batch_max, op=dist.ReduceOp.MAX)
-        self.alpha.copy_(tracked_range(self.alpha, batch_max))
+        self.alpha.copy_(tracked_range(self.alpha, self._initial_alpha(x).to(self.alpha)))
 
     def per_tensor_args(self, x: torch.Tensor) -> g.PerTensorArgs:
         """What the per-tensor LSQ kernels take to quantize ``x``: alpha, qmin, qmax, gradient factor."""

@@ -405,8 +405,9 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
         on_candidate = on_step = on_batch = None
     if on_start is not None and main:
         on_start(search)
+    made_here = not run_dir.exists()
     with run_lock(run_dir) if main else contextlib.nullcontext(), \
-            removed_on_error(run_dir, step_checkpoint(run_dir, 0), keep=resume or not main):
+            removed_on_error(run_dir, step_checkpoint(run_dir, 0), keep=resume or not main, made_here=made_here):
         if done and main:
             search.frontier.resume_at(start, search.source_metrics)
         elif main:
