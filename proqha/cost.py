@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from proqha.quant.convert import quant_layers
+from proqha.quant.quantizers import Quantizer
 
 FLOAT_BITS = 32
 
@@ -155,4 +156,5 @@ def cost_report(model: nn.Module, input_size: Sequence[int]) -> CostReport:
         layers.append(LayerCost(name, kind, macs.get(name, 0), module.weight.numel(), w, a, searchable))
         counted.add(id(module.weight))
     other = sum(p.numel() for p in probe.parameters() if id(p) not in counted)
+    other += sum(m.alpha.numel() for m in probe.modules() if isinstance(m, Quantizer) and m.tracks_range)  # buffers
     return CostReport(tuple(input_size), layers, other)
