@@ -105,7 +105,8 @@ def plot_frontier(rows: list[dict[str, Any]], baselines: list[UniformPoint], pat
         for point in baselines:
             value = point.cost if key == "cost" else point.bitops * scale
             ax.plot([value], [point.test_top1], "s", color="tab:red")
-            ax.annotate(f"uniform {point.bits}b", (value, point.test_top1), textcoords="offset points",
+            ax.annotate(f"{'start, ' if point.start else ''}uniform {point.bits}b", (value, point.test_top1),
+                        textcoords="offset points",
                         xytext=(3, -10), fontsize=7, color="tab:red")
         ax.set_xlabel(label)
         ax.set_ylabel("test top-1 (%)")
@@ -151,7 +152,8 @@ def plot_file_size(rows: list[dict[str, Any]], baselines: list[tuple[UniformPoin
         ax.annotate(str(r["step"]), (x, r["test_top1"]), textcoords="offset points", xytext=(3, 4), fontsize=7)
     for point, size in baselines:
         ax.plot([size / 1e3], [point.test_top1], "s", color="tab:red")
-        ax.annotate(f"uniform {point.bits}b", (size / 1e3, point.test_top1), textcoords="offset points",
+        ax.annotate(f"{'start, ' if point.start else ''}uniform {point.bits}b", (size / 1e3, point.test_top1),
+                    textcoords="offset points",
                     xytext=(3, -10), fontsize=7, color="tab:red")
     if baselines:
         ax.plot([], [], "s", color="tab:red", label="uniform-bit QAT")
