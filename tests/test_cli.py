@@ -112,6 +112,7 @@ def test_torchvision_is_imported_only_by_what_uses_it():
     assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
 
 
+@pytest.mark.subprocess
 def test_the_cli_app_and_its_help_load_neither_torch_nor_onnx():
     """`proqha --help` (and every command's) must answer at once: torch, onnx and onnxruntime load only
     inside the commands that run them (importing torch alone took 3.7 s warm, 9.9 s cold)."""
