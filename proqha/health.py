@@ -14,6 +14,12 @@ CLIP_WARN_PERCENT = 2.0
 """Warn when more than this share of the logits sits at the output grid's top or bottom."""
 
 
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class of each row: the first index of its maximum, as onnxruntime's ArgMax, numpy and
+    every deployed argmax pick it (logits on an output grid often tie; ``topk`` orders ties arbitrarily)."""
+    return logits.argmax(dim=1)
+
+
 def output_quantizer(model: nn.Module):
     """The quantizer on the model's logits (the one tracking its range), or None."""
     from proqha.quant.quantizers import Quantizer
@@ -47,7 +53,7 @@ class OutputHealth:
             self.classes = logits.shape[1]
             self.predicted = torch.zeros(self.classes, dtype=torch.long)
             self.labelled = torch.zeros(self.classes, dtype=torch.long)
-        self.predicted += torch.bincount(logits.argmax(1).cpu(), minlength=self.classes)[: self.classes]
+        self.predicted += torch.bincount(predictions(logits).cpu(), minlength=self.classes)[: self.classes]
         if not y.is_floating_point() and y.dim() == 1:
             self.labelled += torch.bincount(y.cpu().clamp(0, self.classes - 1), minlength=self.classes)
         if self.limits is not None:
@@ -84,5 +90,5 @@ def predicted_classes(model: nn.Module, loader: Iterable, device: torch.device) 
     model.eval()
     seen: set[int] = set()
     for x, _ in loader:
-        seen |= set(model(x.to(device)).argmax(1).tolist())
+        seen |= set(predictions(model(x.to(device))).tolist())
     return seen

@@ -23,9 +23,10 @@ from proqha.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from proqha.compiling import maybe_compiled
 from proqha.cost import cost_report
 from proqha.data import get_dataset_spec, load_dataset
+from proqha.data.custom import first_bad_label, outside_classes
 from proqha.errors import ProqhaError, first_line
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
-from proqha.health import OutputHealth, predicted_classes
+from proqha.health import OutputHealth, predicted_classes, predictions
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
 from proqha.runs import removed_on_error, run_lock
 from proqha.train_config import TrainConfig
@@ -132,12 +133,6 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
-def predictions(logits: torch.Tensor) -> torch.Tensor:
-    """The predicted class of each row: the first index of its maximum, as onnxruntime's ArgMax, numpy and
-    every deployed argmax pick it (logits on an output grid often tie; ``topk`` orders ties arbitrarily)."""
-    return logits.argmax(dim=1)
-
-
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
     """Rows whose target ranks below k, ties broken by the lower index as ``predictions`` breaks them (so
     top-1 is the deployed argmax's top-1, and top-k does not depend on the order ``topk`` gives ties)."""
@@ -160,15 +155,13 @@ def first_non_finite(model: nn.Module) -> str:
 
 def not_class_indices(y: torch.Tensor, classes: int) -> bool:
     """Whether a batch of integer labels holds one outside 0..classes-1 (float targets are not checked)."""
-    return not y.is_floating_point() and bool(((y < 0) | (y >= classes)).any())
+    return not y.is_floating_point() and bool(outside_classes(y, classes).any())
 
 
 def bad_label_error(loader: Iterable, y: torch.Tensor, classes: int, split: str, when: str) -> ProqhaError:
     """The one-line error for a batch (of ``split``, found ``when``) holding a label that is not a class index
     of a ``classes``-way model, naming the first such sample of the loader's dataset where it can be found."""
-    from proqha.data.custom import first_bad_label
-
-    wrong = y[(y < 0) | (y >= classes)]
+    wrong = y[outside_classes(y, classes)]
     value = int(wrong[0]) if len(wrong) else "?"
     dataset = getattr(loader, "dataset", None)
     found = first_bad_label(dataset, classes) if dataset is not None else None

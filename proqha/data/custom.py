@@ -86,37 +86,38 @@ def check_splits(result: Any, where: str) -> DataSplits:
             if tuple(x.shape) != input_size:
                 raise ProqhaError(f"{where}: {name} images have shape {tuple(x.shape)}, expected input_size "
                                   f"{input_size}")
-            label = y.item() if isinstance(y, torch.Tensor) and y.numel() == 1 else y
-            if isinstance(label, bool) or not isinstance(label, numbers.Integral) or \
-                    not 0 <= label < result.num_classes:
-                raise ProqhaError(f"{where}: {name} labels must be class indices in 0..{result.num_classes - 1}, "
-                                  f"got {label!r} at {name}[{i}]")
+            label = _scalar(y)
+            if not is_class_index(label, result.num_classes):
+                raise _label_error(where, name, result.num_classes, label, i)
         bad = first_bad_label(data, result.num_classes, scan=False)
         if bad is not None:
-            raise ProqhaError(f"{where}: {name} labels must be class indices in 0..{result.num_classes - 1}, "
-                              f"got {bad[1]!r} at {name}[{bad[0]}]")
+            raise _label_error(where, name, result.num_classes, bad[1], bad[0])
     return DataSplits(result.train, result.test, result.num_classes, input_size, result.calib)
 
 
-class _SubsetView(Dataset):
-    """A Subset's samples in the subset's order, as a plain dataset (so that ``first_bad_label`` maps
-    only the outermost index back)."""
+def _label_error(where: str, name: str, num_classes: int, label: Any, index: int) -> ProqhaError:
+    return ProqhaError(f"{where}: {name} labels must be class indices in 0..{num_classes - 1}, got {label!r} at "
+                       f"{name}[{index}]")
 
-    def __init__(self, subset: Subset) -> None:
-        self.subset = subset
 
-    def __len__(self) -> int:
-        return len(self.subset)
+def _scalar(y: Any) -> Any:
+    """A one-element tensor label as a Python number; anything else as it is."""
+    return y.item() if isinstance(y, torch.Tensor) and y.numel() == 1 else y
 
-    def __getitem__(self, i: int) -> Any:
-        return self.subset[i]
+
+def is_class_index(label: Any, num_classes: int) -> bool:
+    """Whether one label is an integer class index in 0..num_classes-1 (a bool is not)."""
+    return not isinstance(label, bool) and isinstance(label, numbers.Integral) and 0 <= label < num_classes
+
+
+def outside_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Which entries of an integer label tensor are not class indices in 0..num_classes-1 (a bool mask)."""
+    return (labels < 0) | (labels >= num_classes)
 
 
 def _label_tensor(data: Dataset) -> torch.Tensor | None:
     """All labels of a dataset that holds them as one tensor (TensorDataset, a Subset of one, or a
     ``targets`` attribute as torchvision's datasets have), without reading any image; else None."""
-    if isinstance(data, _SubsetView):
-        data = data.subset
     if isinstance(data, Subset):
         inner = _label_tensor(data.dataset)
         return None if inner is None else inner[torch.as_tensor(list(data.indices), dtype=torch.long)]
@@ -139,21 +140,17 @@ def first_bad_label(data: Dataset, num_classes: int, scan: bool = True) -> tuple
     """(index, label) of the first sample whose label is not a class index in 0..num_classes-1, or None;
     the index is that of the dataset a ``Subset`` wraps. Labels held as one tensor are checked all at once;
     otherwise, with ``scan``, the samples of a dataset of at most ``SCAN_LIMIT`` are read."""
-    if isinstance(data, Subset):
-        found = first_bad_label(_SubsetView(data), num_classes, scan)
-        return None if found is None else (int(data.indices[found[0]]), found[1])
+    found = None
     labels = _label_tensor(data)
     if labels is not None and labels.dim() == 1 and not (labels.is_floating_point() or labels.is_complex()):
-        bad = ((labels < 0) | (labels >= num_classes)).nonzero()
-        return (int(bad[0]), int(labels[bad[0]])) if len(bad) else None
-    if labels is not None or not scan or len(data) > SCAN_LIMIT:  # type: ignore[arg-type]
-        return None
-    for i in range(len(data)):  # type: ignore[arg-type]
-        y = data[i][1]
-        label = y.item() if isinstance(y, torch.Tensor) and y.numel() == 1 else y
-        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < num_classes:
-            return i, label
-    return None
+        bad = outside_classes(labels, num_classes).nonzero()
+        found = (int(bad[0]), int(labels[bad[0]])) if len(bad) else None
+    elif labels is None and scan and len(data) <= SCAN_LIMIT:  # type: ignore[arg-type]
+        found = next(((i, label) for i in range(len(data))  # type: ignore[arg-type]
+                      if not is_class_index(label := _scalar(data[i][1]), num_classes)), None)
+    if found is not None and isinstance(data, Subset):  # the subset's position, as an index of what it wraps
+        found = (int(data.indices[found[0]]), found[1])
+    return found
 
 
 def _first_sample(data: Dataset, name: str, where: str) -> tuple[torch.Tensor, Any]:
