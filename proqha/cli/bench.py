@@ -24,6 +24,7 @@ def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool,
     from proqha.builder import load_model
     from proqha.export.file_size import source_metadata
     from proqha.deploy.bench import bench_model
+
     model, state = load_model(checkpoint)
     size = state.input_size
     return bench_model(label, model, size, step, want_trt, int8_kernels, weights,
@@ -37,6 +38,7 @@ def _megabytes(n: int | None) -> str:
 def _file_size(row: dict) -> str:
     """The graph file's size in KB, with its ratio to the fp32 graph's where there is one."""
     from proqha.cost import format_ratio
+
     if row["file_bytes"] is None:
         return "-"
     ratio = row["file_ratio_fp32"]
@@ -48,6 +50,7 @@ def print_bench(result: BenchResult, title: str, samples: int) -> None:
     its ratio to the fp32 graph's), onnxruntime's session memory and accuracy on the first ``samples`` test
     images (the search's frontier uses the whole test split)."""
     from proqha.cost import format_ratio
+
     table = Table(title=title)
     for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32", "paper cost",
                 "GBitOPs (ratio)", "file KB (ratio)", "ort MB", f"top-1 torch ({samples} img)",
@@ -89,6 +92,7 @@ def bench(
     from proqha.export.onnx_export import check_int8_kernels, check_weights
     from proqha.search.frontier import step_checkpoints
     from proqha.train import resolve_device
+
     engines = engine or ["ort"]
     for e in engines:
         if e not in ENGINES:
@@ -139,6 +143,7 @@ def bench(
 def report(result: BenchResult, out: Path, run_dir: Path, plot: bool, samples: int, ort_forms: str | None) -> None:
     """Write bench.json/bench.csv (and plots), print the table and, for onnxruntime, the CPU's int8 path."""
     from proqha.deploy.bench import FP32_NOTE, plot_results, write_results
+
     paths = write_results(result, out)
     if plot:
         paths += plot_results(result, out, str(run_dir))

@@ -27,6 +27,7 @@ def cost(
     from proqha.cost import cost_report, format_ratio
     from proqha.models import create_model, get_model_spec
     from proqha.quant import BitConfig, QuantConfig, quantize_model
+
     spec = get_model_spec(arch)
     size = parse_int_tuple(input_size, "--input-size", 3) if input_size else spec.input_size
     if size is None:

@@ -21,12 +21,14 @@ FORMATS = ("onnx", "onnx-fp32", "trt")
 def cpu_line() -> str:
     """Which int8 kernel path onnxruntime takes on this CPU, for printing next to parity and latency."""
     from proqha.export.pair_sums import cpu_int8_path
+
     return f"onnxruntime int8 kernels on this CPU: {cpu_int8_path().description}"
 
 
 def print_report(report: ValidationReport, title: str) -> None:
     """Kernel counts, the int16 pair-sum bound, the CPU's int8 path and parity."""
     from proqha.export.onnx_export import EXACT_ON
+
     if report.kernels is not None:
         k = report.kernels
         table = Table(title=f"{title}: what onnxruntime runs")
@@ -111,6 +113,7 @@ def export(
     from proqha.quant import float_twin
     from proqha.data import checkpoint_test_loader
     from proqha.train import resolve_device
+
     if fmt not in FORMATS:
         raise ProqhaError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if samples < 1:

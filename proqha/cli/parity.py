@@ -24,6 +24,7 @@ def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
     """Load an ONNX file a user hands us, refusing anything that is not a valid model (ProqhaError)."""
     import onnx
     from proqha.export.validate import check_graph
+
     if not path.is_file():
         raise ProqhaError(f"ONNX model not found: {path}")
     size = path.stat().st_size
@@ -45,6 +46,7 @@ def check_same_bits(meta: dict[str, str], model: torch.nn.Module, model_path: Pa
     the comparison would measure two different models."""
     from proqha.quant import BitConfig
     from proqha.quant.bitconfig import KNOBS
+
     if not meta.get("proqha.bits"):
         return
     recorded = {name: {k: knobs[k] for k in KNOBS} for name, knobs in json.loads(meta["proqha.bits"]).items()}
@@ -69,6 +71,7 @@ def parity_command(
     from proqha.export.validate import ValidationReport, check_parity, ort_kernels, parity
     from proqha.files import atomic_write_json
     from proqha.quant import float_twin
+
     if samples is not None and samples < 1:
         raise ProqhaError(f"--samples must be >= 1, got {samples}")
     proto, data = read_onnx(model_path)

@@ -21,6 +21,7 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
     """The frontier as a rich table: one row per step (with the exported file's size where measured)."""
     from proqha.cost import format_ratio
     from proqha.deploy.report import is_nan
+
     table = Table(title=title)
     files = fp32_bytes is not None
     for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "weights KB (cost model)") + \
@@ -43,6 +44,7 @@ def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) ->
     """Per uniform-bit run beside the search: its figures and the search steps that dominate it."""
     from proqha.cost import format_ratio
     from proqha.deploy.report import dominating_steps
+
     table = Table(title="baselines: the run the search started from and uniform-bit train runs of its recipe "
                         "(same arch, data, epochs, optimizer, lr, weight decay); dominated by a search step? "
                         "(no more cost, BitOPs; no less top-1)")
@@ -61,6 +63,7 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = No
     """frontier.png (with uniform-bit train runs found beside the search), bits.png of one step and, with
     ``files`` (from ``proqha.deploy.report.measure_file_sizes``), frontier_file_size.png."""
     from proqha.deploy.report import pick_row, plot_bits, plot_file_size, plot_frontier, search_baselines
+
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     arch = config.get("recipe", {}).get("arch", "")
     baselines = search_baselines(run_dir)
@@ -82,6 +85,7 @@ def report(
     """Print a search run's frontier and write frontier.png and bits.png into it."""
     from proqha.deploy.report import measure_file_sizes, pick_row, search_baselines
     from proqha.search.frontier import read_frontier
+
     run_dir = run or latest_run_dir("search", DEFAULT_ROOT)
     if run_dir is None:
         raise ProqhaError(f"no search run found under {DEFAULT_ROOT}/ (pass RUN)")

@@ -62,6 +62,7 @@ def search(
     Under torchrun each rank scores its share of a step's candidates and the fine-tuning runs as DDP;
     the chosen bits are those of a single-process run with the same seed."""
     from proqha import distributed
+
     distributed.setup()
     if resume:
         cfg, run_dir = resume_config("search", SearchConfig, run_dir, ctx, steps=steps)
@@ -87,6 +88,7 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     from proqha import distributed
     from proqha.search.frontier import FRONTIER_FILE, read_frontier
     from proqha.search import run_search
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
                         disable=not distributed.is_main())

@@ -44,6 +44,7 @@ def train(
     Under torchrun (`torchrun --nproc_per_node=N -m proqha train ...`) it trains with
     DistributedDataParallel; --batch-size stays the global batch and only rank 0 writes or prints."""
     from proqha import distributed
+
     distributed.setup()
     if resume:
         cfg, run_dir = resume_config("train", TrainConfig, run_dir, ctx, epochs=epochs)
@@ -63,6 +64,7 @@ def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
     """Train ``cfg`` into ``run_dir`` with a progress bar, a line per epoch and the summary table."""
     from proqha import distributed
     from proqha.train import fit
+
     progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
                         console=err_console, transient=True, disable=not distributed.is_main())
