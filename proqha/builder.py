@@ -13,7 +13,7 @@ from proqha.checkpoint import Checkpoint, load_checkpoint
 from proqha.errors import ProqhaError, first_line
 from proqha.models import create_model
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict, quantize_model
-from proqha.quant.grid import FULL_PRECISION
+from proqha.quant.grid import FULL_PRECISION, LEGACY_INT8_KERNELS
 
 
 @dataclass
@@ -36,7 +36,8 @@ class ModelRecipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRecipe":
-        return cls(d["arch"], int(d["num_classes"]), int(d["in_channels"]), tuple(d["input_size"]), dict(d["quant"]))
+        quant = {"int8_kernels": LEGACY_INT8_KERNELS} | dict(d["quant"])  # older runs: the grid they trained on
+        return cls(d["arch"], int(d["num_classes"]), int(d["in_channels"]), tuple(d["input_size"]), quant)
 
 
 def build_model(recipe: ModelRecipe, bits: BitConfig | None = None) -> nn.Module:

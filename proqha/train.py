@@ -254,7 +254,7 @@ def output_warnings(model: nn.Module, health: OutputHealth, loader: Iterable, de
 def recipe_for(cfg: TrainConfig) -> ModelRecipe:
     """The model recipe a (resolved) training config describes."""
     data = get_dataset_spec(cfg.dataset, cfg.data_dir)
-    quant = QuantConfig(bits=cfg.bits, weight_quantizer=cfg.weight_quantizer, edge_layers=cfg.edge_layers)
+    quant = QuantConfig(**cfg.quant_options())
     return ModelRecipe(cfg.arch, data.num_classes, data.input_size[0], data.input_size, quant.to_dict())
 
 

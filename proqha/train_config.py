@@ -26,6 +26,7 @@ class TrainConfig:
     bits_file: str | None = None
     weight_quantizer: str = "lsq"
     edge_layers: str = "int8"
+    int8_kernels: str = "portable"
     epochs: int = 15
     batch_size: int = 64
     lr: float | None = None
@@ -57,7 +58,7 @@ class TrainConfig:
         get_model_spec(arch)
         try:
             check_bits(self.bits, "--bits")
-            QuantConfig(bits=self.bits, weight_quantizer=self.weight_quantizer, edge_layers=self.edge_layers)
+            QuantConfig(**self.quant_options())
         except ValueError as exc:
             raise ProqhaError(str(exc)) from None
         if self.optimizer not in OPTIMIZERS:
@@ -75,6 +76,11 @@ class TrainConfig:
                 raise ProqhaError(f"{name} out of range: {value}")
         lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
         return TrainConfig(**(asdict(self) | {"arch": arch, "lr": lr}))
+
+    def quant_options(self) -> dict[str, Any]:
+        """The ``QuantConfig`` fields this run sets."""
+        return {"bits": self.bits, "weight_quantizer": self.weight_quantizer, "edge_layers": self.edge_layers,
+                "int8_kernels": self.int8_kernels}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,7 +27,7 @@ def search_run(tmp_path_factory):
     return root / "search-1"
 
 
-TRAINING_FIXTURES = {"search_run", "digits_model", "trained", "runs"}  # each trains a model first
+TRAINING_FIXTURES = {"search_run", "digits_model", "trained", "runs", "vnni_run"}  # each trains a model first
 
 
 def pytest_collection_modifyitems(config, items):

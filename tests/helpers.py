@@ -33,13 +33,13 @@ def configure_bits(model, config: str) -> None:
     BitConfig(bits).apply(model)
 
 
-def random_cifar(weights: str) -> tuple[torch.nn.Module, DataLoader]:
+def random_cifar(weights: str, int8_kernels: str = "portable") -> tuple[torch.nn.Module, DataLoader]:
     torch.manual_seed(0)
     x = torch.randn(96, 3, 32, 32)
     float_model = create_model("resnet20_post")
     with torch.no_grad():  # spread the random logits over many output steps, so top-1 is rarely a tie
         float_model.fc.weight.mul_(20)
-    model = quantize_model(float_model, QuantConfig(weight_quantizer=weights))
+    model = quantize_model(float_model, QuantConfig(weight_quantizer=weights, int8_kernels=int8_kernels))
     calibrate_bn(model, x[:32])  # BN statistics and quantizer ranges from data, then eval
     return model, DataLoader(TensorDataset(x[32:], torch.randint(0, 10, (64,))), batch_size=32)
 

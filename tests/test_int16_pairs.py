@@ -65,7 +65,9 @@ def test_worst_pair_sum_is_attained_by_the_adversarial_inputs():
 
 @pytest.mark.parametrize("config", ["8", "4", "2", "mixed"])
 def test_portable_graph_cannot_saturate_and_the_old_form_can(config):
-    model, _ = random_cifar("lsq")
+    # trained on the full 8-bit grid (``int8_kernels="vnni"``): the portable export stores uint8 weights
+    # where int8 pair sums could pass int16; int8 weights everywhere ("vnni" form) break the bound
+    model, _ = random_cifar("lsq", int8_kernels="vnni")
     configure_bits(model, config)
     portable, info = export_onnx(model, (3, 32, 32))
     bounds = pair_sum_bounds(portable)
@@ -77,13 +79,32 @@ def test_portable_graph_cannot_saturate_and_the_old_form_can(config):
         assert np.array_equal(emulate_int16_pairs(a, w), a @ w.T), layer
     # int8 weights everywhere (the form before this rule; "vnni"): the bound names the culprits, and the
     # emulation shows the saturation a CPU without VNNI would compute, whatever CPU runs this test
-    old, _ = export_onnx(model, (3, 32, 32), int8_kernels="vnni")
+    old, old_info = export_onnx(model, (3, 32, 32), int8_kernels="vnni")
     failures = check_pair_sums(old)
     assert failures and all("int16 pair overflow possible" in f and "> 32767" in f for f in failures)
     assert "conv1" in failures[0]  # the first conv: 8-bit weights on the signed image
+    assert old_info.int8_kernels == "vnni"
     saturated = [layer for layer, w, lo, hi in _int8_layers(old)
                  if not np.array_equal(emulate_int16_pairs(a := adversarial_activations(w, lo, hi), w), a @ w.T)]
     assert len(saturated) == len(failures)
+
+
+@pytest.mark.parametrize("config", ["8", "mixed"])
+def test_a_model_trained_portable_runs_int8_weights_everywhere_within_the_bound(config):
+    # the default grid: 8-bit weights on inputs reaching uint8 255 train on ±64 levels, so every layer is
+    # uint8 x int8 (U8S8, the fast kernels) and no pair sum can leave int16, in either export form
+    model, _ = random_cifar("lsq")
+    configure_bits(model, config)
+    for kernels in ("portable", "vnni"):
+        proto, info = export_onnx(model, (3, 32, 32), int8_kernels=kernels)
+        bounds = pair_sum_bounds(proto)
+        assert len(bounds) == len(info.layers) and all(b.worst is not None and b.fits for b in bounds)
+        assert {v.weight_storage for v in info.layers.values()} <= {"int8", "int4", "int2"}
+        assert info.int8_kernels == "portable"  # the file is exact on every CPU, whichever form was asked
+        for layer, w, lo, hi in _int8_layers(proto):
+            a = adversarial_activations(w, lo, hi)
+            assert np.array_equal(emulate_int16_pairs(a, w), a @ w.T), layer
+    assert max(b.worst for b in bounds) > INT16_MAX // 2  # the cap is not far below the bound: ±64 is used
 
 
 def _int8_layers(proto: onnx.ModelProto):
@@ -151,14 +172,25 @@ def test_cpu_int8_path_from_flags(flags, machine, sums):
     assert cpu_int8_path("", "x86_64").sums == "unknown"
 
 
-def test_cli_reports_the_cpu_path_and_parity_flags_an_old_graph_on_any_cpu(search_run, tmp_path):
-    good = runner.invoke(app, ["export", str(search_run), "--out", str(tmp_path / "m.onnx"), "--samples", "64"])
+@pytest.fixture(scope="module")
+def vnni_run(tmp_path_factory):
+    """A digits run trained on the full 8-bit weight grid (``proqha train --int8-kernels vnni``, 2 epochs)."""
+    run = tmp_path_factory.mktemp("vnni") / "train"
+    result = runner.invoke(app, ["train", "--epochs", "2", "--batch-size", "128", "--int8-kernels", "vnni",
+                                 "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_cli_reports_the_cpu_path_and_parity_flags_an_old_graph_on_any_cpu(vnni_run, tmp_path):
+    good = runner.invoke(app, ["export", str(vnni_run), "--out", str(tmp_path / "m.onnx"), "--samples", "64"])
     assert good.exit_code == 0, good.output
     assert "onnxruntime int8 kernels on this CPU" in good.stdout and "exact on every CPU" in good.stdout
+    assert "layers store uint8 weights" in good.stdout  # the slow kernels are named, with the way out
     meta = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
     assert meta["proqha.int8_kernels"] == "portable" and "every CPU" in meta["proqha.exact_on"]
     # a graph with int8 weights everywhere that claims to be portable (what files before the rule were)
-    runner.invoke(app, ["export", str(search_run), "--out", str(tmp_path / "old.onnx"), "--no-check",
+    runner.invoke(app, ["export", str(vnni_run), "--out", str(tmp_path / "old.onnx"), "--no-check",
                         "--int8-kernels", "vnni"])
     old = onnx.load(tmp_path / "old.onnx")
     kept = [p for p in old.metadata_props if p.key not in ("proqha.int8_kernels", "proqha.exact_on")]
@@ -168,13 +200,13 @@ def test_cli_reports_the_cpu_path_and_parity_flags_an_old_graph_on_any_cpu(searc
     result = runner.invoke(app, ["parity", str(tmp_path / "old.onnx"), "--samples", "64", "--no-reference"])
     assert result.exit_code == 1, result.output
     assert "int16 pair overflow possible" in result.stderr
-    bad = runner.invoke(app, ["export", str(search_run), "--int8-kernels", "avx", "--out", str(tmp_path / "x.onnx")])
+    bad = runner.invoke(app, ["export", str(vnni_run), "--int8-kernels", "avx", "--out", str(tmp_path / "x.onnx")])
     assert bad.exit_code == 2 and "--int8-kernels must be one of" in bad.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_vnni_graph_is_validated_only_where_it_can_be_exact(search_run, tmp_path):
-    result = runner.invoke(app, ["export", str(search_run), "--out", str(tmp_path / "v.onnx"), "--samples", "64",
+def test_cli_vnni_graph_is_validated_only_where_it_can_be_exact(vnni_run, tmp_path):
+    result = runner.invoke(app, ["export", str(vnni_run), "--out", str(tmp_path / "v.onnx"), "--samples", "64",
                                  "--int8-kernels", "vnni"])
     if cpu_int8_path().sums == "int16":
         assert result.exit_code == 1 and "cannot run a --int8-kernels vnni graph exactly" in result.stderr

@@ -52,14 +52,17 @@ def print_bench(result: BenchResult, title: str, samples: int) -> None:
     from proqha.cost import format_ratio
 
     table = Table(title=title)
-    for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32", "paper cost",
+    anchored = any(r.get("vs_anchor") is not None for r in result.rows)
+    for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32",
+                *(["vs quantize_static"] if anchored else []), "paper cost",
                 "GBitOPs (ratio)", "file KB (ratio)", "ort MB", f"top-1 torch ({samples} img)",
                 f"top-1 engine ({samples} img)"):
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
     for r in result.rows:
         speed = "-" if r["speedup_vs_fp32"] is None else f"{r['speedup_vs_fp32']:.2f}x"
+        anchor = ["-" if r.get("vs_anchor") is None else f"{r['vs_anchor']:.2f}x"] if anchored else []
         table.add_row(r["model"], r["engine"], str(r["batch"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                      f"{r['p99_ms']:.3f}", f"{r['throughput']:.0f}", speed, format_ratio(r["paper_cost"]),
+                      f"{r['p99_ms']:.3f}", f"{r['throughput']:.0f}", speed, *anchor, format_ratio(r["paper_cost"]),
                       f"{r['gbitops']:.4f} ({format_ratio(r['bitops_ratio'])})",
                       _file_size(r), _megabytes(r["ort_session_bytes"]),
                       f"{r['torch_top1']:.2f}", f"{r['engine_top1']:.2f}")
@@ -84,11 +87,23 @@ def bench(
     out_dir: Annotated[Optional[Path], typer.Option(help="Where bench.json/bench.csv go (default RUN/bench).")] = None,
     int8_kernels: Annotated[str, typer.Option(help="The onnxruntime graph form: portable (exact on every CPU) or vnni (exact only with VNNI/AMX or on ARM64).")] = "portable",
     weights: Annotated[str, typer.Option(help="Weight storage of the onnxruntime graphs: packed (INT2/INT4 where the grid fits) or int8.")] = "packed",
+    anchor: Annotated[bool, typer.Option(help="Time onnxruntime's quantize_static of the fp32 twin beside them (ort and openvino engines).")] = True,
 ) -> None:
-    """Time the chosen model, its fp32 twin and the uniform 8-bit start on each engine and batch size."""
-    from proqha.data import checkpoint_test_loader
+    """Time the chosen model, its fp32 twin, the uniform 8-bit start and onnxruntime's quantize_static of the
+    same float model on each engine and batch size."""
+    from proqha.data import checkpoint_calibration_images, checkpoint_test_loader
+    from proqha.deploy.bench import (
+        ACCURACY_BATCH,
+        ANCHOR_CALIBRATION,
+        ANCHOR_ENGINES,
+        SANITY_BATCH,
+        anchor_model,
+        engine_max_batch,
+        fp32_model,
+        make_runtime,
+        run_bench,
+    )
     from proqha.export.file_size import source_metadata
-    from proqha.deploy.bench import ACCURACY_BATCH, SANITY_BATCH, engine_max_batch, fp32_model, make_runtime, run_bench
     from proqha.export.onnx_export import check_int8_kernels, check_weights
     from proqha.search.frontier import step_checkpoints
     from proqha.train import resolve_device
@@ -121,6 +136,10 @@ def bench(
                                  chosen_step, want_trt, int8_kernels, weights)
     size = state.input_size
     models = [chosen, fp32_model(chosen, size, source_metadata(state, checkpoint, chosen_step))]
+    anchored = anchor and any(e in ANCHOR_ENGINES for e in engines)
+    if anchored:
+        err_console.print("quantizing the fp32 twin with onnxruntime's quantize_static (the anchor row)")
+        models.append(anchor_model(chosen, models[1], checkpoint_calibration_images(state, ANCHOR_CALIBRATION).numpy()))
     if chosen_step is not None:
         others = step_checkpoints(run_dir) if all_steps else [(s, p) for s, p in step_checkpoints(run_dir)[:1]]
         for s, path in others:
@@ -143,12 +162,15 @@ def bench(
 def report(result: BenchResult, out: Path, run_dir: Path, plot: bool, samples: int, ort_forms: str | None) -> None:
     """Write bench.json/bench.csv (and plots), print the table and, for onnxruntime, the CPU's int8 path."""
     from proqha.deploy.bench import FP32_NOTE, plot_results, write_results
+    from proqha.deploy.ort_anchor import ANCHOR_NOTE
 
     paths = write_results(result, out)
     if plot:
         paths += plot_results(result, out, str(run_dir))
     print_bench(result, f"proqha bench: {run_dir}", samples)
     console.print(FP32_NOTE, markup=False)
+    if any(r.get("anchor") for r in result.rows):
+        console.print(ANCHOR_NOTE, markup=False)
     console.print("file KB: the bytes of the graph file as proqha export writes it", markup=False)
     if ort_forms is not None:
         console.print(f"{cpu_line()} {ort_forms}", markup=False)

@@ -43,6 +43,11 @@ def print_report(report: ValidationReport, title: str) -> None:
         console.print(f"int8 graph ({report.int8_kernels}, exact on {EXACT_ON[report.int8_kernels]}): "
                       f"{len(report.pair_sums) - wide} layers uint8 x int8 with worst pair sum {worst} "
                       f"({over} over 32767), {wide} layers uint8 x uint8", markup=False)
+        if wide:
+            console.print(f"note: {wide} layers store uint8 weights (onnxruntime's U8U8 kernels, measured 1.4-2.4x "
+                          "slower than U8S8): they were trained on the full 8-bit grid (--int8-kernels vnni, or "
+                          "a run from before the portable default); retrain with the default to run U8S8 "
+                          "everywhere", markup=False)
     console.print(cpu_line(), markup=False)
     table = Table(title=f"{title}: parity with PyTorch")
     for col in ("runtime", "images", "top-1 agreement (ties)", "PyTorch top-1", "runtime top-1",

@@ -24,6 +24,7 @@ def train(
     bits_file: Annotated[Optional[Path], typer.Option(help="Per-layer bits (JSON BitConfig); overrides --bits.")] = None,
     weight_quantizer: Annotated[str, typer.Option(help="lsq (deploy-exact) or dorefa (the paper's).")] = "lsq",
     edge_layers: Annotated[str, typer.Option(help="First conv and last linear: int8, float, or search.")] = "int8",
+    int8_kernels: Annotated[str, typer.Option(help="The CPUs the int8 file must be exact on: portable (every CPU: 8-bit weights on 8-bit inputs train on ±64 levels, onnxruntime's reduce_range) or vnni (±127, exact only where int8 sums are int32: VNNI/AMX, ARM64, TensorRT).")] = TrainConfig.int8_kernels,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 15; with --resume, extends the run).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: sgd 0.1, adam 1e-3).")] = None,
@@ -51,7 +52,7 @@ def train(
     else:
         cfg = TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
                           download=download, bits=bits, bits_file=str(bits_file) if bits_file else None,
-                          weight_quantizer=weight_quantizer, edge_layers=edge_layers,
+                          weight_quantizer=weight_quantizer, edge_layers=edge_layers, int8_kernels=int8_kernels,
                           epochs=epochs if epochs is not None else TrainConfig.epochs, batch_size=batch_size,
                           lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed, workers=workers,
                           device=device, init=str(init) if init else None, amp=amp,

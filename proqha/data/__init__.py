@@ -3,6 +3,7 @@
 from proqha.data import digits, vision  # noqa: F401  (registration)
 from proqha.data.registry import (
     DatasetSpec,
+    checkpoint_calibration_images,
     checkpoint_test_loader,
     check_data_dir,
     get_dataset_spec,
@@ -11,4 +12,4 @@ from proqha.data.registry import (
     register_dataset,
 )
 
-__all__ = ["DatasetSpec", "checkpoint_test_loader", "check_data_dir", "get_dataset_spec", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DatasetSpec", "checkpoint_calibration_images", "checkpoint_test_loader", "check_data_dir", "get_dataset_spec", "list_datasets", "load_dataset", "register_dataset"]

@@ -22,8 +22,9 @@ from proqha.files import atomic_write_json, atomic_write_text
 SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
 SANITY_BATCH = 64  # images in the sanity batch
 ACCURACY_BATCH = 32  # images per batch of the accuracy pass
+ANCHOR_CALIBRATION = 64  # training images the quantize_static anchor calibrates on
 CSV_FIELDS = ["model", "step", "engine", "batch", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "runs",
-              "throughput", "speedup_vs_fp32", "paper_cost", "gbitops", "bitops_ratio", "size_bytes", "file_bytes",
+              "throughput", "speedup_vs_fp32", "vs_anchor", "paper_cost", "gbitops", "bitops_ratio", "size_bytes", "file_bytes",
               "file_ratio_fp32", "ort_session_bytes", "torch_top1", "engine_top1", "sanity_agreement"]
 
 
@@ -38,10 +39,14 @@ class BenchModel:
     quantized: bool
     step: int | None = None
     trt_onnx: bytes | None = None
+    anchor: bool = False  # not proqha's: onnxruntime's quantize_static, on the ONNX engines only
+
+    def runs_on(self, engine: str) -> bool:
+        return not self.anchor or engine in ANCHOR_ENGINES
 
     def graph(self, engine: str) -> bytes | None:
         """The graph file an engine runs (None for the torch engine, which runs the module)."""
-        return {"ort": self.onnx, "trt": self.trt_onnx or self.onnx}.get(engine)
+        return {"ort": self.onnx, "openvino": self.onnx, "trt": self.trt_onnx or self.onnx}.get(engine)
 
 
 def bench_model(label: str, model: nn.Module, input_size: tuple[int, ...], step: int | None = None,
@@ -84,6 +89,24 @@ def fp32_model(base: BenchModel, input_size: tuple[int, ...], metadata: dict[str
     return BenchModel(FP32_LABEL, twin, data, cost_report(twin, input_size), False, base.step, data)
 
 
+ANCHOR_ENGINES = ("ort", "openvino")
+
+
+def anchor_model(base: BenchModel, fp32: BenchModel, calibration: np.ndarray) -> BenchModel:
+    """onnxruntime's ``quantize_static`` of the fp32 twin's graph (``proqha.deploy.ort_anchor``), calibrated on
+    ``calibration``; compared with the fp32 twin in PyTorch, costed as every conv/linear at 8 bit."""
+    import copy
+
+    from proqha.deploy.ort_anchor import ANCHOR_LABEL, quantize_static_graph
+    from proqha.quant import quant_layers, set_uniform_bits
+
+    uniform = copy.deepcopy(base.model)
+    set_uniform_bits(uniform, 8, quant_layers(uniform))
+    input_size = tuple(calibration.shape[1:])
+    return BenchModel(ANCHOR_LABEL, fp32.model, quantize_static_graph(fp32.onnx, calibration),
+                      cost_report(uniform, input_size), True, None, anchor=True)
+
+
 def engine_max_batch(batches: Iterable[int]) -> int:
     """The largest batch a bench sends an engine: its timed batches, the sanity batch and the accuracy
     batches (a TensorRT profile must take each; larger inputs run in parts)."""
@@ -108,14 +131,15 @@ def make_runtime(engine: str, bm: BenchModel, threads: int | None = None, device
     return TrtRuntime(engine_bytes)
 
 
-def sanity(runtime: Runtime, model: nn.Module, x: np.ndarray) -> float:
-    """Top-1 agreement (%) of a runtime with the PyTorch model on a fixed batch; ProqhaError below the bar."""
+def sanity(runtime: Runtime, model: nn.Module, x: np.ndarray, enforce: bool = True) -> float:
+    """Top-1 agreement (%) of a runtime with the PyTorch model on a fixed batch; ProqhaError below the bar
+    (with ``enforce``)."""
     with torch.no_grad():
         device = next(model.parameters()).device
         ref = model.eval()(torch.from_numpy(x).to(device)).cpu().numpy()
     out = runtime.run(x)
     agreement = 100.0 * float((out.argmax(1) == ref.argmax(1)).mean())
-    if agreement < SANITY_AGREEMENT:
+    if enforce and agreement < SANITY_AGREEMENT:
         raise ProqhaError(f"{runtime.name}: output disagrees with PyTorch on the sanity batch "
                           f"({agreement:.1f}% top-1 agreement < {SANITY_AGREEMENT}%); not timing it")
     return agreement
@@ -161,11 +185,13 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
         torch_top1 = accuracy(lambda x: _torch_run(bm.model, x), test_batches())
         session_bytes = ort_session_memory(bm.onnx) if "ort" in engines else None
         for engine in engines:
+            if not bm.runs_on(engine):
+                continue
             if on_progress is not None:
                 on_progress(f"{bm.label} on {engine}")
             runtime = make_runtime(engine, bm)
             result.devices.setdefault(engine, runtime.describe())
-            agreement = sanity(runtime, bm.model, sanity_batch)
+            agreement = sanity(runtime, bm.model, sanity_batch, enforce=not bm.anchor)
             engine_top1 = accuracy(runtime.run, test_batches())
             for b in batches:
                 stats = measure(runtime, inputs[b], warmup, iters, seconds)
@@ -176,7 +202,7 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
                     "file_bytes": None if bm.graph(engine) is None else len(bm.graph(engine)),
                     "ort_session_bytes": session_bytes if engine == "ort" else None,
                     "torch_top1": torch_top1, "engine_top1": engine_top1, "sanity_agreement": agreement,
-                    "quantized": bm.quantized})
+                    "quantized": bm.quantized, "anchor": bm.anchor})
     _speedups(result.rows)
     return result
 
@@ -188,10 +214,14 @@ def _torch_run(model: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def _speedups(rows: list[dict[str, Any]]) -> None:
-    """Speed-up and file size against the fp32 row of the same engine and batch (the first float model)."""
+    """Speed-up and file size against the fp32 row of the same engine and batch (the first float model), and
+    latency as a ratio to the quantize_static anchor's row there (``vs_anchor``, where it ran)."""
     base = {(r["engine"], r["batch"]): r for r in reversed(rows) if not r["quantized"]}
+    anchors = {(r["engine"], r["batch"]): r for r in rows if r.get("anchor")}
     for r in rows:
         ref = base.get((r["engine"], r["batch"]))
+        anchor = anchors.get((r["engine"], r["batch"]))
+        r["vs_anchor"] = r["median_ms"] / anchor["median_ms"] if anchor and anchor["median_ms"] > 0 else None
         r["speedup_vs_fp32"] = ref["median_ms"] / r["median_ms"] if ref and r["median_ms"] > 0 else None
         r["file_ratio_fp32"] = r["file_bytes"] / ref["file_bytes"] if ref and ref["file_bytes"] and \
             r["file_bytes"] is not None else None

@@ -39,7 +39,15 @@ from proqha.quant.fx_graph import (
     unique_name,
 )
 from proqha.quant.layers import FoldedBatchNorm2d, QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
-from proqha.quant.quantizers import WEIGHT_QUANTIZERS, DoReFaWeightQuantizer, PACTQuantizer, Quantizer, check_bits
+from proqha.quant.grid import INT8_KERNELS
+from proqha.quant.quantizers import (
+    WEIGHT_QUANTIZERS,
+    DoReFaWeightQuantizer,
+    PACTQuantizer,
+    Quantizer,
+    WeightQuantizer,
+    check_bits,
+)
 
 EDGE_CHOICES = ("int8", "float", "search")
 QUANT_LAYER_TYPES: dict[type[nn.Module], type[QuantLayer]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
@@ -66,6 +74,9 @@ class QuantConfig:
     quantize_outputs: quantize every conv/linear output (after its BN and activation) exactly once:
         where it feeds anything but a single quantizer (two branches, a pooling op, the model output),
         an 8-bit ``output_quantizer`` is inserted, so a deployed conv ends in one QuantizeLinear.
+    int8_kernels: the int8 kernels the trained grids must be exact on (``grid.INT8_KERNELS``): "portable"
+        (default: every CPU; LSQ weights are paired with their layer's input, ``WeightQuantizer.pair_with``)
+        or "vnni" (full 8-bit weight grids, exact where int8 sums are int32).
     """
 
     bits: int = 8
@@ -73,6 +84,7 @@ class QuantConfig:
     edge_layers: str = "int8"
     quantize_adds: bool = True
     quantize_outputs: bool = True
+    int8_kernels: str = "portable"
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -80,6 +92,8 @@ class QuantConfig:
             raise ValueError(f"weight_quantizer must be one of {sorted(WEIGHT_QUANTIZERS)}, got {self.weight_quantizer!r}")
         if self.edge_layers not in EDGE_CHOICES:
             raise ValueError(f"edge_layers must be one of {EDGE_CHOICES}, got {self.edge_layers!r}")
+        if self.int8_kernels not in INT8_KERNELS:
+            raise ValueError(f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, got {self.int8_kernels!r}")
 
     def edge_bits(self) -> int:
         return 32 if self.bits == 32 or self.edge_layers == "float" else 8
@@ -266,6 +280,8 @@ def _swap_layers(root: nn.Module, signed: Mapping[str, bool], edges: set[str], c
         out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
         # fixed edge layers keep the int8-exact LSQ grid (8-bit DoReFa has levels up to 255)
         a_q, w_q = act_quantizer(bits, is_signed), (WEIGHT_QUANTIZERS["lsq"] if edge else wq_cls)(bits, out_ch)
+        if config.int8_kernels == "portable" and isinstance(w_q, WeightQuantizer):
+            w_q.pair_with(a_q)
         q = quant_layer_type(mod).from_float(mod, a_q.to(mod.weight.device), w_q.to(mod.weight.device))
         q.searchable = not edge
         set_module(root, name, q)

@@ -168,10 +168,15 @@ INT16_MAX = 32767
 UINT8_SIGNED_OFFSET = 128  # a signed activation grid travels as uint8 with zero point 128
 
 
+def uint8_top(qmax: int, signed: bool) -> int:
+    """The largest uint8 value an activation grid with top integer ``qmax`` takes inside an x86 int8 kernel:
+    ``qmax``, shifted by 128 when the grid is signed (signed grids are stored as uint8 with zero point 128)."""
+    return qmax + (UINT8_SIGNED_OFFSET if signed else 0)
+
+
 def uint8_activation_max(grid: Grid) -> int:
-    """The largest uint8 value an activation on ``grid`` takes inside an x86 int8 kernel: its top integer,
-    shifted by 128 when the grid is signed (signed grids are stored as uint8 with zero point 128)."""
-    return grid.qmax + (UINT8_SIGNED_OFFSET if grid.signed else 0)
+    """``uint8_top`` of an activation grid."""
+    return uint8_top(grid.qmax, grid.signed)
 
 
 def pair_sum_fits_int16(act_max: int, weight_max: int) -> bool:
@@ -181,6 +186,19 @@ def pair_sum_fits_int16(act_max: int, weight_max: int) -> bool:
     which adds pairs of products in int16 and saturates at 32767; 255 x 127 x 2 = 64770 does not fit.
     """
     return 2 * act_max * weight_max <= INT16_MAX
+
+
+INT8_KERNELS = ("portable", "vnni")
+"""Which int8 kernels a model must be exact on. ``portable``: every CPU, so an 8-bit weight grid on an
+input whose uint8 values reach 255 has levels ±64 (``int16_weight_max``), onnxruntime's ``reduce_range``;
+``vnni``: only where int8 products are summed in int32 (VNNI, AMX, ARM64, TensorRT), levels ±127."""
+LEGACY_INT8_KERNELS = "vnni"  # models saved before the choice existed trained on the full 8-bit grid
+
+
+def int16_weight_max(act_max: int) -> int:
+    """The largest weight integer whose uint8 x int8 pair sums on inputs up to ``act_max`` fit int16
+    (``pair_sum_fits_int16``): 64 for full-range uint8 inputs, 127 and more from 7-bit inputs down."""
+    return INT16_MAX // (2 * max(act_max, 1))
 
 
 def weight_int_factor(qmax: int, act_max: int) -> int:

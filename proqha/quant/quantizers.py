@@ -179,11 +179,27 @@ negative). Narrower weights learn their range (LSQ), starting from the max."""
 
 
 class WeightQuantizer(Quantizer):
-    """Weights: symmetric signed per output channel, ±(2^(b-1)-1), zero point 0; the range is max |w| at
-    8 bit (``MAX_RANGE_BITS``), LSQ-learned below."""
+    """Weights: symmetric signed per output channel, ±(2^(b-1)-1) (capped by ``pair_with``), zero point 0;
+    the range is max |w| at 8 bit (``MAX_RANGE_BITS``), LSQ-learned below."""
 
     signed = True
     axis = 0
+    paired_input: Quantizer | None = None  # set by ``pair_with``; not a child module
+
+    def pair_with(self, input_quantizer: Quantizer) -> "WeightQuantizer":
+        """Keep every uint8 x int8 pair sum of this layer inside int16 (``int8_kernels="portable"``): the
+        grid's top level is capped by ``int16_weight_max`` of the input grid as it is at each use, so a
+        searched input width moves the cap with it (8-bit weights: ±64 on 8-bit inputs, ±127 on 7-bit)."""
+        object.__setattr__(self, "paired_input", input_quantizer)
+        return self
+
+    def qrange(self) -> tuple[int, int]:
+        lo, hi = super().qrange()
+        partner = self.paired_input
+        if partner is None or not partner.enabled:
+            return lo, hi
+        cap = min(hi, g.int16_weight_max(g.uint8_top(partner.qrange()[1], partner.signed)))
+        return -cap, cap
 
     def _initial_alpha(self, w: torch.Tensor) -> torch.Tensor:
         return w.detach().abs().flatten(1).amax(dim=1)

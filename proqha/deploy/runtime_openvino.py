@@ -1,0 +1,92 @@
+"""OpenVINO (``pip install 'proqha[openvino]'``): reads the same QDQ ONNX file and compiles it for the CPU.
+
+OpenVINO turns DequantizeLinear -> Conv -> QuantizeLinear chains into its own low-precision kernels; which
+layers it runs in int8 is read from the compiled model's runtime graph (``runtimePrecision`` of each
+Convolution and FullyConnected node), as ``optimized_model_filepath`` shows it for onnxruntime.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proqha.deploy.runtime import WallClockTimed
+from proqha.errors import ProqhaError
+
+LAYER_TYPES = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution")
+INTEGER_PRECISIONS = ("u8", "i8")
+
+
+def require_openvino() -> Any:
+    """The ``openvino`` module, or one clear ProqhaError where it is missing."""
+    try:
+        import openvino
+    except ImportError:
+        raise ProqhaError("--engine openvino needs OpenVINO: pip install 'proqha[openvino]'") from None
+    return openvino
+
+
+@dataclass(frozen=True)
+class OpenVinoLayers:
+    """The conv/linear layers of a compiled model by the precision OpenVINO runs them in."""
+
+    integer: int
+    float: int
+
+
+def runtime_info(op: Any, key: str) -> str:
+    """A runtime-graph node's ``rt_info`` entry as text ("" where it has none)."""
+    info = op.get_rt_info()
+    return info[key].astype(str) if key in info else ""
+
+
+def layer_precisions(compiled: Any) -> OpenVinoLayers:
+    """Count the compiled model's conv/linear nodes running in u8/i8 against the rest."""
+    integer = other = 0
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        kind, precision = runtime_info(op, "layerType"), runtime_info(op, "runtimePrecision").lower()
+        if kind not in LAYER_TYPES:
+            continue
+        if precision in INTEGER_PRECISIONS:
+            integer += 1
+        else:
+            other += 1
+    return OpenVinoLayers(integer, other)
+
+
+class OpenVinoRuntime(WallClockTimed):
+    """An OpenVINO CPU compilation of an ONNX model's bytes (latency hint, ``threads`` inference threads)."""
+
+    name = "openvino"
+
+    def __init__(self, model_bytes: bytes, threads: int | None = None) -> None:
+        ov = require_openvino()
+        core = ov.Core()
+        with tempfile.TemporaryDirectory() as tmp:  # its ONNX frontend reads files
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(model_bytes)
+            model = core.read_model(str(path))
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.threads = threads
+        self.version = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.device = core.get_property("CPU", "FULL_DEVICE_NAME")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return self.request.get_output_tensor(0).data.copy()
+
+    def layers(self) -> OpenVinoLayers:
+        return layer_precisions(self.compiled)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "openvino": self.version, "threads": self.threads,
+                "device": self.device or platform.processor() or platform.machine()}
