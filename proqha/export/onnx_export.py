@@ -24,7 +24,7 @@ from torch import nn
 from proqha import __version__
 from proqha.cost import cost_report
 from proqha.errors import ProqhaError, first_line
-from proqha.export import ops, qdq, space_to_depth
+from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder, dequantize_behind
 from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer, require_quantized
 from proqha.quant.fx_graph import constant_nodes, quantizer_behind
@@ -56,7 +56,6 @@ class LayerExport:
     weight_storage: str = "int8"
     dequantized: str | None = None  # the weight DequantizeLinear's output
     act_max: int = 0  # the largest uint8 value its input takes in an integer kernel
-    space_to_depth: int = 1  # > 1: the conv reads its integer input through SpaceToDepth of this block
 
 
 @dataclass
@@ -118,13 +117,12 @@ class _Writer:
         self.constants = constant_nodes(model.graph)
 
     # -- helpers ----------------------------------------------------------------------------------
-    def act(self, x: str, quantizer: nn.Module, base: str, block: int = 1) -> str:
+    def act(self, x: str, quantizer: nn.Module, base: str) -> str:
         if not self.quantized or not isinstance(quantizer, Quantizer) or not quantizer.enabled:
             if isinstance(quantizer, PACTQuantizer) and quantizer.absorbs_relu:  # the ReLU it stands in for
                 return self.b.node("Relu", [x], f"{base}.relu")
             return x
-        out, scale = self.grids.activation(self.b, x, quantizer.grid(), base, requantize=x in self.scales,
-                                           block=block)
+        out, scale = self.grids.activation(self.b, x, quantizer.grid(), base, requantize=x in self.scales)
         self.scales[out] = scale
         return out
 
@@ -146,14 +144,13 @@ class _Writer:
         if tokens:  # a linear on N-d input (tokens, channels-last MLPs): a Gemm on the rows, features last
             rows = self.b.const(f"{name}.rows", np.array([-1, layer.in_features], np.int64))
             x = self.b.node("Reshape", [x, rows], f"{name}.to_rows")
-        wq = layer.weight_quantizer
-        s2d = self.space_to_depth(node, layer)
-        x = self.act(x, layer.input_quantizer, f"{name}.input", s2d.block if s2d else 1)
+        x = self.act(x, layer.input_quantizer, f"{name}.input")
         bn = self.folded_bn(node) if isinstance(layer, QuantConv2d) else None
+        wq = layer.weight_quantizer
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
         if self.quantized and wq.enabled and x in self.scales:
-            w, b = self.integer_weights(name, layer, bn, x, record, s2d)
+            w, b = self.integer_weights(name, layer, bn, x, record)
         else:
             wf, bias = float_layer(layer, bn)
             w, b = self.const(f"{name}.weight", wf), None if bias is None else self.const(f"{name}.bias", bias)
@@ -167,31 +164,16 @@ class _Writer:
             if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
                 raise ProqhaError(f"{name}: only numeric zero padding can be exported")
             ph, pw = ops.pair(layer.padding)
-            if s2d is not None:
-                y = self.b.node("Conv", inputs, name, kernel_shape=list(s2d.kernel), pads=list(s2d.pads))
-            else:
-                y = self.b.node("Conv", inputs, name, kernel_shape=ops.pair(layer.kernel_size),
-                                strides=ops.pair(layer.stride), pads=[ph, pw, ph, pw],
-                                dilations=ops.pair(layer.dilation), group=layer.groups)
+            y = self.b.node("Conv", inputs, name, kernel_shape=ops.pair(layer.kernel_size), strides=ops.pair(layer.stride),
+                            pads=[ph, pw, ph, pw], dilations=ops.pair(layer.dilation), group=layer.groups)
         if bn is not None:
             self.env[next(iter(node.users))] = y
         return y
 
-    def space_to_depth(self, node: fx.Node, layer: QuantConv2d | QuantLinear) -> space_to_depth.SpaceToDepthPlan | None:
-        """The SpaceToDepth form of an integer conv where this profile uses it (``proqha.export.space_to_depth``)."""
-        if not (self.quantized and self.grids.space_to_depth and isinstance(layer, QuantConv2d)
-                and layer.weight_quantizer.enabled and layer.input_quantizer.enabled
-                and isinstance(layer.padding, tuple) and layer.padding_mode == "zeros"):
-            return None
-        shape = self.shape(node.args[0])
-        pairs = [tuple(ops.pair(v)) for v in (layer.kernel_size, layer.stride, layer.dilation, layer.padding)]
-        return space_to_depth.plan(layer.in_channels, layer.groups, *pairs, tuple(shape[2:4]))
-
     def integer_weights(self, name: str, layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None, x: str,
-                        record: LayerExport, s2d: space_to_depth.SpaceToDepthPlan | None = None
-                        ) -> tuple[str, str | None]:
-        """The dequantized integer weights and bias of a quantized layer whose input ``x`` is quantized (read
-        through SpaceToDepth where ``s2d`` is given); fills ``record``."""
+                        record: LayerExport) -> tuple[str, str | None]:
+        """The dequantized integer weights and bias of a quantized layer whose input ``x`` is quantized;
+        fills ``record``."""
         wq = layer.weight_quantizer
         grid = wq.grid()
         deployed = integer_layer(layer, bn)
@@ -202,11 +184,7 @@ class _Writer:
             deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # a profile that re-grids the input
         record.act_max = uint8_activation_max(layer.input_quantizer.grid())
         wide = self.grids.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
-        trained = (deployed.ints // deployed.int_factor).cpu().numpy()
-        if s2d is not None:
-            trained = space_to_depth.rearrange(trained, s2d, ops.pair(layer.padding))
-            record.space_to_depth = s2d.block
-        written = qdq.weight(self.b, trained, deployed.int_factor,
+        written = qdq.weight(self.b, (deployed.ints // deployed.int_factor).cpu().numpy(), deployed.int_factor,
                              deployed.scale.cpu().numpy(), name, (grid.qmin, grid.qmax, grid.odd_levels), wide,
                              self.grids.packs)
         record.dequantized, record.initializer, record.weight_storage = (written.dequantized, written.initializer,

@@ -78,12 +78,10 @@ class PairSumBound:
 def _activation_range(dq: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
                       inits: dict[str, onnx.TensorProto]) -> tuple[int, int]:
     """The stored integer range of a DequantizeLinear's input: its type (from the zero point), narrowed
-    by an integer Clip in front of it (through a SpaceToDepth, which only moves values)."""
+    by an integer Clip in front of it."""
     zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
     lo, hi = (-128, 127) if zero is not None and zero.data_type == onnx.TensorProto.INT8 else (0, 255)
     node = producers.get(dq.input[0])
-    if node is not None and node.op_type == "SpaceToDepth":
-        node = producers.get(node.input[0])
     if node is not None and node.op_type == "Clip":
         bounds = [numpy_helper.to_array(inits[i]).item() if i in inits else None for i in list(node.input[1:3])]
         bounds += [None] * (2 - len(bounds))

@@ -92,12 +92,9 @@ class OrtProfile:
     def emitted_grid(self, grid: Grid) -> EmittedGrid:
         return EmittedGrid(float(grid.scale.reshape(-1)[0]), grid.qmin, grid.qmax)
 
-    space_to_depth = True  # strided stem convs on few channels may read their integer input as SpaceToDepth
-
-    def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False,
-                   block: int = 1) -> tuple[str, float]:
-        """Emit the Q/DQ of an activation grid; returns (dequantized tensor name, emitted step). ``block`` > 1
-        moves the integer tensor through SpaceToDepth before its DequantizeLinear (``space_to_depth``).
+    def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False
+                   ) -> tuple[str, float]:
+        """Emit the Q/DQ of an activation grid; returns (dequantized tensor name, emitted step).
 
         ``requantize``: ``x`` is itself a dequantized tensor (a quantizer right after another one). Its
         integer Clip is then written even for the full range: onnxruntime's DoubleQDQPairsRemover rewrites
@@ -113,8 +110,6 @@ class OrtProfile:
             lo = b.const(f"{base}.int_min", np.array(g.qmin + zp, np.uint8))
             hi = b.const(f"{base}.int_max", np.array(g.qmax + zp, np.uint8))
             q = b.node("Clip", [q, lo, hi], f"{base}.int_clip")
-        if block > 1:
-            q = b.node("SpaceToDepth", [q], f"{base}.space_to_depth", blocksize=block)
         return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
 
     def wide_weights(self, act_max: int, weight_max: int) -> bool:
@@ -132,7 +127,6 @@ class TrtProfile(OrtProfile):
     """TensorRT explicit quantization: int8 only, zero point 0, float clamps, float biases."""
 
     name = "trt"
-    space_to_depth = False  # TensorRT's own tactics handle stems
 
     def __init__(self, int8_kernels: str = "portable", weights: str = "packed") -> None:
         super().__init__(int8_kernels, weights)
@@ -145,8 +139,8 @@ class TrtProfile(OrtProfile):
             return EmittedGrid(scale * grid.qmax / 127, 0, 127)
         return EmittedGrid(scale, grid.qmin, grid.qmax)
 
-    def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False,
-                   block: int = 1) -> tuple[str, float]:
+    def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False
+                   ) -> tuple[str, float]:
         g = self.emitted_grid(grid)
         scale = b.const(f"{base}.scale", np.array(g.scale, np.float32))
         lo = b.const(f"{base}.clip_min", np.array(g.qmin * g.scale, np.float32))
