@@ -63,16 +63,41 @@ class _AddIntoOneConv(nn.Module):
         return self.fc(self.down(x).mean([2, 3]))
 
 
-def test_requantization_after_an_add_is_exact_in_onnxruntime():
+def _calibrated_add_into_one_conv() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     x = torch.randn(136, 3, 8, 8)
     model = quantize_model(_AddIntoOneConv(), QuantConfig(bits=8))
     with torch.no_grad():
         model.fc.weight.mul_(20)  # logits spread over many output steps
     calibrate_bn(model, x[:8])
+    return model, x
+
+
+def _requantizing_nodes(proto) -> list[str]:
+    return [n.op_type for n in proto.graph.node if n.name.startswith("down.0.input")]
+
+
+def test_requantization_after_an_add_is_exact_in_onnxruntime():
+    model, x = _calibrated_add_into_one_conv()
+    with torch.no_grad():  # a range of its own, as training leaves it: a real second rounding
+        model.get_submodule("down.0").input_quantizer.alpha.mul_(0.8)
     proto, info = export_onnx(model, (3, 8, 8))
-    clips = [n for n in proto.graph.node if n.op_type == "Clip" and n.input[0].startswith("down.0.input")]
-    assert clips, "the requantizing input of down.0 must keep its integer Clip"
+    assert _requantizing_nodes(proto) == ["QuantizeLinear", "Clip", "DequantizeLinear"], \
+        "the requantizing input of down.0 must keep its integer Clip"
     report = validate_export(proto, info, model, DataLoader(TensorDataset(x[8:], torch.zeros(128).long()), batch_size=64))
     assert report.ok, report.failures
     assert report.parity[0].max_steps <= 2
+
+
+def test_a_quantizer_on_the_grid_its_input_is_already_on_is_not_written():
+    # calibrated on the same batches, the add's output and down.0's input quantizer hold the same range: the
+    # second rounding is the identity, so the graph leaves it out (no Q/Clip/DQ for onnxruntime to run)
+    model, x = _calibrated_add_into_one_conv()
+    assert torch.equal(model.get_submodule("down.0").input_quantizer.scale(), model.add.output_quantizer.scale())
+    proto, info = export_onnx(model, (3, 8, 8))
+    assert _requantizing_nodes(proto) == []
+    report = validate_export(proto, info, model, DataLoader(TensorDataset(x[8:], torch.zeros(128).long()), batch_size=64))
+    assert report.ok, report.failures
+    assert report.parity[0].max_steps <= 2 and report.parity[1].max_steps <= 1
+    model.get_submodule("down.0").set_bits(a=7)  # a narrower grid at another step: written again
+    assert _requantizing_nodes(export_onnx(model, (3, 8, 8))[0]) == ["QuantizeLinear", "Clip", "DequantizeLinear"]

@@ -102,6 +102,13 @@ class _Probe(ShapeProp):
         return result
 
 
+def _same_or_wider(have: tuple[qdq.EmittedGrid, bool], want: tuple[qdq.EmittedGrid, bool]) -> bool:
+    """Whether a tensor on grid ``have`` is unchanged by quantizing it to ``want``: the same step and sign,
+    and ``want``'s integer range holds ``have``'s."""
+    (g, signed), (h, wanted_signed) = have, want
+    return g.scale == h.scale and signed == wanted_signed and h.qmin <= g.qmin and g.qmax <= h.qmax
+
+
 class _Writer:
     def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str, weights: str
                  ) -> None:
@@ -112,6 +119,7 @@ class _Writer:
         self.env: dict[fx.Node, str] = {}
         self.info = ExportInfo(profile, quantized, int8_kernels, weights if self.grids.packs else "int8")
         self.scales: dict[str, float] = {}  # emitted activation step of a tensor name
+        self.emitted: dict[str, tuple[qdq.EmittedGrid, bool]] = {}  # and its grid as written, with its sign
         self.probe_batch = PROBE_BATCH
         self._batch: str | None = None  # the graph input's batch size, once a handler needs it
         self.constants = constant_nodes(model.graph)
@@ -122,8 +130,13 @@ class _Writer:
             if isinstance(quantizer, PACTQuantizer) and quantizer.absorbs_relu:  # the ReLU it stands in for
                 return self.b.node("Relu", [x], f"{base}.relu")
             return x
-        out, scale = self.grids.activation(self.b, x, quantizer.grid(), base, requantize=x in self.scales)
+        grid = quantizer.grid()
+        emitted = (self.grids.emitted_grid(grid), grid.signed)
+        if self.emitted.get(x) is not None and _same_or_wider(self.emitted[x], emitted):
+            return x  # x is already on this grid: the second rounding and clamp change nothing
+        out, scale = self.grids.activation(self.b, x, grid, base, requantize=x in self.scales)
         self.scales[out] = scale
+        self.emitted[out] = emitted
         return out
 
     def const(self, base: str, t: torch.Tensor) -> str:
