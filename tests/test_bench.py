@@ -1,4 +1,5 @@
-"""proqha bench: latency statistics on real onnxruntime sessions, the report, and missing TensorRT."""
+"""proqha bench: latency statistics on real onnxruntime and OpenVINO sessions, the quantize_static anchor, the
+report, and missing TensorRT or OpenVINO."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from proqha.cli.app import app
 from proqha.deploy.bench import CSV_FIELDS
 from proqha.deploy.latency import measure, stats_from
+from proqha.deploy.ort_anchor import ANCHOR_LABEL
 from proqha.deploy.runtime_ort import OrtRuntime
 from proqha.export.onnx_export import export_onnx
 from proqha.models import create_model
@@ -21,6 +23,7 @@ from proqha.quant import quantize_model
 
 runner = CliRunner()
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 def _ort_runtime():
@@ -57,10 +60,18 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
     assert set(data) == {"schema", "settings", "devices", "rows"} and data["schema"] == 1
     assert set(data["devices"]) == {"ort", "torch"}
     rows = data["rows"]
-    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)"}
-    assert len(rows) == 3 * 2 * 2
+    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)", ANCHOR_LABEL}
+    assert len(rows) == 3 * 2 * 2 + 2  # onnxruntime's quantize_static runs on onnxruntime only
     assert set(CSV_FIELDS) <= set(rows[0])
+    assert "vs qs" in result.stdout and "vs qs: latency as a ratio to its row" in " ".join(result.stdout.split())
     for r in rows:
+        anchor = next((a for a in rows if a["anchor"] and (a["engine"], a["batch"]) == (r["engine"], r["batch"])), None)
+        assert (anchor is None) == (r["engine"] == "torch")
+        assert r["vs_anchor"] == (None if anchor is None else pytest.approx(r["median_ms"] / anchor["median_ms"]))
+        if r["anchor"]:  # every conv/linear at 8 bit, the fp32 twin's graph quantized by onnxruntime
+            assert r["paper_cost"] == 0.25 and r["quantized"] and r["file_bytes"] > 0
+            assert r["sanity_agreement"] >= 90.0 and r["engine_top1"] > 80.0
+            continue
         assert r["median_ms"] > 0 and r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
         if r["engine"] == "ort":  # the graph's file size, and onnxruntime's memory for its session
             assert r["file_bytes"] > 0 and r["ort_session_bytes"] > 0
@@ -77,6 +88,50 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
         assert next(csv.reader(f)) == CSV_FIELDS
     for png in ("latency_vs_bitops.png", "accuracy_vs_latency.png"):
         assert (search_run / "bench" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_anchor_leaves_the_quantize_static_row_out(search_run, tmp_path):
+    result = runner.invoke(app, ["bench", str(search_run), "--batch", "1", "--iters", "1", "--warmup", "0",
+                                 "--samples", "16", "--no-anchor", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert ANCHOR_LABEL not in {r["model"] for r in rows} and all(r["vs_anchor"] is None for r in rows)
+    assert "vs qs" not in result.stdout
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="needs OpenVINO (pip install -e '.[openvino]')")
+def test_openvino_engine_times_the_same_files_with_the_anchor(search_run, tmp_path):
+    result = runner.invoke(app, ["bench", str(search_run), "--engine", "ort", "--engine", "openvino", "--batch", "1",
+                                 "--iters", "2", "--warmup", "1", "--samples", "64", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["devices"]["openvino"]["engine"] == "openvino"
+    ov = {r["model"]: r for r in data["rows"] if r["engine"] == "openvino"}
+    ort = {r["model"]: r for r in data["rows"] if r["engine"] == "ort"}
+    assert set(ov) == set(ort) and ANCHOR_LABEL in ov  # every graph, the anchor too, on both engines
+    for model, r in ov.items():
+        assert r["file_bytes"] == ort[model]["file_bytes"]  # the same file
+        assert r["vs_anchor"] == pytest.approx(r["median_ms"] / ov[ANCHOR_LABEL]["median_ms"])
+        if not r["anchor"]:
+            assert r["sanity_agreement"] >= 95.0 and r["engine_top1"] == pytest.approx(r["torch_top1"], abs=3.0)
+
+
+def test_openvino_missing_is_one_line_exit_2_before_any_work(search_run, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    result = runner.invoke(app, ["bench", str(search_run), "--engine", "openvino", "--out-dir", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'proqha[openvino]'" in lines[0]
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")

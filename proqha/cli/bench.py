@@ -11,7 +11,7 @@ from rich.table import Table
 from proqha.cli.common import check_writable, console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line
 from proqha.runs import pick_checkpoint
-from proqha.deploy.runtime import ENGINES
+from proqha.deploy.runtime import check_engines
 from proqha.errors import ProqhaError
 
 if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
@@ -54,7 +54,7 @@ def print_bench(result: BenchResult, title: str, samples: int) -> None:
     table = Table(title=title)
     anchored = any(r.get("vs_anchor") is not None for r in result.rows)
     for col in ("model", "engine", "batch", "median ms", "p90 ms", "p99 ms", "img/s", "vs fp32",
-                *(["vs quantize_static"] if anchored else []), "paper cost",
+                *(["vs qs"] if anchored else []), "paper cost",
                 "GBitOPs (ratio)", "file KB (ratio)", "ort MB", f"top-1 torch ({samples} img)",
                 f"top-1 engine ({samples} img)"):
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
@@ -72,7 +72,7 @@ def print_bench(result: BenchResult, title: str, samples: int) -> None:
 @handle_errors
 def bench(
     run: Annotated[Optional[Path], typer.Argument(help="Search run, train run or checkpoint (default: the latest search, else train, run).")] = None,
-    engine: Annotated[Optional[list[str]], typer.Option(help="ort, trt or torch; repeat for several (default ort).")] = None,
+    engine: Annotated[Optional[list[str]], typer.Option(help="ort, openvino, trt or torch; repeat for several (default ort).")] = None,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 5,
     iters: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
@@ -108,10 +108,7 @@ def bench(
     from proqha.search.frontier import step_checkpoints
     from proqha.train import resolve_device
 
-    engines = engine or ["ort"]
-    for e in engines:
-        if e not in ENGINES:
-            raise ProqhaError(f"--engine must be one of {', '.join(ENGINES)}, got {e!r}")
+    engines = check_engines(engine or ["ort"])
     batches = list(parse_int_tuple(batch, "--batch"))
     for option, value, ok in (("--warmup", warmup, warmup >= 0), ("--iters", iters, iters >= 1),
                               ("--seconds", seconds, seconds is None or seconds > 0),
@@ -122,10 +119,6 @@ def bench(
     check_int8_kernels(int8_kernels)
     check_weights(weights)
     torch_device = resolve_device(device) if "torch" in engines else None
-    if "trt" in engines:
-        from proqha.deploy.runtime_trt import require_tensorrt
-
-        require_tensorrt()
     checkpoint, run_dir, chosen_step = pick_checkpoint(run, step, best_under_cost)
     if all_steps and chosen_step is None:
         raise ProqhaError(f"--all-steps times every step of a search run; {run or run_dir} is not one")

@@ -48,6 +48,10 @@ def print_report(report: ValidationReport, title: str) -> None:
                           "slower than U8S8): they were trained on the full 8-bit grid (--int8-kernels vnni, or "
                           "a run from before the portable default); retrain with the default to run U8S8 "
                           "everywhere", markup=False)
+    if report.openvino_layers is not None:
+        console.print(f"OpenVINO runs {report.openvino_layers[0]} conv/linear layers in int8 and "
+                      f"{report.openvino_layers[1]} in float (parity reported, not enforced: its kernels are not "
+                      "onnxruntime's integer arithmetic)", markup=False)
     console.print(cpu_line(), markup=False)
     table = Table(title=f"{title}: parity with PyTorch")
     for col in ("runtime", "images", "top-1 agreement (ties)", "PyTorch top-1", "runtime top-1",

@@ -10,6 +10,7 @@ import typer
 
 from proqha.cli.common import err_console, fail, handle_errors
 from proqha.cli.export import parity_path, print_report
+from proqha.deploy.runtime import check_engines
 from proqha.runs import pick_checkpoint
 from proqha.errors import ProqhaError
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # annotations only: the modules load inside the commands that
     import torch
 
 MAX_BYTES = 2 * 1024**3
+PARITY_ENGINES = ("ort", "openvino")
 
 
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
@@ -63,8 +65,10 @@ def parity_command(
     run: Annotated[Optional[Path], typer.Option(help="Run or checkpoint of the PyTorch model (default: the one the file names).")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Test images (default: the full test split).")] = None,
     reference: Annotated[bool, typer.Option(help="Also run the ONNX reference evaluator (slow on large models).")] = True,
+    engine: Annotated[Optional[list[str]], typer.Option(help="Runtimes: ort (always; its rules are enforced) and openvino (measured and reported); repeatable.")] = None,
 ) -> None:
-    """Compare an exported model with its PyTorch model on the test split (onnxruntime and reference)."""
+    """Compare an exported model with its PyTorch model on the test split (onnxruntime and reference; OpenVINO
+    with --engine openvino)."""
     from proqha.builder import load_model
     from proqha.data import checkpoint_test_loader
     from proqha.export.pair_sums import check_pair_sums, pair_sum_bounds
@@ -74,6 +78,11 @@ def parity_command(
 
     if samples is not None and samples < 1:
         raise ProqhaError(f"--samples must be >= 1, got {samples}")
+    engines = engine or ["ort"]
+    for e in engines:
+        if e not in PARITY_ENGINES:
+            raise ProqhaError(f"--engine must be one of {', '.join(PARITY_ENGINES)}, got {e!r}")
+    check_engines(engines)
     proto, data = read_onnx(model_path)
     meta = {p.key: p.value for p in proto.metadata_props}
     if run is None:
@@ -89,7 +98,14 @@ def parity_command(
     else:
         check_same_bits(meta, model, model_path, checkpoint)
     step = float(meta["proqha.output_scale"]) if meta.get("proqha.output_scale") else None
-    results = parity(model, data, checkpoint_test_loader(state, samples), step, reference)
+    others, openvino_layers = {}, None
+    if "openvino" in engines:
+        from proqha.deploy.runtime_openvino import OpenVinoRuntime
+
+        runtime = OpenVinoRuntime(data)
+        others["openvino"] = runtime.run
+        openvino_layers = tuple(vars(runtime.layers()).values())
+    results = parity(model, data, checkpoint_test_loader(state, samples), step, reference, others)
     exact = meta.get("proqha.format") == "onnx" and meta.get("proqha.profile") == "ort"
     int8_kernels = meta.get("proqha.int8_kernels", "portable")  # files before the option claimed every CPU
     failures = []
@@ -97,7 +113,8 @@ def parity_command(
         failures += check_pair_sums(proto)  # a bound on the file's integers: the same verdict on every CPU
     if exact:
         failures += check_parity(results, step is not None)
-    report = ValidationReport(failures, ort_kernels(data), results, 0, pair_sum_bounds(proto), int8_kernels=int8_kernels)
+    report = ValidationReport(failures, ort_kernels(data), results, 0, pair_sum_bounds(proto), int8_kernels=int8_kernels,
+                              openvino_layers=openvino_layers)
     print_report(report, model_path.name)
     report_path = parity_path(model_path)
     atomic_write_json(report_path, report.to_dict() | {"model": str(model_path), "source": str(checkpoint)})

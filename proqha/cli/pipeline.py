@@ -12,7 +12,7 @@ from proqha.cli.common import err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import export
 from proqha.cli.search import search_run
 from proqha.cli.train import run_train
-from proqha.deploy.runtime import ENGINES
+from proqha.deploy.runtime import check_engines
 from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, next_run_dir
 from proqha.search.config import SearchConfig
@@ -31,7 +31,7 @@ def pipeline(
     steps: Annotated[int, typer.Option(help="Search steps.")] = _SEARCH.steps,
     target_cost: Annotated[Optional[float], typer.Option(help="Search: stop at this paper cost.")] = None,
     criterion: Annotated[str, typer.Option(help="Search score: hessian, loss, acc or random.")] = _SEARCH.criterion,
-    engine: Annotated[Optional[list[str]], typer.Option(help="Bench engines: ort, trt, torch (repeatable).")] = None,
+    engine: Annotated[Optional[list[str]], typer.Option(help="Bench engines: ort, openvino, trt, torch (repeatable).")] = None,
     batch: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
     iters: Annotated[int, typer.Option(help="Bench timed runs per batch size.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed for training and search.")] = _TRAIN.seed,
@@ -44,13 +44,7 @@ def pipeline(
                             seed=seed, device=device).resolved()
     search_args = dict(lam=lam, steps=steps, target_cost=target_cost, criterion=criterion, seed=seed, device=device)
     SearchConfig(source="(the train run)", **search_args).resolved()
-    for e in engine or ["ort"]:
-        if e not in ENGINES:
-            raise ProqhaError(f"--engine must be one of {', '.join(ENGINES)}, got {e!r}")
-    if "trt" in (engine or []):
-        from proqha.deploy.runtime_trt import require_tensorrt
-
-        require_tensorrt()  # before training: the bench stage would otherwise stop after hours of work
+    check_engines(engine or ["ort"])  # before training: the bench stage would otherwise stop after hours of work
     parse_int_tuple(batch, "--batch")
     if iters < 1:
         raise ProqhaError(f"--iters out of range: {iters}")

@@ -115,12 +115,16 @@ def engine_max_batch(batches: Iterable[int]) -> int:
 
 def make_runtime(engine: str, bm: BenchModel, threads: int | None = None, device: torch.device | None = None,
                  input_size: tuple[int, ...] | None = None, max_batch: int = 1) -> Runtime:
-    """The runtime ``engine`` (ort, torch or trt) over one bench model; ``max_batch`` (``engine_max_batch``)
-    is the top of a TensorRT engine's profile."""
+    """The runtime ``engine`` (ort, openvino, torch or trt) over one bench model; ``max_batch``
+    (``engine_max_batch``) is the top of a TensorRT engine's profile."""
     if engine == "ort":
         from proqha.deploy.runtime_ort import OrtRuntime
 
         return OrtRuntime(bm.onnx, threads)
+    if engine == "openvino":
+        from proqha.deploy.runtime_openvino import OpenVinoRuntime
+
+        return OpenVinoRuntime(bm.onnx, threads)
     if engine == "torch":
         from proqha.deploy.runtime_torch import TorchRuntime
 

@@ -8,7 +8,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
-ENGINES = ("ort", "trt", "torch")
+ENGINES = ("ort", "openvino", "trt", "torch")
+
+
+def check_engines(engines: list[str], option: str = "--engine") -> list[str]:
+    """``engines`` if each is in ``ENGINES`` and the optional package it needs (TensorRT, OpenVINO) imports,
+    else one ProqhaError: before any work, so a long run does not stop at its last stage."""
+    from proqha.errors import ProqhaError
+
+    for e in engines:
+        if e not in ENGINES:
+            raise ProqhaError(f"{option} must be one of {', '.join(ENGINES)}, got {e!r}")
+    if "trt" in engines:
+        from proqha.deploy.runtime_trt import require_tensorrt
+
+        require_tensorrt()
+    if "openvino" in engines:
+        from proqha.deploy.runtime_openvino import require_openvino
+
+        require_openvino()
+    return engines
 
 
 class Runtime(Protocol):

@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import onnx
@@ -124,6 +124,9 @@ def check_kernels(counts: KernelCounts, info: ExportInfo) -> list[str]:
     return failures
 
 
+ENFORCED_RUNTIMES = ("onnxruntime", "onnx.reference")
+
+
 @dataclass
 class Parity:
     """Agreement of one runtime with the PyTorch model over ``samples`` test images."""
@@ -177,15 +180,19 @@ class Parity:
 
 
 def parity(model: torch.nn.Module, model_bytes: bytes, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-           output_step: float | None, reference: bool = True) -> list[Parity]:
-    """Stream ``batches`` through PyTorch, onnxruntime and (optionally) the ONNX reference evaluator."""
+           output_step: float | None, reference: bool = True, others: dict[str, Callable[[np.ndarray], np.ndarray]]
+           | None = None) -> list[Parity]:
+    """Stream ``batches`` through PyTorch, onnxruntime, (optionally) the ONNX reference evaluator, and the
+    ``others`` runtimes (name: run function, e.g. OpenVINO's), measured and reported, not enforced."""
     session = ort_session(model_bytes)
     evaluator = None
     if reference:
         from onnx.reference import ReferenceEvaluator
 
         evaluator = ReferenceEvaluator(onnx.load_from_string(model_bytes))
+    others = others or {}
     results = [Parity("onnxruntime")] + ([Parity("onnx.reference")] if reference else [])
+    extra = {name: Parity(name) for name in others}
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.eval()
     with torch.no_grad():
@@ -203,13 +210,18 @@ def parity(model: torch.nn.Module, model_bytes: bytes, batches: Iterable[tuple[t
             results[0].update(ref, out, labels, output_step)
             if evaluator is not None:
                 results[1].update(ref, evaluator.run(None, feed)[0], labels, output_step)
-    return results
+            for name, run in others.items():
+                extra[name].update(ref, run(feed["input"]), labels, output_step)
+    return results + list(extra.values())
 
 
 def check_parity(results: list[Parity], has_steps: bool) -> list[str]:
-    """The thresholds a deploy-exact export must meet."""
+    """The thresholds a deploy-exact export must meet (onnxruntime and the reference evaluator; other
+    runtimes are reported only)."""
     failures = []
     for r in results:
+        if r.runtime not in ENFORCED_RUNTIMES:
+            continue
         need = MIN_AGREEMENT_ORT if r.runtime == "onnxruntime" else MIN_AGREEMENT_REFERENCE
         agreement = r.agreement_ties if has_steps else r.agreement
         if agreement < need:
@@ -233,6 +245,7 @@ class ValidationReport:
     pair_sums: list[PairSumBound] = field(default_factory=list)
     cpu: CpuInt8Path = field(default_factory=cpu_int8_path)
     int8_kernels: str = "portable"
+    openvino_layers: tuple[int, int] | None = None  # (int8, float) conv/linear layers OpenVINO runs, where it ran
 
     @property
     def ok(self) -> bool:
@@ -242,6 +255,8 @@ class ValidationReport:
         return {"ok": self.ok, "failures": self.failures, "weights_checked": self.weights_checked,
                 "kernels": asdict(self.kernels) if self.kernels else None,
                 "int8_kernels": self.int8_kernels, "exact_on": EXACT_ON[self.int8_kernels],
+                "openvino_layers": None if self.openvino_layers is None else
+                dict(zip(("int8", "float"), self.openvino_layers)),
                 "cpu_int8_path": asdict(self.cpu),
                 "pair_sums": [asdict(b) | {"fits_int16": b.fits} for b in self.pair_sums],
                 "parity": [p.to_dict() for p in self.parity],
