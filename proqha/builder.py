@@ -13,7 +13,7 @@ from proqha.checkpoint import Checkpoint, load_checkpoint
 from proqha.errors import ProqhaError, first_line
 from proqha.models import create_model
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict, quantize_model
-from proqha.quant.grid import FULL_PRECISION, LEGACY_INT8_KERNELS
+from proqha.quant.grid import FULL_PRECISION, LEGACY_QUANT
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ModelRecipe:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRecipe":
-        quant = {"int8_kernels": LEGACY_INT8_KERNELS} | dict(d["quant"])  # older runs: the grid they trained on
+        quant = LEGACY_QUANT | dict(d["quant"])  # older runs: the grids they trained on
         return cls(d["arch"], int(d["num_classes"]), int(d["in_channels"]), tuple(d["input_size"]), quant)
 
 

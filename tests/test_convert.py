@@ -191,3 +191,18 @@ def test_untraceable_model_falls_back_to_a_module_walk():
     assert any("could not trace" in str(w.message) for w in caught)
     assert set(quant_layers(twin)) == {"conv", "fc"}
     assert twin(torch.randn(2, 3, 6, 6)).shape == (2, 2)
+
+
+def test_a_recipe_saved_before_the_portable_grid_rebuilds_the_grids_it_trained_on():
+    from proqha.builder import ModelRecipe, build_model
+    from proqha.quant.grid import LEGACY_QUANT
+
+    new = ModelRecipe("digits_resnet", 10, 1, (1, 8, 8))
+    old = ModelRecipe.from_dict(new.to_dict() | {"quant": {k: v for k, v in new.quant.items() if k not in LEGACY_QUANT}})
+    assert new.quant["int8_kernels"] == "portable" and new.quant["share_grids"] is True
+    assert old.quant["int8_kernels"] == "vnni" and old.quant["share_grids"] is False
+    for recipe, qmax, shared in ((new, 64, True), (old, 127, False)):
+        layers = quant_layers(build_model(recipe))
+        assert {m.weight_quantizer.qrange()[1] for n, m in layers.items() if m.input_quantizer.bits == 8} == {qmax}
+        assert any(m.input_quantizer.grid_source is not None for m in layers.values()) == shared
+    assert ModelRecipe.from_dict(new.to_dict()).quant == new.quant  # a new recipe reads back as saved

@@ -20,7 +20,9 @@ from proqha.builder import load_model
 from proqha.cli.app import app
 from proqha.data import load_dataset
 from proqha.export.onnx_export import export_onnx
-from proqha.export.validate import kernel_weights, validate_export
+from proqha.deploy.ort_anchor import quantize_static_graph
+from proqha.data import checkpoint_calibration_images
+from proqha.export.validate import kernel_weights, ort_kernels, validate_export
 from proqha.quant import quant_layers
 from proqha.train import TrainConfig, fit
 
@@ -56,6 +58,20 @@ def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
     configure_bits(model, config)
     proto, info = export_onnx(model, (1, 8, 8))
     _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
+
+
+def test_a_trained_uniform_8_bit_graph_runs_the_kernels_quantize_static_runs(digits_model):
+    # each tensor is quantized once: a conv reading a residual add's output shares its grid, so onnxruntime
+    # runs the integer kernels and nothing else (the one input QuantizeLinear, the one output Dequantize)
+    model, state = load_model(digits_model)
+    proto, info = export_onnx(model, (1, 8, 8))
+    ops = ort_kernels(proto.SerializeToString()).ops
+    assert ops.get("Clip", 0) == 0 and ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1
+    assert set(ops) <= {"QLinearConv", "QLinearAdd", "QGemm", "QLinearGlobalAveragePool", "QuantizeLinear",
+                        "DequantizeLinear", "Transpose", "Reshape"}, ops
+    anchor = quantize_static_graph(export_onnx(model, (1, 8, 8), quantized=False)[0].SerializeToString(),
+                                   checkpoint_calibration_images(state, 32).numpy())
+    assert ops == ort_kernels(anchor).ops  # the same kernels, node for node
 
 
 # DoReFa on random weights is chaotic: one-step float ties between PyTorch and both ONNX runtimes grow to

@@ -5,6 +5,7 @@ Q/DQ pairs into one quantization and the deployed model computes something else.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -63,10 +64,10 @@ class _AddIntoOneConv(nn.Module):
         return self.fc(self.down(x).mean([2, 3]))
 
 
-def _calibrated_add_into_one_conv() -> tuple[nn.Module, torch.Tensor]:
+def _calibrated_add_into_one_conv(share_grids: bool = True) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     x = torch.randn(136, 3, 8, 8)
-    model = quantize_model(_AddIntoOneConv(), QuantConfig(bits=8))
+    model = quantize_model(_AddIntoOneConv(), QuantConfig(bits=8, share_grids=share_grids))
     with torch.no_grad():
         model.fc.weight.mul_(20)  # logits spread over many output steps
     calibrate_bn(model, x[:8])
@@ -78,7 +79,7 @@ def _requantizing_nodes(proto) -> list[str]:
 
 
 def test_requantization_after_an_add_is_exact_in_onnxruntime():
-    model, x = _calibrated_add_into_one_conv()
+    model, x = _calibrated_add_into_one_conv(share_grids=False)  # as models trained before shared grids
     with torch.no_grad():  # a range of its own, as training leaves it: a real second rounding
         model.get_submodule("down.0").input_quantizer.alpha.mul_(0.8)
     proto, info = export_onnx(model, (3, 8, 8))
@@ -89,11 +90,17 @@ def test_requantization_after_an_add_is_exact_in_onnxruntime():
     assert report.parity[0].max_steps <= 2
 
 
-def test_a_quantizer_on_the_grid_its_input_is_already_on_is_not_written():
-    # calibrated on the same batches, the add's output and down.0's input quantizer hold the same range: the
-    # second rounding is the identity, so the graph leaves it out (no Q/Clip/DQ for onnxruntime to run)
-    model, x = _calibrated_add_into_one_conv()
-    assert torch.equal(model.get_submodule("down.0").input_quantizer.scale(), model.add.output_quantizer.scale())
+@pytest.mark.parametrize("share_grids", [True, False])
+def test_a_quantizer_on_the_grid_its_input_is_already_on_is_not_written(share_grids):
+    # down.0's input quantizer shares the add output's grid (or, calibrated on the same batches, holds the
+    # same range): the second rounding is the identity, so the graph leaves it out (no Q/Clip/DQ to run)
+    model, x = _calibrated_add_into_one_conv(share_grids)
+    down = model.get_submodule("down.0").input_quantizer
+    assert down.shares_grid == share_grids
+    if share_grids:  # whatever its own range says, it quantizes on the add's grid
+        with torch.no_grad():
+            down.alpha.mul_(0.8)
+    assert torch.equal(down.scale(), model.add.output_quantizer.scale())
     proto, info = export_onnx(model, (3, 8, 8))
     assert _requantizing_nodes(proto) == []
     report = validate_export(proto, info, model, DataLoader(TensorDataset(x[8:], torch.zeros(128).long()), batch_size=64))

@@ -77,6 +77,9 @@ class QuantConfig:
     int8_kernels: the int8 kernels the trained grids must be exact on (``grid.INT8_KERNELS``): "portable"
         (default: every CPU; LSQ weights are paired with their layer's input, ``WeightQuantizer.pair_with``)
         or "vnni" (full 8-bit weight grids, exact where int8 sums are int32).
+    share_grids: a layer whose input is a quantizer's output (a residual add's, a block output's) quantizes
+        it on that grid while their bits agree (``Quantizer.share_grid_with``): one rounding, as the
+        deployed graph runs it, instead of a requantization (Q, Clip, DQ) onnxruntime runs as three ops.
     """
 
     bits: int = 8
@@ -85,6 +88,7 @@ class QuantConfig:
     quantize_adds: bool = True
     quantize_outputs: bool = True
     int8_kernels: str = "portable"
+    share_grids: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -396,7 +400,21 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None,
     _swap_layers(root, signed, _edge_names(list(calls), modules), config)
     _fold_batchnorms(root, pairs)
     _absorb_relus(root)
+    if config.share_grids:
+        _share_input_grids(root)
     return root
+
+
+def _share_input_grids(gm: fx.GraphModule) -> None:
+    """Each quantized layer whose every call reads one quantizer's output (through reshapes) quantizes its
+    input on that quantizer's grid while their bits agree (``Quantizer.share_grid_with``)."""
+    modules = dict(gm.named_modules())
+    for name, nodes in _layer_calls(gm).items():
+        layer = modules[name]
+        sources = {id(q): q for q in (quantizer_behind(n.args[0], modules) for n in nodes)}
+        source = next(iter(sources.values())) if len(sources) == 1 else None
+        if isinstance(layer, QuantLayer) and source is not None and not source.tracks_range:
+            layer.input_quantizer.share_grid_with(source)
 
 
 # --- looking at a quantized model ----------------------------------------------------------------

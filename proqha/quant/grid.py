@@ -192,7 +192,9 @@ INT8_KERNELS = ("portable", "vnni")
 """Which int8 kernels a model must be exact on. ``portable``: every CPU, so an 8-bit weight grid on an
 input whose uint8 values reach 255 has levels ±64 (``int16_weight_max``), onnxruntime's ``reduce_range``;
 ``vnni``: only where int8 products are summed in int32 (VNNI, AMX, ARM64, TensorRT), levels ±127."""
-LEGACY_INT8_KERNELS = "vnni"  # models saved before the choice existed trained on the full 8-bit grid
+LEGACY_QUANT = {"int8_kernels": "vnni", "share_grids": False}
+"""``QuantConfig`` fields a model saved before they existed was trained with: the full 8-bit weight grid,
+and a conv's input requantizing the add output before it."""
 
 
 def int16_weight_max(act_max: int) -> int:

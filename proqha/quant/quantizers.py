@@ -78,8 +78,27 @@ class Quantizer(nn.Module):
         return g.signed_range(self.bits) if self.signed else g.unsigned_range(self.bits)
 
     def scale(self) -> torch.Tensor:
-        """Current step size(s): ``|alpha| / qmax``."""
+        """Current step size(s): ``|alpha| / qmax`` (the source's, while ``shares_grid``)."""
+        if self.shares_grid:
+            return self.grid_source.scale()  # type: ignore[union-attr]
         return kernels.lsq_scale(self.alpha, self.qrange()[1])
+
+    grid_source: "Quantizer | None" = None  # set by ``share_grid_with``; not a child module
+
+    def share_grid_with(self, source: "Quantizer") -> "Quantizer":
+        """Quantize on ``source``'s grid whenever both have the same bits and kind: ``source``'s output is
+        this quantizer's input (a residual add's output feeding a conv), so the second rounding is the
+        identity and an exported graph writes none. The range follows ``source``'s at every forward (it
+        is where a narrower searched grid starts learning its own)."""
+        object.__setattr__(self, "grid_source", source)
+        return self
+
+    @property
+    def shares_grid(self) -> bool:
+        """Whether this quantizer is on its ``grid_source``'s grid now (same bits, sign and levels)."""
+        src = self.grid_source
+        return (src is not None and self.enabled and src.enabled and src.bits == self.bits
+                and src.signed == self.signed and src.qrange() == self.qrange())
 
     def grid(self) -> g.Grid:
         """The integer grid an exporter reproduces (fails for a quantizer that is off)."""
@@ -110,6 +129,10 @@ class Quantizer(nn.Module):
             # mixed precision covers the float parts only: the grid math stays in float32
             with torch.autocast(x.device.type, enabled=False):
                 return self.forward(x.float())
+        if self.shares_grid and self.grid_source.initialized and not kernels.recording(x):  # type: ignore[union-attr]
+            with torch.no_grad():
+                self.alpha.copy_(self.grid_source.alpha)  # type: ignore[union-attr]
+            self.initialized = True
         if not self.initialized:
             self.initialize(x)
         elif self.tracks_range and self.training and not kernels.recording(x):
