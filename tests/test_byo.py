@@ -153,7 +153,7 @@ def test_cli_runs_every_stage_on_an_import_path_model_and_dataset(user_module, t
     assert (search / "export" / "model-step002.onnx").is_file()
     _ok(["bench", "--iters", "3", "--batch", "1", "--warmup", "1", "--samples", "64"])
     rows = json.loads((search / "bench" / "bench.json").read_text())["rows"]
-    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)"}
+    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)", "ort quantize_static"}
 
 
 BAD = [
@@ -249,8 +249,12 @@ def test_python_api_on_a_user_model(user_module, tmp_path, monkeypatch):
     assert report.parity[0].samples == 256 and report.parity[0].agreement_ties >= 99.5
 
     rows = proqha.bench(qmodel, (1, 8, 8), batches=(1,), iters=3, warmup=1, test_data=test)
-    assert {r["model"] for r in rows} == {"model", "fp32 twin"} and all(r["median_ms"] > 0 for r in rows)
-    assert rows[0]["engine_top1"] is not None
+    assert {r["model"] for r in rows} == {"model", "fp32 twin", "ort quantize_static"}
+    assert all(r["median_ms"] > 0 for r in rows) and rows[0]["engine_top1"] is not None
+    anchor = next(r for r in rows if r["anchor"])
+    assert rows[0]["vs_anchor"] == pytest.approx(rows[0]["median_ms"] / anchor["median_ms"])
+    assert {r["model"] for r in proqha.bench(qmodel, (1, 8, 8), batches=(1,), iters=1, warmup=0, test_data=test,
+                                             anchor=False)} == {"model", "fp32 twin"}
     file_rows = proqha.bench(out, (1, 8, 8), batches=(1, 4), iters=3, warmup=1)
     assert [r["batch"] for r in file_rows] == [1, 4]
 

@@ -20,7 +20,7 @@ def test_pipeline_ends_with_the_latency_cost_accuracy_table(tmp_path, monkeypatc
     assert (tmp_path / "runs" / "train-1" / "checkpoints" / "last.pt").is_file()
     assert (search / "export" / "model-step002.onnx").is_file()
     rows = json.loads((search / "bench" / "bench.json").read_text())["rows"]
-    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)"}
+    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)", "ort quantize_static"}
     assert all(r["engine"] == "ort" and r["median_ms"] > 0 for r in rows)
     tail = result.stdout[result.stdout.rindex("proqha bench"):]
     for col in ("median ms", "vs fp32", "paper cost", "GBitOPs", "file KB", "ort MB", "top-1 engine"):
