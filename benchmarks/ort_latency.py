@@ -134,7 +134,7 @@ def main() -> int:
     ap.add_argument("--arch", nargs="+", default=["resnet18", "mobilenet_v2", "resnet50"])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     args = ap.parse_args()
     cpu = cpu_int8_path()
