@@ -6,6 +6,7 @@ ResNet with random weights, at uniform 8, 4 and 2 bit and at mixed 2..8-bit conf
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -152,7 +153,8 @@ def test_bn_folding_keeps_the_integer_weights():
             assert np.array_equal(stored[0], -trained[0]) and np.array_equal(stored[1:], trained[1:])
         else:
             assert np.array_equal(stored, trained), name
-    assert validate_export(proto, info, model, batches).ok
+    assert check_pair_sums(proto) == []
+    assert max(per_layer_steps(model, proto, next(iter(batches))[0]).values()) <= 1 + 1e-4
 
 
 def test_re_export_is_byte_identical():
@@ -253,3 +255,24 @@ def test_agreement_counts_one_step_ties_but_not_real_disagreements():
     p.update(ref, out, np.array([0, 0, 1]), step)
     assert p.agreement == pytest.approx(100 / 3)
     assert p.agreement_ties == pytest.approx(200 / 3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs OpenVINO (pip install -e '.[openvino]')")
+def test_parity_in_openvino_is_measured_and_reported(search_run, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert runner.invoke(app, ["export", str(search_run), "--out", str(out), "--no-check"]).exit_code == 0
+    result = runner.invoke(app, ["parity", str(out), "--samples", "64", "--no-reference", "--engine", "openvino"])
+    assert result.exit_code == 0, result.output
+    assert "OpenVINO runs" in result.stdout
+    report = json.loads(out.with_suffix(".parity.json").read_text())
+    runtimes = {r["runtime"]: r for r in report["parity"]}
+    assert set(runtimes) == {"onnxruntime", "openvino"} and runtimes["openvino"]["samples"] == 64
+    assert runtimes["openvino"]["agreement_ties"] >= 95.0  # not exact, but the same model
+    layers = report["openvino_layers"]
+    assert layers["int8"] + layers["float"] == len(json.loads(onnx_meta(out)["proqha.bits"]))
+    bad = runner.invoke(app, ["parity", str(out), "--engine", "trt"])
+    assert bad.exit_code == 2 and "--engine must be one of ort, openvino" in bad.stderr
+
+
+def onnx_meta(path):
+    return {p.key: p.value for p in onnx.load(path).metadata_props}

@@ -108,7 +108,7 @@ def export(
     samples: Annotated[int, typer.Option(help="Test images for the parity check.")] = 256,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
     device: Annotated[str, typer.Option(help="Device of the PyTorch model during export and parity: auto, cpu, cuda, cuda:N.")] = "cpu",
-    int8_kernels: Annotated[str, typer.Option(help="portable: exact on every CPU (uint8 weights where int8 pair sums could pass int16); vnni: int8 weights everywhere, exact only on CPUs with VNNI/AMX or ARM64.")] = "portable",
+    int8_kernels: Annotated[str, typer.Option(help="portable: exact on every CPU (a model trained portable, the default, runs int8 weights everywhere; a full-grid layer gets uint8 weights, slower U8U8 kernels); vnni: int8 weights everywhere, exact only on CPUs with VNNI/AMX or ARM64 for a full-grid model.")] = "portable",
     weights: Annotated[str, typer.Option(help="packed: 2-bit weights as INT2, 3/4-bit as INT4 (opset 21/25, widened at load into the same int8 kernels); int8: int8 everywhere (opset 19, for runtimes that cannot read packed types). The trt profile stores int8.")] = "packed",
 ) -> None:
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
