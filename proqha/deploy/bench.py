@@ -40,21 +40,25 @@ class BenchModel:
     step: int | None = None
     trt_onnx: bytes | None = None
     anchor: bool = False  # not proqha's: onnxruntime's quantize_static, on the ONNX engines only
+    openvino_onnx: bytes | None = None  # int8 weight storage where ``onnx`` packs INT4/INT2 (OpenVINO reads int8)
 
     def runs_on(self, engine: str) -> bool:
         return not self.anchor or engine in ANCHOR_ENGINES
 
     def graph(self, engine: str) -> bytes | None:
         """The graph file an engine runs (None for the torch engine, which runs the module)."""
-        return {"ort": self.onnx, "openvino": self.onnx, "trt": self.trt_onnx or self.onnx}.get(engine)
+        return {"ort": self.onnx, "openvino": self.openvino_onnx or self.onnx,
+                "trt": self.trt_onnx or self.onnx}.get(engine)
 
 
 def bench_model(label: str, model: nn.Module, input_size: tuple[int, ...], step: int | None = None,
                 want_trt: bool = False, int8_kernels: str = "portable", weights: str = "packed",
                 metadata: dict[str, str] | None = None) -> BenchModel:
     """A quantized model ready to time: its onnxruntime graph as ``proqha export`` writes it (with
-    ``metadata``, where it came from, the file is byte for byte the exported one), the trt-profile graph
-    (checked against TensorRT's rules) when ``want_trt``, and its cost figures."""
+    ``metadata``, where it came from, the file is byte for byte the exported one), the same graph with
+    int8 weight storage for OpenVINO where that one packs INT4/INT2 (OpenVINO 2026.4 cannot read INT2 and
+    runs a Cast-widened INT4 weight's conv in f32), the trt-profile graph (checked against TensorRT's
+    rules) when ``want_trt``, and its cost figures."""
     from proqha.deploy.trt_check import check_trt_graph
     from proqha.export.file_size import add_metadata
     from proqha.export.onnx_export import export_onnx
@@ -68,7 +72,12 @@ def bench_model(label: str, model: nn.Module, input_size: tuple[int, ...], step:
         if problems:
             raise ProqhaError(f"{label}: the trt-profile graph breaks a TensorRT rule: {problems[0]}")
         trt_bytes = add_metadata(trt_proto, model, trt_info, input_size, metadata or {})
-    return BenchModel(label, model, data, cost_report(model, input_size), True, step, trt_bytes)
+    openvino_bytes = None
+    if any(v.weight_storage in ("int4", "int2") for v in info.layers.values()):
+        ov_proto, ov_info = export_onnx(model, input_size, int8_kernels=int8_kernels, weights="int8")
+        openvino_bytes = add_metadata(ov_proto, model, ov_info, input_size, metadata or {})
+    return BenchModel(label, model, data, cost_report(model, input_size), True, step, trt_bytes,
+                      openvino_onnx=openvino_bytes)
 
 
 FP32_LABEL = "fp32 twin"
@@ -124,7 +133,7 @@ def make_runtime(engine: str, bm: BenchModel, threads: int | None = None, device
     if engine == "openvino":
         from proqha.deploy.runtime_openvino import OpenVinoRuntime
 
-        return OpenVinoRuntime(bm.onnx, threads)
+        return OpenVinoRuntime(bm.graph("openvino"), threads)
     if engine == "torch":
         from proqha.deploy.runtime_torch import TorchRuntime
 

@@ -1,4 +1,7 @@
-"""OpenVINO (``pip install 'proqha[openvino]'``): reads the same QDQ ONNX file and compiles it for the CPU.
+"""OpenVINO (``pip install 'proqha[openvino]'``): reads proqha's QDQ ONNX files and compiles them for the CPU.
+
+It reads int8 weight storage; of the packed forms, OpenVINO 2026.4 cannot read INT2 and runs a conv whose
+INT4 weights are widened by Cast in f32, so ``proqha bench`` gives it the ``--weights int8`` graph.
 
 OpenVINO turns DequantizeLinear -> Conv -> QuantizeLinear chains into its own low-precision kernels; which
 layers it runs in int8 is read from the compiled model's runtime graph (``runtimePrecision`` of each
@@ -70,7 +73,12 @@ class OpenVinoRuntime(WallClockTimed):
         with tempfile.TemporaryDirectory() as tmp:  # its ONNX frontend reads files
             path = Path(tmp) / "model.onnx"
             path.write_bytes(model_bytes)
-            model = core.read_model(str(path))
+            try:
+                model = core.read_model(str(path))
+            except RuntimeError as exc:
+                last = str(exc).strip().splitlines()[-1]
+                raise ProqhaError(f"OpenVINO cannot read this graph ({last}); packed INT2 weights are not read by "
+                                  "OpenVINO: export it with --weights int8 for OpenVINO") from None
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
