@@ -51,10 +51,13 @@ GOAL_MIXED = 1.05
 
 
 def interleaved_ms(sessions: dict, x: np.ndarray, warmup: int, iters: int) -> dict[str, tuple[float, float]]:
-    """Median and p90 latency per session, running them in turn so machine noise hits all alike."""
+    """Median and p90 latency per session, running them in turn so machine noise hits all alike, in an order
+    rotated every round so that no session always runs right after the same one."""
     times: dict[str, list[float]] = {name: [] for name in sessions}
+    names = list(sessions)
     for i in range(warmup + iters):
-        for name, session in sessions.items():
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            session = sessions[name]
             t0 = time.perf_counter()
             session.run(None, {"input": x})
             if i >= warmup:
