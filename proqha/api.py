@@ -315,7 +315,7 @@ def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequ
         ANCHOR_CALIBRATION,
         ANCHOR_ENGINES,
         SANITY_BATCH,
-        anchor_model,
+        try_anchor,
         bench_model,
         engine_max_batch,
         fp32_model,
@@ -340,7 +340,8 @@ def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequ
     if fp32:
         models.append(fp32_model(models[0], size))
         if anchor and any(e in ANCHOR_ENGINES for e in engines):
-            models.append(anchor_model(models[0], models[1], first[:ANCHOR_CALIBRATION].cpu().numpy()))
+            models += try_anchor(models[0], models[1], first[:ANCHOR_CALIBRATION].cpu().numpy(),
+                                 lambda line: warnings.warn(line, stacklevel=3))
     result = run_bench(models, list(engines), batch_list,
                        lambda name, bm: make_runtime(name, bm, threads, torch_device, size, engine_max_batch(batch_list)),
                        sanity_x, lambda: data, size, warmup, None if seconds else iters, seconds)

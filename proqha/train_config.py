@@ -27,6 +27,7 @@ class TrainConfig:
     weight_quantizer: str = "lsq"
     edge_layers: str = "int8"
     int8_kernels: str = "portable"
+    share_grids: bool = True  # not a CLI option: False only for runs saved before shared grids (resumed)
     epochs: int = 15
     batch_size: int = 64
     lr: float | None = None
@@ -80,7 +81,7 @@ class TrainConfig:
     def quant_options(self) -> dict[str, Any]:
         """The ``QuantConfig`` fields this run sets."""
         return {"bits": self.bits, "weight_quantizer": self.weight_quantizer, "edge_layers": self.edge_layers,
-                "int8_kernels": self.int8_kernels}
+                "int8_kernels": self.int8_kernels, "share_grids": self.share_grids}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -99,6 +99,34 @@ def test_no_anchor_leaves_the_quantize_static_row_out(search_run, tmp_path):
     assert "vs qs" not in result.stdout
 
 
+def test_a_model_quantize_static_cannot_take_keeps_its_rows_and_warns_once(search_run, tmp_path, monkeypatch):
+    import proqha.deploy.ort_anchor as ort_anchor
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("shape inference failed\nat node 7")
+
+    monkeypatch.setattr(ort_anchor, "quantize_static_graph", refuse)
+    result = runner.invoke(app, ["bench", str(search_run), "--batch", "1", "--iters", "1", "--warmup", "0",
+                                 "--samples", "16", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: no {ANCHOR_LABEL} row: onnxruntime's quantize_static cannot quantize this model "
+                      "(RuntimeError: shape inference failed)"]
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"step 2", "fp32 twin", "step 0 (uniform 8)"}
+
+
+def test_the_anchor_calibrates_on_the_calibration_split():
+    from types import SimpleNamespace
+
+    from proqha.data import checkpoint_calibration_images, load_dataset
+
+    calib, train = load_dataset("digits", "calib"), load_dataset("digits", "train")
+    images = checkpoint_calibration_images(SimpleNamespace(data={"dataset": "digits"}), 8)
+    assert torch.equal(images, torch.stack([calib[i][0] for i in range(8)]))
+    assert not any(torch.equal(images[0], train[i][0]) for i in range(len(train)))  # held out of training
+
+
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="needs OpenVINO (pip install -e '.[openvino]')")
 def test_openvino_engine_times_the_same_files_with_the_anchor(search_run, tmp_path):
     result = runner.invoke(app, ["bench", str(search_run), "--engine", "ort", "--engine", "openvino", "--batch", "1",

@@ -141,3 +141,19 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(comman
     assert result.exit_code == 2, result.output
     assert result.stderr.splitlines() == [f"error: {option[0]} {option[1]}: {blocker} is a file, not a folder"]
     assert "parity" not in result.output and "timing" not in result.output
+
+
+def test_resuming_a_run_saved_before_the_grid_options_keeps_its_grids(tmp_path):
+    import json
+
+    from proqha.cli.common import resume_config
+    from proqha.quant.grid import LEGACY_QUANT
+    from proqha.train import TrainConfig
+
+    old = {k: v for k, v in TrainConfig(epochs=1).resolved().to_dict().items() if k not in LEGACY_QUANT}
+    (tmp_path / "config.json").write_text(json.dumps(old | {"stage": "train"}))
+    cfg, _ = resume_config("train", TrainConfig, tmp_path)
+    assert {k: cfg.quant_options()[k] for k in LEGACY_QUANT} == LEGACY_QUANT
+    new = TrainConfig(epochs=1).resolved().to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(new | {"stage": "train"}))
+    assert resume_config("train", TrainConfig, tmp_path)[0].quant_options()["share_grids"] is True

@@ -97,7 +97,7 @@ def bench(
         ANCHOR_CALIBRATION,
         ANCHOR_ENGINES,
         SANITY_BATCH,
-        anchor_model,
+        try_anchor,
         engine_max_batch,
         fp32_model,
         make_runtime,
@@ -132,7 +132,8 @@ def bench(
     anchored = anchor and any(e in ANCHOR_ENGINES for e in engines)
     if anchored:
         err_console.print("quantizing the fp32 twin with onnxruntime's quantize_static (the anchor row)")
-        models.append(anchor_model(chosen, models[1], checkpoint_calibration_images(state, ANCHOR_CALIBRATION).numpy()))
+        models += try_anchor(chosen, models[1], checkpoint_calibration_images(state, ANCHOR_CALIBRATION).numpy(),
+                             lambda line: err_console.print(line, markup=False))
     if chosen_step is not None:
         others = step_checkpoints(run_dir) if all_steps else [(s, p) for s, p in step_checkpoints(run_dir)[:1]]
         for s, path in others:

@@ -115,10 +115,10 @@ def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, ctx: ty
     if saved.get("stage") != stage:
         raise ProqhaError(f"--resume: {run_dir} is a {saved.get('stage', 'unknown')} run, not a {stage} run")
     names = {f.name for f in dataclasses.fields(config_cls)}
-    if "int8_kernels" in names:  # a run saved before the choice trained on the full 8-bit grid
+    if "int8_kernels" in names:  # a run saved before these options trained on the grids they name
         from proqha.quant.grid import LEGACY_QUANT
 
-        saved = {"int8_kernels": LEGACY_QUANT["int8_kernels"]} | saved
+        saved = {k: v for k, v in LEGACY_QUANT.items() if k in names} | saved
     cfg = config_cls(**{k: v for k, v in saved.items() if k in names})
     for key, value in overrides.items():
         if value is not None:

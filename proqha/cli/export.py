@@ -45,9 +45,9 @@ def print_report(report: ValidationReport, title: str) -> None:
                       f"({over} over 32767), {wide} layers uint8 x uint8", markup=False)
         if wide:
             console.print(f"note: {wide} layers store uint8 weights (onnxruntime's U8U8 kernels, measured 1.4-2.4x "
-                          "slower than U8S8): they were trained on the full 8-bit grid (--int8-kernels vnni, or "
-                          "a run from before the portable default); retrain with the default to run U8S8 "
-                          "everywhere", markup=False)
+                          "slower than U8S8): LSQ layers trained on the full 8-bit grid (--int8-kernels vnni, or "
+                          "a run from before the portable default) run U8S8 once retrained with the default; "
+                          "DoReFa grids above 6 bit always need them", markup=False)
     if report.openvino_layers is not None:
         console.print(f"OpenVINO runs {report.openvino_layers[0]} conv/linear layers in int8 and "
                       f"{report.openvino_layers[1]} in float (parity reported, not enforced: its kernels are not "

@@ -145,9 +145,8 @@ def checkpoint_test_loader(checkpoint: Any, samples: int | None, batch_size: int
 
 
 def checkpoint_calibration_images(checkpoint: Any, samples: int) -> torch.Tensor:
-    """Up to ``samples`` training images of a checkpoint's dataset from its fixed calibration subset
-    (``calibration_split``): what a post-training quantizer calibrates on, never test images."""
+    """The first ``samples`` images of a checkpoint's calibration split (held out of training, with the
+    evaluation transform): what a post-training quantizer calibrates on, never test images."""
     data = checkpoint.data
-    train = load_dataset(data.get("dataset", "digits"), "train", data.get("data_dir"), bool(data.get("download")))
-    chosen = calibration_split(len(train))[0][:samples]
-    return torch.stack([train[i][0] for i in chosen])
+    calib = load_dataset(data.get("dataset", "digits"), "calib", data.get("data_dir"), bool(data.get("download")))
+    return torch.stack([calib[i][0] for i in range(min(samples, len(calib)))])

@@ -16,7 +16,7 @@ from torch import nn
 from proqha.cost import CostReport, cost_report
 from proqha.deploy.latency import measure
 from proqha.deploy.runtime import Runtime
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.files import atomic_write_json, atomic_write_text
 
 SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
@@ -112,8 +112,25 @@ def anchor_model(base: BenchModel, fp32: BenchModel, calibration: np.ndarray) ->
     uniform = copy.deepcopy(base.model)
     set_uniform_bits(uniform, 8, quant_layers(uniform))
     input_size = tuple(calibration.shape[1:])
-    return BenchModel(ANCHOR_LABEL, fp32.model, quantize_static_graph(fp32.onnx, calibration),
-                      cost_report(uniform, input_size), True, None, anchor=True)
+    try:
+        graph = quantize_static_graph(fp32.onnx, calibration)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's quantizer raises many types on graphs it cannot take
+        raise ProqhaError(f"onnxruntime's quantize_static cannot quantize this model ({type(exc).__name__}: "
+                          f"{first_line(exc)})") from None
+    return BenchModel(ANCHOR_LABEL, fp32.model, graph, cost_report(uniform, input_size), True, None, anchor=True)
+
+
+def try_anchor(base: BenchModel, fp32: BenchModel, calibration: np.ndarray,
+               warn: Callable[[str], None]) -> list[BenchModel]:
+    """``[anchor_model(...)]``, or ``[]`` with one ``warn`` line where quantize_static fails: the anchor is a
+    reference, never a reason to lose the rows it would stand beside."""
+    from proqha.deploy.ort_anchor import ANCHOR_LABEL
+
+    try:
+        return [anchor_model(base, fp32, calibration)]
+    except ProqhaError as exc:
+        warn(f"warning: no {ANCHOR_LABEL} row: {exc}")
+        return []
 
 
 def engine_max_batch(batches: Iterable[int]) -> int:

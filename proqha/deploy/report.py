@@ -39,7 +39,7 @@ class UniformPoint:
 
 
 RECIPE_KEYS = ("arch", "dataset", "data_dir", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-               "weight_quantizer", "edge_layers", "init", "amp")
+               "weight_quantizer", "edge_layers", "int8_kernels", "share_grids", "init", "amp")
 """What makes two train runs the same recipe (all but bits, seed, where and how fast they ran)."""
 
 

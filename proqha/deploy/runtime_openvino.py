@@ -62,6 +62,12 @@ def layer_precisions(compiled: Any) -> OpenVinoLayers:
     return OpenVinoLayers(integer, other)
 
 
+def _reason(exc: Exception) -> str:
+    """The last line of an OpenVINO exception (its message; the lines before name its source files)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 class OpenVinoRuntime(WallClockTimed):
     """An OpenVINO CPU compilation of an ONNX model's bytes (latency hint, ``threads`` inference threads)."""
 
@@ -76,15 +82,18 @@ class OpenVinoRuntime(WallClockTimed):
             try:
                 model = core.read_model(str(path))
             except RuntimeError as exc:
-                last = str(exc).strip().splitlines()[-1]
-                raise ProqhaError(f"OpenVINO cannot read this graph ({last}); packed INT2 weights are not read by "
-                                  "OpenVINO: export it with --weights int8 for OpenVINO") from None
+                hint = (": OpenVINO reads no INT2 weights; export with --weights int8 for it"
+                        if b"weight_int2" in model_bytes else "")
+                raise ProqhaError(f"OpenVINO cannot read this graph ({_reason(exc)}){hint}") from None
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         self.threads = threads
         self.version = ov.__version__ if hasattr(ov, "__version__") else ov.get_version()
-        self.compiled = core.compile_model(model, "CPU", config)
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:
+            raise ProqhaError(f"OpenVINO cannot compile this graph for the CPU ({_reason(exc)})") from None
         self.request = self.compiled.create_infer_request()
         self.device = core.get_property("CPU", "FULL_DEVICE_NAME")
 

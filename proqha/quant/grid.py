@@ -199,7 +199,7 @@ and a conv's input requantizing the add output before it."""
 
 def int16_weight_max(act_max: int) -> int:
     """The largest weight integer whose uint8 x int8 pair sums on inputs up to ``act_max`` fit int16
-    (``pair_sum_fits_int16``): 64 for full-range uint8 inputs, 127 and more from 7-bit inputs down."""
+    (``pair_sum_fits_int16``): 64 for full-range uint8 inputs, 129 for unsigned 7-bit ones (uint8 up to 127)."""
     return INT16_MAX // (2 * max(act_max, 1))
 
 

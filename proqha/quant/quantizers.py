@@ -212,7 +212,8 @@ class WeightQuantizer(Quantizer):
     def pair_with(self, input_quantizer: Quantizer) -> "WeightQuantizer":
         """Keep every uint8 x int8 pair sum of this layer inside int16 (``int8_kernels="portable"``): the
         grid's top level is capped by ``int16_weight_max`` of the input grid as it is at each use, so a
-        searched input width moves the cap with it (8-bit weights: ±64 on 8-bit inputs, ±127 on 7-bit)."""
+        searched input width moves the cap with it (8-bit weights: ±64 on 8-bit inputs, ±127 on unsigned
+        7-bit ones, ±85 on signed 7-bit ones, stored up to 191)."""
         object.__setattr__(self, "paired_input", input_quantizer)
         return self
 
