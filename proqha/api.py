@@ -313,16 +313,15 @@ def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequ
     """
     from proqha.deploy.bench import (
         ANCHOR_CALIBRATION,
-        ANCHOR_ENGINES,
         SANITY_BATCH,
-        try_anchor,
         bench_model,
         engine_max_batch,
         fp32_model,
         make_runtime,
         run_bench,
+        try_anchor,
     )
-    from proqha.deploy.runtime import check_engines
+    from proqha.deploy.runtime import ONNX_ENGINES, check_engines
 
     size = _size(input_size)
     batch_list = [int(b) for b in batches]
@@ -339,7 +338,7 @@ def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequ
     sanity_x = first[:SANITY_BATCH].cpu().numpy()
     if fp32:
         models.append(fp32_model(models[0], size))
-        if anchor and any(e in ANCHOR_ENGINES for e in engines):
+        if anchor and any(e in ONNX_ENGINES for e in engines):
             models += try_anchor(models[0], models[1], first[:ANCHOR_CALIBRATION].cpu().numpy(),
                                  lambda line: warnings.warn(line, stacklevel=3))
     result = run_bench(models, list(engines), batch_list,
@@ -355,19 +354,20 @@ def _bench_file(path: Path, size: tuple[int, ...], batches: list[int], engines: 
                 seconds: float | None, threads: int | None) -> list[dict[str, Any]]:
     import numpy as np
 
-    from proqha.deploy.bench import ANCHOR_ENGINES, BenchModel, make_runtime
+    from proqha.deploy.bench import graph_runtime
+    from proqha.deploy.runtime import ONNX_ENGINES
     from proqha.deploy.latency import measure
 
-    if not set(engines) <= set(ANCHOR_ENGINES):
-        raise ProqhaError(f"bench: an ONNX file runs on {' and '.join(ANCHOR_ENGINES)} only (pass the model for "
+    if not set(engines) <= set(ONNX_ENGINES):
+        raise ProqhaError(f"bench: an ONNX file runs on {' and '.join(ONNX_ENGINES)} only (pass the model for "
                           "torch or trt)")
     if not path.is_file():
         raise ProqhaError(f"bench: ONNX model not found: {path}")
-    graph = BenchModel(path.name, nn.Identity(), path.read_bytes(), None, True)  # type: ignore[arg-type]
+    graph = path.read_bytes()
     rng = np.random.default_rng(0)
     rows = []
     for engine in engines:
-        runtime = make_runtime(engine, graph, threads)
+        runtime = graph_runtime(engine, graph, threads)
         for b in batches:
             stats = measure(runtime, rng.standard_normal((b, *size)).astype(np.float32), warmup,
                             None if seconds else iters, seconds)

@@ -11,7 +11,7 @@ from rich.table import Table
 from proqha.cli.common import check_writable, console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line
 from proqha.runs import pick_checkpoint
-from proqha.deploy.runtime import check_engines
+from proqha.deploy.runtime import ONNX_ENGINES, check_engines
 from proqha.errors import ProqhaError
 
 if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
@@ -95,13 +95,12 @@ def bench(
     from proqha.deploy.bench import (
         ACCURACY_BATCH,
         ANCHOR_CALIBRATION,
-        ANCHOR_ENGINES,
         SANITY_BATCH,
-        try_anchor,
         engine_max_batch,
         fp32_model,
         make_runtime,
         run_bench,
+        try_anchor,
     )
     from proqha.export.file_size import source_metadata
     from proqha.export.onnx_export import check_int8_kernels, check_weights
@@ -129,7 +128,7 @@ def bench(
                                  chosen_step, want_trt, int8_kernels, weights)
     size = state.input_size
     models = [chosen, fp32_model(chosen, size, source_metadata(state, checkpoint, chosen_step))]
-    anchored = anchor and any(e in ANCHOR_ENGINES for e in engines)
+    anchored = anchor and any(e in ONNX_ENGINES for e in engines)
     if anchored:
         err_console.print("quantizing the fp32 twin with onnxruntime's quantize_static (the anchor row)")
         models += try_anchor(chosen, models[1], checkpoint_calibration_images(state, ANCHOR_CALIBRATION).numpy(),

@@ -10,7 +10,7 @@ import typer
 
 from proqha.cli.common import err_console, fail, handle_errors
 from proqha.cli.export import parity_path, print_report
-from proqha.deploy.runtime import check_engines
+from proqha.deploy.runtime import ONNX_ENGINES, check_engines
 from proqha.runs import pick_checkpoint
 from proqha.errors import ProqhaError
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # annotations only: the modules load inside the commands that
     import torch
 
 MAX_BYTES = 2 * 1024**3
-PARITY_ENGINES = ("ort", "openvino")
 
 
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
@@ -80,8 +79,8 @@ def parity_command(
         raise ProqhaError(f"--samples must be >= 1, got {samples}")
     engines = engine or ["ort"]
     for e in engines:
-        if e not in PARITY_ENGINES:
-            raise ProqhaError(f"--engine must be one of {', '.join(PARITY_ENGINES)}, got {e!r}")
+        if e not in ONNX_ENGINES:
+            raise ProqhaError(f"--engine must be one of {', '.join(ONNX_ENGINES)}, got {e!r}")
     check_engines(engines)
     proto, data = read_onnx(model_path)
     meta = {p.key: p.value for p in proto.metadata_props}

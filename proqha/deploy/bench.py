@@ -15,7 +15,7 @@ from torch import nn
 
 from proqha.cost import CostReport, cost_report
 from proqha.deploy.latency import measure
-from proqha.deploy.runtime import Runtime
+from proqha.deploy.runtime import ONNX_ENGINES, Runtime
 from proqha.errors import ProqhaError, first_line
 from proqha.files import atomic_write_json, atomic_write_text
 
@@ -43,7 +43,7 @@ class BenchModel:
     openvino_onnx: bytes | None = None  # int8 weight storage where ``onnx`` packs INT4/INT2 (OpenVINO reads int8)
 
     def runs_on(self, engine: str) -> bool:
-        return not self.anchor or engine in ANCHOR_ENGINES
+        return not self.anchor or engine in ONNX_ENGINES
 
     def graph(self, engine: str) -> bytes | None:
         """The graph file an engine runs (None for the torch engine, which runs the module)."""
@@ -98,9 +98,6 @@ def fp32_model(base: BenchModel, input_size: tuple[int, ...], metadata: dict[str
     return BenchModel(FP32_LABEL, twin, data, cost_report(twin, input_size), False, base.step, data)
 
 
-ANCHOR_ENGINES = ("ort", "openvino")
-
-
 def anchor_model(base: BenchModel, fp32: BenchModel, calibration: np.ndarray) -> BenchModel:
     """onnxruntime's ``quantize_static`` of the fp32 twin's graph (``proqha.deploy.ort_anchor``), calibrated on
     ``calibration``; compared with the fp32 twin in PyTorch, costed as every conv/linear at 8 bit."""
@@ -139,18 +136,23 @@ def engine_max_batch(batches: Iterable[int]) -> int:
     return max([*batches, SANITY_BATCH, ACCURACY_BATCH])
 
 
+def graph_runtime(engine: str, graph: bytes, threads: int | None = None) -> Runtime:
+    """The runtime of an engine that reads an ONNX file as it is (ort, openvino: ``ONNX_ENGINES``)."""
+    if engine == "ort":
+        from proqha.deploy.runtime_ort import OrtRuntime
+
+        return OrtRuntime(graph, threads)
+    from proqha.deploy.runtime_openvino import OpenVinoRuntime
+
+    return OpenVinoRuntime(graph, threads)
+
+
 def make_runtime(engine: str, bm: BenchModel, threads: int | None = None, device: torch.device | None = None,
                  input_size: tuple[int, ...] | None = None, max_batch: int = 1) -> Runtime:
     """The runtime ``engine`` (ort, openvino, torch or trt) over one bench model; ``max_batch``
     (``engine_max_batch``) is the top of a TensorRT engine's profile."""
-    if engine == "ort":
-        from proqha.deploy.runtime_ort import OrtRuntime
-
-        return OrtRuntime(bm.onnx, threads)
-    if engine == "openvino":
-        from proqha.deploy.runtime_openvino import OpenVinoRuntime
-
-        return OpenVinoRuntime(bm.graph("openvino"), threads)
+    if engine in ONNX_ENGINES:
+        return graph_runtime(engine, bm.graph(engine), threads)  # type: ignore[arg-type]
     if engine == "torch":
         from proqha.deploy.runtime_torch import TorchRuntime
 

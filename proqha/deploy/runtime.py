@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 ENGINES = ("ort", "openvino", "trt", "torch")
+ONNX_ENGINES = ("ort", "openvino")  # the engines that read an ONNX file as it is
 
 
 def check_engines(engines: list[str], option: str = "--engine") -> list[str]:

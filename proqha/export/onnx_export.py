@@ -102,13 +102,6 @@ class _Probe(ShapeProp):
         return result
 
 
-def _same_or_wider(have: tuple[qdq.EmittedGrid, bool], want: tuple[qdq.EmittedGrid, bool]) -> bool:
-    """Whether a tensor on grid ``have`` is unchanged by quantizing it to ``want``: the same step and sign,
-    and ``want``'s integer range holds ``have``'s."""
-    (g, signed), (h, wanted_signed) = have, want
-    return g.scale == h.scale and signed == wanted_signed and h.qmin <= g.qmin and g.qmax <= h.qmax
-
-
 class _Writer:
     def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str, weights: str
                  ) -> None:
@@ -118,8 +111,7 @@ class _Writer:
         self.b = GraphBuilder()
         self.env: dict[fx.Node, str] = {}
         self.info = ExportInfo(profile, quantized, int8_kernels, weights if self.grids.packs else "int8")
-        self.scales: dict[str, float] = {}  # emitted activation step of a tensor name
-        self.emitted: dict[str, tuple[qdq.EmittedGrid, bool]] = {}  # and its grid as written, with its sign
+        self.written_grids: dict[str, qdq.EmittedGrid] = {}  # the activation grid a tensor name was written on
         self.probe_batch = PROBE_BATCH
         self._batch: str | None = None  # the graph input's batch size, once a handler needs it
         self.constants = constant_nodes(model.graph)
@@ -131,12 +123,10 @@ class _Writer:
                 return self.b.node("Relu", [x], f"{base}.relu")
             return x
         grid = quantizer.grid()
-        emitted = (self.grids.emitted_grid(grid), grid.signed)
-        if self.emitted.get(x) is not None and _same_or_wider(self.emitted[x], emitted):
+        if x in self.written_grids and self.grids.emitted_grid(grid).holds(self.written_grids[x]):
             return x  # x is already on this grid: the second rounding and clamp change nothing
-        out, scale = self.grids.activation(self.b, x, grid, base, requantize=x in self.scales)
-        self.scales[out] = scale
-        self.emitted[out] = emitted
+        out, written = self.grids.activation(self.b, x, grid, base, requantize=x in self.written_grids)
+        self.written_grids[out] = written
         return out
 
     def const(self, base: str, t: torch.Tensor) -> str:
@@ -162,7 +152,7 @@ class _Writer:
         wq = layer.weight_quantizer
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
-        if self.quantized and wq.enabled and x in self.scales:
+        if self.quantized and wq.enabled and x in self.written_grids:
             w, b = self.integer_weights(name, layer, bn, x, record)
         else:
             wf, bias = float_layer(layer, bn)
@@ -193,8 +183,9 @@ class _Writer:
         if deployed.ints.abs().max() > 127:
             raise ProqhaError(f"{name}: {type(wq).__name__} at {wq.bits} bit has levels up to "
                               f"{int(deployed.ints.abs().max())}, beyond int8; export it at <= 7 bit")
-        if abs(self.scales[x] - float(deployed.input_scale)) > 1e-12 * self.scales[x]:
-            deployed = integer_layer(layer, bn, input_scale=self.scales[x])  # a profile that re-grids the input
+        step = self.written_grids[x].scale
+        if abs(step - float(deployed.input_scale)) > 1e-12 * step:
+            deployed = integer_layer(layer, bn, input_scale=step)  # a profile that re-grids the input
         record.act_max = uint8_activation_max(layer.input_quantizer.grid())
         wide = self.grids.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
         written = qdq.weight(self.b, (deployed.ints // deployed.int_factor).cpu().numpy(), deployed.int_factor,
@@ -294,8 +285,8 @@ class _Writer:
             return x
         if dequantize_behind(x, {out: n for n in self.b.nodes for out in n.output}) is not None:
             return x
-        out, scale = self.grids.activation(self.b, x, quantizer.grid(), f"{self.base(node)}.grid")
-        self.scales[out] = scale
+        out, written = self.grids.activation(self.b, x, quantizer.grid(), f"{self.base(node)}.grid")
+        self.written_grids[out] = written
         return out
 
     def on_grid(self, node: fx.Node) -> bool:
@@ -326,8 +317,8 @@ class _Writer:
             elif node.op == "output":
                 out = self.env[node.args[0]]
                 src = node.args[0]
-                if src.op == "call_module" and isinstance(self.modules[src.target], Quantizer) and out in self.scales:
-                    self.info.output_scale = self.scales[out]
+                if src.op == "call_module" and isinstance(self.modules[src.target], Quantizer) and out in self.written_grids:
+                    self.info.output_scale = self.written_grids[out].scale
             elif node.op in handlers:
                 if node in self.env:  # already produced (a folded BatchNorm)
                     continue

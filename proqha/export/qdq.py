@@ -72,11 +72,18 @@ def packed_type(qmin: int, qmax: int, odd_levels: bool = False) -> PackedType | 
 
 @dataclass(frozen=True)
 class EmittedGrid:
-    """The per-tensor activation grid as written: step, integer range in grid units (zero point 0)."""
+    """The per-tensor activation grid as written: step, integer range in grid units (zero point 0), sign."""
 
     scale: float
     qmin: int
     qmax: int
+    signed: bool = False
+
+    def holds(self, other: "EmittedGrid") -> bool:
+        """Whether a tensor on ``other`` is unchanged by quantizing it to this grid: the same step and sign,
+        and this integer range holds ``other``'s."""
+        return (self.scale == other.scale and self.signed == other.signed
+                and self.qmin <= other.qmin and other.qmax <= self.qmax)
 
 
 class OrtProfile:
@@ -90,11 +97,11 @@ class OrtProfile:
         self.packs = weights == "packed"  # whether sub-8-bit weight grids are stored in INT2/INT4
 
     def emitted_grid(self, grid: Grid) -> EmittedGrid:
-        return EmittedGrid(float(grid.scale.reshape(-1)[0]), grid.qmin, grid.qmax)
+        return EmittedGrid(float(grid.scale.reshape(-1)[0]), grid.qmin, grid.qmax, grid.signed)
 
     def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False
-                   ) -> tuple[str, float]:
-        """Emit the Q/DQ of an activation grid; returns (dequantized tensor name, emitted step).
+                   ) -> tuple[str, EmittedGrid]:
+        """Emit the Q/DQ of an activation grid; returns (dequantized tensor name, the grid as written).
 
         ``requantize``: ``x`` is itself a dequantized tensor (a quantizer right after another one). Its
         integer Clip is then written even for the full range: onnxruntime's DoubleQDQPairsRemover rewrites
@@ -110,7 +117,7 @@ class OrtProfile:
             lo = b.const(f"{base}.int_min", np.array(g.qmin + zp, np.uint8))
             hi = b.const(f"{base}.int_max", np.array(g.qmax + zp, np.uint8))
             q = b.node("Clip", [q, lo, hi], f"{base}.int_clip")
-        return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
+        return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g
 
     def wide_weights(self, act_max: int, weight_max: int) -> bool:
         """Whether a layer's weights go out as uint8 (U8U8 kernels) to keep its pair sums exact."""
@@ -136,11 +143,11 @@ class TrtProfile(OrtProfile):
         """The grid written: unsigned 8-bit grids (0..255) become 0..127 over the same range."""
         scale = float(grid.scale.reshape(-1)[0])
         if grid.qmax > 127:
-            return EmittedGrid(scale * grid.qmax / 127, 0, 127)
-        return EmittedGrid(scale, grid.qmin, grid.qmax)
+            return EmittedGrid(scale * grid.qmax / 127, 0, 127, grid.signed)
+        return EmittedGrid(scale, grid.qmin, grid.qmax, grid.signed)
 
     def activation(self, b: GraphBuilder, x: str, grid: Grid, base: str, requantize: bool = False
-                   ) -> tuple[str, float]:
+                   ) -> tuple[str, EmittedGrid]:
         g = self.emitted_grid(grid)
         scale = b.const(f"{base}.scale", np.array(g.scale, np.float32))
         lo = b.const(f"{base}.clip_min", np.array(g.qmin * g.scale, np.float32))
@@ -148,7 +155,7 @@ class TrtProfile(OrtProfile):
         clipped = b.node("Clip", [x, lo, hi], f"{base}.clip")
         zero = b.const(f"{base}.zero_point", np.array(0, np.int8))
         q = b.node("QuantizeLinear", [clipped, scale, zero], f"{base}.q")
-        return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g.scale
+        return b.node("DequantizeLinear", [q, scale, zero], f"{base}.dq"), g
 
     def wide_weights(self, act_max: int, weight_max: int) -> bool:
         return False  # int8 only; TensorRT sums in int32
