@@ -47,8 +47,10 @@ def test_every_model_converts_exactly_at_32_bits_and_closely_at_8(name):
         twin8 = quantize_model(model, QuantConfig(bits=8)).eval()
         out8 = twin8(x)
     assert not torch.equal(out8, ref)  # quantization is really on
-    rel = (out8 - ref).abs().max() / ref.abs().max()
-    assert rel < 0.1, f"{name}: 8-bit output deviates by {rel:.3f} of the output range"
+    # relative RMS error: a broken conversion gives O(1); rounding compounds with depth in random nets
+    # (ResNet-50: 0.08-0.18 over seeds 0-2 on either 8-bit grid, different on each CPU kind's float kernels)
+    rel = (out8 - ref).norm() / ref.norm()
+    assert rel < 0.25, f"{name}: 8-bit output deviates by {rel:.3f} (relative RMS)"
     # every conv/linear of the float model is converted, under its own module path
     floats = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     assert set(quant_layers(twin8)) == floats
