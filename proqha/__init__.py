@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _API = {"quantize": "proqha.api", "fit": "proqha.api", "evaluate": "proqha.api", "search_bits": "proqha.api",
         "export_onnx": "proqha.api", "bench": "proqha.api", "SearchResult": "proqha.api",
-        "ExportError": "proqha.api", "DataSplits": "proqha.data.custom", "ProqhaError": "proqha.errors"}
+        "ExportError": "proqha.errors", "DataSplits": "proqha.data.custom", "ProqhaError": "proqha.errors"}
 
 __all__ = ["__version__", *_API]
 

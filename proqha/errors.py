@@ -5,6 +5,14 @@ class ProqhaError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits with code 2."""
 
 
+class ExportError(ProqhaError):
+    """The exported graph failed validation; nothing was written. ``report`` says what was measured."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (at most ``limit`` characters), with the line after it when
     it only introduces it (ends in a colon), or its type name when the message is empty: what a one-line

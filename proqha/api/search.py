@@ -1,0 +1,104 @@
+"""The API's search stage: ProQHA's progressive bit-width search on a quantized model."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from proqha.api.common import Batch, place
+from proqha.errors import ProqhaError
+from proqha.train import LossFn
+
+@dataclass
+class SearchResult:
+    """What ``search_bits`` found.
+
+    model: the searched model (the one passed in, now at the last step's bits).
+    steps: one dict per step, step 0 being the start: ``cost`` (paper cost), ``bitops``, ``bitops_ratio``,
+        ``size_bytes``, ``score``, ``train_top1``, ``test_top1``, ``test_top5``, ``wall_s``, and ``bits``
+        (``{layer: {"w": bits, "a": bits}}``).
+    stopped: "steps", "target" (a target was met) or "floor" (no knob could be lowered).
+    run_dir: where frontier.csv and the step checkpoints went, when one was given.
+    """
+
+    model: nn.Module
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "steps"
+    run_dir: Path | None = None
+
+
+_SEARCH_FIXED = {"source", "device", "workers", "batch_size"}
+
+
+def _search_config(options: dict[str, Any], has_calib: bool) -> Any:
+    """The resolved SearchConfig of ``search_bits``' options; one line for an unknown option or missing data."""
+    from proqha.search.progressive import SearchConfig
+
+    names = {f.name for f in fields(SearchConfig)} - _SEARCH_FIXED
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ProqhaError(f"search_bits: unknown option {unknown[0]!r}; choose among {', '.join(sorted(names))}")
+    cfg = SearchConfig(source="(python api)", **options).resolved()
+    if not has_calib and (cfg.criterion in ("acc", "loss") or (cfg.strategy == "allocate" and cfg.table_data == "calib")):
+        what = "the budget allocation" if cfg.strategy == "allocate" else f"criterion {cfg.criterion!r}"
+        raise ProqhaError(f"search_bits: {what} measures losses on calibration data; pass calib_loader")
+    return cfg
+
+
+def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: Iterable[Batch] | None = None,
+                test_loader: Iterable[Batch] | None = None, *, steps: int = 8, candidates: int = 16,
+                lam: float = 0.1, target_cost: float | None = None, loss: LossFn | None = None,
+                device: str | torch.device | None = None, run_dir: str | Path | None = None,
+                on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
+    """ProQHA's progressive per-layer bit-width search on ``qmodel`` (changed in place).
+
+    Each step scores ways to lower some layers' bits (``strategy`` "table": every knob alone, then the
+    ``ratio`` best lowered together; "sets": ``candidates`` random sets, the reference's) by ``criterion``
+    ("hessian": one Adam step on a training batch; "loss" / "acc": calibration loss added / error on
+    ``calib_loader``; "random"), trading score against progress to the targets (``lam``), fine-tunes
+    (``finetune_epochs`` of Adam over ``train_loader``) and evaluates on ``test_loader``. It stops after
+    ``steps``, when every target is met (``target_cost``, ``target_bitops`` / ``target_size_mb`` in
+    ``options``; a step lowers no more than the targets need), or when no bit can drop. ``options``: the
+    other ``proqha.search.SearchConfig`` fields (``ratio``, ``interval``, ``min_bits``, ``knobs``,
+    ``fixed_bits``, ``final_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
+    seed gives the same search when the loaders yield the same batches under the same global seed.
+    ``run_dir``: also write frontier.csv, per-step checkpoints and bits files there (a new folder).
+    """
+    from proqha.files import atomic_write_json
+    from proqha.quant import BitConfig, require_quantized
+    from proqha.runs import run_lock
+    from proqha.search.data import LoaderData
+    from proqha.search.progressive import ProgressiveSearch
+
+    require_quantized(qmodel, "search_bits")
+    cfg = _search_config(dict(steps=steps, candidates=candidates, lam=lam, target_cost=target_cost) | options,
+                         calib_loader is not None)
+    folder = Path(run_dir) if run_dir is not None else None
+    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ProqhaError(f"search_bits: run_dir {folder} already exists and is not empty")
+    dev = place(qmodel, device)
+    first = next(iter(train_loader), None)
+    if first is None:
+        raise ProqhaError("search_bits: train_loader yields no batches")
+    input_size = tuple(first[0].shape[1:])
+    search = ProgressiveSearch(cfg, qmodel, LoaderData(train_loader, calib_loader, test_loader), input_size, dev,
+                               folder, loss_fn=loss)
+    result = SearchResult(qmodel, run_dir=folder)
+
+    def step_done(row: dict[str, Any]) -> None:
+        result.steps.append(row | {"bits": BitConfig.from_model(qmodel).to_dict()})
+        if on_step is not None:
+            on_step(result.steps[-1])
+
+    with run_lock(folder) if folder is not None else contextlib.nullcontext():
+        if folder is not None:
+            atomic_write_json(folder / "config.json", cfg.to_dict() | {"stage": "search", "source": "python api",
+                                                                       "input_size": list(input_size)})
+        outcome = search.run(0, on_step=step_done)
+    result.stopped = outcome["stopped"]
+    return result
