@@ -5,6 +5,20 @@ class ProqhaError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits with code 2."""
 
 
+class OptionError(ProqhaError):
+    """A bad value for one option. ``option`` is its name as the Python API spells it (``batch_size``); the
+    message starts with that name, and the CLI prints it with the flag instead (``--batch-size``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option} {message}")
+        self.option = option
+        self.detail = message
+
+    def with_flag(self) -> str:
+        """The message as the command line says it: the option's flag, then the detail."""
+        return f"--{self.option.replace('_', '-')} {self.detail}"
+
+
 class ExportError(ProqhaError):
     """The exported graph failed validation; nothing was written. ``report`` says what was measured."""
 

@@ -29,6 +29,7 @@ from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_json
 from proqha.health import OutputHealth, predicted_classes, predictions
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
 from proqha.runs import removed_on_error, run_lock
+from proqha.seeds import epoch_seed
 from proqha.train_config import TrainConfig
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -404,8 +405,8 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, resume: bool, run: TrainingRun,
     row: dict[str, Any] = {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=epoch_seed(cfg.seed, epoch),
                              workers=cfg.workers, pin_memory=device.type == "cuda", shard=True)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= train_one_epoch(net, loader, optimizer, scheduler, device, epoch, on_batch,

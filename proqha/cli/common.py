@@ -14,7 +14,8 @@ from typing import Any, Callable, TypeVar
 import typer
 from rich.console import Console
 
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
+from proqha.options import declared
 from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
 
 # Piped output (no terminal to measure) gets wide tables rather than truncated layer names.
@@ -60,7 +61,7 @@ def handle_errors(fn: F) -> F:
         except ProqhaError as exc:
             if options.debug:
                 raise
-            raise fail(str(exc)) from None
+            raise fail(exc.with_flag() if isinstance(exc, OptionError) else str(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except OSError as exc:  # the machine refused a path: the user's to fix, not a bug of ours
@@ -148,3 +149,9 @@ def check_writable(path: Path, option: str, folder: bool = False) -> None:
     target = existing if existing.is_dir() else existing.parent
     if not os.access(target, os.W_OK | os.X_OK):
         raise ProqhaError(f"{option} {path}: {target} is not writable")
+
+
+def declared_option(config_cls: type, name: str, *flags: str, **extra: Any) -> Any:
+    """The Typer option of a config field, with the help text declared on the field (``proqha.options``);
+    use it with the field's declared default: ``lr: Annotated[float, declared_option(C, "lr")] = default(C, "lr")``."""
+    return typer.Option(*flags, help=declared(config_cls, name).help, **extra)

@@ -24,6 +24,7 @@ from proqha.compiling import maybe_compiled
 from proqha.cost import CostReport, cost_report
 from proqha.data import load_dataset
 from proqha.errors import ProqhaError
+from proqha.seeds import Salt, step_seed
 from proqha.files import atomic_write_json
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
 from proqha.runs import removed_on_error, run_lock
@@ -57,10 +58,6 @@ def start_checkpoint(path: Path) -> Path:
     if steps:
         return steps[-1][1]
     raise ProqhaError(f"--from {path}: the run has no checkpoint yet")
-
-
-def _step_seed(seed: int, step: int, salt: int = 0) -> int:
-    return (seed * 1_000_003 + step * 10_007 + salt) % (2**63)
 
 
 def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[float, float]]:
@@ -162,7 +159,7 @@ class ProgressiveSearch:
         if cfg.criterion == "random":
             return [math.nan] * len(candidates)
         snap = Snapshot(self.model)
-        x, y = self.data.scoring_batch(_step_seed(cfg.seed, step, 1))
+        x, y = self.data.scoring_batch(step_seed(cfg.seed, step, Salt.SCORING_BATCH))
         x, y = x.to(self.device), y.to(self.device)
         calib = self.data.calib_batches() if cfg.criterion in ("acc", "loss") else None
         base = loss_score(self.model, calib, self.device, self.loss_fn) if cfg.criterion == "loss" else 0.0
@@ -214,7 +211,7 @@ class ProgressiveSearch:
         net = training_net(self.model, self.device, cfg.compile)
         top1 = math.nan
         for epoch in range(epochs):
-            seed = _step_seed(cfg.seed, step, 100 + epoch)
+            seed = step_seed(cfg.seed, step, Salt.FINETUNE_EPOCH + epoch)
             torch.manual_seed(seed)
             loader = self.data.train_batches(seed)
             top1 = train_one_epoch(net, loader, optimizer, scheduler, self.device, epoch, on_batch,
@@ -326,7 +323,7 @@ class ProgressiveSearch:
         the training split (``train``: more images, less noise)."""
         cfg = self.cfg
         calib = self.data.calib_batches() if cfg.table_data == "calib" else list(
-            self.data.train_batches(_step_seed(cfg.seed, step, 3)))
+            self.data.train_batches(step_seed(cfg.seed, step, Salt.TABLE_BATCHES)))
         snap = Snapshot(self.model)
         base = loss_score(self.model, calib, self.device, self.loss_fn)
         jobs = [(knob, level) for knob in self.knobs
@@ -359,9 +356,9 @@ class ProgressiveSearch:
             return {"stopped": "target", "steps": start_step, "run_dir": self._run_dir_text()}
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            torch.manual_seed(_step_seed(cfg.seed, step))
+            torch.manual_seed(step_seed(cfg.seed, step, Salt.CANDIDATES))
             current = self.bits()
-            gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step, 2))
+            gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, Salt.CANDIDATE_SETS))
             step_choice = self.choose_step(step, current, gen, on_candidate)
             if step_choice is None:
                 reason = "floor"
