@@ -9,7 +9,6 @@ per-call overhead. The smallest model is digits_resnet (8 bit) on onnxruntime at
 from __future__ import annotations
 
 import sys
-
 from typing import Any
 
 import numpy as np

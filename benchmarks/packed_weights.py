@@ -27,8 +27,8 @@ import sys
 
 import numpy as np
 import torch
-
 from ort_latency import calibrated, interleaved_ms
+
 from proqha.cost import cost_report, format_ratio
 from proqha.deploy.memory import ort_session_memory
 from proqha.export.file_size import fp32_graph_bytes

@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import proqha  # noqa: E402
 from user_nets import NETS, image_size, splits  # noqa: E402
+
+import proqha  # noqa: E402
 
 DEFAULT_CASES = ("depthwise:prototypes", "plain:prototypes", "plain:shapes", "mobilenet_v3_small:shapes",
                  "resnet18:prototypes")

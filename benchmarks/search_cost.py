@@ -9,10 +9,9 @@ Goal: scoring overhead per step <= 1 epoch-equivalent on digits.
 
 from __future__ import annotations
 
-import sys
-
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict

@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from user_nets import NETS, splits  # noqa: E402
+
 import proqha  # noqa: E402
 from proqha.quant import searchable_layers  # noqa: E402
-from user_nets import NETS, splits  # noqa: E402
 
 EVALS = 20  # loss-table evaluations timed in the baseline child
 

@@ -30,14 +30,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from google.protobuf.message import EncodeError
 import torchvision
+from google.protobuf.message import EncodeError
 from torch.utils.data import DataLoader, TensorDataset
 
 from proqha.errors import ProqhaError
 from proqha.export.onnx_export import export_onnx
-from proqha.export.pair_sums import check_pair_sums
 from proqha.export.ort_session import ort_session
+from proqha.export.pair_sums import check_pair_sums
 from proqha.export.validate import ValidationReport, validate_export
 from proqha.quant import QuantConfig, float_twin, quantize_model, searchable_layers
 

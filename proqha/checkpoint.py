@@ -16,7 +16,6 @@ import torch
 from proqha.errors import ProqhaError, first_line
 from proqha.files import atomic_torch_save
 
-
 CHECKPOINT_FORMAT = 1
 KINDS = ("train", "search")
 _REQUIRED = {"train": ("model", "recipe", "bits", "optimizer", "scheduler", "epoch"), "search": ("model", "bits", "step")}

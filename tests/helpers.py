@@ -64,7 +64,7 @@ def per_layer_steps(model: torch.nn.Module, proto, x: torch.Tensor) -> dict[str,
     from onnx import helper, numpy_helper
 
     from proqha.export.ort_session import ort_session
-    from proqha.quant import QuantAdd, QuantLayer, Quantizer
+    from proqha.quant import QuantAdd, Quantizer, QuantLayer
 
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     producers = {o: n for n in proto.graph.node for o in n.output}

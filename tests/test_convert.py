@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import calibrate_bn
 from torch import nn
 
-from helpers import calibrate_bn
 from proqha.models import create_model, get_model_spec, list_models
 from proqha.quant import (
     PACTQuantizer,

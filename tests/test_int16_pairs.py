@@ -12,12 +12,14 @@ import itertools
 import numpy as np
 import onnx
 import pytest
+from helpers import configure_bits, random_cifar
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from proqha.cli.app import app
 from proqha.export.graph_builder import constant_integers
 from proqha.export.onnx_export import export_onnx
+from proqha.export.ort_session import ort_session
 from proqha.export.pair_sums import (
     adversarial_activations,
     check_pair_sums,
@@ -26,9 +28,7 @@ from proqha.export.pair_sums import (
     pair_sum_bounds,
     worst_pair_sum,
 )
-from proqha.export.ort_session import ort_session
 from proqha.quant.grid import INT16_MAX, pair_sum_fits_int16, signed_range, unsigned_range, weight_int_factor
-from helpers import configure_bits, random_cifar
 
 runner = CliRunner()
 

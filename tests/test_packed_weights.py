@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import configure_bits, random_cifar
 from onnx import TensorProto, numpy_helper
 from typer.testing import CliRunner
 
@@ -16,7 +17,6 @@ from proqha.export.onnx_export import export_onnx
 from proqha.export.ort_session import ort_session
 from proqha.export.validate import check_graph, kernel_weights, ort_kernels, validate_export
 from proqha.quant import quant_layers
-from helpers import configure_bits, random_cifar
 
 
 def _ort_outputs(proto: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:

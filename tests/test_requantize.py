@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import calibrate_bn
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import calibrate_bn
 from proqha.export.onnx_export import export_onnx
 from proqha.export.ort_session import ort_session
 from proqha.export.validate import validate_export

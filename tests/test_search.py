@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
+from proqha.builder import load_model
 from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cli.app import app
 from proqha.errors import ProqhaError
-from proqha.builder import load_model
 from proqha.quant import BitConfig, Quantizer, searchable_layers
 from proqha.search import Knob, SearchConfig, choose_candidate, hessian_score, run_search, sample_candidates
 from proqha.search.scores import Snapshot

@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import onnx
 import pytest
+from helpers import calibrated_resnet20
 from onnx import numpy_helper
 
-from helpers import calibrated_resnet20
 from proqha.deploy.trt_check import check_trt_graph
 from proqha.export.onnx_export import export_onnx
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import sys
 
+import fake_tensorrt
 import numpy as np
 import pytest
 import torch
-
-import fake_tensorrt
 from helpers import calibrated_resnet20
+
 from proqha.deploy.bench import ACCURACY_BATCH, SANITY_BATCH, engine_max_batch
 from proqha.deploy.runtime_trt import TrtRuntime, build_engine, count_precisions
 from proqha.errors import ProqhaError

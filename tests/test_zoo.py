@@ -178,6 +178,7 @@ def test_operators_export_exactly(bits):
     import itertools
 
     from helpers import calibrate_bn
+
     from proqha.quant import searchable_layers
 
     torch.manual_seed(0)

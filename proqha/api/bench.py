@@ -12,6 +12,7 @@ from torch import nn
 from proqha.api.common import Batch, InputSize, input_shape, place, random_batches
 from proqha.errors import ProqhaError
 
+
 def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequence[int] = (1, 8),
           engines: Sequence[str] = ("ort",), test_data: Iterable[Batch] | None = None, warmup: int = 5,
           iters: int = 50, seconds: float | None = None, threads: int | None = None, fp32: bool = True,
@@ -71,8 +72,8 @@ def _bench_file(path: Path, size: tuple[int, ...], batches: list[int], engines: 
     import numpy as np
 
     from proqha.deploy.bench import graph_runtime
-    from proqha.deploy.runtime import ONNX_ENGINES
     from proqha.deploy.latency import measure
+    from proqha.deploy.runtime import ONNX_ENGINES
 
     if not set(engines) <= set(ONNX_ENGINES):
         raise ProqhaError(f"bench: an ONNX file runs on {' and '.join(ONNX_ENGINES)} only (pass the model for "

@@ -10,6 +10,7 @@ from torch import nn
 from proqha.api.common import Batch, InputSize, input_shape, model_device, random_batches
 from proqha.errors import ExportError, ProqhaError
 
+
 def export_onnx(qmodel: nn.Module, path: str | Path, input_size: InputSize,
                 parity_data: Iterable[Batch] | None = None, *, profile: str = "ort",
                 int8_kernels: str = "portable", weights: str = "packed", check: bool = True,

@@ -13,6 +13,7 @@ from proqha.api.common import Batch, place, warn_rows
 from proqha.errors import ProqhaError
 from proqha.train import LossFn
 
+
 def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **options: Any) -> nn.Module:
     """The quantized twin of ``model`` (left untouched), its quantizer ranges calibrated on ``example_input``.
 

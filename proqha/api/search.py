@@ -14,6 +14,7 @@ from proqha.api.common import Batch, place
 from proqha.errors import ProqhaError
 from proqha.train import LossFn
 
+
 @dataclass
 class SearchResult:
     """What ``search_bits`` found.

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from proqha.cli.common import fail, options
 from proqha.cli.bench import bench
+from proqha.cli.common import fail, options
 from proqha.cli.cost import cost
 from proqha.cli.export import export
 from proqha.cli.parity import parity_command

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from proqha.cli.common import check_writable, console, err_console, handle_errors, parse_int_tuple
 from proqha.cli.export import cpu_line
-from proqha.runs import pick_checkpoint
 from proqha.deploy.runtime import ONNX_ENGINES, check_engines
 from proqha.errors import ProqhaError
+from proqha.runs import pick_checkpoint
 
 if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
     from proqha.checkpoint import Checkpoint
@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # annotations only: the modules load inside the commands that
 def _bench_model(label: str, checkpoint: Path, step: int | None, want_trt: bool, int8_kernels: str = "portable",
                  weights: str = "packed") -> tuple[BenchModel, Checkpoint]:
     from proqha.builder import load_model
-    from proqha.export.file_size import source_metadata
     from proqha.deploy.bench import bench_model
+    from proqha.export.file_size import source_metadata
 
     model, state = load_model(checkpoint)
     size = state.input_size

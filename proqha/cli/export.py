@@ -114,13 +114,13 @@ def export(
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
     from proqha.builder import ModelRecipe, load_model
     from proqha.cost import format_ratio
+    from proqha.data import checkpoint_test_loader
     from proqha.deploy.trt_check import check_trt_graph
     from proqha.export.file_size import FILE_BYTES, RATIO, add_metadata, source_metadata
     from proqha.export.onnx_export import check_int8_kernels, check_weights, export_onnx
     from proqha.export.validate import validate_export
     from proqha.files import atomic_write_bytes, atomic_write_json
     from proqha.quant import float_twin
-    from proqha.data import checkpoint_test_loader
     from proqha.train import resolve_device
 
     if fmt not in FORMATS:

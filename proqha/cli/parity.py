@@ -11,8 +11,8 @@ import typer
 from proqha.cli.common import err_console, fail, handle_errors
 from proqha.cli.export import parity_path, print_report
 from proqha.deploy.runtime import ONNX_ENGINES, check_engines
-from proqha.runs import pick_checkpoint
 from proqha.errors import ProqhaError
+from proqha.runs import pick_checkpoint
 
 if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
     import onnx
@@ -24,6 +24,7 @@ MAX_BYTES = 2 * 1024**3
 def read_onnx(path: Path) -> tuple[onnx.ModelProto, bytes]:
     """Load an ONNX file a user hands us, refusing anything that is not a valid model (ProqhaError)."""
     import onnx
+
     from proqha.export.validate import check_graph
 
     if not path.is_file():

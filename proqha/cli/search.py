@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -86,8 +85,8 @@ def search(
 def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     """Search ``cfg`` into ``run_dir`` with progress bars, a line per step, the frontier table and plots."""
     from proqha import distributed
-    from proqha.search.frontier import FRONTIER_FILE, read_frontier
     from proqha.search import run_search
+    from proqha.search.frontier import FRONTIER_FILE, read_frontier
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,

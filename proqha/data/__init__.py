@@ -3,9 +3,9 @@
 from proqha.data import digits, vision  # noqa: F401  (registration)
 from proqha.data.registry import (
     DatasetSpec,
+    check_data_dir,
     checkpoint_calibration_images,
     checkpoint_test_loader,
-    check_data_dir,
     get_dataset_spec,
     list_datasets,
     load_dataset,

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from proqha.deploy.runtime import WallClockTimed
-from proqha.export.pair_sums import cpu_int8_path
 from proqha.export.ort_session import ort_session
+from proqha.export.pair_sums import cpu_int8_path
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -18,17 +18,17 @@ import numpy as np
 import onnx
 import torch
 import torch.fx as fx
-from torch.fx.passes.shape_prop import ShapeProp
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from proqha import __version__
 from proqha.cost import cost_report
 from proqha.errors import ProqhaError, first_line
 from proqha.export import ops, qdq
 from proqha.export.graph_builder import GraphBuilder, dequantize_behind
-from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, QuantLinear, Quantizer, require_quantized
-from proqha.quant.fx_graph import constant_nodes, quantizer_behind
+from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, Quantizer, QuantLinear, require_quantized
 from proqha.quant.fold import float_layer, integer_layer
+from proqha.quant.fx_graph import constant_nodes, quantizer_behind
 from proqha.quant.grid import INT8_KERNELS, uint8_activation_max
 
 EXACT_ON = {"portable": "every CPU (x86 with or without VNNI, ARM64)",

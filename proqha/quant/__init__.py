@@ -9,8 +9,8 @@ from proqha.quant.convert import (
     quantize_model,
     require_quantized,
     searchable_layers,
-    switch_on_fixed_quantizers,
     set_uniform_bits,
+    switch_on_fixed_quantizers,
 )
 from proqha.quant.grid import Grid
 from proqha.quant.layers import QuantAdd, QuantConv2d, QuantLayer, QuantLinear

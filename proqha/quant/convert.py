@@ -38,8 +38,8 @@ from proqha.quant.fx_graph import (
     trace,
     unique_name,
 )
-from proqha.quant.layers import FoldedBatchNorm2d, QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
 from proqha.quant.grid import INT8_KERNELS
+from proqha.quant.layers import FoldedBatchNorm2d, QuantAdd, QuantConv2d, QuantLayer, QuantLinear, act_quantizer
 from proqha.quant.quantizers import (
     WEIGHT_QUANTIZERS,
     DoReFaWeightQuantizer,

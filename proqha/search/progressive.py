@@ -24,8 +24,8 @@ from proqha.compiling import maybe_compiled
 from proqha.cost import CostReport, cost_report
 from proqha.data import load_dataset
 from proqha.errors import ProqhaError
-from proqha.seeds import Salt, step_seed
 from proqha.files import atomic_write_json
+from proqha.health import OutputHealth
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
 from proqha.runs import removed_on_error, run_lock
 from proqha.search.allocate import allocate
@@ -35,10 +35,16 @@ from proqha.search.frontier import FRONTIER_FILE, FrontierLog, step_checkpoint, 
 from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, model_knobs, sample_candidates
 from proqha.search.scores import Snapshot, accuracy_score, hessian_score, loss_score
 from proqha.search.select import objective
-
-from proqha.health import OutputHealth
-from proqha.train import (LossFn, evaluate, make_optimizer, output_warnings, resolve_device, train_one_epoch,
-                          training_net)
+from proqha.seeds import Salt, step_seed
+from proqha.train import (
+    LossFn,
+    evaluate,
+    make_optimizer,
+    output_warnings,
+    resolve_device,
+    train_one_epoch,
+    training_net,
+)
 
 LOSS_FLOOR = 1e-6  # a candidate's loss increase is at least this (calibration noise can make it negative)
 CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from proqha.quant import BitConfig
 from proqha.train import evaluate
 
+
 class Snapshot:
     """The model's parameters, buffers and bits at one moment, restorable in place (no module copies)."""
 
