@@ -7,27 +7,35 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield
 
 
 @pytest.fixture(scope="session")
-def search_run(tmp_path_factory):
-    """runs/train-1 (digits, 3 epochs at 8 bit) and runs/search-1 (2 steps), made once for the whole run:
-    tests that write into it use their own file names or --force."""
-    from proqha.search import SearchConfig, run_search
+def digits_run(tmp_path_factory):
+    """runs/train-1: digits, 3 epochs at 8 bit, batch 128, made once for the whole test run and shared (read
+    it; tests that write into it use their own file names or --force)."""
     from proqha.train import TrainConfig, fit
 
     root = tmp_path_factory.mktemp("runs")
     fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
+    return root / "train-1"
+
+
+@pytest.fixture(scope="session")
+def search_run(digits_run):
+    """runs/search-1 (2 steps) from ``digits_run``, beside it, made once for the whole run."""
+    from proqha.search import SearchConfig, run_search
+
+    root = digits_run.parent
     run_search(SearchConfig(source=str(root / "train-1"), steps=2, candidates=4, finetune_epochs=1,
                             final_epochs=0).resolved(),
                root / "search-1")
     return root / "search-1"
 
 
-TRAINING_FIXTURES = {"search_run", "digits_model", "trained", "runs", "vnni_run"}  # each trains a model first
+TRAINING_FIXTURES = {"digits_run", "search_run", "digits_model", "trained", "runs", "vnni_run"}  # each trains a model first
 
 
 def pytest_collection_modifyitems(config, items):

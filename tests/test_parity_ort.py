@@ -31,10 +31,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def digits_model(tmp_path_factory):
-    run = tmp_path_factory.mktemp("digits") / "run"
-    fit(TrainConfig(epochs=3, batch_size=128).resolved(), run)
-    return run / "checkpoints" / "last.pt"
+def digits_model(digits_run):
+    return digits_run / "checkpoints" / "last.pt"
 
 
 def _digits_batches(n=256):

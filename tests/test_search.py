@@ -27,11 +27,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A digits model trained at 8 bit for 3 epochs."""
-    run = tmp_path_factory.mktemp("train") / "run"
-    fit(TrainConfig(epochs=3, batch_size=128).resolved(), run)
-    return run
+def trained(digits_run):
+    """A digits model trained at 8 bit for 3 epochs (the shared run)."""
+    return digits_run
 
 
 def _search_cfg(trained, **kw) -> SearchConfig:
