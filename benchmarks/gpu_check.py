@@ -104,7 +104,6 @@ def tensorrt(out: Path) -> dict[str, Any]:
         import tensorrt as trt  # noqa: F401
     except ImportError as exc:
         raise Skip(f"tensorrt is not importable ({exc}); pip install -e '.[trt]'") from None
-    from proqha.builder import load_model
     from proqha.data import checkpoint_test_loader
     from proqha.deploy.runtime_trt import TrtRuntime, build_engine
     from proqha.deploy.trt_check import check_trt_graph
@@ -112,6 +111,7 @@ def tensorrt(out: Path) -> dict[str, Any]:
     from proqha.export.onnx_export import export_onnx
     from proqha.export.ort_session import ort_session
     from proqha.quant import float_twin
+    from proqha.recipe import load_model
     from proqha.search.frontier import step_checkpoints
 
     steps = step_checkpoints(out / "runs" / "search-1")

@@ -7,7 +7,7 @@ The models run in the same process, interleaved step by step (in reversed order 
 machine noise hits all alike: float eager, QAT eager and (unless --no-compile) QAT compiled
 (`proqha.compiling.Compiled`, compiled before timing). A model's ratio is the median over rounds of its
 step time over the float step of the same round, which cancels the drift of a shared machine better
-than a ratio of medians. On a CPU all run with the allocator settings training uses (`proqha.allocator`; --glibc-defaults
+than a ratio of medians. On a CPU all run with the allocator settings training uses (`proqha.malloc_tuning`; --glibc-defaults
 leaves glibc's own). Goals (exit 1 on a miss): QAT eager / float eager <= 1.15, and QAT compiled / float
 eager <= 1.0.
 """
@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from proqha.allocator import reuse_freed_memory
 from proqha.compiling import Compiled
+from proqha.malloc_tuning import reuse_freed_memory
 from proqha.models import create_model
 from proqha.quant import QuantAdd, QuantConfig, Quantizer, WeightQuantizer, quantize_model
 

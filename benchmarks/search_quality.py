@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from proqha.builder import load_model
 from proqha.cost import cost_report
 from proqha.files import read_jsonl
 from proqha.quant import BitConfig, searchable_layers
+from proqha.recipe import load_model
 from proqha.search import SearchConfig, run_search
 from proqha.train import TrainConfig, fit
 

@@ -7,16 +7,27 @@ class ProqhaError(Exception):
 
 class OptionError(ProqhaError):
     """A bad value for one option. ``option`` is its name as the Python API spells it (``batch_size``); the
-    message starts with that name, and the CLI prints it with the flag instead (``--batch-size``)."""
+    message starts with that name, and the CLI prints it with the flag instead (``--batch-size``).
+    ``others``: further options the detail names (as the API spells them), which the CLI shows as flags too."""
 
-    def __init__(self, option: str, message: str) -> None:
+    def __init__(self, option: str, message: str, others: tuple[str, ...] = ()) -> None:
         super().__init__(f"{option} {message}")
         self.option = option
         self.detail = message
+        self.others = others
 
-    def with_flag(self) -> str:
-        """The message as the command line says it: the option's flag, then the detail."""
-        return f"--{self.option.replace('_', '-')} {self.detail}"
+    def with_flag(self, flags: dict[str, str] | None = None) -> str:
+        """The message as the command line says it, each option named by its flag: ``--`` and the name with
+        dashes, unless ``flags`` maps it to another (``{"source": "--from"}``)."""
+        import re
+
+        def flag(name: str) -> str:
+            return (flags or {}).get(name) or "--" + name.replace("_", "-")
+
+        detail = self.detail
+        for name in self.others:
+            detail = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag(name), detail)
+        return f"{flag(self.option)} {detail}"
 
 
 class ExportError(ProqhaError):

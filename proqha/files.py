@@ -1,6 +1,7 @@
 """Atomic file writes: a temp file in the same folder, fsync, then rename over the target.
 
 A reader (or a process killed mid-write) sees either the old file or the new one, never half of one.
+``check_writable`` refuses, before any work, an output path that could not be written.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
 
 
 def _umask_mode() -> int:
@@ -92,3 +93,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+def check_writable(path: Path, option: str, folder: bool = False) -> None:
+    """Refuse, before any work, a ``path`` (a file, or a ``folder``) that could not be written: a file in
+    the way of a folder it needs, a folder where the file goes, or a nearest existing folder that is not
+    writable (an OptionError naming ``option``, as the Python API spells it)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise OptionError(option, f"{path} is a {'file' if folder else 'folder'}, not a {'folder' if folder else 'file'}")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if existing != path.absolute() and not existing.is_dir():
+        raise OptionError(option, f"{path}: {existing} is a file, not a folder")
+    target = existing if existing.is_dir() else existing.parent
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise OptionError(option, f"{path}: {target} is not writable")

@@ -1,4 +1,4 @@
-"""The C allocator's settings for training on a CPU.
+"""glibc malloc settings for training on a CPU (``reuse_freed_memory``).
 
 glibc's malloc serves a block of 32 MiB or less from its heap only once its adaptive mmap threshold has
 grown past the block's size, and returns freed heap memory to the system as soon as 128 KiB lie free at

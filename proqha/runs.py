@@ -1,4 +1,6 @@
-"""Run directories: ``runs/<stage>-<n>``, one per invocation, and finding the latest of a stage."""
+"""Run folders: ``runs/<stage>-<n>``, one per invocation. ``RunDir`` names every file of a run (the only
+place these names are spelled) and holds its lock; ``pick_checkpoint`` turns a run folder or a checkpoint
+file into the checkpoint a later stage reads."""
 
 from __future__ import annotations
 
@@ -7,12 +9,98 @@ import fcntl
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, NamedTuple
 
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
+from proqha.files import atomic_write_json
 
 DEFAULT_ROOT = Path("runs")
+CONFIG_FILE = "config.json"  # every resolved option, and the run's stage
+METRICS_FILE = "metrics.jsonl"  # one row per training epoch
+COST_FILE = "cost.json"  # the cost report of the trained model
+BITS_FILE = "bits.json"  # the per-layer bit config
+FRONTIER_FILE = "frontier.csv"  # a search run's record, one row per completed step
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.pt"  # a train run's newest epoch
+BEST_CHECKPOINT = "best.pt"  # a train run's most accurate epoch
+STEP_CHECKPOINT = re.compile(r"^step-(\d{3,})\.pt$")  # a search run's step, step-NNN.pt
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run folder and the paths of its files (none is created by naming it)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        """config.json: every resolved option, and the run's stage."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def cost(self) -> Path:
+        return self.path / COST_FILE
+
+    @property
+    def bits(self) -> Path:
+        return self.path / BITS_FILE
+
+    @property
+    def frontier(self) -> Path:
+        return self.path / FRONTIER_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last(self) -> Path:
+        return self.path / CHECKPOINTS / LAST_CHECKPOINT
+
+    @property
+    def best(self) -> Path:
+        return self.path / CHECKPOINTS / BEST_CHECKPOINT
+
+    @property
+    def export(self) -> Path:
+        """What ``proqha export`` writes by default."""
+        return self.path / "export"
+
+    @property
+    def bench(self) -> Path:
+        """What ``proqha bench`` writes by default: bench.json, bench.csv and its plots."""
+        return self.path / "bench"
+
+    def step_checkpoint(self, step: int) -> Path:
+        """Where a search run keeps the checkpoint of ``step``."""
+        return self.checkpoints / f"step-{step:03d}.pt"
+
+    def step_bits(self, step: int) -> Path:
+        """The bit config of a search run's ``step``."""
+        return self.path / f"bits-step{step:03d}.json"
+
+    def step_checkpoints(self) -> list[tuple[int, Path]]:
+        """The step checkpoints of a search run, in step order."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted((int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := STEP_CHECKPOINT.match(p.name)))
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """config.json, written atomically."""
+        atomic_write_json(self.config, config)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """``run_lock`` of this folder."""
+        return run_lock(self.path)
 
 
 def _numbered(stage: str, root: Path) -> list[tuple[int, Path]]:
@@ -33,8 +121,6 @@ def latest_run_dir(stage: str, root: Path = DEFAULT_ROOT) -> Path | None:
     """The highest-numbered ``<root>/<stage>-<n>`` that exists, or None."""
     runs = _numbered(stage, Path(root))
     return runs[-1][1] if runs else None
-
-
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` for the duration: a second process writing into the same run is refused
@@ -73,40 +159,71 @@ def removed_on_error(run_dir: Path, first_saved: Path, keep: bool = False, made_
         raise
 
 
-def pick_checkpoint(run: Path | None, step: int | None = None, best_under_cost: float | None = None
-                    ) -> tuple[Path, Path, int | None]:
-    """(checkpoint, run directory, search step) that RUN names for export, bench and parity: a search run
-    (its last step, ``step``, or its most accurate step at or below ``best_under_cost``), a train run (its
-    last checkpoint), or a checkpoint file; default the latest search run, else the latest train run."""
-    from proqha.search.frontier import FRONTIER_FILE, read_frontier, step_checkpoints  # search imports runs
-    if run is None:
-        run = latest_run_dir("search", DEFAULT_ROOT) or latest_run_dir("train", DEFAULT_ROOT)
-        if run is None:
-            raise ProqhaError(f"no train or search run under {DEFAULT_ROOT}/ to export (pass RUN)")
+class Picked(NamedTuple):
+    """A checkpoint, the run folder it belongs to, and its search step (None for a train checkpoint)."""
+
+    checkpoint: Path
+    run_dir: Path
+    step: int | None
+
+
+def pick_checkpoint(run: Path | str | None, step: int | None = None, best_under_cost: float | None = None, *,
+                    start_option: str | None = None) -> Picked:
+    """The checkpoint that ``run`` names: a checkpoint file, a train run (its last.pt) or a search run; by
+    default the latest search run, else the latest train run.
+
+    A search run gives the step of its frontier.csv that ``step`` names, or the most accurate one at or below
+    ``best_under_cost``, or its last (what export, bench and parity read). With ``start_option`` (the option
+    that named ``run``, e.g. a search's ``source``), ``run`` is where new work starts: a search run gives its
+    newest step checkpoint, logged or not, and the errors name that option.
+    """
+    run = _default_run() if run is None else Path(run)
+    given = "step" if step is not None else "best_under_cost" if best_under_cost is not None else None
     if run.is_file():
-        if step is not None or best_under_cost is not None:
-            raise ProqhaError("--step/--best-under-cost need a search run directory, not a checkpoint file")
-        return run, run.parent, None
+        if given:
+            raise OptionError(given, "needs a search run directory, not a checkpoint file")
+        return Picked(run, run.parent, None)
     if not run.is_dir():
+        if start_option:
+            raise OptionError(start_option, f"{run}: no such checkpoint or run directory")
         raise ProqhaError(f"RUN not found: {run}")
-    if (run / FRONTIER_FILE).is_file():
-        rows = read_frontier(run)
-        if step is not None and best_under_cost is not None:
-            raise ProqhaError("give --step or --best-under-cost, not both")
-        if best_under_cost is not None:
-            fitting = [r for r in rows if r["cost"] <= best_under_cost + 1e-12]
-            if not fitting:
-                raise ProqhaError(f"--best-under-cost {best_under_cost}: no step of {run} is that cheap "
-                                  f"(lowest {min(r['cost'] for r in rows):.4f})")
-            step = max(fitting, key=lambda r: (r["test_top1"], -r["cost"]))["step"]
-        done = dict(step_checkpoints(run))
-        step = rows[-1]["step"] if step is None else step
-        if step not in done:
-            raise ProqhaError(f"--step {step}: {run} has steps {min(done)}..{max(done)}")
-        return done[step], run, step
-    if step is not None or best_under_cost is not None:
-        raise ProqhaError(f"--step/--best-under-cost: {run} is not a search run")
-    last = run / "checkpoints" / "last.pt"
-    if not last.is_file():
-        raise ProqhaError(f"{run} has no checkpoint (checkpoints/last.pt)")
-    return last, run, None
+    folder = RunDir(run)
+    if start_option is None and folder.frontier.is_file():
+        return _search_step(folder, step, best_under_cost)
+    if given:
+        raise OptionError(given, f"picks a step of a search run; {run} is not a search run")
+    if folder.last.is_file():
+        return Picked(folder.last, run, None)
+    steps = folder.step_checkpoints() if start_option else []
+    if steps:
+        return Picked(steps[-1][1], run, steps[-1][0])
+    if start_option:
+        raise OptionError(start_option, f"{run}: the run has no checkpoint yet")
+    raise ProqhaError(f"{run} has no checkpoint ({CHECKPOINTS}/{LAST_CHECKPOINT})")
+
+
+def _default_run() -> Path:
+    run = latest_run_dir("search", DEFAULT_ROOT) or latest_run_dir("train", DEFAULT_ROOT)
+    if run is None:
+        raise ProqhaError(f"no train or search run under {DEFAULT_ROOT}/ to export (pass RUN)")
+    return run
+
+
+def _search_step(folder: RunDir, step: int | None, best_under_cost: float | None) -> Picked:
+    """The step of a search run that ``step`` or ``best_under_cost`` names (default: its last logged step)."""
+    from proqha.search.frontier import read_frontier  # search imports runs
+
+    rows = read_frontier(folder.path)
+    if step is not None and best_under_cost is not None:
+        raise OptionError("best_under_cost", "chooses the step: give it or a step, not both")
+    if best_under_cost is not None:
+        fitting = [r for r in rows if r["cost"] <= best_under_cost + 1e-12]
+        if not fitting:
+            raise OptionError("best_under_cost", f"{best_under_cost}: no step of {folder.path} is that cheap "
+                              f"(lowest {min(r['cost'] for r in rows):.4f})")
+        step = max(fitting, key=lambda r: (r["test_top1"], -r["cost"]))["step"]
+    done = dict(folder.step_checkpoints())
+    step = rows[-1]["step"] if step is None else step
+    if step not in done:
+        raise OptionError("step", f"{step}: {folder.path} has steps {min(done)}..{max(done)}")
+    return Picked(done[step], folder.path, step)

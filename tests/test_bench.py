@@ -201,7 +201,7 @@ def test_bench_bad_input(search_run, args, message):
 
 def test_one_file_size_figure_the_written_files_bytes_in_export_bench_and_report(search_run, tmp_path):
     """export, bench and report --file-size give the size of the file proqha export writes, to the byte."""
-    from proqha.deploy.report import measure_file_sizes
+    from proqha.deploy.search_plots import measure_file_sizes
     from proqha.search.frontier import read_frontier
 
     out, fp32_out = tmp_path / "m.onnx", tmp_path / "f.onnx"

@@ -196,8 +196,8 @@ def test_untraceable_model_falls_back_to_a_module_walk():
 
 
 def test_a_recipe_saved_before_the_portable_grid_rebuilds_the_grids_it_trained_on():
-    from proqha.builder import ModelRecipe, build_model
     from proqha.quant.grid import LEGACY_QUANT
+    from proqha.recipe import ModelRecipe, build_model
 
     new = ModelRecipe("digits_resnet", 10, 1, (1, 8, 8))
     old = ModelRecipe.from_dict(new.to_dict() | {"quant": {k: v for k, v in new.quant.items() if k not in LEGACY_QUANT}})

@@ -69,7 +69,7 @@ def test_amp_bf16_leaves_the_grids_bit_identical():
 
 
 def test_amp_bf16_and_channels_last_training_run(tmp_path):
-    from proqha.builder import load_model
+    from proqha.recipe import load_model
 
     result = fit(TrainConfig(epochs=2, batch_size=128, amp="bf16", channels_last=True).resolved(), tmp_path / "r")
     assert result["last"]["test_top1"] > 60

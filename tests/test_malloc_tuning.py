@@ -1,4 +1,5 @@
-"""The allocator settings training applies: a step's freed activations are reused, not faulted in again."""
+"""The glibc malloc settings training applies (``proqha.malloc_tuning``): a step's freed activations are
+reused, not faulted in again."""
 
 from __future__ import annotations
 
@@ -7,19 +8,19 @@ import sys
 
 import pytest
 
-from proqha import allocator
+from proqha import malloc_tuning
 
 CHILD = """
 import ctypes, resource, sys
-from proqha import allocator
+from proqha import malloc_tuning
 libc = ctypes.CDLL("libc.so.6")
 libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 # glibc's starting point, fixed: a 128 KiB mmap threshold that does not adapt (the adaptive default
 # reaches the same state or a better one depending on the heap's layout)
-libc.mallopt(allocator.M_MMAP_THRESHOLD, 128 << 10)
+libc.mallopt(malloc_tuning.M_MMAP_THRESHOLD, 128 << 10)
 if sys.argv[1] == "reuse":
-    assert allocator.reuse_freed_memory()
+    assert malloc_tuning.reuse_freed_memory()
 def step():  # a training step's pattern: several 8 MiB blocks, 64-byte aligned as torch's CPU
     blocks = []  # allocator asks for them, written (touched), then all freed
     for _ in range(6):
@@ -52,7 +53,7 @@ def _thp_always() -> bool:
 
 
 @pytest.mark.subprocess
-@pytest.mark.skipif(not allocator.available(), reason="glibc's mallopt is not available on this platform")
+@pytest.mark.skipif(not malloc_tuning.available(), reason="glibc's mallopt is not available on this platform")
 @pytest.mark.skipif(_thp_always(), reason="transparent huge pages are always on: page faults are not 4 KiB")
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     """Ten steps fault in at most about one step's pages, where a threshold that leaves blocks to mmap
@@ -63,12 +64,12 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     assert reused <= 1.5 * pages_per_step, (reused, pages_per_step)
 
 
-def test_training_sets_the_allocator_on_a_cpu(monkeypatch):
+def test_training_tunes_malloc_on_a_cpu(monkeypatch):
     import torch
 
-    from proqha import train
+    from proqha import epoch_loop
 
     calls = []
-    monkeypatch.setattr(train, "reuse_freed_memory", lambda: calls.append(1))
-    train.training_net(torch.nn.Linear(2, 2), torch.device("cpu"))
+    monkeypatch.setattr(epoch_loop, "reuse_freed_memory", lambda: calls.append(1))
+    epoch_loop.training_net(torch.nn.Linear(2, 2), torch.device("cpu"))
     assert calls == [1]

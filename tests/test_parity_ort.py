@@ -17,7 +17,6 @@ from helpers import configure_bits, per_layer_steps, random_cifar
 from torch.utils.data import DataLoader, Subset
 from typer.testing import CliRunner
 
-from proqha.builder import load_model
 from proqha.cli.app import app
 from proqha.data import checkpoint_calibration_images, load_dataset
 from proqha.deploy.ort_anchor import quantize_static_graph
@@ -25,6 +24,7 @@ from proqha.export.onnx_export import export_onnx
 from proqha.export.pair_sums import check_pair_sums, cpu_int8_path
 from proqha.export.validate import kernel_weights, ort_kernels, validate_export
 from proqha.quant import quant_layers
+from proqha.recipe import load_model
 from proqha.train import TrainConfig, fit
 
 runner = CliRunner()

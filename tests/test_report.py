@@ -7,7 +7,7 @@ import math
 from typer.testing import CliRunner
 
 from proqha.cli.app import app
-from proqha.deploy.report import UniformPoint, dominating_steps, search_baselines
+from proqha.deploy.search_plots import UniformPoint, dominating_steps, search_baselines
 from proqha.search.frontier import read_frontier
 
 runner = CliRunner()
@@ -42,10 +42,10 @@ def test_report_states_per_baseline_whether_a_step_dominates_it(search_run, monk
 def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(search_run, monkeypatch):
     import onnx
 
-    from proqha.builder import load_model
-    from proqha.deploy.report import measure_file_sizes
+    from proqha.deploy.search_plots import measure_file_sizes
     from proqha.export.onnx_export import export_onnx
     from proqha.quant import set_uniform_bits
+    from proqha.recipe import load_model
     from proqha.search.frontier import step_checkpoints
 
     monkeypatch.chdir(search_run.parent.parent)
@@ -90,7 +90,7 @@ def test_report_compares_a_search_with_its_start_and_uniform_runs_of_the_same_re
 
 
 def test_plot_labels_are_plain_and_legends_sit_outside_the_data():
-    from proqha.deploy.report import legend_outside, plain_number, pyplot, time_label
+    from proqha.deploy.plotting import legend_outside, plain_number, pyplot, time_label
 
     assert [time_label(v) for v in (0.22, 1.0, 15.0)] == ["220 µs", "1 ms", "15 ms"]
     assert [plain_number(v) for v in (0.0022, 0.1, 2200.0)] == ["0.0022", "0.1", "2200"]

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
-from proqha.builder import load_model
 from proqha.checkpoint import load_checkpoint, save_checkpoint
 from proqha.cli.app import app
 from proqha.errors import ProqhaError
 from proqha.quant import BitConfig, Quantizer, searchable_layers
+from proqha.recipe import load_model
 from proqha.search import Knob, SearchConfig, choose_candidate, hessian_score, run_search, sample_candidates
 from proqha.search.scores import Snapshot
 from proqha.train import TrainConfig, fit
@@ -308,18 +308,18 @@ def test_same_seed_same_search(trained, tmp_path, strategy):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"lam": -1.0}, "--lam must be >= 0"),
-    ({"ratio": 0.0}, "--ratio must be in (0, 1]"),
-    ({"interval": 3}, "--interval must be 1, 2 or 4"),
-    ({"knobs": "layers"}, "--knobs must be one of both, weights, activations"),
-    ({"fixed_bits": 4}, "--fixed-bits sets the knobs that are not searched"),
-    ({"knobs": "weights", "fixed_bits": 9}, "--fixed-bits must be in 2..8"),
+    ({"lam": -1.0}, "^lam must be >= 0"),
+    ({"ratio": 0.0}, "^ratio must be in (0, 1]"),
+    ({"interval": 3}, "^interval must be 1, 2 or 4"),
+    ({"knobs": "layers"}, "^knobs must be one of both, weights, activations"),
+    ({"fixed_bits": 4}, "^fixed_bits sets the knobs that are not searched"),
+    ({"knobs": "weights", "fixed_bits": 9}, "^fixed_bits must be in 2..8"),
     ({"knobs": "activations", "target_cost": 0.1}, "activations do not count in the paper cost"),
-    ({"strategy": "greedy"}, "--strategy must be one of auto, table, sets, allocate"),
-    ({"strategy": "allocate", "target_cost": 0.1, "criterion": "random"}, "the random control is --strategy table"),
-    ({"target_bitops": 0.1, "cost_metric": "paper"}, "conflicts with --target-bitops"),
-    ({"target_bitops": 0.1, "cost_metric": "size"}, "--cost-metric paper conflicts"),  # the old name, read as paper
-    ({"cost_metric": "size_mb"}, "--cost-metric must be paper or bitops"),
+    ({"strategy": "greedy"}, "^strategy must be one of auto, table, sets, allocate"),
+    ({"strategy": "allocate", "target_cost": 0.1, "criterion": "random"}, "the random control is strategy 'table'"),
+    ({"target_bitops": 0.1, "cost_metric": "paper"}, "conflicts with target_bitops"),
+    ({"target_bitops": 0.1, "cost_metric": "size"}, "^cost_metric paper conflicts"),  # the old name, read as paper
+    ({"cost_metric": "size_mb"}, "^cost_metric must be paper or bitops"),
 ])
 def test_bad_config(kw, message):
     with pytest.raises(ProqhaError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from proqha.builder import load_model
 from proqha.checkpoint import load_checkpoint
 from proqha.errors import ProqhaError
 from proqha.files import read_jsonl
 from proqha.quant import BitConfig, quant_layers
+from proqha.recipe import load_model
 from proqha.train import TrainConfig, fit
 
 
@@ -133,9 +133,9 @@ def test_truncated_checkpoint_is_one_clear_error(tmp_path):
     ({"arch": "nope"}, "unknown architecture"),
     ({"bits": 9}, "bits must be an integer in 2..8 or 32"),
     ({"dataset": "nope"}, "unknown dataset"),
-    ({"optimizer": "lbfgs"}, "--optimizer"),
-    ({"epochs": 0}, "--epochs"),
-    ({"lr": -1.0}, "--lr"),
+    ({"optimizer": "lbfgs"}, "^optimizer must be one of sgd, adam"),
+    ({"epochs": 0}, "^epochs out of range"),
+    ({"lr": -1.0}, "^lr out of range"),
 ])
 def test_bad_config_rejected_before_work(kw, message):
     with pytest.raises(ProqhaError, match=message):

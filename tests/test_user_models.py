@@ -104,7 +104,7 @@ def test_reported_top1_is_the_deployed_argmax_even_when_logits_tie():
     metrics, frontier and report (topk's order among ties is arbitrary: it once reported 82.8% for 65.3%)."""
     import numpy as np
 
-    from proqha.train import _topk_correct
+    from proqha.evaluation import _topk_correct
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randint(0, 3, (500, 10), generator=g).float()  # many ties at the top

@@ -1,8 +1,7 @@
-"""The API's bench stage: latency per engine and batch next to cost figures."""
+"""The API's bench stage: latency per engine and batch next to cost figures (``proqha.deploy.bench_run``)."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -10,7 +9,6 @@ import torch
 from torch import nn
 
 from proqha.api.common import Batch, InputSize, input_shape, place, random_batches
-from proqha.errors import ProqhaError
 
 
 def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequence[int] = (1, 8),
@@ -28,65 +26,18 @@ def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequ
     data is given: then the top-1 columns are None). ``device`` is the torch engine's (default: where the
     model is).
     """
-    from proqha.deploy.bench import (
-        ANCHOR_CALIBRATION,
-        SANITY_BATCH,
-        bench_model,
-        engine_max_batch,
-        fp32_model,
-        make_runtime,
-        run_bench,
-        try_anchor,
-    )
-    from proqha.deploy.runtime import ONNX_ENGINES, check_engines
+    from proqha.deploy.bench import check_timing, time_graph_file
+    from proqha.deploy.bench_run import bench_module
+    from proqha.deploy.runtime import check_engines
 
     size = input_shape(input_size)
-    batch_list = [int(b) for b in batches]
-    check_engines(list(engines), "bench: engines")
-    if not batch_list or any(b < 1 for b in batch_list) or iters < 1 or warmup < 0:
-        raise ProqhaError(f"bench: need batches >= 1, iters >= 1, warmup >= 0 (got {batch_list}, {iters}, {warmup})")
+    check_engines(list(engines), "engines")
+    batch_list = check_timing(batches, warmup, iters, seconds, threads)
     if not isinstance(model, nn.Module):
-        return _bench_file(Path(model), size, batch_list, list(engines), warmup, iters, seconds, threads)
+        return time_graph_file(Path(model), size, list(engines), batch_list, warmup, None if seconds else iters,
+                               seconds, threads)
     torch_device = place(model, device) if "torch" in engines else None
-    models = [bench_model("model", model, size, want_trt="trt" in engines)]
-    labelled = test_data is not None
-    data = test_data if labelled else random_batches(size, torch.device("cpu"))
-    first = next(iter(data))[0]
-    sanity_x = first[:SANITY_BATCH].cpu().numpy()
-    if fp32:
-        models.append(fp32_model(models[0], size))
-        if anchor and any(e in ONNX_ENGINES for e in engines):
-            models += try_anchor(models[0], models[1], first[:ANCHOR_CALIBRATION].cpu().numpy(),
-                                 lambda line: warnings.warn(line, stacklevel=3))
-    result = run_bench(models, list(engines), batch_list,
-                       lambda name, bm: make_runtime(name, bm, threads, torch_device, size, engine_max_batch(batch_list)),
-                       sanity_x, lambda: data, size, warmup, None if seconds else iters, seconds)
-    if not labelled:
-        for row in result.rows:
-            row["torch_top1"] = row["engine_top1"] = None
-    return result.rows
-
-
-def _bench_file(path: Path, size: tuple[int, ...], batches: list[int], engines: list[str], warmup: int, iters: int,
-                seconds: float | None, threads: int | None) -> list[dict[str, Any]]:
-    import numpy as np
-
-    from proqha.deploy.bench import graph_runtime
-    from proqha.deploy.latency import measure
-    from proqha.deploy.runtime import ONNX_ENGINES
-
-    if not set(engines) <= set(ONNX_ENGINES):
-        raise ProqhaError(f"bench: an ONNX file runs on {' and '.join(ONNX_ENGINES)} only (pass the model for "
-                          "torch or trt)")
-    if not path.is_file():
-        raise ProqhaError(f"bench: ONNX model not found: {path}")
-    graph = path.read_bytes()
-    rng = np.random.default_rng(0)
-    rows = []
-    for engine in engines:
-        runtime = graph_runtime(engine, graph, threads)
-        for b in batches:
-            stats = measure(runtime, rng.standard_normal((b, *size)).astype(np.float32), warmup,
-                            None if seconds else iters, seconds)
-            rows.append({"model": path.name, "engine": engine, **stats.to_dict()})
-    return rows
+    data = test_data if test_data is not None else random_batches(size, torch.device("cpu"))
+    return bench_module(model, size, data, labelled=test_data is not None, engines=engines, batches=batch_list,
+                        warmup=warmup, iters=iters, seconds=seconds, threads=threads, fp32=fp32, anchor=anchor,
+                        torch_device=torch_device)

@@ -20,7 +20,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 def place(model: nn.Module, device: str | torch.device | None) -> torch.device:
     """The device to run on: ``device`` (``auto`` picks CUDA when present) or where the model already is."""
-    from proqha.train import resolve_device
+    from proqha.devices import resolve_device
 
     if device is None:
         return model_device(model)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import math
-import time
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from proqha.api.common import Batch, place, warn_rows
-from proqha.errors import ProqhaError
-from proqha.train import LossFn
+from proqha.errors import OptionError, ProqhaError
+from proqha.options import declared
+from proqha.train_config import (
+    API_FIT_EPOCHS,
+    API_FIT_OPTIMIZER,
+    API_FIT_WEIGHT_DECAY,
+    DEFAULT_LR,
+    TrainConfig,
+    check_train_option,
+)
+from proqha.train_step import LossFn
 
 
 def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **options: Any) -> nn.Module:
@@ -21,8 +29,8 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **opt
     ``options``: the other ``proqha.quant.QuantConfig`` fields (``weight_quantizer``, ``edge_layers``, ...).
     The result is a plain ``nn.Module`` (in train mode) for your own training loop or ``fit``.
     """
+    from proqha.calibration import forward_checked
     from proqha.quant import QuantConfig, quantize_model
-    from proqha.train import forward_checked
 
     if not isinstance(model, nn.Module):
         raise ProqhaError(f"quantize: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -38,8 +46,9 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **opt
 
 
 def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[Batch] | None = None, *,
-        epochs: int = 1, lr: float | None = None, optimizer: str | torch.optim.Optimizer = "adam",
-        weight_decay: float = 0.0, loss: LossFn | None = None, device: str | torch.device | None = None,
+        epochs: int = API_FIT_EPOCHS, lr: float | None = None,
+        optimizer: str | torch.optim.Optimizer = API_FIT_OPTIMIZER, weight_decay: float = API_FIT_WEIGHT_DECAY,
+        loss: LossFn | None = None, device: str | torch.device | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None, compile: bool = False) -> list[dict[str, Any]]:
     """Train ``qmodel`` (quantization-aware) for ``epochs`` over ``train_loader``; returns one dict per epoch
     (``epoch``, ``lr``, ``train_loss``, ``train_top1``, with ``test_loader`` also ``test_loss``, ``test_top1``,
@@ -47,45 +56,47 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
 
     ``optimizer``: "adam" or "sgd" (momentum 0.9; ``lr`` defaults to 1e-3 and 0.1), with a per-batch cosine
     schedule and no weight decay on biases, BN and quantizer ranges; or your own optimizer, used as it is.
+    These defaults differ from ``proqha train``'s on purpose (``proqha.train_config``, ``API_FIT_*``).
     ``loss(logits, targets)`` defaults to cross-entropy. ``device``: None keeps the model where it is.
     ``compile``: run training and evaluation through ``torch.compile`` (eagerly, with one warning, where it
     cannot compile). On a CPU this sets glibc's allocator to keep freed memory for the rest of the process
-    (``proqha.train.local_training_net``: training steps reuse it instead of faulting pages in again).
+    (``proqha.epoch_loop.local_training_net``: training steps reuse it instead of faulting pages in again).
     """
-    from proqha.health import OutputHealth
-    from proqha.train import evaluate, local_training_net, make_optimizer, output_warnings, train_one_epoch
-    from proqha.train_config import DEFAULT_LR, OPTIMIZERS
+    from proqha.epoch_loop import EpochLoop, local_training_net, run_epochs
 
-    if epochs < 1:
-        raise ProqhaError(f"fit: epochs must be >= 1, got {epochs}")
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ProqhaError(f"fit: lr must be > 0, got {lr}")
+    for name, value in (("epochs", epochs), ("lr", lr), ("weight_decay", weight_decay)):
+        check_train_option(name, value)
     dev = place(qmodel, device)
-    scheduler = None
-    if isinstance(optimizer, torch.optim.Optimizer):
-        opt = optimizer
-    elif optimizer in OPTIMIZERS:
-        opt = make_optimizer(qmodel, optimizer, lr if lr is not None else DEFAULT_LR[optimizer], weight_decay)
-        steps = len(train_loader) if hasattr(train_loader, "__len__") else 1  # type: ignore[arg-type]
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
-    else:
-        raise ProqhaError(f"fit: optimizer must be one of {', '.join(OPTIMIZERS)} or a torch optimizer, "
-                          f"got {optimizer!r}")
-    rows = []
-    net = local_training_net(qmodel, dev, compile)
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
-        row |= train_one_epoch(net, train_loader, opt, scheduler, dev, epoch, loss_fn=loss)
-        if test_loader is not None:
-            health = OutputHealth()
-            row |= evaluate(net, test_loader, dev, loss, health)
-            warn_rows(row, output_warnings(qmodel, health, test_loader, dev), f"epoch {epoch}: ")
-        row["time_s"] = time.perf_counter() - t0
-        rows.append(row)
+    opt, scheduler = _optimizer(qmodel, optimizer, lr, weight_decay, epochs * _batches(train_loader))
+    loop = EpochLoop(qmodel, local_training_net(qmodel, dev, compile), opt, scheduler, dev, lambda epoch: train_loader,
+                     test_loader, loss_fn=loss)
+
+    def warn_then_report(row: dict[str, Any]) -> None:
+        for line in row.get("warnings", ()):
+            warnings.warn(f"epoch {row['epoch']}: {line}", stacklevel=4)  # at the caller of fit
         if on_epoch is not None:
             on_epoch(row)
-    return rows
+
+    return run_epochs(loop, range(1, epochs + 1), warn_then_report)
+
+
+def _batches(loader: Iterable[Batch]) -> int:
+    """Batches per epoch, for the cosine schedule (1 for a loader without a length)."""
+    return len(loader) if hasattr(loader, "__len__") else 1  # type: ignore[arg-type]
+
+
+def _optimizer(qmodel: nn.Module, optimizer: str | torch.optim.Optimizer, lr: float | None, weight_decay: float,
+               steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The user's optimizer as it is (no schedule), or the named one with a cosine schedule over ``steps``."""
+    from proqha.train_step import make_optimizer
+
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer, None
+    choices = declared(TrainConfig, "optimizer").choices or ()
+    if optimizer not in choices:
+        raise OptionError("optimizer", f"must be one of {', '.join(choices)} or a torch optimizer, got {optimizer!r}")
+    opt = make_optimizer(qmodel, optimizer, lr if lr is not None else DEFAULT_LR[optimizer], weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
 
 
 def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = None,
@@ -94,9 +105,9 @@ def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = N
     (where quantized layers compute as the deployed integer kernels do). A class never predicted while the
     float network predicts it, or logits at their quantizer's limit, are warned about (``warnings``) and
     listed under ``warnings``."""
+    from proqha.evaluation import evaluate as run_evaluate
+    from proqha.evaluation import output_warnings
     from proqha.health import OutputHealth
-    from proqha.train import evaluate as run_evaluate
-    from proqha.train import output_warnings
 
     dev, health = place(qmodel, device), OutputHealth()
     row: dict[str, Any] = dict(run_evaluate(qmodel, loader, dev, loss, health))

@@ -1,8 +1,8 @@
-"""The API's search stage: ProQHA's progressive bit-width search on a quantized model."""
+"""The API's search stage: ProQHA's progressive bit-width search on a quantized model, on the same library
+calls and run-folder files as ``proqha search`` (``ProgressiveSearch.run_in_folder``)."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -12,6 +12,8 @@ from torch import nn
 
 from proqha.api.common import Batch, place
 from proqha.errors import ProqhaError
+from proqha.options import default
+from proqha.search.config import SearchConfig
 from proqha.train import LossFn
 
 
@@ -33,33 +35,38 @@ class SearchResult:
     run_dir: Path | None = None
 
 
+# Options the API does not take: the caller's model and loaders are the source, the batch size and workers
+# are the loaders', and ``device`` is an argument of its own (a torch.device too).
 _SEARCH_FIXED = {"source", "device", "workers", "batch_size"}
+API_SOURCE = "python api"  # config.json's "source" of a search of the caller's own model
 
 
-def _search_config(options: dict[str, Any], has_calib: bool) -> Any:
+def _search_config(options: dict[str, Any], has_calib: bool) -> SearchConfig:
     """The resolved SearchConfig of ``search_bits``' options; one line for an unknown option or missing data."""
-    from proqha.search.progressive import SearchConfig
+    from proqha.search.strategies import calibration_user
 
     names = {f.name for f in fields(SearchConfig)} - _SEARCH_FIXED
     unknown = sorted(set(options) - names)
     if unknown:
         raise ProqhaError(f"search_bits: unknown option {unknown[0]!r}; choose among {', '.join(sorted(names))}")
-    cfg = SearchConfig(source="(python api)", **options).resolved()
-    if not has_calib and (cfg.criterion in ("acc", "loss") or (cfg.strategy == "allocate" and cfg.table_data == "calib")):
-        what = "the budget allocation" if cfg.strategy == "allocate" else f"criterion {cfg.criterion!r}"
+    cfg = SearchConfig(source=API_SOURCE, **options).resolved()
+    what = calibration_user(cfg)
+    if not has_calib and what is not None:
         raise ProqhaError(f"search_bits: {what} measures losses on calibration data; pass calib_loader")
     return cfg
 
 
 def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: Iterable[Batch] | None = None,
-                test_loader: Iterable[Batch] | None = None, *, steps: int = 8, candidates: int = 16,
-                lam: float = 0.1, target_cost: float | None = None, loss: LossFn | None = None,
+                test_loader: Iterable[Batch] | None = None, *, steps: int = default(SearchConfig, "steps"),
+                candidates: int = default(SearchConfig, "candidates"), lam: float = default(SearchConfig, "lam"),
+                target_cost: float | None = default(SearchConfig, "target_cost"), loss: LossFn | None = None,
                 device: str | torch.device | None = None, run_dir: str | Path | None = None,
                 on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
     """ProQHA's progressive per-layer bit-width search on ``qmodel`` (changed in place).
 
     Each step scores ways to lower some layers' bits (``strategy`` "table": every knob alone, then the
-    ``ratio`` best lowered together; "sets": ``candidates`` random sets, the reference's) by ``criterion``
+    ``ratio`` best lowered together; "sets": ``candidates`` random sets, the reference's; "allocate", the
+    default with a cost or BitOPs target: a knapsack on each knob's calibration loss) by ``criterion``
     ("hessian": one Adam step on a training batch; "loss" / "acc": calibration loss added / error on
     ``calib_loader``; "random"), trading score against progress to the targets (``lam``), fine-tunes
     (``finetune_epochs`` of Adam over ``train_loader``) and evaluates on ``test_loader``. It stops after
@@ -68,11 +75,10 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     other ``proqha.search.SearchConfig`` fields (``ratio``, ``interval``, ``min_bits``, ``knobs``,
     ``fixed_bits``, ``final_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
     seed gives the same search when the loaders yield the same batches under the same global seed.
-    ``run_dir``: also write frontier.csv, per-step checkpoints and bits files there (a new folder).
+    ``run_dir``: also write the files ``proqha search`` writes there (config.json, frontier.csv, per-step
+    checkpoints and bits files; a new folder). Defaults are ``SearchConfig``'s.
     """
-    from proqha.files import atomic_write_json
     from proqha.quant import BitConfig, require_quantized
-    from proqha.runs import run_lock
     from proqha.search.data import LoaderData
     from proqha.search.progressive import ProgressiveSearch
 
@@ -96,10 +102,6 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
         if on_step is not None:
             on_step(result.steps[-1])
 
-    with run_lock(folder) if folder is not None else contextlib.nullcontext():
-        if folder is not None:
-            atomic_write_json(folder / "config.json", cfg.to_dict() | {"stage": "search", "source": "python api",
-                                                                       "input_size": list(input_size)})
-        outcome = search.run(0, on_step=step_done)
+    outcome = search.run_in_folder(on_step=step_done)
     result.stopped = outcome["stopped"]
     return result

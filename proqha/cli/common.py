@@ -6,7 +6,6 @@ import dataclasses
 import errno
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -15,8 +14,9 @@ import typer
 from rich.console import Console
 
 from proqha.errors import OptionError, ProqhaError
+from proqha.files import check_writable
 from proqha.options import declared
-from proqha.runs import DEFAULT_ROOT, latest_run_dir, next_run_dir
+from proqha.runs import DEFAULT_ROOT, RunDir, latest_run_dir, next_run_dir
 
 # Piped output (no terminal to measure) gets wide tables rather than truncated layer names.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -44,15 +44,19 @@ def interrupted(stage: str, run_dir: Path, progress_file: Path, saved: str) -> t
     """The Exit (code 130) of a run stopped by Ctrl-C, telling what was saved and the command that goes on
     (``progress_file``: where the first completed piece of work is written; ``saved``: what it holds)."""
     resume = f"proqha {stage} --resume --run-dir {run_dir}"
-    if not (run_dir / "config.json").is_file():
+    if not RunDir(run_dir).config.is_file():
         return fail("interrupted before the run started; nothing was saved", 130)
     if not progress_file.is_file():
         return fail(f"interrupted before anything was saved; to start the run again: {resume}", 130)
     return fail(f"interrupted; {saved}: {resume}", 130)
 
 
-def handle_errors(fn: F) -> F:
-    """Turn ProqhaError into one stderr line and exit code 2, Ctrl-C into exit 130 (no traceback)."""
+def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -> Any:
+    """Turn ProqhaError into one stderr line and exit code 2, Ctrl-C into exit 130 (no traceback). An
+    OptionError is printed with its flag: ``flags[option]`` where the command spells the library's option
+    otherwise (``@handle_errors(flags={"engines": "--engine"})``), else ``--`` and the option's name."""
+    if fn is None:
+        return functools.partial(handle_errors, flags=flags)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -61,7 +65,7 @@ def handle_errors(fn: F) -> F:
         except ProqhaError as exc:
             if options.debug:
                 raise
-            raise fail(exc.with_flag() if isinstance(exc, OptionError) else str(exc)) from None
+            raise fail(_with_flag(exc, flags or {})) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
         except OSError as exc:  # the machine refused a path: the user's to fix, not a bug of ours
@@ -69,7 +73,14 @@ def handle_errors(fn: F) -> F:
                 raise
             raise fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
+
+
+def _with_flag(exc: ProqhaError, flags: dict[str, str]) -> str:
+    """The message of ``exc`` as the command line says it."""
+    if not isinstance(exc, OptionError):
+        return str(exc)
+    return exc.with_flag(flags)
 
 
 def parse_int_tuple(text: str, option: str, length: int | None = None) -> tuple[int, ...]:
@@ -106,7 +117,7 @@ def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, ctx: ty
     run_dir = run_dir or latest_run_dir(stage, DEFAULT_ROOT)
     if run_dir is None:
         raise ProqhaError(f"--resume: no {stage} run found under {DEFAULT_ROOT}/ (pass --run-dir)")
-    config_file = run_dir / "config.json"
+    config_file = RunDir(run_dir).config
     if not config_file.is_file():
         raise ProqhaError(f"--resume: {run_dir} is not a {stage} run (no config.json)")
     try:
@@ -132,23 +143,8 @@ def fresh_run_dir(stage: str, run_dir: Path | None) -> Path:
     run_dir = run_dir or next_run_dir(stage, DEFAULT_ROOT)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise ProqhaError(f"--run-dir {run_dir} already exists; use --resume or another --run-dir")
-    check_writable(run_dir, "--run-dir", folder=True)
+    check_writable(run_dir, "run_dir", folder=True)
     return run_dir
-
-
-def check_writable(path: Path, option: str, folder: bool = False) -> None:
-    """Refuse, before any work, a ``path`` (a file, or a ``folder``) that could not be written: a file in
-    the way of a folder it needs, a folder where the file goes, or a nearest existing folder that is not
-    writable (ProqhaError naming ``option``)."""
-    path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        raise ProqhaError(f"{option} {path} is a {'file' if folder else 'folder'}, not a {'folder' if folder else 'file'}")
-    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    if existing != path.absolute() and not existing.is_dir():
-        raise ProqhaError(f"{option} {path}: {existing} is a file, not a folder")
-    target = existing if existing.is_dir() else existing.parent
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise ProqhaError(f"{option} {path}: {target} is not writable")
 
 
 def declared_option(config_cls: type, name: str, *flags: str, **extra: Any) -> Any:

@@ -1,8 +1,8 @@
-"""`proqha report RUN`: a search run's frontier as a table, frontier.png and bits.png."""
+"""`proqha report RUN`: a search run's frontier as a table, frontier.png and bits.png (drawn by
+``proqha.deploy.search_plots``); the frontier and baseline tables that ``proqha search`` prints too."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -14,13 +14,13 @@ from proqha.errors import ProqhaError
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 
 if TYPE_CHECKING:  # annotations only: the modules load inside the commands that use them
-    from proqha.deploy.report import UniformPoint
+    from proqha.deploy.search_plots import UniformPoint
 
 
 def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | None = None) -> Table:
     """The frontier as a rich table: one row per step (with the exported file's size where measured)."""
     from proqha.cost import format_ratio
-    from proqha.deploy.report import is_nan
+    from proqha.deploy.search_plots import is_nan
 
     table = Table(title=title)
     files = fp32_bytes is not None
@@ -43,7 +43,7 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
 def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) -> Table:
     """Per uniform-bit run beside the search: its figures and the search steps that dominate it."""
     from proqha.cost import format_ratio
-    from proqha.deploy.report import dominating_steps
+    from proqha.deploy.search_plots import dominating_steps
 
     table = Table(title="baselines: the run the search started from and uniform-bit train runs of its recipe "
                         "(same arch, data, epochs, optimizer, lr, weight decay); dominated by a search step? "
@@ -58,24 +58,6 @@ def baseline_table(rows: list[dict[str, Any]], baselines: list[UniformPoint]) ->
     return table
 
 
-def write_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None,
-                files: tuple[int, list[tuple[UniformPoint, int]]] | None = None) -> list[Path]:
-    """frontier.png (with uniform-bit train runs found beside the search), bits.png of one step and, with
-    ``files`` (from ``proqha.deploy.report.measure_file_sizes``), frontier_file_size.png."""
-    from proqha.deploy.report import pick_row, plot_bits, plot_file_size, plot_frontier, search_baselines
-
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    arch = config.get("recipe", {}).get("arch", "")
-    baselines = search_baselines(run_dir)
-    row = pick_row(rows, step)
-    paths = [plot_frontier(rows, baselines, run_dir / "frontier.png", f"{arch} ProQHA frontier ({run_dir.name})"),
-             plot_bits(row, run_dir / "bits.png")]
-    if files is not None:
-        paths.append(plot_file_size(rows, files[1], files[0], run_dir / "frontier_file_size.png",
-                                    f"{arch}: accuracy against the exported file's size ({run_dir.name})"))
-    return paths
-
-
 @handle_errors
 def report(
     run: Annotated[Optional[Path], typer.Argument(help="Search run directory (default: the latest).")] = None,
@@ -83,7 +65,7 @@ def report(
     file_size: Annotated[bool, typer.Option(help="Export every step (packed weights, not validated) to show its ONNX file size, and plot accuracy against it (frontier_file_size.png).")] = False,
 ) -> None:
     """Print a search run's frontier and write frontier.png and bits.png into it."""
-    from proqha.deploy.report import measure_file_sizes, pick_row, search_baselines
+    from proqha.deploy.search_plots import measure_file_sizes, pick_row, search_baselines, write_search_plots
     from proqha.search.frontier import read_frontier
 
     run_dir = run or latest_run_dir("search", DEFAULT_ROOT)
@@ -98,5 +80,5 @@ def report(
     console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}", files[0] if files else None))
     if baselines:
         console.print(baseline_table(rows, baselines))
-    for path in write_plots(run_dir, rows, step, files):
+    for path in write_search_plots(run_dir, rows, step, files):
         err_console.print(f"wrote {path}")

@@ -9,34 +9,51 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from proqha.cli.common import console, err_console, fresh_run_dir, handle_errors, interrupted, resume_config
+from proqha.cli.common import (
+    console,
+    declared_option,
+    err_console,
+    fresh_run_dir,
+    handle_errors,
+    interrupted,
+    resume_config,
+)
+from proqha.options import declared, default
+from proqha.runs import RunDir
 from proqha.train_config import TrainConfig
+
+
+def _option(name: str, *flags: str):
+    """The Typer option of TrainConfig field ``name``, its help as declared there."""
+    return declared_option(TrainConfig, name, *flags)
 
 
 @handle_errors
 def train(
     ctx: typer.Context,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture: a registered name, or package.module:factory for your own (default: the dataset's own).")] = None,
-    dataset: Annotated[str, typer.Option(help="digits (offline default), mnist, cifar10, cifar100, imagefolder, or package.module:factory for your own.")] = "digits",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the dataset's files.")] = None,
-    download: Annotated[bool, typer.Option(help="Download the dataset into --data-dir if missing.")] = False,
-    bits: Annotated[int, typer.Option(help="Weight and activation bits of searchable layers: 2..8, or 32 for float.")] = 8,
-    bits_file: Annotated[Optional[Path], typer.Option(help="Per-layer bits (JSON BitConfig); overrides --bits.")] = None,
-    weight_quantizer: Annotated[str, typer.Option(help="lsq (deploy-exact) or dorefa (the paper's).")] = "lsq",
-    edge_layers: Annotated[str, typer.Option(help="First conv and last linear: int8, float, or search.")] = "int8",
-    int8_kernels: Annotated[str, typer.Option(help="The CPUs the int8 file must be exact on: portable (every CPU: 8-bit weights on 8-bit inputs train on ±64 levels, onnxruntime's reduce_range) or vnni (±127, exact only where int8 sums are int32: VNNI/AMX, ARM64, TensorRT).")] = TrainConfig.int8_kernels,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 15; with --resume, extends the run).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: sgd 0.1, adam 1e-3).")] = None,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on biases, BN, quantizer ranges).")] = 5e-4,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same result on the same machine and thread count.")] = 0,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this checkpoint (float or quantized).")] = None,
-    amp: Annotated[str, typer.Option(help="Mixed precision for the float parts: none, bf16, fp16 (CUDA); quantizer math stays float32.")] = "none",
-    channels_last: Annotated[bool, typer.Option(help="Train in channels_last memory format.")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training and evaluation (eager, with one warning, if it cannot).")] = TrainConfig.compile,
+    arch: Annotated[Optional[str], _option("arch")] = default(TrainConfig, "arch"),
+    dataset: Annotated[str, _option("dataset")] = default(TrainConfig, "dataset"),
+    data_dir: Annotated[Optional[Path], _option("data_dir")] = default(TrainConfig, "data_dir"),
+    download: Annotated[bool, _option("download")] = default(TrainConfig, "download"),
+    bits: Annotated[int, _option("bits")] = default(TrainConfig, "bits"),
+    bits_file: Annotated[Optional[Path], _option("bits_file")] = default(TrainConfig, "bits_file"),
+    weight_quantizer: Annotated[str, _option("weight_quantizer")] = default(TrainConfig, "weight_quantizer"),
+    edge_layers: Annotated[str, _option("edge_layers")] = default(TrainConfig, "edge_layers"),
+    int8_kernels: Annotated[str, _option("int8_kernels")] = default(TrainConfig, "int8_kernels"),
+    epochs: Annotated[Optional[int], typer.Option(help=f"{declared(TrainConfig, 'epochs').help} Default "
+                                                      f"{default(TrainConfig, 'epochs')}; with --resume, extends "
+                                                      "the run.")] = None,
+    batch_size: Annotated[int, _option("batch_size")] = default(TrainConfig, "batch_size"),
+    lr: Annotated[Optional[float], _option("lr")] = default(TrainConfig, "lr"),
+    optimizer: Annotated[str, _option("optimizer")] = default(TrainConfig, "optimizer"),
+    weight_decay: Annotated[float, _option("weight_decay")] = default(TrainConfig, "weight_decay"),
+    seed: Annotated[int, _option("seed")] = default(TrainConfig, "seed"),
+    workers: Annotated[int, _option("workers")] = default(TrainConfig, "workers"),
+    device: Annotated[str, _option("device")] = default(TrainConfig, "device"),
+    init: Annotated[Optional[Path], _option("init", "--init")] = default(TrainConfig, "init"),
+    amp: Annotated[str, _option("amp")] = default(TrainConfig, "amp"),
+    channels_last: Annotated[bool, _option("channels_last")] = default(TrainConfig, "channels_last"),
+    compile: Annotated[bool, _option("compile", "--compile")] = default(TrainConfig, "compile"),
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/train-<n>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: the latest) from its last epoch.")] = False,
 ) -> None:
@@ -53,7 +70,8 @@ def train(
         cfg = TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
                           download=download, bits=bits, bits_file=str(bits_file) if bits_file else None,
                           weight_quantizer=weight_quantizer, edge_layers=edge_layers, int8_kernels=int8_kernels,
-                          epochs=epochs if epochs is not None else TrainConfig.epochs, batch_size=batch_size,
+                          epochs=epochs if epochs is not None else default(TrainConfig, "epochs"),
+                          batch_size=batch_size,
                           lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed, workers=workers,
                           device=device, init=str(init) if init else None, amp=amp,
                           channels_last=channels_last, compile=compile).resolved()
@@ -92,7 +110,7 @@ def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
             if progress.live.is_started:  # stopping a progress never started still prints a blank line
                 progress.stop()
     except KeyboardInterrupt:
-        raise interrupted("train", run_dir, run_dir / "checkpoints" / "last.pt", "the last completed epoch is saved") from None
+        raise interrupted("train", run_dir, RunDir(run_dir).last, "the last completed epoch is saved") from None
     if not distributed.is_main():
         return
     last = result["last"]

@@ -1,1 +1,2 @@
-"""Runtimes, latency benchmarks, reports and plots (never imported by the core)."""
+"""Deployment: the runtimes (onnxruntime, OpenVINO, TensorRT, torch), the latency bench (``bench_run``: bench
+a run folder) and the plots of search runs (never imported by the core)."""

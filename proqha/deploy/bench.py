@@ -1,13 +1,13 @@
-"""`proqha bench`: latency, speed-up over fp32, paper cost, BitOPs, size and accuracy, per model, engine
-and batch size, side by side."""
+"""The bench's models and loops: the graphs a model is timed as (``BenchModel``: the chosen model, its fp32
+twin, the quantize_static anchor), the runtimes, and the two loops: every (model, engine, batch) with
+sanity, accuracy, size and speed-up (``run_bench``), and latency only for an ONNX file (``time_graph_file``).
+``proqha.deploy.bench_run`` calls them for a run folder and for a user's module."""
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -16,8 +16,7 @@ from torch import nn
 from proqha.cost import CostReport, cost_report
 from proqha.deploy.latency import measure
 from proqha.deploy.runtime import ONNX_ENGINES, Runtime
-from proqha.errors import ProqhaError, first_line
-from proqha.files import atomic_write_json, atomic_write_text
+from proqha.errors import OptionError, ProqhaError, first_line
 
 SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
 SANITY_BATCH = 64  # images in the sanity batch
@@ -87,7 +86,7 @@ FP32_NOTE = ("fp32 twin: the model with every quantizer off, exported in float: 
 
 def fp32_model(base: BenchModel, input_size: tuple[int, ...], metadata: dict[str, str] | None = None) -> BenchModel:
     """The fp32 twin of a quantized bench model (every quantizer off): the speed-up baseline, as
-    ``proqha export --format onnx-fp32`` writes it."""
+    the onnx-fp32 export writes it."""
     from proqha.export.file_size import add_metadata
     from proqha.export.onnx_export import export_onnx
     from proqha.quant import float_twin
@@ -128,6 +127,39 @@ def try_anchor(base: BenchModel, fp32: BenchModel, calibration: np.ndarray,
     except ProqhaError as exc:
         warn(f"warning: no {ANCHOR_LABEL} row: {exc}")
         return []
+
+
+def with_baselines(chosen: BenchModel, input_size: tuple[int, ...], engines: Sequence[str],
+                   calibration: Callable[[], np.ndarray], warn: Callable[[str], None], *, fp32: bool = True,
+                   anchor: bool = True, metadata: dict[str, str] | None = None,
+                   note: Callable[[str], None] | None = None) -> list[BenchModel]:
+    """``chosen``, then (with ``fp32``) its fp32 twin and, with ``anchor`` where an ONNX engine runs,
+    onnxruntime's quantize_static of the twin calibrated on ``calibration()`` (announced by ``note``; a
+    failure is one ``warn`` line and no anchor row)."""
+    models = [chosen]
+    if not fp32:
+        return models
+    models.append(fp32_model(chosen, input_size, metadata))
+    if anchor and any(e in ONNX_ENGINES for e in engines):
+        if note is not None:
+            note("quantizing the fp32 twin with onnxruntime's quantize_static (the anchor row)")
+        models += try_anchor(chosen, models[1], calibration(), warn)
+    return models
+
+
+def check_timing(batches: Sequence[int], warmup: int, iters: int, seconds: float | None = None,
+                 threads: int | None = None, samples: int = 1) -> list[int]:
+    """The batch sizes as a list once every timing option is in range, else an OptionError naming the first
+    that is not."""
+    batch_list = [int(b) for b in batches]
+    for option, value, ok in (("batches", batch_list, bool(batch_list) and min(batch_list) >= 1),
+                              ("warmup", warmup, warmup >= 0), ("iters", iters, iters >= 1),
+                              ("seconds", seconds, seconds is None or seconds > 0),
+                              ("threads", threads, threads is None or threads >= 1),
+                              ("samples", samples, samples >= 1)):
+        if not ok:
+            raise OptionError(option, f"out of range: {value}")
+    return batch_list
 
 
 def engine_max_batch(batches: Iterable[int]) -> int:
@@ -239,6 +271,27 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
     return result
 
 
+def time_graph_file(path: Path, input_size: tuple[int, ...], engines: Sequence[str], batches: Sequence[int],
+                    warmup: int = 5, iters: int | None = 50, seconds: float | None = None,
+                    threads: int | None = None) -> list[dict[str, Any]]:
+    """Latency rows of an ONNX file on each engine that reads it as it is and each batch size, on seeded
+    random inputs (no accuracy: a file carries no model to compare with)."""
+    if not set(engines) <= set(ONNX_ENGINES):
+        raise ProqhaError(f"bench: an ONNX file runs on {' and '.join(ONNX_ENGINES)} only (pass the model for "
+                          "torch or trt)")
+    if not path.is_file():
+        raise ProqhaError(f"bench: ONNX model not found: {path}")
+    graph = path.read_bytes()
+    rng = np.random.default_rng(0)
+    rows = []
+    for engine in engines:
+        runtime = graph_runtime(engine, graph, threads)
+        for b in batches:
+            stats = measure(runtime, rng.standard_normal((b, *input_size)).astype(np.float32), warmup, iters, seconds)
+            rows.append({"model": path.name, "engine": engine, **stats.to_dict()})
+    return rows
+
+
 def _torch_run(model: nn.Module, x: np.ndarray) -> np.ndarray:
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -257,52 +310,3 @@ def _speedups(rows: list[dict[str, Any]]) -> None:
         r["speedup_vs_fp32"] = ref["median_ms"] / r["median_ms"] if ref and r["median_ms"] > 0 else None
         r["file_ratio_fp32"] = r["file_bytes"] / ref["file_bytes"] if ref and ref["file_bytes"] and \
             r["file_bytes"] is not None else None
-
-
-def write_results(result: BenchResult, out_dir: Path) -> list[Path]:
-    """bench.json (everything) and bench.csv (the rows)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "bench.json", result.to_dict())
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result.rows)
-    atomic_write_text(out_dir / "bench.csv", buf.getvalue())
-    return [out_dir / "bench.json", out_dir / "bench.csv"]
-
-
-def plot_results(result: BenchResult, out_dir: Path, title: str = "") -> list[Path]:
-    """latency_vs_bitops.png and accuracy_vs_latency.png, one panel per batch size, per engine; BitOPs and
-    latency on log axes (so the fp32 point does not squeeze the quantized steps into one blob) with plain
-    tick labels; ``title`` names the run (the engines are added)."""
-    from proqha.deploy.report import legend_outside, plain_number, plain_ticks, pyplot, save_figure, time_label
-
-    batches = sorted({r["batch"] for r in result.rows})
-    engines = sorted({r["engine"] for r in result.rows})
-    paths = []
-    for name, (xkey, ykey, xlabel, ylabel) in {
-            "latency_vs_bitops.png": ("gbitops", "median_ms", "GBitOPs", "median latency"),
-            "accuracy_vs_latency.png": ("median_ms", "engine_top1", "median latency", "top-1 (%)")}.items():
-        fig, axes = pyplot().subplots(1, len(batches), figsize=(5.0 * len(batches) + 1.5, 4.2), squeeze=False)
-        for ax, batch in zip(axes[0], batches):
-            rows = [r for r in result.rows if r["batch"] == batch]
-            for engine in engines:
-                pts = [r for r in rows if r["engine"] == engine]
-                ax.plot([r[xkey] for r in pts], [r[ykey] for r in pts], "o", label=engine)
-                for r in pts:
-                    ax.annotate(r["model"], (r[xkey], r[ykey]), fontsize=6, textcoords="offset points", xytext=(3, 3))
-            ax.set_xscale("log")
-            plain_ticks(ax.xaxis, time_label if xkey == "median_ms" else plain_number)
-            if ykey == "median_ms":
-                ax.set_yscale("log")
-                plain_ticks(ax.yaxis, time_label)
-            ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"batch {batch}", fontsize=9)
-            ax.grid(alpha=0.3, which="both")
-        legend_outside(axes[0][-1])
-        fig.suptitle(f"{title + ': ' if title else ''}{', '.join(engines)}", fontsize=9)
-        fig.tight_layout()
-        paths.append(save_figure(fig, out_dir / name))
-    return paths

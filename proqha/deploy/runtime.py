@@ -1,5 +1,6 @@
-"""The common interface of inference runtimes (``Runtime``), the engine names, and host-clock timing.
-``proqha.deploy.bench.make_runtime`` builds one by name."""
+"""The common interface of inference runtimes (``Runtime``), the engine names, the engine check (the one
+guard for TensorRT and OpenVINO), and host-clock timing. ``proqha.deploy.bench.make_runtime`` builds one
+runtime by name."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ ENGINES = ("ort", "openvino", "trt", "torch")
 ONNX_ENGINES = ("ort", "openvino")  # the engines that read an ONNX file as it is
 
 
-def check_engines(engines: list[str], option: str = "--engine") -> list[str]:
-    """``engines`` if each is in ``ENGINES`` and the optional package it needs (TensorRT, OpenVINO) imports,
-    else one ProqhaError: before any work, so a long run does not stop at its last stage."""
-    from proqha.errors import ProqhaError
+def check_engines(engines: list[str], option: str = "engine") -> list[str]:
+    """``engines`` if each is in ``ENGINES`` and the optional package it needs imports (TensorRT with a GPU,
+    OpenVINO), else one ProqhaError (an OptionError naming ``option`` for an unknown name): before any work,
+    so a long run does not stop at its last stage. The one engine check, and with ``["trt"]`` the one
+    TensorRT guard."""
+    from proqha.errors import OptionError
 
     for e in engines:
         if e not in ENGINES:
-            raise ProqhaError(f"{option} must be one of {', '.join(ENGINES)}, got {e!r}")
+            raise OptionError(option, f"must be one of {', '.join(ENGINES)}, got {e!r}")
     if "trt" in engines:
         from proqha.deploy.runtime_trt import require_tensorrt
 

@@ -1,7 +1,7 @@
 """OpenVINO (``pip install 'proqha[openvino]'``): reads proqha's QDQ ONNX files and compiles them for the CPU.
 
 It reads int8 weight storage; of the packed forms, OpenVINO 2026.4 cannot read INT2 and runs a conv whose
-INT4 weights are widened by Cast in f32, so ``proqha bench`` gives it the ``--weights int8`` graph.
+INT4 weights are widened by Cast in f32, so the bench gives it the graph with int8 weight storage.
 
 OpenVINO turns DequantizeLinear -> Conv -> QuantizeLinear chains into its own low-precision kernels; which
 layers it runs in int8 is read from the compiled model's runtime graph (``runtimePrecision`` of each
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from proqha.deploy.runtime import WallClockTimed
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
 
 LAYER_TYPES = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution")
 INTEGER_PRECISIONS = ("u8", "i8")
@@ -30,7 +30,7 @@ def require_openvino() -> Any:
     try:
         import openvino
     except ImportError:
-        raise ProqhaError("--engine openvino needs OpenVINO: pip install 'proqha[openvino]'") from None
+        raise OptionError("engine", "openvino needs OpenVINO: pip install 'proqha[openvino]'") from None
     return openvino
 
 
@@ -82,7 +82,7 @@ class OpenVinoRuntime(WallClockTimed):
             try:
                 model = core.read_model(str(path))
             except RuntimeError as exc:
-                hint = (": OpenVINO reads no INT2 weights; export with --weights int8 for it"
+                hint = (": OpenVINO reads no INT2 weights; export it with int8 weight storage (weights int8)"
                         if b"weight_int2" in model_bytes else "")
                 raise ProqhaError(f"OpenVINO cannot read this graph ({_reason(exc)}){hint}") from None
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}

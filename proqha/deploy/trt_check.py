@@ -4,7 +4,8 @@ activations, Clip only on float tensors, Q/DQ on both inputs of every conv/gemm 
 residual add, or on its identity input only when the other comes straight from a conv, as NVIDIA
 recommends; a QuantizeLinear's zero point given, as INT8; a DequantizeLinear's input INT8; scale and
 zero-point lengths that match the weight's axis.)
-Runs without TensorRT; ``proqha export --format trt`` uses it before building an engine."""
+Runs without TensorRT; the trt profile's rules (``qdq.Rules.trt_graph``): the export stage checks them before
+writing or building an engine, and ``validate_file`` when it re-checks a file."""
 
 from __future__ import annotations
 

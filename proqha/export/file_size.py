@@ -16,8 +16,8 @@ FILE_BYTES, FP32_BYTES, RATIO = "proqha.file_bytes", "proqha.fp32_graph_bytes", 
 
 
 def fp32_graph_bytes(model: nn.Module, input_size: tuple[int, ...], extra: dict[str, str] | None = None) -> int:
-    """The size of the float graph file of ``model`` (every quantizer off, BatchNorm folded), as ``proqha
-    export --format onnx-fp32`` writes it with ``extra`` metadata: the baseline of a file's size ratio."""
+    """The size of the float graph file of ``model`` (every quantizer off, BatchNorm folded), as the export
+    stage writes it (format ``onnx-fp32``) with ``extra`` metadata: the baseline of a file's size ratio."""
     from proqha.quant import float_twin
 
     twin = float_twin(model)
@@ -33,9 +33,9 @@ def source_metadata(state: Any, checkpoint: Path, step: int | None) -> dict[str,
 
 
 def exported_file(checkpoint: Path, step: int | None = None, weights: str = "packed") -> bytes:
-    """The bytes ``proqha export`` writes for a checkpoint (default options, ``weights`` storage), without
+    """The bytes ``export_run`` writes for a checkpoint (default options, ``weights`` storage), without
     validating it."""
-    from proqha.builder import load_model
+    from proqha.recipe import load_model
 
     model, state = load_model(checkpoint)
     proto, info = export_onnx(model, state.input_size, weights=weights)

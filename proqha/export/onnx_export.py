@@ -1,341 +1,32 @@
-"""The QDQ ONNX writer: built from the quantized modules' declared grids, walking the model's fx graph.
-
-Each fx node goes to the handler of its kind (module, function, method, attribute, output), and
-float operators to their handlers in ``ops``. Convs absorb the BatchNorm that follows them
-(per-channel scales absorb it; the trained integers stay), weights are int8 initializers holding the
-trained integers, activations are Q/DQ pairs with the trained scales (``qdq`` decides how per profile),
-and biases are int32. ``quantized=False`` writes the float graph of the same model (no Q/DQ; the weights
-at their quantized values), the latency baseline.
+"""The QDQ ONNX export of a quantized model (``export_onnx``): built from the quantized modules' declared
+grids by ``writer.GraphWriter``, which walks the model's fx graph. Convs absorb the BatchNorm that follows
+them (per-channel scales absorb it; the trained integers stay), weights are integer initializers holding
+the trained integers, activations are Q/DQ pairs with the trained scales (the profile in ``qdq`` decides
+how), biases are int32. ``quantized=False`` writes the float graph of the same model (the latency
+baseline). ``graph_metadata`` is what a file says about itself.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
-import numpy as np
 import onnx
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from proqha import __version__
 from proqha.cost import cost_report
-from proqha.errors import ProqhaError, first_line
-from proqha.export import ops, qdq
-from proqha.export.graph_builder import GraphBuilder, dequantize_behind
-from proqha.quant import BitConfig, PACTQuantizer, QuantAdd, QuantConv2d, Quantizer, QuantLinear, require_quantized
-from proqha.quant.fold import float_layer, integer_layer
-from proqha.quant.fx_graph import constant_nodes, quantizer_behind
-from proqha.quant.grid import INT8_KERNELS, uint8_activation_max
+from proqha.errors import OptionError, ProqhaError, first_line
+from proqha.export import qdq
+from proqha.export.export_info import ExportInfo, LayerExport
+from proqha.export.qdq import EXACT_ON
+from proqha.export.writer import INPUT_NAME, OUTPUT_NAME, PROBE_BATCH, GraphWriter, ShapeProbe
+from proqha.quant import BitConfig, require_quantized
+from proqha.quant.grid import INT8_KERNELS
 
-EXACT_ON = {"portable": "every CPU (x86 with or without VNNI, ARM64)",
-            "vnni": "CPUs whose int8 kernels sum in int32: x86 with AVX512-VNNI, AVX-VNNI or AMX; ARM64"}
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-PROBE_BATCH = 2  # the batch of the shape-propagation pass; reshapes keep dimension 0 free
-
-
-@dataclass
-class LayerExport:
-    """What was written for one conv/linear: its integer weight initializer (``weight_storage``: int8,
-    uint8 at zero point 128 where int8 pair sums could pass int16, or packed int4/int2), the factor its
-    trained integers were multiplied by, and the range those integers must stay in."""
-
-    kind: str
-    w_bits: int
-    a_bits: int
-    initializer: str | None
-    qmin: int
-    qmax: int
-    odd_levels: bool
-    bn_folded: bool
-    int_factor: int = 1
-    weight_zero_point: int = 0
-    weight_storage: str = "int8"
-    dequantized: str | None = None  # the weight DequantizeLinear's output
-    act_max: int = 0  # the largest uint8 value its input takes in an integer kernel
-
-
-@dataclass
-class ExportInfo:
-    """Facts about an exported graph that validation checks against."""
-
-    profile: str
-    quantized: bool
-    int8_kernels: str = "portable"
-    weights: str = "packed"
-    layers: dict[str, LayerExport] = field(default_factory=dict)
-    quant_adds: int = 0
-    matmuls: int = 0  # tensor products with both inputs quantized (attention)
-    output_scale: float | None = None
-
-    @property
-    def opset(self) -> int:
-        """The graph's opset: the lowest that reads every weight type it stores."""
-        return max([qdq.BASE_OPSET] + [qdq.storage_opset(layer.weight_storage) for layer in self.layers.values()])
-
-    @property
-    def integer_layers(self) -> int:
-        """Conv/linear layers and matmuls that must run in integer kernels."""
-        return sum(1 for layer in self.layers.values() if layer.initializer and layer.a_bits != 32) + self.matmuls
-
-    @property
-    def all_layers(self) -> int:
-        """Every conv/linear layer and every matmul between quantized tensors."""
-        return len(self.layers) + self.matmuls
-
-
-class _Probe(ShapeProp):
-    """Shape propagation that also keeps the value of every constant node a non-constant one reads (a
-    relative position bias): the writer stores it as an initializer."""
-
-    def __init__(self, model: fx.GraphModule, constant: set[fx.Node]) -> None:
-        super().__init__(model)
-        self.folded = {n for n in constant if n.op != "get_attr" and any(u not in constant for u in n.users)}
-
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        if n in self.folded and isinstance(result, torch.Tensor):
-            n.meta["proqha_value"] = result.detach()
-        return result
-
-
-class _Writer:
-    def __init__(self, model: fx.GraphModule, profile: str, quantized: bool, int8_kernels: str, weights: str
-                 ) -> None:
-        self.model, self.profile, self.quantized = model, profile, quantized
-        self.grids = qdq.profile_for(profile, int8_kernels, weights)  # how this profile writes grids
-        self.modules = dict(model.named_modules())
-        self.b = GraphBuilder()
-        self.env: dict[fx.Node, str] = {}
-        self.info = ExportInfo(profile, quantized, int8_kernels, weights if self.grids.packs else "int8")
-        self.written_grids: dict[str, qdq.EmittedGrid] = {}  # the activation grid a tensor name was written on
-        self.probe_batch = PROBE_BATCH
-        self._batch: str | None = None  # the graph input's batch size, once a handler needs it
-        self.constants = constant_nodes(model.graph)
-
-    # -- helpers ----------------------------------------------------------------------------------
-    def act(self, x: str, quantizer: nn.Module, base: str) -> str:
-        if not self.quantized or not isinstance(quantizer, Quantizer) or not quantizer.enabled:
-            if isinstance(quantizer, PACTQuantizer) and quantizer.absorbs_relu:  # the ReLU it stands in for
-                return self.b.node("Relu", [x], f"{base}.relu")
-            return x
-        grid = quantizer.grid()
-        if x in self.written_grids and self.grids.emitted_grid(grid).holds(self.written_grids[x]):
-            return x  # x is already on this grid: the second rounding and clamp change nothing
-        out, written = self.grids.activation(self.b, x, grid, base, requantize=x in self.written_grids)
-        self.written_grids[out] = written
-        return out
-
-    def const(self, base: str, t: torch.Tensor) -> str:
-        return self.b.const(base, t.detach().cpu().numpy().astype(np.float32))
-
-    def folded_bn(self, node: fx.Node) -> nn.BatchNorm2d | None:
-        """The BatchNorm this conv absorbs: its only user."""
-        users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and isinstance(self.modules[users[0].target], nn.BatchNorm2d):
-            return self.modules[users[0].target]
-        return None
-
-    # -- conv / linear ----------------------------------------------------------------------------
-    def layer(self, node: fx.Node, layer: QuantConv2d | QuantLinear) -> str:
-        name = node.target
-        x = self.env[node.args[0]]
-        tokens = isinstance(layer, QuantLinear) and len(self.shape(node.args[0])) != 2
-        if tokens:  # a linear on N-d input (tokens, channels-last MLPs): a Gemm on the rows, features last
-            rows = self.b.const(f"{name}.rows", np.array([-1, layer.in_features], np.int64))
-            x = self.b.node("Reshape", [x, rows], f"{name}.to_rows")
-        x = self.act(x, layer.input_quantizer, f"{name}.input")
-        bn = self.folded_bn(node) if isinstance(layer, QuantConv2d) else None
-        wq = layer.weight_quantizer
-        record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
-                             None, 0, 0, False, bn is not None)
-        if self.quantized and wq.enabled and x in self.written_grids:
-            w, b = self.integer_weights(name, layer, bn, x, record)
-        else:
-            wf, bias = float_layer(layer, bn)
-            w, b = self.const(f"{name}.weight", wf), None if bias is None else self.const(f"{name}.bias", bias)
-        self.info.layers[name] = record
-        inputs = [x, w] + ([b] if b is not None else [])
-        if isinstance(layer, QuantLinear):
-            y = self.b.node("Gemm", inputs, name, transB=1)
-            if tokens:
-                y = ops.reshape_to(self, y, node, f"{name}.from_rows")
-        else:
-            if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-                raise ProqhaError(f"{name}: only numeric zero padding can be exported")
-            ph, pw = ops.pair(layer.padding)
-            y = self.b.node("Conv", inputs, name, kernel_shape=ops.pair(layer.kernel_size), strides=ops.pair(layer.stride),
-                            pads=[ph, pw, ph, pw], dilations=ops.pair(layer.dilation), group=layer.groups)
-        if bn is not None:
-            self.env[next(iter(node.users))] = y
-        return y
-
-    def integer_weights(self, name: str, layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None, x: str,
-                        record: LayerExport) -> tuple[str, str | None]:
-        """The dequantized integer weights and bias of a quantized layer whose input ``x`` is quantized;
-        fills ``record``."""
-        wq = layer.weight_quantizer
-        grid = wq.grid()
-        deployed = integer_layer(layer, bn)
-        if deployed.ints.abs().max() > 127:
-            raise ProqhaError(f"{name}: {type(wq).__name__} at {wq.bits} bit has levels up to "
-                              f"{int(deployed.ints.abs().max())}, beyond int8; export it at <= 7 bit")
-        step = self.written_grids[x].scale
-        if abs(step - float(deployed.input_scale)) > 1e-12 * step:
-            deployed = integer_layer(layer, bn, input_scale=step)  # a profile that re-grids the input
-        record.act_max = uint8_activation_max(layer.input_quantizer.grid())
-        wide = self.grids.wide_weights(record.act_max, deployed.int_factor * grid.qmax)
-        written = qdq.weight(self.b, (deployed.ints // deployed.int_factor).cpu().numpy(), deployed.int_factor,
-                             deployed.scale.cpu().numpy(), name, (grid.qmin, grid.qmax, grid.odd_levels), wide,
-                             self.grids.packs)
-        record.dequantized, record.initializer, record.weight_storage = (written.dequantized, written.initializer,
-                                                                          written.storage)
-        record.weight_zero_point = qdq.WIDE_WEIGHT_ZERO_POINT if wide else 0
-        record.qmin, record.qmax, record.odd_levels = grid.qmin, grid.qmax, grid.odd_levels
-        record.int_factor = deployed.int_factor
-        b = None
-        if deployed.bias_ints is not None:
-            b = self.grids.bias(self.b, deployed.bias_ints.cpu().numpy(), deployed.bias_scale.cpu().numpy(),
-                                deployed.bias().detach().cpu().numpy(), name)
-        return written.dequantized, b
-
-    # -- the rest: quantizers and adds here, float operators from the tables in ``ops`` ----------------
-    def module(self, node: fx.Node) -> str | list[str] | None:
-        mod = self.modules[node.target]
-        name = node.target
-        if isinstance(mod, (QuantConv2d, QuantLinear)):
-            return self.layer(node, mod)
-        if isinstance(mod, nn.BatchNorm2d) and node in self.env:  # folded into the conv before it
-            return None
-        if isinstance(mod, QuantAdd):
-            a = self.act(self.env[node.args[0]], mod.input_quantizer_a, f"{name}.input_a")
-            c = self.act(self.env[node.args[1]], mod.input_quantizer_b, f"{name}.input_b")
-            y = self.b.node("Add", [a, c], name)
-            if mod.relu:
-                y = self.b.node("Relu", [y], f"{name}.relu")
-            if self.quantized and mod.output_quantizer.enabled:
-                self.info.quant_adds += 1
-            return self.act(y, mod.output_quantizer, f"{name}.output")
-        if isinstance(mod, Quantizer):
-            return self.act(self.env[node.args[0]], mod, name)
-        handler = ops.module_handler(mod)
-        if handler is None:
-            raise ProqhaError(f"cannot export module {name} ({type(mod).__name__})")
-        return handler(self, node)
-
-    def function(self, node: fx.Node) -> str | list[str] | None:
-        if self.is_shape_value(node):
-            return None
-        handler = ops.function_handler(node.target)
-        if handler is None:
-            name = getattr(node.target, "__name__", str(node.target))
-            hint = f": {ops.HINTS[name]}" if name in ops.HINTS else ""
-            raise ProqhaError(f"cannot export function {name} (node {node.name}){hint}")
-        return handler(self, node)
-
-    def method(self, node: fx.Node) -> str | list[str] | None:
-        if self.is_shape_value(node):
-            return None
-        handler = ops.METHOD_OPS.get(node.target)
-        if handler is None:
-            raise ProqhaError(f"cannot export method .{node.target}() (node {node.name})")
-        return handler(self, node)
-
-    def get_attr(self, node: fx.Node) -> str:
-        value = self.model.get_parameter(node.target) if node.target in dict(self.model.named_parameters()) \
-            else self.model.get_buffer(node.target)
-        return self.const(node.target, value)
-
-    # -- what handlers ask --------------------------------------------------------------------------
-    def base(self, node: fx.Node) -> str:
-        """The ONNX name a node's output is based on: its module path, else its fx name."""
-        return node.target if node.op == "call_module" else node.name
-
-    def shapes(self, node: fx.Node) -> list[tuple[int, ...]]:
-        """The propagated output shape(s) of a node (probe batch ``probe_batch``)."""
-        meta = node.meta.get("tensor_meta")
-        if meta is None:
-            raise ProqhaError(f"node {node.name}: no propagated shape")
-        metas = [meta] if hasattr(meta, "shape") else list(meta)  # TensorMetadata is itself a tuple
-        return [tuple(m.shape) for m in metas]
-
-    def shape(self, node: fx.Node) -> tuple[int, ...]:
-        return self.shapes(node)[0]
-
-    def value(self, v: Any, name: str = "const") -> str | None:
-        """The tensor name of a node argument, or a constant for a Python number (None stays None)."""
-        if v is None:
-            return None
-        if isinstance(v, fx.Node):
-            return self.env[v]
-        if isinstance(v, (int, float)):
-            return self.b.const(name, np.array(v, np.float32))
-        raise ProqhaError(f"cannot export argument {v!r} ({name})")
-
-    def kernel_input(self, node: fx.Node) -> str:
-        """The tensor of an fx node that feeds an integer kernel (a matmul). If it is on a quantizer's grid
-        but reaches the kernel through an operator onnxruntime does not move Q/DQ across (Split), that
-        grid is written again right before the kernel: exact, since the values already lie on it."""
-        x = self.env[node]
-        quantizer = quantizer_behind(node, self.modules)
-        if not self.quantized or quantizer is None or not quantizer.enabled:
-            return x
-        if dequantize_behind(x, {out: n for n in self.b.nodes for out in n.output}) is not None:
-            return x
-        out, written = self.grids.activation(self.b, x, quantizer.grid(), f"{self.base(node)}.grid")
-        self.written_grids[out] = written
-        return out
-
-    def on_grid(self, node: fx.Node) -> bool:
-        """Whether an fx node's tensor is an enabled quantizer's output (possibly reshaped since)."""
-        quantizer = quantizer_behind(node, self.modules)
-        return quantizer is not None and quantizer.enabled
-
-    def batch_shape(self, rest: list[int], name: str) -> str:
-        """A shape tensor [batch, *rest] whose batch is the graph input's (dynamic) batch size."""
-        if self._batch is None:
-            self._batch = self.b.node("Shape", [INPUT_NAME], "input.batch", start=0, end=1)
-        rest_const = self.b.const(f"{name}.rest", np.array(rest, np.int64))
-        return self.b.node("Concat", [self._batch, rest_const], f"{name}.shape", axis=0)
-
-    def is_shape_value(self, node: fx.Node) -> bool:
-        """An int computed from tensor sizes (x.size(0) // 2): reshapes use the propagated shapes instead."""
-        return "tensor_meta" not in node.meta and not isinstance(node.meta.get("val", None), torch.Tensor)
-
-    # -- the walk ---------------------------------------------------------------------------------
-    def run(self, input_size: tuple[int, ...], output_size: tuple[int, ...]) -> onnx.ModelProto:
-        handlers: dict[str, Callable[[fx.Node], str | list[str] | None]] = {
-            "call_module": self.module, "call_function": self.function, "call_method": self.method,
-            "get_attr": self.get_attr}
-        out = None
-        for node in self.model.graph.nodes:
-            if node.op == "placeholder":
-                self.env[node] = INPUT_NAME
-            elif node.op == "output":
-                out = self.env[node.args[0]]
-                src = node.args[0]
-                if src.op == "call_module" and isinstance(self.modules[src.target], Quantizer) and out in self.written_grids:
-                    self.info.output_scale = self.written_grids[out].scale
-            elif node.op in handlers:
-                if node in self.env:  # already produced (a folded BatchNorm)
-                    continue
-                if node in self.constants:  # computed from parameters alone: written once, as a value
-                    if node.op == "get_attr" and any(u not in self.constants for u in node.users):
-                        self.env[node] = self.get_attr(node)
-                    elif "proqha_value" in node.meta:
-                        self.env[node] = self.const(node.name, node.meta["proqha_value"])
-                    continue
-                y = handlers[node.op](node)
-                if y is not None:
-                    self.env[node] = y
-            else:
-                raise ProqhaError(f"cannot export graph node {node.name} ({node.op})")
-        self.b.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT_NAME], name=OUTPUT_NAME))
-        return self.b.model(INPUT_NAME, ["batch", *input_size], OUTPUT_NAME, ["batch", *output_size],
-                            self.info.opset)
+__all__ = ["EXACT_ON", "INPUT_NAME", "OUTPUT_NAME", "PROBE_BATCH", "ExportInfo", "LayerExport", "check_int8_kernels",
+           "check_profile", "check_weights", "export_onnx", "graph_metadata", "loads_in"]
 
 
 def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ...], fmt: str = "onnx"
@@ -349,8 +40,7 @@ def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ..
         bits[name]["weight_int_factor"] = layer.int_factor
         bits[name]["weight_zero_point"] = layer.weight_zero_point
         bits[name]["weight_storage"] = layer.weight_storage
-    exact = {"proqha.int8_kernels": info.int8_kernels, "proqha.exact_on": EXACT_ON[info.int8_kernels]} \
-        if info.quantized and info.profile == "ort" else {}
+    exact = qdq.profile_for(info.profile, info.int8_kernels).metadata(info.quantized)
     return exact | {
         "proqha.version": __version__, "proqha.format": fmt, "proqha.profile": info.profile,
         "proqha.weights": info.weights if info.quantized else "float", "proqha.opset": str(info.opset),
@@ -362,18 +52,25 @@ def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ..
     }
 
 
-def check_int8_kernels(value: str) -> str:
-    """``value`` if it names a graph form in ``INT8_KERNELS``, else ProqhaError (one line)."""
-    if value not in INT8_KERNELS:
-        raise ProqhaError(f"--int8-kernels must be one of {', '.join(INT8_KERNELS)}, got {value!r}")
+def _check_choice(option: str, value: str, choices: tuple[str, ...] | dict[str, object]) -> str:
+    if value not in choices:
+        raise OptionError(option, f"must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def check_int8_kernels(value: str) -> str:
+    """``value`` if it names a graph form in ``INT8_KERNELS``, else OptionError (one line)."""
+    return _check_choice("int8_kernels", value, INT8_KERNELS)
 
 
 def check_weights(value: str) -> str:
-    """``value`` if it names a weight storage in ``qdq.WEIGHT_STORAGES``, else ProqhaError (one line)."""
-    if value not in qdq.WEIGHT_STORAGES:
-        raise ProqhaError(f"--weights must be one of {', '.join(qdq.WEIGHT_STORAGES)}, got {value!r}")
-    return value
+    """``value`` if it names a weight storage in ``qdq.WEIGHT_STORAGES``, else OptionError (one line)."""
+    return _check_choice("weights", value, qdq.WEIGHT_STORAGES)
+
+
+def check_profile(value: str) -> str:
+    """``value`` if it names a deployment profile in ``qdq.PROFILES``, else OptionError (one line)."""
+    return _check_choice("profile", value, qdq.PROFILES)
 
 
 ONNX_RELEASE_OF_OPSET = {19: "1.14", 21: "1.16", 25: "1.20"}
@@ -404,8 +101,7 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
     widened by nodes onnxruntime folds at load (the same kernels and outputs as ``"int8"``); the graph's
     opset is the lowest that reads its types (19, 21 with INT4, 25 with INT2). The model is put in eval mode. Returns the model proto and what validation needs to know about it.
     """
-    if profile not in qdq.PROFILES:
-        raise ProqhaError(f"--profile must be one of {', '.join(qdq.PROFILES)}, got {profile!r}")
+    check_profile(profile)
     check_int8_kernels(int8_kernels)
     check_weights(weights)
     if quantized:
@@ -419,13 +115,9 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
         output_size = tuple(model(probe).shape[1:])
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {first_line(exc)}") from None
-    writer = _Writer(model, profile, quantized, int8_kernels, weights)
+    writer = GraphWriter(model, profile, quantized, int8_kernels, weights)
     # every node's output shape (for reshapes, N-d linears), and the values of the constants it writes
-    _Probe(model, writer.constants).propagate(probe)
+    ShapeProbe(model, writer.constants).propagate(probe)
     proto = writer.run(tuple(input_size), output_size)
-    if writer.info.int8_kernels == "vnni" and writer.info.profile == "ort" and quantized:
-        from proqha.export.pair_sums import check_pair_sums
-
-        if not check_pair_sums(proto):  # grids trained portable: int8 weights everywhere already fit int16
-            writer.info.int8_kernels = "portable"
+    writer.info.int8_kernels = writer.grids.recorded_int8_kernels(proto, quantized)
     return proto, writer.info

@@ -1,5 +1,6 @@
-"""How each quantizer grid is written as Q/DQ nodes: one class per deployment profile (``PROFILES``),
-so the graph writer never branches on the profile.
+"""The deployment profiles (``PROFILES``): one class per target that owns its rules: how each quantizer
+grid is written as Q/DQ nodes, its weight storage, its metadata and file suffix, and which checks its
+graphs must pass (``Rules``), so that neither the writer nor validation branches on the profile.
 
 ``ort`` (onnxruntime, x86): activations as uint8 with zero point 0 (unsigned grids) or 128 (signed
     grids, the same symmetric levels shifted); grids narrower than the type are clamped on the integer
@@ -25,9 +26,11 @@ types are INT8/FP8/INT4 only; it quantizes biases itself).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import ml_dtypes
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from proqha.export.graph_builder import GraphBuilder
@@ -36,6 +39,8 @@ from proqha.quant.grid import UINT8_SIGNED_OFFSET, Grid, pair_sum_fits_int16
 WIDE_WEIGHT_ZERO_POINT = 128  # uint8 weights: the symmetric levels shifted into 1..255
 WEIGHT_STORAGES = ("packed", "int8")
 BASE_OPSET = 19  # per-axis Q/DQ, integer Clip, and the ONNX reference evaluator's Q/DQ
+EXACT_ON = {"portable": "every CPU (x86 with or without VNNI, ARM64)",
+            "vnni": "CPUs whose int8 kernels sum in int32: x86 with AVX512-VNNI, AVX-VNNI or AMX; ARM64"}
 
 
 @dataclass(frozen=True)
@@ -86,15 +91,47 @@ class EmittedGrid:
                 and self.qmin <= other.qmin and other.qmax <= self.qmax)
 
 
+@dataclass(frozen=True)
+class Rules:
+    """The checks a graph must pass beyond the ONNX checker and its weight ranges, as its profile says:
+    ``exact``: its layers run in onnxruntime's int8 kernels and agree with PyTorch (else both are measured
+    and reported only); ``pair_sums``: no uint8 x int8 pair sum can leave int16 (a bound on the file's
+    integers, the same verdict on every CPU); ``trt_graph``: TensorRT's parser rules, before writing."""
+
+    exact: bool = False
+    pair_sums: bool = False
+    trt_graph: bool = False
+
+
 class OrtProfile:
     """onnxruntime (x86/ARM CPUs): uint8 activations, integer clamps, int32 biases, uint8 weights where int8
-    pair sums could pass int16 (``int8_kernels="portable"``)."""
+    pair sums could pass int16 (``int8_kernels="portable"``); its quantized graphs are exact, and checked."""
 
     name = "ort"
+    suffix = ""  # of the default output file name
 
     def __init__(self, int8_kernels: str = "portable", weights: str = "packed") -> None:
         self.int8_kernels = int8_kernels
         self.packs = weights == "packed"  # whether sub-8-bit weight grids are stored in INT2/INT4
+        self.weights = weights if self.packs else "int8"  # the storage its files record
+
+    def rules(self, quantized: bool) -> Rules:
+        """What its graphs must pass: a quantized one is exact, and a portable one keeps pair sums in int16."""
+        return Rules(exact=quantized, pair_sums=quantized and self.int8_kernels == "portable")
+
+    def metadata(self, quantized: bool) -> dict[str, str]:
+        """What its files say of their exactness: the int8 kernel form and the CPUs it is exact on."""
+        return {"proqha.int8_kernels": self.int8_kernels, "proqha.exact_on": EXACT_ON[self.int8_kernels]} \
+            if quantized else {}
+
+    def recorded_int8_kernels(self, proto: onnx.ModelProto, quantized: bool) -> str:
+        """The kernel form a written graph claims: a ``vnni`` graph whose pair sums all fit int16 anyway
+        (grids trained portable: int8 weights everywhere already fit) is portable."""
+        from proqha.export.pair_sums import check_pair_sums
+
+        if self.int8_kernels == "vnni" and quantized and not check_pair_sums(proto):
+            return "portable"
+        return self.int8_kernels
 
     def emitted_grid(self, grid: Grid) -> EmittedGrid:
         return EmittedGrid(float(grid.scale.reshape(-1)[0]), grid.qmin, grid.qmax, grid.signed)
@@ -134,10 +171,22 @@ class TrtProfile(OrtProfile):
     """TensorRT explicit quantization: int8 only, zero point 0, float clamps, float biases."""
 
     name = "trt"
+    suffix = "-trt"
 
     def __init__(self, int8_kernels: str = "portable", weights: str = "packed") -> None:
         super().__init__(int8_kernels, weights)
         self.packs = False  # TensorRT takes INT4 weights only for weight-only quantization
+        self.weights = "int8"
+
+    def rules(self, quantized: bool) -> Rules:
+        """TensorRT's parser rules; its kernels and parity are measured and reported, not enforced."""
+        return Rules(trt_graph=True)
+
+    def metadata(self, quantized: bool) -> dict[str, str]:
+        return {}  # it claims no exactness on CPUs
+
+    def recorded_int8_kernels(self, proto: onnx.ModelProto, quantized: bool) -> str:
+        return self.int8_kernels
 
     def emitted_grid(self, grid: Grid) -> EmittedGrid:
         """The grid written: unsigned 8-bit grids (0..255) become 0..127 over the same range."""
@@ -170,6 +219,17 @@ PROFILES = {"ort": OrtProfile, "trt": TrtProfile}
 def profile_for(name: str, int8_kernels: str = "portable", weights: str = "packed") -> OrtProfile:
     """The writer of a deployment profile by name."""
     return PROFILES[name](int8_kernels, weights)
+
+
+def file_rules(meta: Mapping[str, str]) -> tuple[Rules, str]:
+    """The rules a file was written under, from its metadata, and its int8 kernel form: its profile's, for
+    its format (the float graph of ``onnx-fp32`` claims no exactness); none for a file of no known profile.
+    A quantized file without a recorded form counts as portable (files before the option claimed every CPU)."""
+    int8_kernels = meta.get("proqha.int8_kernels", "portable")
+    name = meta.get("proqha.profile", "")
+    if name not in PROFILES:
+        return Rules(), int8_kernels
+    return profile_for(name, int8_kernels).rules(meta.get("proqha.format") in ("onnx", "trt")), int8_kernels
 
 
 @dataclass(frozen=True)

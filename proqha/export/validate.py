@@ -1,8 +1,7 @@
-"""Validation of an exported graph: ONNX rules, weight ranges, which layers onnxruntime runs in int8, and
-parity against the PyTorch model on real test images (onnxruntime and the ONNX reference evaluator).
-
-Parity is judged on predictions and on logits counted in output quantization steps, never on bit
-equality: onnxruntime accumulates in int32 and the reference evaluator in float.
+"""Validation of an exported graph by the rules of its profile (``qdq.Rules``): ONNX rules, weight ranges,
+which layers onnxruntime runs in int8, int16 pair sums, and parity with the PyTorch model (``parity``).
+``validate_export`` checks a graph as it is written (its ``ExportInfo``); ``validate_file`` re-checks a
+written file by the rules its metadata says it was written under.
 """
 
 from __future__ import annotations
@@ -17,17 +16,29 @@ import numpy as np
 import onnx
 import torch
 
-from proqha.errors import ProqhaError, first_line
+from proqha.export import qdq
+from proqha.export.export_info import ExportInfo
 from proqha.export.graph_builder import constant_integers
-from proqha.export.onnx_export import EXACT_ON, ExportInfo
 from proqha.export.ort_session import ort_session
 from proqha.export.pair_sums import CpuInt8Path, PairSumBound, check_pair_sums, cpu_int8_path, pair_sum_bounds
+from proqha.export.parity import (
+    ENFORCED_RUNTIMES,
+    MIN_AGREEMENT_ORT,
+    MIN_AGREEMENT_REFERENCE,
+    MIN_WITHIN_2_STEPS,
+    Parity,
+    check_parity,
+    parity,
+)
+
+__all__ = ["ENFORCED_RUNTIMES", "KernelCounts", "Parity", "ValidationReport", "check_graph", "check_kernels",
+           "check_parity", "check_weight_ranges", "file_metadata", "kernel_weights", "ort_kernels", "parity",
+           "rule_failures", "validate_export", "validate_file"]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 INTEGER_LAYER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
 FLOAT_LAYER_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
-MIN_AGREEMENT_ORT = 99.5  # % top-1 agreement with PyTorch
-MIN_WITHIN_2_STEPS = 99.0  # % of logits within 2 output steps of PyTorch
-MIN_AGREEMENT_REFERENCE = 99.9
 
 
 def check_graph(proto: onnx.ModelProto) -> list[str]:
@@ -124,116 +135,6 @@ def check_kernels(counts: KernelCounts, info: ExportInfo) -> list[str]:
     return failures
 
 
-ENFORCED_RUNTIMES = ("onnxruntime", "onnx.reference")
-
-
-@dataclass
-class Parity:
-    """Agreement of one runtime with the PyTorch model over ``samples`` test images."""
-
-    runtime: str
-    samples: int = 0
-    agreement: float = 0.0
-    agreement_ties: float = 0.0
-    torch_top1: float = 0.0
-    runtime_top1: float = 0.0
-    max_abs_diff: float = 0.0
-    mean_abs_diff: float = 0.0
-    max_steps: float | None = None
-    mean_steps: float | None = None
-    within_2_steps: float | None = None
-    _agree: int = field(default=0, repr=False)
-    _agree_ties: int = field(default=0, repr=False)
-    _torch_ok: int = field(default=0, repr=False)
-    _rt_ok: int = field(default=0, repr=False)
-    _sum: float = field(default=0.0, repr=False)
-    _within: int = field(default=0, repr=False)
-    _elements: int = field(default=0, repr=False)
-
-    def update(self, ref: np.ndarray, out: np.ndarray, labels: np.ndarray, step: float | None) -> None:
-        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-        self.samples += len(labels)
-        self._agree += int((out.argmax(1) == ref.argmax(1)).sum())
-        # a runtime pick whose PyTorch logit is within one output step of PyTorch's best is a tie at the
-        # deployed precision (quantized logits that differ by one step, which parity allows)
-        picked = ref[np.arange(len(ref)), out.argmax(1)]
-        tol = (step or 0.0) * (1 + 1e-6)
-        self._agree_ties += int((picked >= ref.max(1) - tol).sum())
-        self._torch_ok += int((ref.argmax(1) == labels).sum())
-        self._rt_ok += int((out.argmax(1) == labels).sum())
-        self._sum += float(diff.sum())
-        self._elements += diff.size
-        self.max_abs_diff = max(self.max_abs_diff, float(diff.max()))
-        if step:
-            self._within += int((diff / step <= 2 + 1e-6).sum())
-        n = max(self.samples, 1)
-        self.agreement, self.torch_top1, self.runtime_top1 = (100 * self._agree / n, 100 * self._torch_ok / n,
-                                                              100 * self._rt_ok / n)
-        self.agreement_ties = 100 * self._agree_ties / n
-        self.mean_abs_diff = self._sum / max(self._elements, 1)
-        if step:
-            self.max_steps, self.mean_steps = self.max_abs_diff / step, self.mean_abs_diff / step
-            self.within_2_steps = 100 * self._within / max(self._elements, 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-
-
-def parity(model: torch.nn.Module, model_bytes: bytes, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-           output_step: float | None, reference: bool = True, others: dict[str, Callable[[np.ndarray], np.ndarray]]
-           | None = None) -> list[Parity]:
-    """Stream ``batches`` through PyTorch, onnxruntime, (optionally) the ONNX reference evaluator, and the
-    ``others`` runtimes (name: run function, e.g. OpenVINO's), measured and reported, not enforced."""
-    session = ort_session(model_bytes)
-    evaluator = None
-    if reference:
-        from onnx.reference import ReferenceEvaluator
-
-        evaluator = ReferenceEvaluator(onnx.load_from_string(model_bytes))
-    others = others or {}
-    results = [Parity("onnxruntime")] + ([Parity("onnx.reference")] if reference else [])
-    extra = {name: Parity(name) for name in others}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    model.eval()
-    with torch.no_grad():
-        for x, y in batches:
-            ref = model(x.to(device)).float().cpu().numpy()
-            feed = {"input": x.cpu().numpy().astype(np.float32)}
-            labels = y.cpu().numpy()
-            try:
-                out = session.run(None, feed)[0]
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind types
-                if "onnxruntime" not in type(exc).__module__:
-                    raise
-                raise ProqhaError(f"onnxruntime cannot run the parity data (input {tuple(x.shape)}): "
-                                  f"{first_line(exc)}") from None
-            results[0].update(ref, out, labels, output_step)
-            if evaluator is not None:
-                results[1].update(ref, evaluator.run(None, feed)[0], labels, output_step)
-            for name, run in others.items():
-                extra[name].update(ref, run(feed["input"]), labels, output_step)
-    return results + list(extra.values())
-
-
-def check_parity(results: list[Parity], has_steps: bool) -> list[str]:
-    """The thresholds a deploy-exact export must meet (onnxruntime and the reference evaluator; other
-    runtimes are reported only)."""
-    failures = []
-    for r in results:
-        if r.runtime not in ENFORCED_RUNTIMES:
-            continue
-        need = MIN_AGREEMENT_ORT if r.runtime == "onnxruntime" else MIN_AGREEMENT_REFERENCE
-        agreement = r.agreement_ties if has_steps else r.agreement
-        if agreement < need:
-            failures.append(f"{r.runtime}: top-1 agreement with PyTorch {agreement:.2f}% < {need}% "
-                            "(ties within one output step count as agreement)" if has_steps else
-                            f"{r.runtime}: top-1 agreement with PyTorch {agreement:.2f}% < {need}%")
-        if r.runtime == "onnxruntime" and has_steps and (r.within_2_steps or 0) < MIN_WITHIN_2_STEPS:
-            failures.append(f"{r.runtime}: {r.within_2_steps:.2f}% of logits within 2 output steps < "
-                            f"{MIN_WITHIN_2_STEPS}%")
-    return failures
-
-
 @dataclass
 class ValidationReport:
     """Everything validation found; ``failures`` empty means the export is valid."""
@@ -254,7 +155,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "failures": self.failures, "weights_checked": self.weights_checked,
                 "kernels": asdict(self.kernels) if self.kernels else None,
-                "int8_kernels": self.int8_kernels, "exact_on": EXACT_ON[self.int8_kernels],
+                "int8_kernels": self.int8_kernels, "exact_on": qdq.EXACT_ON[self.int8_kernels],
                 "openvino_layers": None if self.openvino_layers is None else
                 dict(zip(("int8", "float"), self.openvino_layers)),
                 "cpu_int8_path": asdict(self.cpu),
@@ -265,28 +166,63 @@ class ValidationReport:
                                "min_agreement_reference": MIN_AGREEMENT_REFERENCE}}
 
 
-def validate_export(proto: onnx.ModelProto, info: ExportInfo, model: torch.nn.Module,
-                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], reference: bool = True
-                    ) -> ValidationReport:
-    """All checks of an export. Kernel, int16 pair-sum and parity rules apply to the exact (ort-profile,
-    quantized) graph; for the trt profile and the float graph they are measured and reported, not
-    enforced. The pair-sum rule is a bound on the graph's integers, so it holds whatever CPU runs it;
-    a ``vnni`` graph is exempt from it (it claims exactness only where int8 sums are int32)."""
-    model_bytes = proto.SerializeToString()
-    failures = check_graph(proto) + check_weight_ranges(proto, info)
-    enforce = info.quantized and info.profile == "ort"
+def rule_failures(rules: qdq.Rules, proto: onnx.ModelProto, results: list[Parity], has_steps: bool,
+                  int8_kernels: str, kernel_failures: list[str] | None = None) -> list[str]:
+    """What a graph breaks of its ``rules`` (TensorRT's graph rules aside): int16 pair sums, then
+    ``kernel_failures`` (the int8 kernel count, where the writer's record is at hand), then parity."""
+    failures = check_pair_sums(proto) if rules.pair_sums else []
+    if not rules.exact:
+        return failures
+    failures += kernel_failures or []
+    parity_failures = check_parity(results, has_steps)
     cpu = cpu_int8_path()
-    if enforce and info.int8_kernels == "portable":
-        failures += check_pair_sums(proto)
+    if parity_failures and int8_kernels == "vnni" and cpu.sums == "int16":
+        parity_failures.append(f"this CPU ({cpu.description}) cannot run an int8_kernels='vnni' graph exactly; "
+                               "validate it on a VNNI machine, or export the portable default")
+    return failures + parity_failures
+
+
+def validate_export(proto: onnx.ModelProto, info: ExportInfo, model: torch.nn.Module, batches: Batches,
+                    reference: bool = True) -> ValidationReport:
+    """All checks of a graph as written (``info``), by its profile's rules (``info.rules``): the checker and
+    weight ranges always; kernels, int16 pair sums and parity where the profile enforces them (the exact
+    ort-profile quantized graph), else measured and reported. The pair-sum rule is a bound on the graph's
+    integers, so it holds whatever CPU runs it; a ``vnni`` graph is exempt from it (it claims exactness only
+    where int8 sums are int32)."""
+    model_bytes = proto.SerializeToString()
+    rules = info.rules
+    failures = check_graph(proto) + check_weight_ranges(proto, info)
+    cpu = cpu_int8_path()
     kernels = ort_kernels(model_bytes)
-    if enforce:
-        failures += check_kernels(kernels, info)
     results = parity(model, model_bytes, batches, info.output_scale, reference)
-    if enforce:
-        parity_failures = check_parity(results, info.output_scale is not None)
-        if parity_failures and info.int8_kernels == "vnni" and cpu.sums == "int16":
-            parity_failures.append(f"this CPU ({cpu.description}) cannot run a --int8-kernels vnni graph exactly; "
-                                   "validate it on a VNNI machine, or export the portable default")
-        failures += parity_failures
+    failures += rule_failures(rules, proto, results, info.output_scale is not None, info.int8_kernels,
+                              check_kernels(kernels, info))
     return ValidationReport(failures, kernels, results, sum(1 for v in info.layers.values() if v.initializer),
                             pair_sum_bounds(proto) if info.quantized else [], cpu, info.int8_kernels)
+
+
+def file_metadata(proto: onnx.ModelProto) -> dict[str, str]:
+    """A model's metadata_props as a dict."""
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def validate_file(model_bytes: bytes, model: torch.nn.Module, batches: Batches, reference: bool = True,
+                  others: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+                  openvino_layers: tuple[int, int] | None = None) -> ValidationReport:
+    """Re-check a written file against ``model`` (the one it was exported from, or its float twin for an
+    ``onnx-fp32`` file) by the rules its metadata says it was written under (``qdq.file_rules``): TensorRT's
+    graph rules, int16 pair sums and parity as its profile enforces them; ``others``' parity (name: run
+    function, e.g. OpenVINO's, whose int8 and float layer counts are ``openvino_layers``) is reported."""
+    proto = onnx.load_from_string(model_bytes)
+    meta = file_metadata(proto)
+    rules, int8_kernels = qdq.file_rules(meta)
+    step = float(meta["proqha.output_scale"]) if meta.get("proqha.output_scale") else None
+    results = parity(model, model_bytes, batches, step, reference, others)
+    failures = []
+    if rules.trt_graph:
+        from proqha.deploy.trt_check import check_trt_graph
+
+        failures += check_trt_graph(proto)
+    failures += rule_failures(rules, proto, results, step is not None, int8_kernels)
+    return ValidationReport(failures, ort_kernels(model_bytes), results, 0, pair_sum_bounds(proto),
+                            int8_kernels=int8_kernels, openvino_layers=openvino_layers)

@@ -13,6 +13,7 @@ from proqha.quant.convert import quant_layers
 from proqha.quant.quantizers import check_bits
 
 KNOBS = ("w", "a")
+Bits = dict[str, dict[str, int]]  # a bit config as plain data: {layer: {"w": bits, "a": bits}}
 
 
 class BitConfig(Mapping[str, dict[str, int]]):
@@ -25,7 +26,7 @@ class BitConfig(Mapping[str, dict[str, int]]):
     def __init__(self, layers: Mapping[str, Mapping[str, Any]]) -> None:
         if not isinstance(layers, Mapping):
             raise ProqhaError(f"bit config must be a JSON object of layers, got {type(layers).__name__}")
-        self._layers: dict[str, dict[str, int]] = {}
+        self._layers: Bits = {}
         for name, knobs in layers.items():
             if not isinstance(knobs, Mapping):
                 raise ProqhaError(f"bit config: layer {name!r} must map 'w' and 'a' to bits, got {knobs!r}")
@@ -52,7 +53,7 @@ class BitConfig(Mapping[str, dict[str, int]]):
     def __repr__(self) -> str:
         return f"BitConfig({self._layers})"
 
-    def to_dict(self) -> dict[str, dict[str, int]]:
+    def to_dict(self) -> Bits:
         return {n: dict(k) for n, k in self._layers.items()}
 
     # model I/O

@@ -70,10 +70,18 @@ def nonnegative(node: Any, modules: Mapping[str, nn.Module]) -> bool:
     return False
 
 
+SHAPE_PROPAGATED = "proqha_shape_propagated"  # node.meta key: set by a shape-propagation pass that ran the node
+
+
 def is_shape_value(node: Any) -> bool:
-    """True for nodes computing sizes (x.size(0) + 1), which must not be mistaken for tensor adds."""
+    """True for values that are not tensors, such as sizes (x.size(0) + 1): they must not be mistaken for
+    tensor adds, and an exporter writes no node for them. Once shape propagation ran a node (it sets
+    ``SHAPE_PROPAGATED``, and ``tensor_meta`` on tensor outputs) that is known; before, it is judged by what
+    the node computes (a size method, ``.shape``, operators on them)."""
     if not isinstance(node, fx.Node):
         return not isinstance(node, torch.Tensor)
+    if node.meta.get(SHAPE_PROPAGATED):
+        return "tensor_meta" not in node.meta and not isinstance(node.meta.get("val", None), torch.Tensor)
     if node.op == "call_method" and node.target in _SHAPE_METHODS:
         return True
     if node.op == "call_function" and node.target is getattr:

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
 from proqha.cost import CostReport
-from proqha.search.knobs import Bits, Knob
+from proqha.search.knobs import Bits, BitsLike, Knob
 
 Damage = dict[Knob, dict[int, float]]  # per knob: bit level -> loss added (0 at its current level)
 MULTIPLIERS = np.concatenate([[0.0], np.logspace(-3, 4, 36)])  # relative to damage per unit of budget
 
 
-def allocate(current: Mapping[str, Mapping[str, int]], damage: Damage, report: CostReport,
+def allocate(current: BitsLike, damage: Damage, report: CostReport,
              feasible: Callable[[Bits], bool]) -> Bits | None:
     """The bits that minimise the summed damage with ``feasible`` (every target met), each knob at one of
     its table levels (knobs outside the table keep their bits); None when no allocation is feasible."""
@@ -58,7 +58,7 @@ def allocate(current: Mapping[str, Mapping[str, int]], damage: Damage, report: C
     return min(improved, key=lambda bits: _total(bits, damage))
 
 
-def _uniform(current: Mapping[str, Mapping[str, int]], damage: Damage, level: int) -> Bits:
+def _uniform(current: BitsLike, damage: Damage, level: int) -> Bits:
     """Every knob of the table at ``level`` (or its nearest level below, else its lowest)."""
     bits = {n: dict(kb) for n, kb in current.items()}
     for knob, levels in damage.items():
@@ -90,14 +90,14 @@ def _improve(bits: Bits, damage: Damage, feasible: Callable[[Bits], bool]) -> Bi
         bits = best[1]
 
 
-def _options(name: str, current: Mapping[str, Mapping[str, int]], damage: Damage) -> list[tuple[int, int, float]]:
+def _options(name: str, current: BitsLike, damage: Damage) -> list[tuple[int, int, float]]:
     """(weight bits, activation bits, damage) pairs a layer may take."""
     w_levels = damage.get(Knob(name, "w"), {current[name]["w"]: 0.0})
     a_levels = damage.get(Knob(name, "a"), {current[name]["a"]: 0.0})
     return [(w, a, dw + da) for (w, dw), (a, da) in itertools.product(w_levels.items(), a_levels.items())]
 
 
-def _total(bits: Mapping[str, Mapping[str, int]], damage: Damage) -> float:
+def _total(bits: BitsLike, damage: Damage) -> float:
     return sum(levels.get(bits[k.layer][k.kind], math.inf) for k, levels in damage.items())
 
 

@@ -1,118 +1,109 @@
-"""The options of a search (``SearchConfig``), their defaults and checks: importable without torch, so the
-CLI reads its defaults and help from here before any heavy import."""
+"""The options of a search (``SearchConfig``): each field declares its default, help text and valid values
+once (``proqha.options``); the CLI's flags, ``search_bits``' defaults and the checks read them from here.
+Importable without torch, so the CLI reads its defaults and help before any heavy import."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError
+from proqha.options import check_options, option
 
 KNOB_KINDS = {"both": ("w", "a"), "weights": ("w",), "activations": ("a",)}
-CRITERIA = ("hessian", "loss", "acc", "random")
-STRATEGIES = ("auto", "table", "sets", "allocate")
+CRITERIA = ("hessian", "loss", "acc", "random")  # implemented in proqha.search.criteria
+STRATEGIES = ("auto", "table", "sets", "allocate")  # "auto" resolves to one of proqha.search.strategies
 INTERVALS = (1, 2, 4)
-COST_METRICS = ("paper", "bitops")  # what --lam trades against: the paper cost (weight bits / 32), BitOPs
+TABLE_DATA = ("calib", "train")
+COST_METRICS = ("paper", "bitops")  # what lam trades against: the paper cost (weight bits / 32), BitOPs
 LEGACY_METRICS = {"size": "paper"}  # the name runs written before it was renamed use
 START_BITS = 8  # a float (32-bit) knob enters the search here
+TARGETS = ("target_cost", "target_bitops", "target_size_mb")
 
 
+def _known_metric(value: str) -> bool:
+    return LEGACY_METRICS.get(value, value) in COST_METRICS
 
 
 @dataclass
 class SearchConfig:
     """Every option of a search (written to the run's config.json)."""
 
-    source: str = ""
-    candidates: int = 16
-    ratio: float = 0.5
-    interval: int = 1
-    min_bits: int = 2
-    criterion: str = "hessian"
-    lam: float = 0.1
-    steps: int = 8
-    finetune_epochs: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    cost_metric: str | None = None
-    target_cost: float | None = None
-    target_bitops: float | None = None
-    target_size_mb: float | None = None
-    strategy: str = "auto"
-    table_data: str = "calib"
-    knobs: str = "both"
-    fixed_bits: int | None = None
-    fit_budget: bool = True
-    final_epochs: int = 8
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    compile: bool = False  # torch.compile the model for fine-tuning and evaluation (a fresh compile per step)
+    source: str = option("", "Train run, search run or checkpoint to start from.")
+    candidates: int = option(16, "Candidates sampled per step.", low=1)
+    ratio: float = option(0.5, "Fraction of all knobs each candidate lowers, in (0, 1].", low=0, high=1,
+                          low_open=True)
+    interval: int = option(1, "Bits a chosen knob drops by: 1, 2 or 4.", check=lambda v: v in INTERVALS,
+                           why="must be 1, 2 or 4")
+    min_bits: int = option(2, "Floor for every knob (2..8).", low=2, high=8)
+    criterion: str = option("hessian", "hessian (the reference's score), loss (the calibration loss a candidate "
+                            "adds), acc (calibration error), or random (a control).", choices=CRITERIA)
+    lam: float = option(0.1, "Weight of cost saving against sensitivity (0: the reference's choice).", low=0)
+    steps: int = option(8, "Progressive steps.", low=1)
+    finetune_epochs: int = option(2, "Adam fine-tuning epochs after each step.", low=0)
+    lr: float = option(1e-3, "Adam learning rate for scoring and fine-tuning.", low=0, low_open=True)
+    weight_decay: float = option(0.0, "Weight decay of the fine-tuning (the reference: 1e-4).", low=0)
+    batch_size: int = option(64, "Batch size (also the scoring batch).", low=1)
+    cost_metric: str | None = option(None, "What lam trades against: paper (the paper cost) or bitops; follows "
+                                     "the target.", check=_known_metric, why="must be paper or bitops")
+    target_cost: float | None = option(None, "Stop once the paper cost is at or below this.", low=0,
+                                       low_open=True)
+    target_bitops: float | None = option(None, "Stop once BitOPs are at or below this (<= 1: ratio to 32x32 "
+                                         "bits).", low=0, low_open=True)
+    target_size_mb: float | None = option(None, "Stop once the weights at their bits (the paper's model size, "
+                                          "edge layers included) take at most this many MB; lam then trades "
+                                          "against the paper cost.", low=0, low_open=True)
+    strategy: str = option("auto", "table (every knob scored alone, the best lowered), sets (the reference's "
+                           "random sets), or allocate (a knapsack on a loss table; needs a target); auto: "
+                           "allocate when a cost or BitOPs target is set, else table.", choices=STRATEGIES)
+    table_data: str = option("calib", "Data of the allocate strategy's loss table: calib or train.",
+                             check=lambda v: v in TABLE_DATA, why="must be calib or train")
+    knobs: str = option("both", "What is searched: both, weights or activations.", choices=tuple(KNOB_KINDS))
+    fixed_bits: int | None = option(None, "Bits of the kind not searched (with knobs weights or activations); "
+                                    "default: as trained.", low=2, high=8)
+    fit_budget: bool = option(True, "Near a target, lower only as many knobs as it needs (off: every candidate "
+                              "lowers ratio of the knobs, as the reference).")
+    final_epochs: int = option(8, "Extra fine-tuning epochs of the last step (the one that meets the targets).",
+                               low=0)
+    seed: int = option(0, "Seed: same seed, same search on the same machine and thread count.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    workers: int = option(0, "DataLoader worker processes.", low=0)
+    compile: bool = option(False, "torch.compile the model for fine-tuning and evaluation (recompiled each "
+                           "step).")
 
     def resolved(self) -> "SearchConfig":
-        """Validate ranges and combinations (ProqhaError naming the option); fill the cost metric and the
-        strategy."""
-        self._check_ranges()
-        given = self._check_targets()
+        """Check every option and their combinations (``OptionError`` naming the option); fill the cost
+        metric and the strategy."""
+        check_options(self)
+        given = self._check_combinations()
         follows = "bitops" if self.target_bitops is not None and len(given) == 1 else "paper" if given else None
         chosen = LEGACY_METRICS.get(self.cost_metric, self.cost_metric) if self.cost_metric else None
-        metric = chosen or follows or "paper"
-        if metric not in COST_METRICS:
-            raise ProqhaError(f"--cost-metric must be paper or bitops, got {metric!r}")
         if follows and chosen and len(given) == 1 and chosen != follows:
-            raise ProqhaError(f"--cost-metric {chosen} conflicts with {next(iter(given))} "
-                              f"(which trades against {follows})")
+            raise OptionError("cost_metric", f"{chosen} conflicts with {given[0]} (which trades against {follows})",
+                              others=(given[0],))
         strategy = self.strategy
         if strategy == "auto":  # a budget to spend: the knapsack; else (or a random control) the table
             budget = (self.target_cost is not None or self.target_bitops is not None) and self.target_size_mb is None
             strategy = "allocate" if budget and self.criterion != "random" else "table"
-        return SearchConfig(**(asdict(self) | {"cost_metric": metric, "strategy": strategy}))
+        return SearchConfig(**(asdict(self) | {"cost_metric": chosen or follows or "paper", "strategy": strategy}))
 
-    def _check_ranges(self) -> None:
-        checks = [
-            ("--lam", self.lam, math.isfinite(self.lam) and self.lam >= 0, "must be >= 0"),
-            ("--ratio", self.ratio, 0 < self.ratio <= 1, "must be in (0, 1]"),
-            ("--interval", self.interval, self.interval in INTERVALS, "must be 1, 2 or 4"),
-            ("--min-bits", self.min_bits, 2 <= self.min_bits <= 8, "must be in 2..8"),
-            ("--candidates", self.candidates, self.candidates >= 1, "must be >= 1"),
-            ("--steps", self.steps, self.steps >= 1, "must be >= 1"),
-            ("--finetune-epochs", self.finetune_epochs, self.finetune_epochs >= 0, "must be >= 0"),
-            ("--lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "must be > 0"),
-            ("--weight-decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0"),
-            ("--batch-size", self.batch_size, self.batch_size >= 1, "must be >= 1"),
-            ("--criterion", self.criterion, self.criterion in CRITERIA, f"must be one of {', '.join(CRITERIA)}"),
-            ("--strategy", self.strategy, self.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
-            ("--table-data", self.table_data, self.table_data in ("calib", "train"), "must be calib or train"),
-            ("--knobs", self.knobs, self.knobs in KNOB_KINDS, f"must be one of {', '.join(KNOB_KINDS)}"),
-            ("--fixed-bits", self.fixed_bits, self.fixed_bits is None or 2 <= self.fixed_bits <= 8, "must be in 2..8"),
-            ("--final-epochs", self.final_epochs, self.final_epochs >= 0, "must be >= 0"),
-        ]
-        for option, value, ok, why in checks:
-            if not ok:
-                raise ProqhaError(f"{option} {why}, got {value}")
-
-    def _check_targets(self) -> dict[str, float]:
-        """The targets given (option -> value), after checking their combinations."""
-        targets = {"--target-cost": self.target_cost, "--target-bitops": self.target_bitops,
-                   "--target-size-mb": self.target_size_mb}
-        given = {k: v for k, v in targets.items() if v is not None}
+    def _check_combinations(self) -> list[str]:
+        """The targets given (their option names), after checking the options that go together."""
+        given = [name for name in TARGETS if getattr(self, name) is not None]
         if self.fixed_bits is not None and self.knobs == "both":
-            raise ProqhaError("--fixed-bits sets the knobs that are not searched: use it with --knobs weights "
-                              "or --knobs activations")
+            raise OptionError("fixed_bits", "sets the knobs that are not searched: use it with knobs 'weights' "
+                                            "or 'activations'", others=("knobs",))
         if self.strategy == "allocate" and (self.target_size_mb is not None or not given):
-            raise ProqhaError("--strategy allocate spends a budget: give --target-cost and/or --target-bitops "
-                              "(not --target-size-mb)")
+            raise OptionError("strategy", "allocate spends a budget: give target_cost and/or target_bitops "
+                                          "(not target_size_mb)",
+                              others=("target_cost", "target_bitops", "target_size_mb"))
         if self.strategy == "allocate" and self.criterion == "random":
-            raise ProqhaError("--strategy allocate measures each knob's loss; the random control is "
-                              "--strategy table --criterion random")
-        if self.knobs == "activations" and ({"--target-cost", "--target-size-mb"} & set(given)):
-            raise ProqhaError("--knobs activations cannot reach a paper cost or size target: activations do not "
-                              "count in the paper cost")
-        for option, value in given.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ProqhaError(f"{option} must be > 0, got {value}")
+            raise OptionError("strategy", "allocate measures each knob's loss; the random control is strategy "
+                                          "'table' with criterion 'random'",
+                              others=("strategy", "criterion"))
+        if self.knobs == "activations" and {"target_cost", "target_size_mb"} & set(given):
+            raise OptionError("knobs", "activations cannot reach a paper cost or size target: activations do "
+                                       "not count in the paper cost")
         return given
 
     def to_dict(self) -> dict[str, Any]:

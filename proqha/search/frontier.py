@@ -1,22 +1,22 @@
 """A search run's record: ``frontier.csv``, one row per completed step (paper cost, BitOPs, size, score,
 accuracies, wall time, and each knob's bits in a ``layer/kind`` column), and a checkpoint per step
-(``checkpoints/step-NNN.pt``). The search writes them (``FrontierLog``); reports, export and bench read
-them (``read_frontier``, ``step_checkpoints``)."""
+(``checkpoints/step-NNN.pt``); the file names are ``proqha.runs.RunDir``'s. The search writes them
+(``FrontierLog``, through ``proqha.search.record``); reports, export and bench read them (``read_frontier``,
+``step_checkpoints``)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 from proqha.errors import ProqhaError
 from proqha.files import atomic_write_text
+from proqha.runs import FRONTIER_FILE, RunDir
 from proqha.search.knobs import KNOB_SEP, Knob
 
-FRONTIER_FILE = "frontier.csv"
-STEP_CKPT = re.compile(r"^step-(\d{3,})\.pt$")
+__all__ = ["FRONTIER_FILE", "FrontierLog", "knob_layers", "read_frontier", "step_checkpoint", "step_checkpoints"]
 
 
 class FrontierLog:
@@ -53,7 +53,7 @@ class FrontierLog:
 
 def read_frontier(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``frontier.csv`` with numbers parsed (NaN where a step has no value)."""
-    path = Path(run_dir) / FRONTIER_FILE
+    path = RunDir(run_dir).frontier
     if not path.is_file():
         raise ProqhaError(f"{run_dir} is not a search run (no frontier.csv)")
     with open(path, newline="") as f:
@@ -76,13 +76,9 @@ def knob_layers(row: dict[str, Any]) -> list[str]:
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """The step checkpoints of a search run, in step order."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CKPT.match(p.name))]
-    return sorted(found)
+    return RunDir(run_dir).step_checkpoints()
 
 
 def step_checkpoint(run_dir: Path, step: int) -> Path:
     """Where a search run keeps the checkpoint of ``step``."""
-    return Path(run_dir) / "checkpoints" / f"step-{step:03d}.pt"
+    return RunDir(run_dir).step_checkpoint(step)

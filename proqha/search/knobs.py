@@ -1,4 +1,5 @@
-"""Knobs: the (layer, "w" | "a") bit-widths the search may lower, and drawing candidates."""
+"""Knobs: the (layer, "w" | "a") bit-widths the search may lower, and drawing candidates. ``Bits`` (from
+``proqha.quant.bitconfig``) is a bit config as plain data, ``BitsLike`` any read-only mapping of that shape."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import torch
 from torch import nn
 
 from proqha.quant import searchable_layers
+from proqha.quant.bitconfig import Bits
 from proqha.search.config import KNOB_KINDS
 
-Bits = dict[str, dict[str, int]]
-
-
+BitsLike = Mapping[str, Mapping[str, int]]  # any read-only mapping of the shape of ``Bits``
 KNOB_SEP = "/"  # a knob's column name: layer/kind
 
 
@@ -27,28 +27,26 @@ class Knob(NamedTuple):
         return f"{self.layer}{KNOB_SEP}{self.kind}"
 
 
-
-
 def model_knobs(model: nn.Module, kinds: str = "both") -> list[Knob]:
     """The knobs of every searchable layer, in module order: both, or only ``"weights"`` or
     ``"activations"`` (``KNOB_KINDS``)."""
     return [Knob(name, kind) for name in searchable_layers(model) for kind in KNOB_KINDS[kinds]]
 
 
-def lowerable_knobs(bits: Mapping[str, Mapping[str, int]], knobs: list[Knob], interval: int,
+def lowerable_knobs(bits: BitsLike, knobs: list[Knob], interval: int,
                     min_bits: int) -> list[Knob]:
     """Knobs that can drop by exactly ``interval`` without going below ``min_bits``."""
     return [k for k in knobs if bits[k.layer][k.kind] - interval >= min_bits]
 
 
-def lowered(bits: Mapping[str, Mapping[str, int]], knob: Knob, interval: int) -> Bits:
+def lowered(bits: BitsLike, knob: Knob, interval: int) -> Bits:
     """A copy of ``bits`` with one knob lowered by ``interval``."""
     out = {name: dict(kb) for name, kb in bits.items()}
     out[knob.layer][knob.kind] -= interval
     return out
 
 
-def sample_candidates(bits: Mapping[str, Mapping[str, int]], knobs: list[Knob], count: int, ratio: float,
+def sample_candidates(bits: BitsLike, knobs: list[Knob], count: int, ratio: float,
                       interval: int, min_bits: int, generator: torch.Generator,
                       enough: Callable[[Bits], bool] | None = None) -> list[Bits]:
     """``count`` candidates; each lowers ``max(1, int(ratio * len(knobs)))`` knobs by ``interval``.

@@ -1,8 +1,7 @@
-"""The progressive search loop (ProQHA): sample, score, choose, fine-tune, log, repeat.
-
-Every step's randomness derives from (seed, step), so a search resumed from its last completed step
-gives the same result as an uninterrupted one. Each step leaves a row in ``frontier.csv``, a checkpoint
-``checkpoints/step-NNN.pt`` and ``bits-stepNNN.json``; step 0 is the starting point.
+"""The progressive search loop (ProQHA): each step chooses lower bits (a registered strategy scoring by a
+registered criterion: ``proqha.search.strategies``, ``proqha.search.criteria``), fine-tunes, evaluates and
+records the step (``proqha.search.record``). Every step's randomness derives from (seed, step), so a search
+resumed from its last completed step gives the same result as an uninterrupted one; step 0 is the start.
 """
 
 from __future__ import annotations
@@ -17,24 +16,24 @@ from typing import Any, Callable
 import torch
 
 from proqha import distributed
-from proqha.allocator import reuse_freed_memory
-from proqha.builder import ModelRecipe, load_model
-from proqha.checkpoint import Checkpoint, save_checkpoint
 from proqha.compiling import maybe_compiled
 from proqha.cost import CostReport, cost_report
 from proqha.data import load_dataset
 from proqha.errors import ProqhaError
-from proqha.files import atomic_write_json
 from proqha.health import OutputHealth
+from proqha.malloc_tuning import reuse_freed_memory
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
-from proqha.runs import removed_on_error, run_lock
-from proqha.search.allocate import allocate
-from proqha.search.config import START_BITS, SearchConfig
+from proqha.recipe import ModelRecipe, load_model
+from proqha.runs import pick_checkpoint, removed_on_error, run_lock
+from proqha.search.config import KNOB_KINDS, START_BITS, SearchConfig
+from proqha.search.criteria import LOSS_FLOOR, Scoring, criterion_named
 from proqha.search.data import DatasetData, SearchData
-from proqha.search.frontier import FRONTIER_FILE, FrontierLog, step_checkpoint, step_checkpoints
-from proqha.search.knobs import KNOB_KINDS, Knob, lowerable_knobs, lowered, model_knobs, sample_candidates
-from proqha.search.scores import Snapshot, accuracy_score, hessian_score, loss_score
-from proqha.search.select import objective
+from proqha.search.frontier import step_checkpoint, step_checkpoints
+from proqha.search.knobs import Bits, Knob, lowered, model_knobs
+from proqha.search.record import SearchRecord
+from proqha.search.scores import Snapshot
+from proqha.search.strategies import Choice, strategy_named
+from proqha.search.targets import budget_progress, target_met, target_values, within
 from proqha.seeds import Salt, step_seed
 from proqha.train import (
     LossFn,
@@ -46,64 +45,32 @@ from proqha.train import (
     training_net,
 )
 
-LOSS_FLOOR = 1e-6  # a candidate's loss increase is at least this (calibration noise can make it negative)
+__all__ = ["LOSS_FLOOR", "CandidateCallback", "ProgressiveSearch", "SearchConfig", "StepCallback", "budget_progress",
+           "run_search", "target_met", "target_values"]
+
 CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)
 StepCallback = Callable[[dict[str, Any]], None]
 
 
-def start_checkpoint(path: Path) -> Path:
-    """A checkpoint file, or the checkpoint a run stands at (train: last.pt; search: its last step)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ProqhaError(f"--from {path}: no such checkpoint or run directory")
-    if (path / "checkpoints" / "last.pt").is_file():
-        return path / "checkpoints" / "last.pt"
-    steps = step_checkpoints(path)
-    if steps:
-        return steps[-1][1]
-    raise ProqhaError(f"--from {path}: the run has no checkpoint yet")
-
-
-def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[float, float]]:
-    """Each configured target's (value, limit) for ``report``: paper cost, BitOPs (a ratio to 32x32 bits
-    when the limit is <= 1), size in MB. Empty when no target is set."""
-    values = {}
-    if cfg.target_cost is not None:
-        values["cost"] = (report.paper_cost, cfg.target_cost)
-    if cfg.target_bitops is not None:
-        values["bitops"] = (report.bitops_ratio if cfg.target_bitops <= 1 else report.bitops, cfg.target_bitops)
-    if cfg.target_size_mb is not None:
-        values["size_mb"] = (report.size_bytes / 1e6, cfg.target_size_mb)
-    return values
-
-
-def _within(value: float, limit: float) -> bool:
-    return value <= limit * (1 + 1e-12)
-
-
-def target_met(cfg: SearchConfig, report: CostReport) -> bool:
-    """Whether the model's cost satisfies every configured target (False when none is set)."""
-    values = target_values(cfg, report)
-    return bool(values) and all(_within(v, limit) for v, limit in values.values())
-
-
-def budget_progress(cfg: SearchConfig, current: CostReport, candidate: CostReport) -> float:
-    """How much of the remaining way to the targets a candidate covers: the sum, over targets not yet
-    met, of (reduction / remaining gap); with no target, the reduction of ``cfg.cost_metric``."""
-    now, then = target_values(cfg, current), target_values(cfg, candidate)
-    if not now:
-        return current.metric(cfg.cost_metric) - candidate.metric(cfg.cost_metric)
-    return sum((value - then[name][0]) / (value - limit) for name, (value, limit) in now.items()
-               if not _within(value, limit))
+def starting_bits(model: torch.nn.Module, knobs: list[Knob], cfg: SearchConfig) -> Bits:
+    """The bits a search starts from: the model's, a float knob at ``START_BITS``, and with ``fixed_bits``
+    the kind not searched at those bits."""
+    bits = BitConfig.from_model(model).to_dict()
+    for knob in knobs:
+        if bits[knob.layer][knob.kind] == 32:
+            bits[knob.layer][knob.kind] = START_BITS
+    if cfg.fixed_bits is not None:
+        fixed = next(kind for kind in ("w", "a") if kind not in KNOB_KINDS[cfg.knobs])
+        for layer in {k.layer for k in knobs}:
+            bits[layer][fixed] = cfg.fixed_bits
+    return bits
 
 
 class ProgressiveSearch:
-    """One search run: a quantized model, its data, and the step loop.
+    """One search: a quantized model, its data, its strategy and criterion, and the step loop.
 
-    ``from_checkpoint`` builds one from a checkpoint and its dataset (the CLI); the Python API passes
-    the caller's model and batches. With ``run_dir`` None nothing is written: the rows stay in ``rows``.
+    ``from_checkpoint`` builds one from a checkpoint and its dataset (the CLI); the Python API passes the
+    caller's model and batches. With ``run_dir`` None nothing is written: the rows stay in ``rows``.
     """
 
     def __init__(self, cfg: SearchConfig, model: torch.nn.Module, data: SearchData, input_size: tuple[int, ...],
@@ -119,21 +86,15 @@ class ProgressiveSearch:
         self.data_options = data_options or {}
         self.source_metrics: dict[str, Any] = source_metrics or {}
         self.rows: list[dict[str, Any]] = []
+        self.strategy, self.criterion = strategy_named(cfg.strategy), criterion_named(cfg.criterion)
         self.knobs = model_knobs(self.model, cfg.knobs)
         if not self.knobs:
             name = recipe.arch if recipe is not None else type(model).__name__
             raise ProqhaError(f"{name} has no searchable layers (edge layers only)")
-        bits = BitConfig.from_model(self.model).to_dict()
-        for knob in self.knobs:
-            if bits[knob.layer][knob.kind] == 32:
-                bits[knob.layer][knob.kind] = START_BITS
-        if cfg.fixed_bits is not None:  # the kind not searched, fixed
-            fixed = next(kind for kind in ("w", "a") if kind not in KNOB_KINDS[cfg.knobs])
-            for layer in {k.layer for k in self.knobs}:
-                bits[layer][fixed] = cfg.fixed_bits
-        BitConfig(bits).apply(self.model)
+        BitConfig(starting_bits(self.model, self.knobs, cfg)).apply(self.model)
         self.base_cost = cost_report(self.model, self.input_size)
-        self.frontier = FrontierLog(self.run_dir / FRONTIER_FILE, self.knobs) if self.run_dir is not None else None
+        self.record = SearchRecord(self.run_dir, self.knobs, cfg, recipe.to_dict() if recipe is not None else None,
+                                   self.data_options) if self.run_dir is not None else None
 
     @classmethod
     def from_checkpoint(cls, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device
@@ -153,48 +114,32 @@ class ProgressiveSearch:
                    {"dataset": dataset, "data_dir": data_dir, "download": download}, state.metrics)
 
     # -- pieces of a step -------------------------------------------------------------------------
-    def bits(self) -> dict[str, dict[str, int]]:
+    def bits(self) -> Bits:
         return BitConfig.from_model(self.model).to_dict()
 
-    def cost_of(self, bits: dict[str, dict[str, int]]) -> CostReport:
+    def cost_of(self, bits: Bits) -> CostReport:
         return self.base_cost.with_bits(bits)
 
-    def score_candidates(self, step: int, candidates: list[dict], on_candidate: CandidateCallback | None
-                         ) -> list[float]:
-        cfg = self.cfg
-        if cfg.criterion == "random":
-            return [math.nan] * len(candidates)
-        snap = Snapshot(self.model)
-        x, y = self.data.scoring_batch(step_seed(cfg.seed, step, Salt.SCORING_BATCH))
-        x, y = x.to(self.device), y.to(self.device)
-        calib = self.data.calib_batches() if cfg.criterion in ("acc", "loss") else None
-        base = loss_score(self.model, calib, self.device, self.loss_fn) if cfg.criterion == "loss" else 0.0
-        mine: dict[int, float] = {}
-        rank, world = distributed.rank(), distributed.world_size()
-        for i in range(rank, len(candidates), world):  # under torchrun each rank scores its share
-            snap.restore(self.model)
-            BitConfig(candidates[i]).apply(self.model)
-            if cfg.criterion == "hessian":
-                mine[i] = hessian_score(self.model, x, y, snap.tensors, lr=cfg.lr, loss_fn=self.loss_fn)
-            elif cfg.criterion == "loss":  # the calibration loss it adds
-                loss = loss_score(self.model, calib, self.device, self.loss_fn)
-                mine[i] = max(loss - base, LOSS_FLOOR) if math.isfinite(loss) else math.inf
-            else:
-                mine[i] = accuracy_score(self.model, calib, self.device)
-            if on_candidate is not None:
-                on_candidate(step, i, len(candidates))
-        snap.restore(self.model)
-        scores: dict[int, float] = {}
-        for part in distributed.all_gather(mine):
-            scores.update(part)
-        return [scores[i] for i in range(len(candidates))]
+    def scoring(self, step: int) -> Scoring:
+        """What the criterion scores step ``step``'s candidates with (the model as it stands, the step's batch)."""
+        snapshot = Snapshot(self.model)
+        x, y = self.data.scoring_batch(step_seed(self.cfg.seed, step, Salt.SCORING_BATCH))
+        calib = self.data.calib_batches() if self.criterion.needs_calib else None
+        return Scoring(self.model, self.device, snapshot, x.to(self.device), y.to(self.device), self.cfg.lr,
+                       self.loss_fn, calib)
 
-    def useful_knobs(self, bits: dict[str, dict[str, int]]) -> list[Knob]:
+    def score_candidates(self, step: int, candidates: list[Bits], on_candidate: CandidateCallback | None
+                         ) -> list[float]:
+        """The criterion's score of each candidate (NaN for the random control)."""
+        progress = (lambda i, n: on_candidate(step, i, n)) if on_candidate is not None else None
+        return self.criterion.score_all(lambda: self.scoring(step), candidates, progress)
+
+    def useful_knobs(self, bits: Bits) -> list[Knob]:
         """The knobs whose lowering brings some target not yet met closer (weights: paper cost, size and
         BitOPs; activations: BitOPs only); every knob when no target is set or budgets are not fitted."""
         cfg = self.cfg
         before = target_values(cfg, self.cost_of(bits))
-        unmet = {name for name, (value, limit) in before.items() if not _within(value, limit)}
+        unmet = {name for name, (value, limit) in before.items() if not within(value, limit)}
         if not cfg.fit_budget or not unmet:
             return self.knobs
         useful = []
@@ -204,7 +149,13 @@ class ProgressiveSearch:
                 useful.append(knob)
         return useful
 
+    def choose_step(self, step: int, current: Bits, gen: torch.Generator, on_candidate: CandidateCallback | None
+                    ) -> Choice | None:
+        """The bits of this step and their score, by the configured strategy (None: no knob can be lowered)."""
+        return self.strategy.choose(self, step, current, gen, on_candidate)
+
     def finetune(self, step: int, on_batch: Callable | None, extra_epochs: int = 0) -> float:
+        """Adam fine-tuning after a step (``finetune_epochs`` + ``extra_epochs``); the last epoch's train top-1."""
         cfg = self.cfg
         epochs = cfg.finetune_epochs + extra_epochs
         if epochs == 0:
@@ -225,6 +176,7 @@ class ProgressiveSearch:
         return top1
 
     def evaluate_row(self, step: int, score: float, train_top1: float, t0: float) -> dict[str, Any]:
+        """The step's frontier row: its costs, score, accuracies, wall time and every knob's bits."""
         bits = self.bits()
         report = self.cost_of(bits)
         batches = self.data.test_batches()
@@ -242,108 +194,10 @@ class ProgressiveSearch:
         return row
 
     def save_step(self, step: int, row: dict[str, Any]) -> None:
+        """Keep the step's row; with a run folder, the main rank records the step's files."""
         self.rows.append(row)
-        if not distributed.is_main() or self.run_dir is None or self.frontier is None:
-            return
-        bits = BitConfig.from_model(self.model)
-        bits.save(self.run_dir / f"bits-step{step:03d}.json")
-        recipe = self.recipe.to_dict() if self.recipe is not None else None
-        save_checkpoint(Checkpoint("search", self.model.state_dict(), recipe, bits.to_dict(), self.data_options, row,
-                                   self.cfg.to_dict(), step=step), step_checkpoint(self.run_dir, step))
-        self.frontier.append(row)  # after the checkpoint: a logged step is always resumable
-        bits.save(self.run_dir / "bits.json")
-
-    def choose_step(self, step: int, current: dict[str, dict[str, int]], gen: torch.Generator,
-                    on_candidate: CandidateCallback | None) -> tuple[dict[str, dict[str, int]], float] | None:
-        """The bits of this step and their score (None when no knob can be lowered).
-
-        ``sets`` (the reference): ``candidates`` random sets of knobs, each lowering ``ratio`` of them, the
-        best set by ``objective``. ``table``: every lowerable knob scored alone (a sensitivity table),
-        then the ``ratio`` best knobs by the same objective lowered together. With ``fit_budget`` both
-        stop lowering as soon as the targets are met."""
-        cfg, now = self.cfg, self.cost_of(current)
-        if cfg.strategy == "allocate":
-            return self.allocate_step(step, current, on_candidate)
-        fit = cfg.fit_budget and bool(target_values(cfg, now))
-        enough = (lambda c: target_met(cfg, self.cost_of(c))) if fit else None
-        pool = self.useful_knobs(current)
-        singles = lowerable_knobs(current, pool, cfg.interval, cfg.min_bits)  # the table's rows
-        if cfg.strategy == "sets":
-            candidates = sample_candidates(current, pool, cfg.candidates, cfg.ratio, cfg.interval, cfg.min_bits,
-                                           gen, enough)
-        else:
-            candidates = [lowered(current, knob, cfg.interval) for knob in singles]
-        if not candidates:
-            return None
-        savings = [budget_progress(cfg, now, self.cost_of(c)) for c in candidates]
-        scores = self.score_candidates(step, candidates, on_candidate)
-        if cfg.criterion == "random":
-            values = torch.rand(len(candidates), generator=gen).tolist()
-        else:
-            values = objective(scores, savings, cfg.lam)
-            if not any(math.isfinite(v) for v in values):
-                raise ProqhaError(f"step {step}: every candidate's loss is non-finite; lower --lr")
-        order = sorted(range(len(candidates)), key=lambda i: (values[i], i))
-        if cfg.strategy == "sets":
-            return candidates[order[0]], scores[order[0]]
-        bits = current
-        taken = []
-        for i in order[:max(1, int(cfg.ratio * len(self.knobs)))]:
-            if not math.isfinite(values[i]):
-                break
-            bits = lowered(bits, singles[i], cfg.interval)
-            taken.append(scores[i])
-            if enough is not None and enough(bits):
-                break
-        return bits, sum(taken) / len(taken) if taken else math.nan
-
-    def allocate_step(self, step: int, current: dict[str, dict[str, int]], on_candidate: CandidateCallback | None
-                      ) -> tuple[dict[str, dict[str, int]], float] | None:
-        """``allocate``: measure the calibration loss each knob adds at each lower level (a sensitivity
-        table), then give every knob the bits that meet this step's budget with the least summed loss
-        (``proqha.search.allocate``). The budget moves from the current cost to the targets in
-        ``ceil(1 / ratio)`` steps (ratio 1: at once)."""
-        cfg, now = self.cfg, self.cost_of(current)
-        remaining = max(1, math.ceil(1 / cfg.ratio) - step + 1)
-        limits = {name: value + (limit - value) / remaining if not _within(value, limit) else value
-                  for name, (value, limit) in target_values(cfg, now).items()}
-        damage = self.sensitivity_table(step, current, on_candidate)
-        if not damage:
-            return None
-
-        def feasible(bits: dict[str, dict[str, int]]) -> bool:
-            values = target_values(cfg, self.cost_of(bits))
-            return all(_within(values[name][0], limit) for name, limit in limits.items())
-
-        bits = allocate(current, damage, now, feasible)
-        if bits is None:  # nothing meets the budget: every knob at its floor
-            bits = {name: dict(kb) for name, kb in current.items()}
-            for knob in damage:
-                bits[knob.layer][knob.kind] = min(damage[knob])
-        return bits, sum(damage[k].get(bits[k.layer][k.kind], math.nan) for k in damage)
-
-    def sensitivity_table(self, step: int, current: dict[str, dict[str, int]],
-                          on_candidate: CandidateCallback | None) -> dict[Knob, dict[int, float]]:
-        """Per searched knob, the loss the model adds with only that knob at each level from ``min_bits``
-        to its current bits (0 at the current level), on the calibration split (``--table-data calib``) or
-        the training split (``train``: more images, less noise)."""
-        cfg = self.cfg
-        calib = self.data.calib_batches() if cfg.table_data == "calib" else list(
-            self.data.train_batches(step_seed(cfg.seed, step, Salt.TABLE_BATCHES)))
-        snap = Snapshot(self.model)
-        base = loss_score(self.model, calib, self.device, self.loss_fn)
-        jobs = [(knob, level) for knob in self.knobs
-                for level in range(cfg.min_bits, current[knob.layer][knob.kind])]
-        table: dict[Knob, dict[int, float]] = {k: {current[k.layer][k.kind]: 0.0} for k in self.knobs
-                                               if current[k.layer][k.kind] > cfg.min_bits}
-        for i, (knob, level) in enumerate(jobs):
-            BitConfig(lowered(current, knob, current[knob.layer][knob.kind] - level)).apply(self.model)
-            loss = loss_score(self.model, calib, self.device, self.loss_fn)
-            table[knob][level] = max(loss - base, 0.0) if math.isfinite(loss) else math.inf
-            if on_candidate is not None:
-                on_candidate(step, i, len(jobs))
-        snap.restore(self.model)
-        return table
+        if self.record is not None and distributed.is_main():
+            self.record.save_step(step, self.model, row)
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self, start_step: int, on_candidate: CandidateCallback | None = None,
@@ -352,11 +206,7 @@ class ProgressiveSearch:
         """Steps ``start_step + 1`` onwards; a ``fresh`` run first records step 0 (the starting point)."""
         cfg = self.cfg
         if fresh:
-            t0 = time.perf_counter()
-            row = self.evaluate_row(0, math.nan, math.nan, t0)
-            self.save_step(0, row)
-            if on_step is not None:
-                on_step(row)
+            self._finish_step(0, math.nan, math.nan, time.perf_counter(), on_step)
         reason, last_step = "steps", start_step
         if target_met(cfg, self.cost_of(self.bits())):
             return {"stopped": "target", "steps": start_step, "run_dir": self._run_dir_text()}
@@ -373,18 +223,40 @@ class ProgressiveSearch:
             BitConfig(chosen_bits).apply(self.model)
             last = step == cfg.steps or target_met(cfg, self.cost_of(chosen_bits))
             train_top1 = self.finetune(step, on_batch, cfg.final_epochs if last else 0)
-            row = self.evaluate_row(step, chosen_score, train_top1, t0)
-            self.save_step(step, row)
+            self._finish_step(step, chosen_score, train_top1, t0, on_step)
             last_step = step
-            if on_step is not None:
-                on_step(row)
             if target_met(cfg, self.cost_of(self.bits())):
                 reason = "target"
                 break
         return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}
 
+    def _finish_step(self, step: int, score: float, train_top1: float, t0: float, on_step: StepCallback | None
+                     ) -> None:
+        row = self.evaluate_row(step, score, train_top1, t0)
+        self.save_step(step, row)
+        if on_step is not None:
+            on_step(row)
+
     def _run_dir_text(self) -> str | None:
         return str(self.run_dir) if self.run_dir is not None else None
+
+    def run_in_folder(self, start_step: int = 0, resumed: bool = False, source: Path | None = None,
+                      on_candidate: CandidateCallback | None = None, on_step: StepCallback | None = None,
+                      on_batch: Callable | None = None, keep_on_error: bool = False) -> dict[str, Any]:
+        """``run`` with the run folder (if any) locked and recorded: a fresh run writes its ``config.json``
+        (``source``: the checkpoint it started from), a ``resumed`` one trims its frontier to ``start_step``.
+        A fresh run that fails before its step 0 is saved leaves no files behind (unless ``keep_on_error``)."""
+        folder, main = self.run_dir, distributed.is_main()  # under torchrun only rank 0 writes
+        if folder is None or self.record is None:
+            return self.run(start_step, on_candidate, on_step, on_batch, fresh=not resumed)
+        made_here = not folder.exists()
+        with run_lock(folder) if main else contextlib.nullcontext(), \
+                removed_on_error(folder, step_checkpoint(folder, 0), keep=keep_on_error or resumed or not main, made_here=made_here):
+            if resumed and main:
+                self.record.resume_at(start_step, self.source_metrics)
+            elif main:
+                self.record.start(self.input_size, self.dataset, source)
+            return self.run(start_step, on_candidate, on_step, on_batch, fresh=not resumed)
 
 
 def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
@@ -401,22 +273,11 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
     distributed.setup()
     device = distributed.local_device(resolve_device(cfg.device))
     done = step_checkpoints(run_dir) if resume else []
-    start, source = done[-1] if done else (0, start_checkpoint(Path(cfg.source)))  # no step yet: from the start
+    start, source = done[-1] if done else (0, pick_checkpoint(cfg.source, start_option="source").checkpoint)  # no step yet: from the start
     search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device)
     main = distributed.is_main()  # under torchrun only rank 0 writes and reports
     if not main:
         on_candidate = on_step = on_batch = None
     if on_start is not None and main:
         on_start(search)
-    made_here = not run_dir.exists()
-    with run_lock(run_dir) if main else contextlib.nullcontext(), \
-            removed_on_error(run_dir, step_checkpoint(run_dir, 0), keep=resume or not main, made_here=made_here):
-        if done and main:
-            search.frontier.resume_at(start, search.source_metrics)
-        elif main:
-            search.frontier.path.unlink(missing_ok=True)
-            atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"stage": "search",
-                                                                        "source_checkpoint": str(source),
-                                                                        "recipe": search.recipe.to_dict(),
-                                                                        "dataset": search.dataset})
-        return search.run(start, on_candidate, on_step, on_batch, fresh=not done)
+    return search.run_in_folder(start, bool(done), source, on_candidate, on_step, on_batch, keep_on_error=resume)

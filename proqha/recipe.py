@@ -1,4 +1,6 @@
-"""Build a quantized model from a plain description, the one a checkpoint carries, and back."""
+"""The model recipe (``ModelRecipe``): the plain description of a model that a checkpoint carries
+(architecture, shapes, quantization settings), and the functions that rebuild the quantized model from it
+(``build_model``) or from a checkpoint file (``load_model``)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ class ModelRecipe:
 
     @property
     def float_run(self) -> bool:
-        """Whether the model was trained in float (``--bits 32``: every quantizer off)."""
+        """Whether the model was trained in float (bits 32: every quantizer off)."""
         return self.quant.get("bits") == FULL_PRECISION
 
     @classmethod

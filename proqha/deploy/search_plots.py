@@ -1,29 +1,22 @@
-"""Drawing a search run: accuracy against paper cost, BitOPs and file size, per-layer bits, and the
-uniform-bit runs beside it. matplotlib is imported on the first plot only (``pyplot``)."""
+"""A search run drawn and compared: accuracy against paper cost, BitOPs and exported file size
+(``frontier.png``, ``frontier_file_size.png``), per-layer bits (``bits.png``), and the uniform-bit train runs
+of the same recipe beside it (``search_baselines``). What ``proqha report`` and ``proqha search`` write."""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proqha.errors import ProqhaError
-from proqha.files import atomic_write_bytes, read_jsonl
+from proqha.deploy.plotting import legend_outside, pyplot, save_figure
+from proqha.errors import OptionError, ProqhaError
+from proqha.files import read_jsonl
+from proqha.runs import CHECKPOINTS, RunDir
 from proqha.search.frontier import knob_layers, step_checkpoints
 from proqha.search.knobs import KNOB_SEP
 
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the non-interactive Agg backend, imported on first use (it is slow to load)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 @dataclass
 class UniformPoint:
@@ -44,10 +37,11 @@ RECIPE_KEYS = ("arch", "dataset", "data_dir", "epochs", "batch_size", "lr", "opt
 
 
 def _uniform_point(run: Path, start: bool = False) -> tuple[UniformPoint, dict[str, Any]] | None:
+    folder = RunDir(run)
     try:
-        config = json.loads((run / "config.json").read_text())
-        cost = json.loads((run / "cost.json").read_text())["totals"]
-        rows = read_jsonl(run / "metrics.jsonl")
+        config = json.loads(folder.config.read_text())
+        cost = json.loads(folder.cost.read_text())["totals"]
+        rows = read_jsonl(folder.metrics)
     except (OSError, ValueError, KeyError):
         return None
     if not rows or config.get("bits_file") or config.get("stage", "train") != "train":
@@ -70,13 +64,12 @@ def search_baselines(run_dir: Path) -> list[UniformPoint]:
     """What a search is compared with: the train run it started from (first, ``start``) and the uniform-bit
     train runs beside it of that run's recipe (``RECIPE_KEYS``); none when the start is not a uniform-bit
     train run (a search, or a run trained with a bits file)."""
-    path = Path(run_dir) / "config.json"
-    config = json.loads(path.read_text()) if path.is_file() else {}
+    config = run_config(run_dir)
     source = Path(config.get("source", "")) if config.get("source") else None
     if (source is None or not source.exists()) and config.get("source_checkpoint"):
         source = Path(config["source_checkpoint"])
     if source is not None and (source.is_file() or source.suffix == ".pt"):  # a checkpoint: its run folder
-        source = source.parent.parent if source.parent.name == "checkpoints" else source.parent
+        source = source.parent.parent if source.parent.name == CHECKPOINTS else source.parent
     if source is not None and not source.is_dir():  # recorded relative to another working directory
         source = Path(run_dir).parent / source.name
     start = _uniform_point(source, start=True) if source is not None and source.is_dir() else None
@@ -124,19 +117,19 @@ def measure_file_sizes(run_dir: Path, rows: list[dict[str, Any]], baselines: lis
                        ) -> tuple[int, list[tuple[UniformPoint, int]]]:
     """Export every step (and each uniform-bit run's last checkpoint) as ``proqha export`` would, without
     validating: sets ``row["file_bytes"]``; returns the fp32 graph's size and the baselines' sizes."""
-    from proqha.builder import load_model
     from proqha.export.file_size import exported_file, fp32_graph_bytes, source_metadata
+    from proqha.recipe import load_model
 
     done = dict(step_checkpoints(run_dir))
     fp32 = None
     for r in rows:
         if r["step"] not in done:
-            raise ProqhaError(f"--file-size: step {r['step']} of {run_dir} has no checkpoint")
+            raise ProqhaError(f"measuring file sizes: step {r['step']} of {run_dir} has no checkpoint")
         r["file_bytes"] = len(exported_file(done[r["step"]], r["step"]))
         if fp32 is None:
             model, state = load_model(done[r["step"]])
             fp32 = fp32_graph_bytes(model, state.input_size, source_metadata(state, done[r["step"]], r["step"]))
-    sizes = [(point, len(exported_file(Path(point.path or run_dir.parent / point.run) / "checkpoints" / "last.pt")))
+    sizes = [(point, len(exported_file(RunDir(point.path or Path(run_dir).parent / point.run).last)))
              for point in baselines]
     return fp32, sizes
 
@@ -190,45 +183,6 @@ def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
-def legend_outside(ax: Any) -> None:
-    """The legend to the right of the axes, where it cannot cover a point (``save_figure`` keeps it in)."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
-
-
-def plain_number(value: float) -> str:
-    """A tick label without exponents: 0.0022, 0.22, 22, 2200 (up to 4 significant digits)."""
-    return f"{value:.4g}" if 1e-4 <= abs(value) < 1e5 or value == 0 else f"{value:.2g}"
-
-
-def time_label(ms: float) -> str:
-    """A latency tick in the unit that reads best: µs below 1 ms, else ms."""
-    return f"{plain_number(ms * 1e3)} µs" if 0 < ms < 1 else f"{plain_number(ms)} ms"
-
-
-def plain_ticks(axis: Any, label: Any = plain_number) -> None:
-    """Ticks of a (log) axis labelled by ``label`` (no 2.2x10^-1): every decade, and its 2 and 5 (so an axis
-    spanning less than a decade still reads)."""
-    import math
-
-    from matplotlib.ticker import FuncFormatter
-
-    def minor(value: float, _pos: int) -> str:
-        lead = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
-        return label(value) if round(lead, 6) in (2.0, 5.0) else ""
-
-    axis.set_major_formatter(FuncFormatter(lambda v, _pos: label(v)))
-    axis.set_minor_formatter(FuncFormatter(minor))
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Write a figure as PNG atomically (cropped to what it draws, legends outside included) and close it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
-
-
 def pick_row(rows: list[dict[str, Any]], step: int | None) -> dict[str, Any]:
     """The row of ``step`` (default: the last)."""
     if step is None:
@@ -236,8 +190,31 @@ def pick_row(rows: list[dict[str, Any]], step: int | None) -> dict[str, Any]:
     for row in rows:
         if row["step"] == step:
             return row
-    raise ProqhaError(f"--step {step}: the run has steps {rows[0]['step']}..{rows[-1]['step']}")
+    raise OptionError("step", f"{step}: the run has steps {rows[0]['step']}..{rows[-1]['step']}")
 
 
 def is_nan(value: Any) -> bool:
+    """Whether ``value`` is a float NaN (a step without that figure)."""
     return isinstance(value, float) and math.isnan(value)
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.json`` ({} when it has none)."""
+    path = RunDir(run_dir).config
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_search_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None,
+                       files: tuple[int, list[tuple[UniformPoint, int]]] | None = None) -> list[Path]:
+    """frontier.png (with the uniform-bit train runs beside the search), bits.png of one step (default: the
+    last) and, with ``files`` (from ``measure_file_sizes``), frontier_file_size.png; the paths written."""
+    run_dir = Path(run_dir)
+    arch = (run_config(run_dir).get("recipe") or {}).get("arch", "")
+    row = pick_row(rows, step)
+    paths = [plot_frontier(rows, search_baselines(run_dir), run_dir / "frontier.png",
+                           f"{arch} ProQHA frontier ({run_dir.name})"),
+             plot_bits(row, run_dir / "bits.png")]
+    if files is not None:
+        paths.append(plot_file_size(rows, files[1], files[0], run_dir / "frontier_file_size.png",
+                                    f"{arch}: accuracy against the exported file's size ({run_dir.name})"))
+    return paths

@@ -1,0 +1,176 @@
+"""How a search step chooses its bits, in a registry (``@strategy(name)`` fills ``STRATEGY_TABLE``):
+
+- ``sets`` (the reference): ``candidates`` random sets of knobs, each lowering ``ratio`` of them; the best set;
+- ``table``: every lowerable knob scored alone, then the ``ratio`` best lowered together;
+- ``allocate``: a loss table per knob and level, then the knapsack of ``proqha.search.allocate``.
+
+A strategy returns the step's bits and score, or None when no knob can be lowered. The names are declared
+once, as ``SearchConfig.strategy``'s choices."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from proqha.errors import ProqhaError
+from proqha.quant import BitConfig
+from proqha.search.allocate import Damage, allocate
+from proqha.search.config import SearchConfig
+from proqha.search.criteria import criterion_named
+from proqha.search.knobs import Bits, lowerable_knobs, lowered, sample_candidates
+from proqha.search.scores import Snapshot, loss_score
+from proqha.search.targets import budget_progress, target_met, target_values, within
+from proqha.seeds import Salt, step_seed
+
+if TYPE_CHECKING:
+    from proqha.search.progressive import CandidateCallback, ProgressiveSearch
+
+Choice = tuple[Bits, float]  # a step's bits and their score
+Choose = Callable[["ProgressiveSearch", int, Bits, torch.Generator, "CandidateCallback | None"], "Choice | None"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered way to choose a step's bits. ``uses_calib(cfg)``: its own measurements (beyond the
+    criterion's) need the calibration data; ``label``: what measures them, in messages."""
+
+    name: str
+    choose: Choose
+    uses_calib: Callable[[SearchConfig], bool] = lambda cfg: False
+    label: str = ""
+
+
+STRATEGY_TABLE: dict[str, Strategy] = {}
+
+
+def strategy(name: str, uses_calib: Callable[[SearchConfig], bool] | None = None, label: str = ""
+             ) -> Callable[[Choose], Choose]:
+    """Register a step chooser under ``name`` (a ``SearchConfig.strategy`` choice)."""
+
+    def register(choose: Choose) -> Choose:
+        STRATEGY_TABLE[name] = Strategy(name, choose, uses_calib or (lambda cfg: False), label or f"strategy {name!r}")
+        return choose
+
+    return register
+
+
+def strategy_named(name: str) -> Strategy:
+    """The registered strategy ``name`` (a resolved config's: never "auto")."""
+    if name not in STRATEGY_TABLE:
+        raise ProqhaError(f"strategy must be one of {', '.join(STRATEGY_TABLE)}, got {name!r}")
+    return STRATEGY_TABLE[name]
+
+
+def _budget_met(search: ProgressiveSearch, current: Bits) -> Callable[[Bits], bool] | None:
+    """With ``fit_budget`` and a target set, whether some bits meet every target; else None (never stop)."""
+    cfg = search.cfg
+    if not (cfg.fit_budget and target_values(cfg, search.cost_of(current))):
+        return None
+    return lambda bits: target_met(cfg, search.cost_of(bits))
+
+
+def _ranked(search: ProgressiveSearch, step: int, current: Bits, candidates: list[Bits], gen: torch.Generator,
+            on_candidate: CandidateCallback | None) -> tuple[list[float], list[float], list[int]]:
+    """The candidates' scores, ranking values, and indices best first (by value, then index)."""
+    cfg, now = search.cfg, search.cost_of(current)
+    savings = [budget_progress(cfg, now, search.cost_of(c)) for c in candidates]
+    scores = search.score_candidates(step, candidates, on_candidate)
+    values = search.criterion.rank(scores, savings, cfg.lam, gen, step)
+    return scores, values, sorted(range(len(candidates)), key=lambda i: (values[i], i))
+
+
+@strategy("sets")
+def sets_step(search: ProgressiveSearch, step: int, current: Bits, gen: torch.Generator,
+              on_candidate: CandidateCallback | None) -> Choice | None:
+    """The reference's step: random sets of knobs, each lowering ``ratio`` of them; the best set."""
+    cfg = search.cfg
+    enough = _budget_met(search, current)
+    candidates = sample_candidates(current, search.useful_knobs(current), cfg.candidates, cfg.ratio, cfg.interval,
+                                   cfg.min_bits, gen, enough)
+    if not candidates:
+        return None
+    scores, _, order = _ranked(search, step, current, candidates, gen, on_candidate)
+    return candidates[order[0]], scores[order[0]]
+
+
+@strategy("table")
+def table_step(search: ProgressiveSearch, step: int, current: Bits, gen: torch.Generator,
+               on_candidate: CandidateCallback | None) -> Choice | None:
+    """Every lowerable knob scored alone; the ``ratio`` best (by the same objective) lowered together,
+    stopping early once the targets are met (``fit_budget``)."""
+    cfg = search.cfg
+    enough = _budget_met(search, current)
+    singles = lowerable_knobs(current, search.useful_knobs(current), cfg.interval, cfg.min_bits)
+    candidates = [lowered(current, knob, cfg.interval) for knob in singles]
+    if not candidates:
+        return None
+    scores, values, order = _ranked(search, step, current, candidates, gen, on_candidate)
+    bits, taken = current, []
+    for i in order[:max(1, int(cfg.ratio * len(search.knobs)))]:
+        if not math.isfinite(values[i]):
+            break
+        bits = lowered(bits, singles[i], cfg.interval)
+        taken.append(scores[i])
+        if enough is not None and enough(bits):
+            break
+    return bits, sum(taken) / len(taken) if taken else math.nan
+
+
+@strategy("allocate", uses_calib=lambda cfg: cfg.table_data == "calib", label="the budget allocation")
+def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torch.Generator,
+                  on_candidate: CandidateCallback | None) -> Choice | None:
+    """Measure the loss each knob adds at each lower level (``sensitivity_table``), then give every knob
+    the bits that meet this step's budget with the least summed loss. The budget moves from the current
+    cost to the targets in ``ceil(1 / ratio)`` steps (ratio 1: at once)."""
+    cfg, now = search.cfg, search.cost_of(current)
+    remaining = max(1, math.ceil(1 / cfg.ratio) - step + 1)
+    limits = {name: value + (limit - value) / remaining if not within(value, limit) else value
+              for name, (value, limit) in target_values(cfg, now).items()}
+    damage = sensitivity_table(search, step, current, on_candidate)
+    if not damage:
+        return None
+
+    def feasible(bits: Bits) -> bool:
+        values = target_values(cfg, search.cost_of(bits))
+        return all(within(values[name][0], limit) for name, limit in limits.items())
+
+    bits = allocate(current, damage, now, feasible)
+    if bits is None:  # nothing meets the budget: every knob at its floor
+        bits = {name: dict(kb) for name, kb in current.items()}
+        for knob in damage:
+            bits[knob.layer][knob.kind] = min(damage[knob])
+    return bits, sum(damage[k].get(bits[k.layer][k.kind], math.nan) for k in damage)
+
+
+def sensitivity_table(search: ProgressiveSearch, step: int, current: Bits, on_candidate: CandidateCallback | None
+                      ) -> Damage:
+    """Per searched knob, the loss the model adds with only that knob at each level from ``min_bits`` to its
+    current bits (0 at the current level), on the calibration split (``table_data`` "calib") or the
+    training split ("train": more images, less noise)."""
+    cfg, model, data = search.cfg, search.model, search.data
+    calib = data.calib_batches() if cfg.table_data == "calib" else list(
+        data.train_batches(step_seed(cfg.seed, step, Salt.TABLE_BATCHES)))
+    snap = Snapshot(model)
+    base = loss_score(model, calib, search.device, search.loss_fn)
+    jobs = [(knob, level) for knob in search.knobs for level in range(cfg.min_bits, current[knob.layer][knob.kind])]
+    table: Damage = {k: {current[k.layer][k.kind]: 0.0} for k in search.knobs
+                     if current[k.layer][k.kind] > cfg.min_bits}
+    for i, (knob, level) in enumerate(jobs):
+        BitConfig(lowered(current, knob, current[knob.layer][knob.kind] - level)).apply(model)
+        loss = loss_score(model, calib, search.device, search.loss_fn)
+        table[knob][level] = max(loss - base, 0.0) if math.isfinite(loss) else math.inf
+        if on_candidate is not None:
+            on_candidate(step, i, len(jobs))
+    snap.restore(model)
+    return table
+
+
+def calibration_user(cfg: SearchConfig) -> str | None:
+    """What in a resolved search measures on calibration data (for a message), or None."""
+    chosen = strategy_named(cfg.strategy)
+    if chosen.uses_calib(cfg):
+        return chosen.label
+    return f"criterion {cfg.criterion!r}" if criterion_named(cfg.criterion).needs_calib else None

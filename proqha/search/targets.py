@@ -1,0 +1,41 @@
+"""A search's targets (paper cost, BitOPs, size): their values for a cost report, whether they are met, and
+how far a candidate moves towards them."""
+
+from __future__ import annotations
+
+from proqha.cost import CostReport
+from proqha.search.config import SearchConfig
+
+
+def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[float, float]]:
+    """Each configured target's (value, limit) for ``report``: paper cost, BitOPs (a ratio to 32x32 bits
+    when the limit is <= 1), size in MB. Empty when no target is set."""
+    values = {}
+    if cfg.target_cost is not None:
+        values["cost"] = (report.paper_cost, cfg.target_cost)
+    if cfg.target_bitops is not None:
+        values["bitops"] = (report.bitops_ratio if cfg.target_bitops <= 1 else report.bitops, cfg.target_bitops)
+    if cfg.target_size_mb is not None:
+        values["size_mb"] = (report.size_bytes / 1e6, cfg.target_size_mb)
+    return values
+
+
+def within(value: float, limit: float) -> bool:
+    """Whether ``value`` meets ``limit`` (up to rounding)."""
+    return value <= limit * (1 + 1e-12)
+
+
+def target_met(cfg: SearchConfig, report: CostReport) -> bool:
+    """Whether the model's cost satisfies every configured target (False when none is set)."""
+    values = target_values(cfg, report)
+    return bool(values) and all(within(v, limit) for v, limit in values.values())
+
+
+def budget_progress(cfg: SearchConfig, current: CostReport, candidate: CostReport) -> float:
+    """How much of the remaining way to the targets a candidate covers: the sum, over targets not yet
+    met, of (reduction / remaining gap); with no target, the reduction of ``cfg.cost_metric``."""
+    now, then = target_values(cfg, current), target_values(cfg, candidate)
+    if not now:
+        return current.metric(cfg.cost_metric) - candidate.metric(cfg.cost_metric)
+    return sum((value - then[name][0]) / (value - limit) for name, (value, limit) in now.items()
+               if not within(value, limit))
