@@ -1,4 +1,6 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The errors a user sees: ``ProqhaError`` ("the user asked for something we cannot do": one line, exit 2 in
+the CLI), ``OptionError`` (one option's bad value, named as the API spells it; the CLI prints its flag) and
+``ExportError`` (a graph that failed validation; nothing was written)."""
 
 
 class ProqhaError(Exception):

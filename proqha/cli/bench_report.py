@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from proqha.cli.common import console, err_console
-from proqha.cli.export import cpu_line
+from proqha.cli.export_report import cpu_line
 
 if TYPE_CHECKING:  # annotations only: the modules load when a bench has run
     from proqha.deploy.bench import BenchResult

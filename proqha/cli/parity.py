@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from proqha.cli.common import err_console, handle_errors
-from proqha.cli.export import print_report, refuse
+from proqha.cli.export_report import print_report, refuse
 
 
 @handle_errors(flags={"engines": "--engine"})

@@ -1,4 +1,5 @@
-"""`proqha pipeline`: train -> search -> export -> bench in one command, with defaults that finish offline."""
+"""`proqha pipeline`: train -> search -> export -> bench in one command, with defaults that finish offline. It
+chains the library's stage functions, printed by the same presenters as the single commands."""
 
 from __future__ import annotations
 
@@ -7,53 +8,56 @@ from typing import Annotated, Optional
 
 import typer
 
-from proqha.cli.bench import bench
-from proqha.cli.common import err_console, handle_errors, parse_int_tuple
-from proqha.cli.export import export
-from proqha.cli.search import search_run
-from proqha.cli.train import run_train
-from proqha.deploy.runtime import check_engines
-from proqha.errors import ProqhaError
+from proqha.cli.bench_report import report
+from proqha.cli.common import declared_option, err_console, handle_errors, parse_int_tuple
+from proqha.cli.export_report import export_and_report
+from proqha.cli.search_report import search_run
+from proqha.cli.train_report import run_train
+from proqha.options import default
 from proqha.runs import DEFAULT_ROOT, next_run_dir
-from proqha.search.config import SearchConfig
-from proqha.train_config import TrainConfig
+from proqha.search.config import SearchConfig as S
+from proqha.train_config import TrainConfig as T
 
-_TRAIN, _SEARCH = TrainConfig(), SearchConfig()  # the defaults of the stages, defined there once
+BATCHES = "1,8,32"  # the bench stage's batch sizes: a batch-1 latency, a small and a throughput batch
 
 
-@handle_errors
+@handle_errors(flags={"engines": "--engine", "batches": "--batch"})
 def pipeline(
-    arch: Annotated[Optional[str], typer.Option(help="Architecture: a registered name, or package.module:factory for your own (default: the dataset's own).")] = None,
-    dataset: Annotated[str, typer.Option(help="Dataset (default digits, offline), or package.module:factory for your own.")] = _TRAIN.dataset,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Folder with the dataset's files.")] = None,
-    epochs: Annotated[int, typer.Option(help="QAT epochs at 8 bit.")] = _TRAIN.epochs,
-    lam: Annotated[float, typer.Option(help="Search: weight of cost saving against sensitivity.")] = _SEARCH.lam,
-    steps: Annotated[int, typer.Option(help="Search steps.")] = _SEARCH.steps,
-    target_cost: Annotated[Optional[float], typer.Option(help="Search: stop at this paper cost.")] = None,
-    criterion: Annotated[str, typer.Option(help="Search score: hessian, loss, acc or random.")] = _SEARCH.criterion,
+    arch: Annotated[Optional[str], declared_option(T, "arch")] = default(T, "arch"),
+    dataset: Annotated[str, declared_option(T, "dataset")] = default(T, "dataset"),
+    data_dir: Annotated[Optional[Path], declared_option(T, "data_dir")] = None,
+    epochs: Annotated[int, typer.Option(help="QAT epochs at 8 bit.")] = default(T, "epochs"),
+    lam: Annotated[float, declared_option(S, "lam")] = default(S, "lam"),
+    steps: Annotated[int, declared_option(S, "steps")] = default(S, "steps"),
+    target_cost: Annotated[Optional[float], declared_option(S, "target_cost")] = default(S, "target_cost"),
+    criterion: Annotated[str, declared_option(S, "criterion")] = default(S, "criterion"),
     engine: Annotated[Optional[list[str]], typer.Option(help="Bench engines: ort, openvino, trt, torch (repeatable).")] = None,
-    batch: Annotated[str, typer.Option(help="Bench batch sizes.")] = "1,8,32",
+    batch: Annotated[str, typer.Option(help="Bench batch sizes.")] = BATCHES,
     iters: Annotated[int, typer.Option(help="Bench timed runs per batch size.")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed for training and search.")] = _TRAIN.seed,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = _TRAIN.device,
+    seed: Annotated[int, declared_option(T, "seed")] = default(T, "seed"),
+    device: Annotated[str, declared_option(T, "device")] = default(T, "device"),
 ) -> None:
     """Train, search, export (validated) and benchmark; ends with the latency/cost/accuracy table."""
+    from proqha.deploy.bench import check_timing
+    from proqha.deploy.bench_run import bench_run
+    from proqha.deploy.runtime import check_engines
+    from proqha.export.config import ExportConfig
+
     # every stage's options are checked before the first stage starts; what is not an option here is the
-    # stage's own default (TrainConfig, SearchConfig, and the export and bench commands' defaults)
-    train_cfg = TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
-                            seed=seed, device=device).resolved()
+    # stage's own declared default (TrainConfig, SearchConfig, ExportConfig, bench_run)
+    train_cfg = T(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None, epochs=epochs,
+                  seed=seed, device=device).resolved()
     search_args = dict(lam=lam, steps=steps, target_cost=target_cost, criterion=criterion, seed=seed, device=device)
-    SearchConfig(source="(the train run)", **search_args).resolved()
-    check_engines(engine or ["ort"])  # before training: the bench stage would otherwise stop after hours of work
-    parse_int_tuple(batch, "--batch")
-    if iters < 1:
-        raise ProqhaError(f"--iters out of range: {iters}")
+    S(source="(the train run)", **search_args).resolved()
+    engines = check_engines(engine or ["ort"], "engines")  # before training: not after hours of work
+    batches = check_timing(parse_int_tuple(batch, "--batch"), 0, iters)
     train_dir, search_dir = next_run_dir("train", DEFAULT_ROOT), next_run_dir("search", DEFAULT_ROOT)
     err_console.print(f"[1/4] train -> {train_dir}")
     run_train(train_cfg, train_dir)
     err_console.print(f"[2/4] search -> {search_dir}")
-    search_run(SearchConfig(source=str(train_dir), **search_args).resolved(), search_dir)
+    search_run(S(source=str(train_dir), **search_args).resolved(), search_dir)
     err_console.print("[3/4] export")
-    export(run=search_dir, device=device)
+    export_and_report(ExportConfig(run=search_dir, device=device))
     err_console.print("[4/4] bench")
-    bench(run=search_dir, engine=engine or ["ort"], batch=batch, iters=iters, plot=True, device=device)
+    report(bench_run(search_dir, engines=engines, batches=batches, iters=iters, plot=True, device=device,
+                     on_note=lambda line: err_console.print(line, markup=False)))

@@ -3,35 +3,25 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from proqha.cli.common import (
-    console,
     declared_option,
-    err_console,
     fresh_run_dir,
     handle_errors,
-    interrupted,
     resume_config,
 )
-from proqha.cli.report import frontier_table
+from proqha.cli.search_report import search_run
 from proqha.errors import ProqhaError
 from proqha.options import declared, default
 from proqha.runs import DEFAULT_ROOT, latest_run_dir
 from proqha.search.config import SearchConfig
 
 S = SearchConfig
-STOP_MESSAGES = {
-    "steps": "ran all {steps} steps",
-    "target": "target met at step {steps}",
-    "floor": "stopped after step {steps}: no knob can be lowered by --interval without going below --min-bits",
-}
 SOURCE_HELP = f"{declared(S, 'source').help[:-1]} (default: the latest train run)."
 STEPS_HELP = f"{declared(S, 'steps').help[:-1]} (default {default(S, 'steps')}; with --resume, extends the run)."
 
@@ -87,46 +77,3 @@ def search(
                            ).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("search", run_dir))
     search_run(cfg, run_dir, resume)
-
-
-def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
-    """Search ``cfg`` into ``run_dir`` with progress bars, a line per step, the frontier table and plots."""
-    from proqha import distributed
-    from proqha.deploy.search_plots import write_search_plots
-    from proqha.search import run_search
-    from proqha.search.frontier import FRONTIER_FILE, read_frontier
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
-                        disable=not distributed.is_main())
-    step_task = progress.add_task("steps", total=cfg.steps, info="")
-    cand_task = progress.add_task("candidates", total=cfg.candidates, info="")
-
-    def on_candidate(step: int, i: int, n: int) -> None:
-        progress.update(cand_task, completed=i + 1, total=n, info=f"step {step}")
-
-    def on_step(row: dict) -> None:
-        progress.update(step_task, completed=row["step"],
-                        info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
-        progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}"
-                               f"  score {'-' if math.isnan(row['score']) else format(row['score'], '.3g')}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
-        for line in row.get("warnings", ()):
-            progress.console.print(f"warning: step {row['step']}: {line}", markup=False)
-
-    def on_start(s) -> None:
-        progress.console.print(f"searching {s.recipe.arch} ({len(s.knobs)} knobs) on {s.dataset}, "
-                               f"criterion {cfg.criterion}, lam {cfg.lam}, into {run_dir}")
-
-    try:
-        with progress:
-            result = run_search(cfg, run_dir, resume=resume, on_candidate=on_candidate, on_step=on_step,
-                                on_start=on_start)
-    except KeyboardInterrupt:
-        raise interrupted("search", run_dir, run_dir / FRONTIER_FILE, "completed steps are saved") from None
-    if not distributed.is_main():
-        return
-    rows = read_frontier(run_dir)
-    console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
-    for path in write_search_plots(run_dir, rows):
-        err_console.print(f"wrote {path}")
-    err_console.print(STOP_MESSAGES[result["stopped"]].format(steps=result["steps"]))
