@@ -158,3 +158,34 @@ def cost_report(model: nn.Module, input_size: Sequence[int]) -> CostReport:
     other = sum(p.numel() for p in probe.parameters() if id(p) not in counted)
     other += sum(m.alpha.numel() for m in probe.modules() if isinstance(m, Quantizer) and m.tracks_range)  # buffers
     return CostReport(tuple(input_size), layers, other)
+
+
+def arch_cost_report(arch: str, input_size: Sequence[int] | None = None, num_classes: int | None = None,
+                     bits: int = 8, edge_layers: str = "int8", bits_file: str | None = None) -> CostReport:
+    """The cost report of a registered (or import-path) architecture quantized at ``bits``, or at the bits of
+    ``bits_file``; ``input_size`` (C, H, W) defaults to the architecture's own."""
+    from proqha.errors import OptionError, ProqhaError
+    from proqha.models import create_model, get_model_spec
+    from proqha.quant import BitConfig, QuantConfig, quantize_model
+
+    size = tuple(input_size) if input_size else get_model_spec(arch).input_size
+    if size is None:
+        raise OptionError("input_size", f"is needed (C,H,W): arch {arch} is an import path", others=("arch",))
+    if num_classes is not None and num_classes < 1:
+        raise OptionError("num_classes", f"must be positive, got {num_classes}")
+    try:
+        qconfig = QuantConfig(bits=bits, edge_layers=edge_layers)
+    except ValueError as exc:
+        raise ProqhaError(str(exc)) from None
+    model = quantize_model(create_model(arch, num_classes=num_classes, in_channels=size[0]), qconfig, size)
+    if bits_file is not None:
+        config = BitConfig.load(bits_file)
+        try:
+            config.apply(model)
+        except ProqhaError as exc:
+            raise OptionError("bits_file", f"{bits_file} does not fit: {exc} (is arch {arch} the model it was made "
+                              "for?)", others=("arch",)) from None
+    try:
+        return cost_report(model, size)
+    except RuntimeError as exc:
+        raise ProqhaError(f"{arch} cannot run at input size {size}: {str(exc).splitlines()[0]}") from None

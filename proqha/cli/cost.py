@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from proqha.cli.common import console, handle_errors, parse_int_tuple
-from proqha.errors import ProqhaError
 
 
 @handle_errors
@@ -24,34 +23,14 @@ def cost(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Print per-layer cost and the totals: paper cost, BitOPs, size."""
-    from proqha.cost import cost_report, format_ratio
-    from proqha.models import create_model, get_model_spec
-    from proqha.quant import BitConfig, QuantConfig, quantize_model
+    from proqha.cost import arch_cost_report, format_ratio
 
-    spec = get_model_spec(arch)
-    size = parse_int_tuple(input_size, "--input-size", 3) if input_size else spec.input_size
-    if size is None:
-        raise ProqhaError(f"--arch {arch} is an import path: pass --input-size C,H,W")
-    if num_classes is not None and num_classes < 1:
-        raise ProqhaError(f"--num-classes must be positive, got {num_classes}")
-    try:
-        qconfig = QuantConfig(bits=bits, edge_layers=edge_layers)
-    except ValueError as exc:
-        raise ProqhaError(f"--bits/--edge-layers: {exc}") from None
-    model = quantize_model(create_model(arch, num_classes=num_classes, in_channels=size[0]), qconfig, size)
-    if bits_file is not None:
-        try:
-            BitConfig.load(bits_file).apply(model)
-        except ProqhaError as exc:
-            raise ProqhaError(f"{exc} (is --arch {arch} the model {bits_file} was made for?)") from None
-    try:
-        report = cost_report(model, size)
-    except RuntimeError as exc:
-        raise ProqhaError(f"{arch} cannot run at input size {size}: {str(exc).splitlines()[0]}") from None
+    size = parse_int_tuple(input_size, "--input-size", 3) if input_size else None
+    report = arch_cost_report(arch, size, num_classes, bits, edge_layers, bits_file)
     if as_json:
         console.print_json(json.dumps(report.to_dict() | {"arch": arch}))
         return
-    table = Table(title=f"{arch} at {'x'.join(map(str, size))}")
+    table = Table(title=f"{arch} at {'x'.join(map(str, report.input_size))}")
     for col in ("layer", "kind", "MACs", "weights", "w", "a", "searched", "GBitOPs"):
         table.add_column(col, justify="left" if col in ("layer", "kind") else "right")
     for layer in report.layers:
