@@ -9,12 +9,16 @@ import torch
 from torch import nn
 
 from proqha.api.common import Batch, InputSize, input_shape, place, random_batches
+from proqha.deploy.bench_config import API_BENCH_BATCHES
+from proqha.deploy.bench_config import BenchOptions as B
+from proqha.options import default
 
 
-def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequence[int] = (1, 8),
-          engines: Sequence[str] = ("ort",), test_data: Iterable[Batch] | None = None, warmup: int = 5,
-          iters: int = 50, seconds: float | None = None, threads: int | None = None, fp32: bool = True,
-          anchor: bool = True, device: str | torch.device | None = None) -> list[dict[str, Any]]:
+def bench(model: nn.Module | str | Path, input_size: InputSize, *, batches: Sequence[int] = API_BENCH_BATCHES,
+          engines: Sequence[str] = default(B, "engines"), test_data: Iterable[Batch] | None = None,
+          warmup: int = default(B, "warmup"), iters: int = default(B, "iters"), seconds: float | None = None,
+          threads: int | None = None, fp32: bool = True, anchor: bool = default(B, "anchor"),
+          device: str | torch.device | None = None) -> list[dict[str, Any]]:
     """Latency per engine and batch size, next to paper cost, BitOPs, size and top-1; one dict per row.
 
     ``model``: a quantized model (timed as its exported graph on "ort", eagerly on "torch", as a TensorRT

@@ -9,28 +9,32 @@ from typing import Annotated, Optional
 import typer
 
 from proqha.cli.bench_report import report
-from proqha.cli.common import err_console, handle_errors, parse_int_tuple
+from proqha.cli.common import declared_option, err_console, handle_errors, parse_int_tuple
+from proqha.deploy.bench_config import BenchOptions as B
+from proqha.options import declared, default
+
+BATCHES = ",".join(map(str, default(B, "batches")))
 
 
 @handle_errors(flags={"engines": "--engine", "batches": "--batch"})
 def bench(
-    run: Annotated[Optional[Path], typer.Argument(help="Search run, train run or checkpoint (default: the latest search, else train, run).")] = None,
-    engine: Annotated[Optional[list[str]], typer.Option(help="ort, openvino, trt or torch; repeat for several (default ort).")] = None,
-    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
-    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 5,
-    iters: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
-    seconds: Annotated[Optional[float], typer.Option(help="Time budget per batch size instead of --iters.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads (default: its own).")] = None,
-    samples: Annotated[int, typer.Option(help="Test images for each accuracy figure.")] = 256,
-    step: Annotated[Optional[int], typer.Option(help="Search step (default: the last).")] = None,
-    best_under_cost: Annotated[Optional[float], typer.Option(help="The most accurate step at or below this paper cost.")] = None,
-    all_steps: Annotated[bool, typer.Option(help="Export and time every step of the search run.")] = False,
-    plot: Annotated[bool, typer.Option(help="Write latency_vs_bitops.png and accuracy_vs_latency.png.")] = False,
-    device: Annotated[str, typer.Option(help="Device of the torch engine: auto, cpu, cuda, cuda:N.")] = "auto",
-    out_dir: Annotated[Optional[Path], typer.Option(help="Where bench.json/bench.csv go (default RUN/bench).")] = None,
-    int8_kernels: Annotated[str, typer.Option(help="The onnxruntime graph form: portable (exact on every CPU) or vnni (exact only with VNNI/AMX or on ARM64).")] = "portable",
-    weights: Annotated[str, typer.Option(help="Weight storage of the onnxruntime graphs: packed (INT2/INT4 where the grid fits) or int8.")] = "packed",
-    anchor: Annotated[bool, typer.Option(help="Time onnxruntime's quantize_static of the fp32 twin beside them (ort and openvino engines).")] = True,
+    run: Annotated[Optional[Path], typer.Argument(help=declared(B, "run").help)] = None,
+    engine: Annotated[Optional[list[str]], declared_option(B, "engines")] = None,
+    batch: Annotated[str, declared_option(B, "batches")] = BATCHES,
+    warmup: Annotated[int, declared_option(B, "warmup")] = default(B, "warmup"),
+    iters: Annotated[int, declared_option(B, "iters")] = default(B, "iters"),
+    seconds: Annotated[Optional[float], declared_option(B, "seconds")] = default(B, "seconds"),
+    threads: Annotated[Optional[int], declared_option(B, "threads")] = default(B, "threads"),
+    samples: Annotated[int, declared_option(B, "samples")] = default(B, "samples"),
+    step: Annotated[Optional[int], declared_option(B, "step")] = default(B, "step"),
+    best_under_cost: Annotated[Optional[float], declared_option(B, "best_under_cost")] = default(B, "best_under_cost"),
+    all_steps: Annotated[bool, declared_option(B, "all_steps")] = default(B, "all_steps"),
+    plot: Annotated[bool, declared_option(B, "plot")] = default(B, "plot"),
+    device: Annotated[str, declared_option(B, "device")] = default(B, "device"),
+    out_dir: Annotated[Optional[Path], declared_option(B, "out_dir")] = default(B, "out_dir"),
+    int8_kernels: Annotated[str, declared_option(B, "int8_kernels")] = default(B, "int8_kernels"),
+    weights: Annotated[str, declared_option(B, "weights")] = default(B, "weights"),
+    anchor: Annotated[bool, declared_option(B, "anchor")] = default(B, "anchor"),
 ) -> None:
     """Time the chosen model, its fp32 twin, the uniform 8-bit start and onnxruntime's quantize_static of the
     same float model on each engine and batch size."""

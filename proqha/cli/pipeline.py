@@ -13,12 +13,13 @@ from proqha.cli.common import declared_option, err_console, handle_errors, parse
 from proqha.cli.export_report import export_and_report
 from proqha.cli.search_report import search_run
 from proqha.cli.train_report import run_train
+from proqha.deploy.bench_config import BenchOptions as B
 from proqha.options import default
 from proqha.runs import DEFAULT_ROOT, next_run_dir
 from proqha.search.config import SearchConfig as S
 from proqha.train_config import TrainConfig as T
 
-BATCHES = "1,8,32"  # the bench stage's batch sizes: a batch-1 latency, a small and a throughput batch
+BATCHES = ",".join(map(str, default(B, "batches")))
 
 
 @handle_errors(flags={"engines": "--engine", "batches": "--batch"})
@@ -33,7 +34,7 @@ def pipeline(
     criterion: Annotated[str, declared_option(S, "criterion")] = default(S, "criterion"),
     engine: Annotated[Optional[list[str]], typer.Option(help="Bench engines: ort, openvino, trt, torch (repeatable).")] = None,
     batch: Annotated[str, typer.Option(help="Bench batch sizes.")] = BATCHES,
-    iters: Annotated[int, typer.Option(help="Bench timed runs per batch size.")] = 50,
+    iters: Annotated[int, typer.Option(help="Bench timed runs per batch size.")] = default(B, "iters"),
     seed: Annotated[int, declared_option(T, "seed")] = default(T, "seed"),
     device: Annotated[str, declared_option(T, "device")] = default(T, "device"),
 ) -> None:

@@ -31,12 +31,14 @@ from proqha.deploy.bench import (
     run_bench,
     with_baselines,
 )
+from proqha.deploy.bench_config import BenchOptions as B
 from proqha.deploy.runtime import Runtime, check_engines
 from proqha.devices import resolve_device
 from proqha.errors import OptionError
 from proqha.export.file_size import source_metadata
 from proqha.export.onnx_export import check_int8_kernels, check_weights
 from proqha.files import atomic_write_json, atomic_write_text, check_writable
+from proqha.options import default
 from proqha.recipe import load_model
 from proqha.runs import Picked, RunDir, pick_checkpoint
 
@@ -62,10 +64,12 @@ class RunBench:
 
 
 def bench_run(run: Path | None = None, *, step: int | None = None, best_under_cost: float | None = None,
-              all_steps: bool = False, engines: Sequence[str] = ("ort",), batches: Sequence[int] = (1, 8, 32),
-              warmup: int = 5, iters: int = 50, seconds: float | None = None, threads: int | None = None,
-              samples: int = 256, anchor: bool = True, device: str = "auto", out_dir: Path | None = None,
-              plot: bool = False, int8_kernels: str = "portable", weights: str = "packed",
+              all_steps: bool = default(B, "all_steps"), engines: Sequence[str] = default(B, "engines"),
+              batches: Sequence[int] = default(B, "batches"), warmup: int = default(B, "warmup"),
+              iters: int = default(B, "iters"), seconds: float | None = None, threads: int | None = None,
+              samples: int = default(B, "samples"), anchor: bool = default(B, "anchor"),
+              device: str = default(B, "device"), out_dir: Path | None = None, plot: bool = default(B, "plot"),
+              int8_kernels: str = default(B, "int8_kernels"), weights: str = default(B, "weights"),
               on_note: Note | None = None) -> RunBench:
     """Time a run's models on each engine and batch size and write ``bench.json``/``bench.csv`` (and, with
     ``plot``, latency_vs_bitops.png and accuracy_vs_latency.png) into ``out_dir`` (default RUN/bench).
