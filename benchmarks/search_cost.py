@@ -20,7 +20,7 @@ from pathlib import Path
 from proqha.files import read_jsonl
 from proqha.search import SearchConfig, run_search
 from proqha.search.progressive import ProgressiveSearch
-from proqha.train import TrainConfig, fit
+from proqha.train import TrainConfig, train_run
 
 SPENT: dict[str, float] = defaultdict(float)
 
@@ -48,7 +48,7 @@ def main() -> int:
     ProgressiveSearch.evaluate_row = timed("evaluation", ProgressiveSearch.evaluate_row)
     ProgressiveSearch.save_step = timed("saving", ProgressiveSearch.save_step)
     with tempfile.TemporaryDirectory() as tmp:
-        fit(TrainConfig(epochs=args.train_epochs).resolved(), Path(tmp) / "train")
+        train_run(TrainConfig(epochs=args.train_epochs).resolved(), Path(tmp) / "train")
         epoch_s = statistics.median(r["time_s"] for r in read_jsonl(Path(tmp) / "train" / "metrics.jsonl"))
         cfg = SearchConfig(source=str(Path(tmp) / "train"), steps=args.steps, candidates=args.candidates,
                            finetune_epochs=args.finetune_epochs, criterion=args.criterion).resolved()

@@ -37,7 +37,7 @@ from proqha.files import read_jsonl
 from proqha.quant import BitConfig, searchable_layers
 from proqha.recipe import load_model
 from proqha.search import SearchConfig, run_search
-from proqha.train import TrainConfig, fit
+from proqha.train import TrainConfig, train_run
 
 ARMS = ("default", "reference", "random")
 
@@ -80,7 +80,7 @@ def search_arm(arm: str, base: Path, run: Path, target: tuple[float, float], arg
 def uniform_arm(base: Path, run: Path, bits: int, epochs: int, args: argparse.Namespace, seed: int
                 ) -> dict[str, float]:
     t0 = time.perf_counter()
-    fit(TrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, bits=bits, epochs=max(epochs, 1),
+    train_run(TrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, bits=bits, epochs=max(epochs, 1),
                     optimizer="adam", lr=1e-3, weight_decay=0.0, seed=seed,
                     init=str(base / "checkpoints" / "last.pt")).resolved(), run)
     cost = json.loads((run / "cost.json").read_text())["totals"]
@@ -151,7 +151,7 @@ def main() -> int:
         root = Path(tmp)
         for seed in args.seeds:
             base = root / f"base-{seed}"
-            fit(TrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, epochs=args.base_epochs,
+            train_run(TrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, epochs=args.base_epochs,
                             seed=seed).resolved(), base)
             for b in args.targets:
                 lo, hi = math.floor(b), math.ceil(b)

@@ -1,6 +1,6 @@
 """The loop over epochs that every training path runs (``run_epochs``): train one epoch, evaluate, gather
 the output-health warnings, time it and hand each epoch's row to a callback. The run-folder training
-(``proqha.train.fit``, which saves checkpoints in that callback) and the API's ``proqha.fit`` call it;
+(``proqha.train.train_run``, which saves checkpoints in that callback) and the API's ``proqha.fit`` call it;
 ``training_net`` is what the loop trains (DDP under torchrun, compiled, glibc malloc tuned on a CPU)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 
 from proqha import distributed
 from proqha.compiling import maybe_compiled
-from proqha.evaluation import evaluate, output_warnings
+from proqha.evaluation import evaluate_loader, output_warnings
 from proqha.health import OutputHealth
 from proqha.malloc_tuning import reuse_freed_memory
 from proqha.train_step import BatchCallback, LossFn, StepOptions, train_one_epoch
@@ -54,7 +54,7 @@ def run_epoch(loop: EpochLoop, epoch: int) -> dict[str, Any]:
     health = None
     if loop.test_loader is not None:
         health = OutputHealth()
-        row |= evaluate(loop.eval_net or loop.net, loop.test_loader, loop.device, loop.loss_fn, health)
+        row |= evaluate_loader(loop.eval_net or loop.net, loop.test_loader, loop.device, loop.loss_fn, health)
     row["time_s"] = time.perf_counter() - t0
     if health is not None and (warned := output_warnings(loop.model, health, loop.test_loader, loop.device)):
         row["warnings"] = warned

@@ -1,4 +1,4 @@
-"""Evaluating a classifier: loss, top-1 and top-5 over a loader (``evaluate``, ties broken as the deployed
+"""Evaluating a classifier: loss, top-1 and top-5 over a loader (``evaluate_loader``, ties broken as the deployed
 argmax breaks them) and the output-health warnings of that pass (``output_warnings``)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: LossFn | None = None,
+def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: LossFn | None = None,
              health: OutputHealth | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (percent) over ``loader``; ``loss_fn`` as in ``train_one_epoch``;
     ``health`` gathers what ``output_warnings`` reports."""

@@ -1,4 +1,4 @@
-"""Training a run folder (``fit``): build and check the model and data of a ``TrainConfig``, then run the
+"""Training a run folder (``train_run``): build and check the model and data of a ``TrainConfig``, then run the
 epoch loop (``proqha.epoch_loop``) with a checkpoint and a metrics row per epoch, resumable at the same
 seed. No printing here: callers pass callbacks for progress.
 
@@ -28,7 +28,7 @@ from proqha.data import get_dataset_spec, load_dataset
 from proqha.devices import resolve_device
 from proqha.epoch_loop import EpochCallback, EpochLoop, local_training_net, run_epochs, training_net
 from proqha.errors import OptionError, ProqhaError, first_line
-from proqha.evaluation import evaluate, output_warnings
+from proqha.evaluation import evaluate_loader, output_warnings
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from proqha.loaders import make_loader
 from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
@@ -50,7 +50,7 @@ from proqha.train_step import (
 )
 
 __all__ = ["AMP_DTYPES", "SYNC_EVERY", "BatchCallback", "EpochCallback", "LossFn", "StepOptions", "TrainConfig",
-           "TrainingRun", "bad_label_error", "calibrate", "check_logits", "evaluate", "first_non_finite", "fit",
+           "TrainingRun", "bad_label_error", "calibrate", "check_logits", "evaluate_loader", "first_non_finite", "train_run",
            "forward_checked", "local_training_net", "make_loader", "make_optimizer", "not_class_indices",
            "output_warnings", "prepare_model", "recipe_for", "replan_cosine", "resolve_device", "train_one_epoch",
            "training_net"]
@@ -112,7 +112,7 @@ def build_run(cfg: TrainConfig) -> TrainingRun:
     return TrainingRun(model, recipe, optimizer, scheduler, train_set, test_set, data.num_classes, device)
 
 
-def fit(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCallback | None = None,
+def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCallback | None = None,
         on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, bits.json, cost.json, checkpoints/).
 

@@ -16,10 +16,10 @@ def _seed():
 def digits_run(tmp_path_factory):
     """runs/train-1: digits, 3 epochs at 8 bit, batch 128, made once for the whole test run and shared (read
     it; tests that write into it use their own file names or --force)."""
-    from proqha.train import TrainConfig, fit
+    from proqha.train import TrainConfig, train_run
 
     root = tmp_path_factory.mktemp("runs")
-    fit(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
+    train_run(TrainConfig(epochs=3, batch_size=128).resolved(), root / "train-1")
     return root / "train-1"
 
 

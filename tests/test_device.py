@@ -16,7 +16,7 @@ from proqha.quant import (
     quant_layers,
     quantize_model,
 )
-from proqha.train import StepOptions, TrainConfig, fit, make_loader, make_optimizer, train_one_epoch
+from proqha.train import StepOptions, TrainConfig, make_loader, make_optimizer, train_one_epoch, train_run
 
 runner = CliRunner()
 NO_CUDA = not torch.cuda.is_available()
@@ -71,7 +71,7 @@ def test_amp_bf16_leaves_the_grids_bit_identical():
 def test_amp_bf16_and_channels_last_training_run(tmp_path):
     from proqha.recipe import load_model
 
-    result = fit(TrainConfig(epochs=2, batch_size=128, amp="bf16", channels_last=True).resolved(), tmp_path / "r")
+    result = train_run(TrainConfig(epochs=2, batch_size=128, amp="bf16", channels_last=True).resolved(), tmp_path / "r")
     assert result["last"]["test_top1"] > 60
     model, _ = load_model(tmp_path / "r" / "checkpoints" / "last.pt")
     for layer in quant_layers(model).values():  # parameters and ranges stay float32 under AMP

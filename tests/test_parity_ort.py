@@ -25,7 +25,7 @@ from proqha.export.pair_sums import check_pair_sums, cpu_int8_path
 from proqha.export.validate import kernel_weights, ort_kernels, validate_export
 from proqha.quant import quant_layers
 from proqha.recipe import load_model
-from proqha.train import TrainConfig, fit
+from proqha.train import TrainConfig, train_run
 
 runner = CliRunner()
 
@@ -111,7 +111,7 @@ def test_per_layer_parity_finds_the_saturating_layers_of_an_int16_cpu():
 @pytest.fixture(scope="module")
 def dorefa_digits_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("dorefa") / "run"
-    fit(TrainConfig(epochs=2, batch_size=128, weight_quantizer="dorefa", bits=6).resolved(), run)
+    train_run(TrainConfig(epochs=2, batch_size=128, weight_quantizer="dorefa", bits=6).resolved(), run)
     return run / "checkpoints" / "last.pt"
 
 
@@ -200,7 +200,7 @@ def test_cli_export_fp32_and_best_under_cost(search_run):
 
 
 def test_exporting_a_float_run_to_int8_is_refused_up_front(tmp_path):
-    fit(TrainConfig(epochs=1, batch_size=256, bits=32).resolved(), tmp_path / "float")
+    train_run(TrainConfig(epochs=1, batch_size=256, bits=32).resolved(), tmp_path / "float")
     result = runner.invoke(app, ["export", str(tmp_path / "float"), "--out", str(tmp_path / "f.onnx")])
     assert result.exit_code == 2 and "is a float (32-bit) run: export it with --format onnx-fp32" in result.stderr
     assert not (tmp_path / "f.onnx").exists()

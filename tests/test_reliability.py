@@ -31,7 +31,7 @@ from proqha.errors import ProqhaError, first_line
 from proqha.files import read_jsonl
 from proqha.quant import BitConfig
 from proqha.runs import run_lock
-from proqha.train import TrainConfig, fit
+from proqha.train import TrainConfig, train_run
 
 PROQHA = [sys.executable, "-m", "proqha"]
 KILL_ROUNDS = 3
@@ -79,7 +79,7 @@ def test_sigkill_train_then_resume_equals_uninterrupted(tmp_path):
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
-    fit(TrainConfig(epochs=2, batch_size=128).resolved(), tmp_path / "train")
+    train_run(TrainConfig(epochs=2, batch_size=128).resolved(), tmp_path / "train")
     args = ["search", "--from", "train", "--steps", "3", "--candidates", "8", "--finetune-epochs", "1", "--final-epochs", "0",
             "--batch-size", "128"]
     ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
@@ -113,10 +113,10 @@ def test_sigint_stops_cleanly_with_the_resume_command(tmp_path):
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
-    fit(TrainConfig(epochs=1, batch_size=256).resolved(), tmp_path / "r")
+    train_run(TrainConfig(epochs=1, batch_size=256).resolved(), tmp_path / "r")
     with run_lock(tmp_path / "r"):
         with pytest.raises(ProqhaError, match=f"in use \\(pid {os.getpid()}\\)"):
-            fit(TrainConfig(epochs=2, batch_size=256).resolved(), tmp_path / "r", resume=True)
+            train_run(TrainConfig(epochs=2, batch_size=256).resolved(), tmp_path / "r", resume=True)
 
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -130,7 +130,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(ProqhaError, match="No space left on device; the previous version is intact"):
-        fit(TrainConfig(epochs=3, batch_size=256).resolved(), tmp_path / "r")
+        train_run(TrainConfig(epochs=3, batch_size=256).resolved(), tmp_path / "r")
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt").epoch == 1
     assert not list((tmp_path / "r").rglob("*.tmp"))
 
@@ -138,13 +138,13 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_non_finite_loss_stops_naming_epoch_batch_and_parameter(tmp_path):
     from proqha.checkpoint import save_checkpoint
 
-    fit(TrainConfig(epochs=1, batch_size=256).resolved(), tmp_path / "good")
+    train_run(TrainConfig(epochs=1, batch_size=256).resolved(), tmp_path / "good")
     state = load_checkpoint(tmp_path / "good" / "checkpoints" / "last.pt")
     state.model["layer2.0.bn1.weight"][0] = float("nan")
     save_checkpoint(state, tmp_path / "poisoned.pt")
     with pytest.raises(ProqhaError, match=r"loss became nan at epoch 1, batch 0 \(parameter layer2.0.bn1.weight "
                                           r"is non-finite\)"):
-        fit(TrainConfig(epochs=2, batch_size=256, init=str(tmp_path / "poisoned.pt")).resolved(), tmp_path / "r")
+        train_run(TrainConfig(epochs=2, batch_size=256, init=str(tmp_path / "poisoned.pt")).resolved(), tmp_path / "r")
 
 
 # --- hostile files -----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from proqha.quant import BitConfig, Quantizer, searchable_layers
 from proqha.recipe import load_model
 from proqha.search import Knob, SearchConfig, choose_candidate, hessian_score, run_search, sample_candidates
 from proqha.search.scores import Snapshot
-from proqha.train import TrainConfig, fit
+from proqha.train import TrainConfig, train_run
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ def _frontier(run_dir):
 def test_a_float_run_enters_the_search_as_a_whole_8_bit_model(tmp_path, trained):
     """Edge layers and residual adds too, as an 8-bit run would have them: else the search's result had
     float layers that no int8 runtime runs, and its export failed."""
-    fit(TrainConfig(epochs=1, batch_size=128, bits=32).resolved(), tmp_path / "float")
+    train_run(TrainConfig(epochs=1, batch_size=128, bits=32).resolved(), tmp_path / "float")
     run_search(_search_cfg(tmp_path / "float", steps=1), tmp_path / "s")
     model, state = load_model(tmp_path / "s" / "checkpoints" / "step-001.pt")
     quantizers = [q for q in model.modules() if isinstance(q, Quantizer)]

@@ -13,7 +13,7 @@ from proqha.errors import ProqhaError
 from proqha.files import read_jsonl
 from proqha.quant import BitConfig, quant_layers
 from proqha.recipe import load_model
-from proqha.train import TrainConfig, fit
+from proqha.train import TrainConfig, train_run
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -25,7 +25,7 @@ class _Killed(Exception):
 
 
 def test_run_directory_holds_config_metrics_bits_and_checkpoints(tmp_path):
-    result = fit(_cfg(epochs=2), tmp_path / "run")
+    result = train_run(_cfg(epochs=2), tmp_path / "run")
     run = tmp_path / "run"
     config = json.loads((run / "config.json").read_text())
     assert config["arch"] == "digits_resnet" and config["bits"] == 8 and config["epochs"] == 2
@@ -41,17 +41,17 @@ def test_run_directory_holds_config_metrics_bits_and_checkpoints(tmp_path):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
-    full = fit(_cfg(), tmp_path / "full")
+    full = train_run(_cfg(), tmp_path / "full")
 
     def kill_after_first_epoch(row):
         if row["epoch"] == 1:
             raise _Killed
 
     with pytest.raises(_Killed):
-        fit(_cfg(), tmp_path / "cut", on_epoch=kill_after_first_epoch)
+        train_run(_cfg(), tmp_path / "cut", on_epoch=kill_after_first_epoch)
     assert len(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == 1
     epochs_run = []
-    resumed = fit(_cfg(), tmp_path / "cut", resume=True, on_epoch=lambda r: epochs_run.append(r["epoch"]))
+    resumed = train_run(_cfg(), tmp_path / "cut", resume=True, on_epoch=lambda r: epochs_run.append(r["epoch"]))
     assert epochs_run == [2, 3]  # continues from the last completed epoch
     full_rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     cut_rows = read_jsonl(tmp_path / "cut" / "metrics.jsonl")
@@ -65,45 +65,45 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_same_seed_same_result(tmp_path):
-    r1 = fit(_cfg(epochs=1), tmp_path / "a")
-    r2 = fit(_cfg(epochs=1), tmp_path / "b")
+    r1 = train_run(_cfg(epochs=1), tmp_path / "a")
+    r2 = train_run(_cfg(epochs=1), tmp_path / "b")
     assert r1["last"]["train_loss"] == r2["last"]["train_loss"]
 
 
 def test_more_epochs_on_resume_stretch_the_schedule_and_fewer_are_refused(tmp_path):
-    fit(_cfg(epochs=2), tmp_path / "r")  # its cosine schedule ends at 0
-    fit(_cfg(epochs=3), tmp_path / "r", resume=True)
+    train_run(_cfg(epochs=2), tmp_path / "r")  # its cosine schedule ends at 0
+    train_run(_cfg(epochs=3), tmp_path / "r", resume=True)
     rows = read_jsonl(tmp_path / "r" / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[2]["lr"] == pytest.approx(0.05 * (1 + math.cos(2 * math.pi / 3)) / 2)  # as if planned for 3
     assert json.loads((tmp_path / "r" / "config.json").read_text())["epochs"] == 3  # a later resume keeps it
     with pytest.raises(ProqhaError, match="has already trained 3 epochs"):
-        fit(_cfg(epochs=1), tmp_path / "r", resume=True)
+        train_run(_cfg(epochs=1), tmp_path / "r", resume=True)
 
 
 def test_float_training_then_qat_from_its_checkpoint(tmp_path):
-    fit(_cfg(epochs=1, bits=32), tmp_path / "float")
+    train_run(_cfg(epochs=1, bits=32), tmp_path / "float")
     float_state = load_checkpoint(tmp_path / "float" / "checkpoints" / "last.pt")
     assert set(float_state.bits["layer1.0.conv1"].values()) == {32}
-    result = fit(_cfg(epochs=1, bits=4, init=str(tmp_path / "float" / "checkpoints" / "last.pt")), tmp_path / "q")
+    result = train_run(_cfg(epochs=1, bits=4, init=str(tmp_path / "float" / "checkpoints" / "last.pt")), tmp_path / "q")
     assert result["last"]["test_top1"] > 50
     bits = BitConfig.load(tmp_path / "q" / "bits.json")
     assert bits["layer1.0.conv1"] == {"w": 4, "a": 4} and bits["conv1"] == {"w": 8, "a": 8}
 
 
 def test_bits_file_sets_mixed_precision(tmp_path):
-    fit(_cfg(epochs=1), tmp_path / "a")
+    train_run(_cfg(epochs=1), tmp_path / "a")
     bits = BitConfig.load(tmp_path / "a" / "bits.json").to_dict()
     bits["layer2.0.conv1"] = {"w": 3, "a": 6}
     BitConfig(bits).save(tmp_path / "mixed.json")
-    fit(_cfg(epochs=1, bits_file=str(tmp_path / "mixed.json")), tmp_path / "b")
+    train_run(_cfg(epochs=1, bits_file=str(tmp_path / "mixed.json")), tmp_path / "b")
     assert BitConfig.load(tmp_path / "b" / "bits.json")["layer2.0.conv1"] == {"w": 3, "a": 6}
 
 
 def test_init_from_another_architecture_is_refused(tmp_path):
-    fit(_cfg(epochs=1), tmp_path / "a")
+    train_run(_cfg(epochs=1), tmp_path / "a")
     with pytest.raises(ProqhaError, match="does not fit resnet20"):
-        fit(_cfg(epochs=1, arch="resnet20", init=str(tmp_path / "a" / "checkpoints" / "last.pt")), tmp_path / "b")
+        train_run(_cfg(epochs=1, arch="resnet20", init=str(tmp_path / "a" / "checkpoints" / "last.pt")), tmp_path / "b")
     assert not (tmp_path / "b").exists()  # nothing written
 
 
@@ -122,7 +122,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 
 def test_truncated_checkpoint_is_one_clear_error(tmp_path):
-    fit(_cfg(epochs=1), tmp_path / "a")
+    train_run(_cfg(epochs=1), tmp_path / "a")
     data = (tmp_path / "a" / "checkpoints" / "last.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ProqhaError, match="unreadable or truncated"):

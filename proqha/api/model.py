@@ -105,7 +105,7 @@ def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = N
     (where quantized layers compute as the deployed integer kernels do). A class never predicted while the
     float network predicts it, or logits at their quantizer's limit, are warned about (``warnings``) and
     listed under ``warnings``."""
-    from proqha.evaluation import evaluate as run_evaluate
+    from proqha.evaluation import evaluate_loader as run_evaluate
     from proqha.evaluation import output_warnings
     from proqha.health import OutputHealth
 

@@ -16,7 +16,7 @@ from proqha.train_config import TrainConfig
 def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
     """Train ``cfg`` into ``run_dir`` with a progress bar, a line per epoch and the summary table."""
     from proqha import distributed
-    from proqha.train import fit
+    from proqha.train import train_run
 
     progress = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
@@ -39,7 +39,7 @@ def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
 
     try:
         try:
-            result = fit(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
+            result = train_run(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
         finally:
             if progress.live.is_started:  # stopping a progress never started still prints a blank line
                 progress.stop()

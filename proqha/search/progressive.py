@@ -37,7 +37,7 @@ from proqha.search.targets import budget_progress, target_met, target_values, wi
 from proqha.seeds import Salt, step_seed
 from proqha.train import (
     LossFn,
-    evaluate,
+    evaluate_loader,
     make_optimizer,
     output_warnings,
     resolve_device,
@@ -181,7 +181,7 @@ class ProgressiveSearch:
         report = self.cost_of(bits)
         batches = self.data.test_batches()
         health = OutputHealth()
-        test = evaluate(maybe_compiled(self.model, self.cfg.compile), batches, self.device, self.loss_fn, health) \
+        test = evaluate_loader(maybe_compiled(self.model, self.cfg.compile), batches, self.device, self.loss_fn, health) \
             if batches is not None else \
             {"test_top1": math.nan, "test_top5": math.nan}
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from proqha.quant import BitConfig
-from proqha.train import evaluate
+from proqha.train import evaluate_loader
 
 
 class Snapshot:
@@ -72,9 +72,9 @@ def hessian_score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Ma
 def loss_score(model: nn.Module, loader: DataLoader, device: torch.device,
                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
     """Mean loss on held-out calibration data, as the candidate stands (lower is better)."""
-    return evaluate(model, loader, device, loss_fn)["test_loss"]
+    return evaluate_loader(model, loader, device, loss_fn)["test_loss"]
 
 
 def accuracy_score(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
     """Error rate (percent, lower is better) on held-out calibration data, as the candidate stands."""
-    return 100.0 - evaluate(model, loader, device)["test_top1"]
+    return 100.0 - evaluate_loader(model, loader, device)["test_top1"]
