@@ -39,7 +39,9 @@ TRAINING_FIXTURES = {"digits_run", "search_run", "digits_model", "trained", "run
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that need a trained model or run the torchvision zoo are slow: `pytest -m "not slow"` skips them."""
-    for item in items:
-        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ == "test_zoo":
-            item.add_marker(pytest.mark.slow)
+    """Tests that train a model or run the torchvision zoo carry ``@pytest.mark.slow`` (so `pytest -m "not slow"`
+    skips them); a test that uses a training fixture without it stops the run, naming it."""
+    unmarked = [item.nodeid for item in items
+                if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests @pytest.mark.slow (they train a model first): {', '.join(unmarked)}")

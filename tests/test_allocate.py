@@ -6,6 +6,8 @@ import csv
 import itertools
 import random
 
+import pytest
+
 from proqha.cost import CostReport, LayerCost
 from proqha.search import SearchConfig, run_search
 from proqha.search.allocate import _total, allocate
@@ -56,6 +58,7 @@ def test_allocation_is_feasible_spends_its_slack_and_is_nearly_always_optimal():
     assert optimal >= 54  # measured: 55 of 60 (the relaxation has a duality gap; the local search closes most)
 
 
+@pytest.mark.slow
 def test_allocate_search_meets_both_budgets_in_the_steps_ratio_gives(search_run, tmp_path):
     source = search_run.parent / "train-1"
     cfg = SearchConfig(source=str(source), strategy="allocate", ratio=0.5, steps=8, finetune_epochs=0, final_epochs=0,

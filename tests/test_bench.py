@@ -50,6 +50,7 @@ def test_stats_from_hand_values():
     assert s.mean_ms == pytest.approx(2.5)
 
 
+@pytest.mark.slow
 def test_bench_cli_table_json_csv_and_plots(search_run):
     result = runner.invoke(app, ["bench", str(search_run), "--engine", "ort", "--engine", "torch", "--batch", "1,4",
                                  "--iters", "5", "--warmup", "1", "--samples", "64", "--plot"])
@@ -90,6 +91,7 @@ def test_bench_cli_table_json_csv_and_plots(search_run):
         assert (search_run / "bench" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_no_anchor_leaves_the_quantize_static_row_out(search_run, tmp_path):
     result = runner.invoke(app, ["bench", str(search_run), "--batch", "1", "--iters", "1", "--warmup", "0",
                                  "--samples", "16", "--no-anchor", "--out-dir", str(tmp_path)])
@@ -99,6 +101,7 @@ def test_no_anchor_leaves_the_quantize_static_row_out(search_run, tmp_path):
     assert "vs qs" not in result.stdout
 
 
+@pytest.mark.slow
 def test_a_model_quantize_static_cannot_take_keeps_its_rows_and_warns_once(search_run, tmp_path, monkeypatch):
     import proqha.deploy.ort_anchor as ort_anchor
 
@@ -127,6 +130,7 @@ def test_the_anchor_calibrates_on_the_calibration_split():
     assert not any(torch.equal(images[0], train[i][0]) for i in range(len(train)))  # held out of training
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="needs OpenVINO (pip install -e '.[openvino]')")
 def test_openvino_engine_times_the_same_files_with_the_anchor(search_run, tmp_path):
     result = runner.invoke(app, ["bench", str(search_run), "--engine", "ort", "--engine", "openvino", "--batch", "1",
@@ -144,6 +148,7 @@ def test_openvino_engine_times_the_same_files_with_the_anchor(search_run, tmp_pa
             assert r["sanity_agreement"] >= 95.0 and r["engine_top1"] == pytest.approx(r["torch_top1"], abs=3.0)
 
 
+@pytest.mark.slow
 def test_openvino_missing_is_one_line_exit_2_before_any_work(search_run, tmp_path, monkeypatch):
     import builtins
 
@@ -162,6 +167,7 @@ def test_openvino_missing_is_one_line_exit_2_before_any_work(search_run, tmp_pat
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")
 @pytest.mark.parametrize("args", [["bench", "--engine", "trt"], ["export", "--format", "trt"]])
 def test_trt_without_tensorrt_is_one_line_exit_2(search_run, tmp_path, monkeypatch, args):
@@ -174,6 +180,7 @@ def test_trt_without_tensorrt_is_one_line_exit_2(search_run, tmp_path, monkeypat
     assert sorted(p.name for p in search_run.rglob("*")) == before
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and an NVIDIA GPU (pip install -e '.[trt]')")
 def test_trt_engine_builds_and_matches(search_run):
@@ -186,6 +193,7 @@ def test_trt_engine_builds_and_matches(search_run):
     assert layers["int8_conv_gemm"] == layers["conv_gemm"] > 0  # the quantized step runs INT8 tactics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--engine", "tpu"], "--engine must be one of"),
     (["--batch", "0"], "--batch must be"),
@@ -199,6 +207,7 @@ def test_bench_bad_input(search_run, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_one_file_size_figure_the_written_files_bytes_in_export_bench_and_report(search_run, tmp_path):
     """export, bench and report --file-size give the size of the file proqha export writes, to the byte."""
     from proqha.deploy.search_plots import measure_file_sizes

@@ -131,6 +131,7 @@ def test_the_cli_app_and_its_help_load_neither_torch_nor_onnx():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["export", "bench"])
 def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(command, search_run, tmp_path):
     """A file where a folder of the output path must go: one line naming it, before parity or timing."""

@@ -96,6 +96,7 @@ def test_step_options_on_a_plain_loop():
     assert row["train_top1"] >= 0 and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not NO_CUDA, reason="CUDA is present: the missing-CUDA path cannot run")
 @pytest.mark.parametrize("args", [
     ["train", "--device", "cuda"],
@@ -117,6 +118,7 @@ def test_cuda_without_cuda_is_one_line_exit_2(search_run, tmp_path, monkeypatch,
     assert len(lines) == 1 and ("CUDA" in lines[0] or "cuda" in lines[0])
 
 
+@pytest.mark.slow
 def test_device_cpu_everywhere(search_run):
     for args in (["export", str(search_run), "--device", "cpu", "--out", str(search_run / "cpu.onnx"),
                   "--samples", "32"],

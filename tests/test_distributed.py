@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
     return root, ddp
 
 
+@pytest.mark.slow
 def test_ddp_training_follows_the_single_process_loss_curve(trained):
     root, _ = trained
     a, b = read_jsonl(root / "single" / "metrics.jsonl"), read_jsonl(root / "ddp" / "metrics.jsonl")
@@ -47,6 +48,7 @@ def test_ddp_training_follows_the_single_process_loss_curve(trained):
     assert abs(b[-1]["test_top1"] - a[-1]["test_top1"]) < 4.0
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes(trained):
     root, ddp = trained
     single = sorted(p.relative_to(root / "single").as_posix() for p in (root / "single").rglob("*"))
@@ -56,6 +58,7 @@ def test_only_rank_0_writes(trained):
     assert ddp.stdout.count("proqha train") == 1  # one summary table
 
 
+@pytest.mark.slow
 def test_candidate_parallel_search_chooses_the_single_process_bits(trained):
     root, _ = trained
     args = ["search", "--from", "single", "--steps", "1", "--candidates", "6", "--finetune-epochs", "1", "--final-epochs", "0",
@@ -68,6 +71,7 @@ def test_candidate_parallel_search_chooses_the_single_process_bits(trained):
     assert len((root / "s2" / "frontier.csv").read_text().splitlines()) == 3  # header, steps 0 and 1
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_job_with_a_clear_message(tmp_path):
     entry = str(Path(__file__).with_name("fault_entry.py"))  # rank 1 fails right after joining
     result = _run(TORCHRUN[:-2] + [entry, "train", "--epochs", "2", "--run-dir", "r"], tmp_path,

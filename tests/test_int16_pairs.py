@@ -182,6 +182,7 @@ def vnni_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_cli_reports_the_cpu_path_and_parity_flags_an_old_graph_on_any_cpu(vnni_run, tmp_path):
     good = runner.invoke(app, ["export", str(vnni_run), "--out", str(tmp_path / "m.onnx"), "--samples", "64"])
     assert good.exit_code == 0, good.output
@@ -205,6 +206,7 @@ def test_cli_reports_the_cpu_path_and_parity_flags_an_old_graph_on_any_cpu(vnni_
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.slow
 def test_cli_vnni_graph_is_validated_only_where_it_can_be_exact(vnni_run, tmp_path):
     result = runner.invoke(app, ["export", str(vnni_run), "--out", str(tmp_path / "v.onnx"), "--samples", "64",
                                  "--int8-kernels", "vnni"])

@@ -109,6 +109,7 @@ def test_trt_profile_keeps_int8_weights():
     assert not any(t.data_type in (TensorProto.INT2, TensorProto.INT4) for t in proto.graph.initializer)
 
 
+@pytest.mark.slow
 def test_cli_weights_option(tmp_path, search_run):
     runner = CliRunner()
     out = tmp_path / "int8.onnx"

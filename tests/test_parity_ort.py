@@ -51,6 +51,7 @@ def _assert_exact(report, info):
     assert ort_parity.agreement >= 95.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["8", "4", "2", "mixed"])
 def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
     model, _ = load_model(digits_model)
@@ -59,6 +60,7 @@ def test_digits_export_runs_in_int8_and_matches_pytorch(digits_model, config):
     _assert_exact(validate_export(proto, info, model, _digits_batches()), info)
 
 
+@pytest.mark.slow
 def test_a_trained_uniform_8_bit_graph_runs_the_kernels_quantize_static_runs(digits_model):
     # each tensor is quantized once: a conv reading a residual add's output shares its grid, so onnxruntime
     # runs the integer kernels and nothing else (the one input QuantizeLinear, the one output Dequantize)
@@ -172,6 +174,7 @@ def test_graph_is_opset_19_with_a_dynamic_batch():
 
 # --- the CLI -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_export_writes_model_metadata_and_parity(search_run):
     result = runner.invoke(app, ["export", str(search_run), "--step", "1", "--force"])
     assert result.exit_code == 0, result.output
@@ -187,6 +190,7 @@ def test_cli_export_writes_model_metadata_and_parity(search_run):
     assert exists.exit_code == 2 and "exists; pass --force" in exists.stderr
 
 
+@pytest.mark.slow
 def test_cli_export_fp32_and_best_under_cost(search_run):
     result = runner.invoke(app, ["export", str(search_run), "--format", "onnx-fp32", "--best-under-cost", "0.25",
                                  "--out", str(search_run / "fp32.onnx")])
@@ -206,6 +210,7 @@ def test_exporting_a_float_run_to_int8_is_refused_up_front(tmp_path):
     assert not (tmp_path / "f.onnx").exists()
 
 
+@pytest.mark.slow
 def test_parity_refuses_a_run_with_other_bits_and_keeps_the_report(search_run, tmp_path):
     out = tmp_path / "step1.onnx"
     assert runner.invoke(app, ["export", str(search_run), "--step", "1", "--out", str(out)]).exit_code == 0
@@ -215,6 +220,7 @@ def test_parity_refuses_a_run_with_other_bits_and_keeps_the_report(search_run, t
     assert (tmp_path / "step1.parity.json").read_text() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_parity_refuses_a_corrupted_model_with_one_line(search_run, tmp_path, damage):
     runner.invoke(app, ["export", str(search_run), "--out", str(tmp_path / "good.onnx"), "--no-check"])
@@ -227,6 +233,7 @@ def test_parity_refuses_a_corrupted_model_with_one_line(search_run, tmp_path, da
     assert len(lines) == 1 and lines[0].startswith("error: ") and "bad.onnx" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--step", "99"], "--step 99"),
     (["--best-under-cost", "0.001"], "no step"),
@@ -254,6 +261,7 @@ def test_agreement_counts_one_step_ties_but_not_real_disagreements():
     assert p.agreement_ties == pytest.approx(200 / 3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs OpenVINO (pip install -e '.[openvino]')")
 def test_parity_in_openvino_is_measured_and_reported(search_run, tmp_path):
     out = tmp_path / "m.onnx"

@@ -256,6 +256,7 @@ def _offline(*args, **kwargs):
     raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a)[:50] for a, _ in BAD])
 def test_bad_invocation_exits_2_with_one_line_and_writes_nothing(runs, tmp_path, monkeypatch, capsys, args, message):
     (tmp_path / "file").write_text("not json, not a folder, not onnx")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from typer.testing import CliRunner
 
 from proqha.cli.app import app
@@ -27,6 +28,7 @@ def test_a_step_dominates_only_with_no_more_cost_no_more_bitops_no_less_accuracy
     assert dominating_steps(rows, point) == [3]
 
 
+@pytest.mark.slow
 def test_report_states_per_baseline_whether_a_step_dominates_it(search_run, monkeypatch):
     monkeypatch.chdir(search_run.parent.parent)
     result = runner.invoke(app, ["report", str(search_run)])
@@ -39,6 +41,7 @@ def test_report_states_per_baseline_whether_a_step_dominates_it(search_run, monk
     assert expected in result.stdout
 
 
+@pytest.mark.slow
 def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(search_run, monkeypatch):
     import onnx
 
@@ -65,6 +68,7 @@ def test_report_file_size_exports_every_step_and_plots_accuracy_against_it(searc
     assert proto.ByteSize() < rows[-1]["file_bytes"]
 
 
+@pytest.mark.slow
 def test_report_compares_a_search_with_its_start_and_uniform_runs_of_the_same_recipe_only(search_run, tmp_path):
     """Unrelated train runs beside a search (another recipe: other epochs, optimizer) are not baselines; the
     run it started from is, even when not the newest; a same-recipe run at other bits is."""

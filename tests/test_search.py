@@ -43,6 +43,7 @@ def _frontier(run_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_float_run_enters_the_search_as_a_whole_8_bit_model(tmp_path, trained):
     """Edge layers and residual adds too, as an 8-bit run would have them: else the search's result had
     float layers that no int8 runtime runs, and its export failed."""
@@ -142,6 +143,7 @@ def test_lam_zero_picks_the_lowest_score_and_lam_trades_for_savings():
 
 # --- whole searches --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cost_falls_every_step_and_files_are_written(trained, tmp_path):
     result = run_search(_search_cfg(trained), tmp_path / "s")
     assert result == {"stopped": "steps", "steps": 3, "run_dir": str(tmp_path / "s")}
@@ -156,6 +158,7 @@ def test_cost_falls_every_step_and_files_are_written(trained, tmp_path):
     assert ckpt.bits["layer1.0.conv1"]["w"] == int(rows[-1]["layer1.0.conv1/w"])
 
 
+@pytest.mark.slow
 def test_resume_right_after_the_step_0_checkpoint_logs_step_0_once(trained, tmp_path):
     class Killed(Exception):
         pass
@@ -198,6 +201,7 @@ def test_stopped_then_resumed_search_equals_uninterrupted(trained, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [{"target_cost": 0.2}, {"target_bitops": 0.04}, {"target_size_mb": 0.06}])
 def test_targets_stop_the_search(trained, tmp_path, target):
     result = run_search(_search_cfg(trained, steps=20, finetune_epochs=0, **target), tmp_path / "s")
@@ -211,6 +215,7 @@ def test_targets_stop_the_search(trained, tmp_path, target):
     assert measure(last) <= value < measure(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["table", "sets"])
 def test_search_lands_on_both_targets(trained, tmp_path, strategy):
     """Paper cost and BitOPs together (uniform W4A4's): the search ends at or below both, and its last
@@ -246,6 +251,7 @@ def test_search_lands_on_both_targets(trained, tmp_path, strategy):
     assert not all(undone)  # some knob of the last step was needed to meet the targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["table", "sets"])
 def test_a_target_just_below_the_start_costs_one_knob(trained, tmp_path, strategy):
     """A paper-cost target a hair below the start is met by lowering one weight knob, not ratio x knobs."""
@@ -262,6 +268,7 @@ def _frontier_of(result):
     return _frontier(Path(result["run_dir"]))
 
 
+@pytest.mark.slow
 def test_weights_only_search_keeps_activations_fixed(trained, tmp_path):
     cfg = _search_cfg(trained, steps=2, finetune_epochs=0, knobs="weights", fixed_bits=4)
     run_search(cfg, tmp_path / "s")
@@ -277,6 +284,7 @@ def test_weights_only_search_keeps_activations_fixed(trained, tmp_path):
     assert (tmp_path / "s" / "bits.png").is_file()
 
 
+@pytest.mark.slow
 def test_search_stops_at_the_floor(trained, tmp_path):
     result = run_search(_search_cfg(trained, min_bits=7, ratio=0.5, steps=10, finetune_epochs=0), tmp_path / "s")
     assert result == {"stopped": "floor", "steps": 2, "run_dir": str(tmp_path / "s")}
@@ -284,6 +292,7 @@ def test_search_stops_at_the_floor(trained, tmp_path):
     assert all(int(v) == 7 for k, v in last.items() if "/" in k)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion", ["acc", "random"])
 def test_other_criteria_run(trained, tmp_path, criterion):
     result = run_search(_search_cfg(trained, criterion=criterion, steps=1), tmp_path / "s")
@@ -292,6 +301,7 @@ def test_other_criteria_run(trained, tmp_path, criterion):
     assert (row["score"] == "nan") == (criterion == "random")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["table", "sets"])
 def test_same_seed_same_search(trained, tmp_path, strategy):
     """The same seed repeats a search; another seed draws other candidate sets (the reference's strategy)."""
@@ -365,6 +375,7 @@ def _wrong_arch_checkpoint(trained, tmp_path):
     (["--from", "WRONG"], "does not fit resnet20_post"),
     (["--from", "missing-run"], "no such checkpoint or run directory"),
 ])
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_one_line(trained, tmp_path, monkeypatch, args, message):
     wrong = _wrong_arch_checkpoint(trained, tmp_path)
     work = tmp_path / "work"
@@ -395,6 +406,7 @@ def test_auto_strategy_allocates_a_budget_and_otherwise_walks_the_table():
     assert resolved(target_cost=0.1, criterion="random") == "table"  # the random control
 
 
+@pytest.mark.slow
 def test_final_epochs_train_only_the_last_step(trained, tmp_path):
     run_search(_search_cfg(trained, steps=2, finetune_epochs=0, final_epochs=1), tmp_path / "s")
     rows = _frontier(tmp_path / "s")

@@ -24,6 +24,8 @@ from proqha.export.pair_sums import check_pair_sums  # noqa: E402
 from proqha.export.validate import validate_export  # noqa: E402
 from proqha.quant import QuantConfig, quantize_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every case converts and exports torchvision models
+
 FAMILIES = [  # (model, input size, bits): the operators each one brings; the rest in test_operators_*
     ("mobilenet_v3_small", 32, "8"),      # Hardswish, Hardsigmoid, squeeze-excitation mul
     ("mobilenet_v3_small", 32, "mixed"),  # the same at 2..8-bit knobs, depthwise convs
