@@ -10,7 +10,7 @@ import re
 import sys
 from typing import Any, Callable
 
-from proqha.errors import ProqhaError, first_line
+from proqha.errors import OptionError, ProqhaError, first_line
 
 _PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -31,10 +31,10 @@ def import_object(path: str, option: str) -> Any:
     """The object ``path`` (``pkg.module:attr``, dots in ``attr`` walk attributes) names.
 
     Any problem (bad syntax, a module that is missing or fails to import, a missing attribute) is one
-    ProqhaError naming ``option``.
+    OptionError naming ``option`` (as the API spells it: ``arch``, ``dataset``).
     """
     if not _PATH.match(path):
-        raise ProqhaError(f"{option} {path!r} is not an import path of the form package.module:factory")
+        raise OptionError(option, f"{path!r} is not an import path of the form package.module:factory")
     module_name, attr = path.split(":", 1)
     cwd = os.getcwd()
     if cwd not in sys.path:
@@ -43,14 +43,14 @@ def import_object(path: str, option: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise ProqhaError(f"{option} {path}: no module named {module_name!r} (looked in the working directory "
+            raise OptionError(option, f"{path}: no module named {module_name!r} (looked in the working directory "
                               f"{cwd} and on sys.path)") from None
-        raise ProqhaError(f"{option} {path}: importing {module_name!r} failed: {first_line(exc)}") from exc
+        raise OptionError(option, f"{path}: importing {module_name!r} failed: {first_line(exc)}") from exc
     except Exception as exc:  # noqa: BLE001 - user code can raise anything while it is imported
-        raise ProqhaError(f"{option} {path}: importing {module_name!r} failed: {first_line(exc)}") from exc
+        raise OptionError(option, f"{path}: importing {module_name!r} failed: {first_line(exc)}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ProqhaError(f"{option} {path}: module {module_name!r} has no attribute {attr!r}")
+            raise OptionError(option, f"{path}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -59,7 +59,7 @@ def import_callable(path: str, option: str) -> Callable[..., Any]:
     """``import_object`` that must name something callable (a factory)."""
     obj = import_object(path, option)
     if not callable(obj):
-        raise ProqhaError(f"{option} {path}: {type(obj).__name__} object is not callable (expected a factory)")
+        raise OptionError(option, f"{path}: {type(obj).__name__} object is not callable (expected a factory)")
     return obj
 
 
@@ -81,4 +81,4 @@ def call_factory(fn: Callable[..., Any], path: str, option: str, **kwargs: Any) 
     except ProqhaError:
         raise
     except Exception as exc:  # noqa: BLE001 - user code can raise anything
-        raise ProqhaError(f"{option} {path} raised {type(exc).__name__}: {first_line(exc)}") from exc
+        raise OptionError(option, f"{path} raised {type(exc).__name__}: {first_line(exc)}") from exc

@@ -88,8 +88,8 @@ class TrainConfig:
         data = get_dataset_spec(self.dataset, self.data_dir)
         arch = self.arch or data.default_arch
         if arch is None:
-            raise OptionError("dataset", f"{self.dataset} has no default architecture; pass --arch (a name or "
-                                         "package.module:factory)")
+            raise OptionError("dataset", f"{self.dataset} has no default architecture; pass arch (a name or "
+                                         "package.module:factory)", others=("arch",))
         get_model_spec(arch)
         self._check_quant_options()
         check_options(self)

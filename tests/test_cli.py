@@ -43,7 +43,7 @@ def test_cli_resume_continues_the_latest_run(tmp_path, monkeypatch):
 BAD = [
     (["train", "--arch", "nope"], "unknown architecture 'nope'"),
     (["train", "--bits", "9"], "--bits must be an integer in 2..8 or 32"),
-    (["train", "--dataset", "cifar10", "--data-dir", "missing-dir"], "data directory not found: missing-dir"),
+    (["train", "--dataset", "cifar10", "--data-dir", "missing-dir"], "--data-dir not found: missing-dir"),
     (["train", "--dataset", "cifar10"], "needs --data-dir"),
     (["train", "--bits-file", "nope.json"], "bit config file not found"),
     (["train", "--init", "nope.pt"], "checkpoint not found"),

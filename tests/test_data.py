@@ -38,7 +38,7 @@ def test_registry_lists_the_documented_datasets():
 def test_missing_data_dir_is_one_clear_error(name, tmp_path):
     with pytest.raises(ProqhaError, match="not found"):
         load_dataset(name, "train", tmp_path / "absent")
-    with pytest.raises(ProqhaError, match="needs --data-dir"):
+    with pytest.raises(ProqhaError, match="needs data_dir"):
         load_dataset(name, "train", None)
 
 

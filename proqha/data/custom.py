@@ -15,10 +15,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
 from proqha.imports import call_factory, import_callable
 
-OPTION = "--dataset"
+OPTION = "dataset"
 CHECKED_SAMPLES = 32  # samples of each split whose shape and label are checked up front
 
 
@@ -48,7 +48,7 @@ def load_splits(path: str, data_dir: str | None = None) -> DataSplits:
 
 @lru_cache(maxsize=4)
 def _load(factory: Callable[..., Any], path: str, data_dir: str | None) -> DataSplits:
-    return check_splits(call_factory(factory, path, OPTION, data_dir=data_dir), f"{OPTION} {path}")
+    return check_splits(call_factory(factory, path, OPTION, data_dir=data_dir), str(path))
 
 
 def check_splits(result: Any, where: str) -> DataSplits:
@@ -58,33 +58,33 @@ def check_splits(result: Any, where: str) -> DataSplits:
         unknown = sorted(set(result) - names)
         missing = sorted(n for n in ("train", "test", "num_classes") if n not in result)
         if unknown or missing:
-            raise ProqhaError(f"{where} returned a dict with {'unknown keys ' + ', '.join(unknown) if unknown else ''}"
+            raise OptionError(OPTION, f"{where} returned a dict with {'unknown keys ' + ', '.join(unknown) if unknown else ''}"
                               f"{'; ' if unknown and missing else ''}"
                               f"{'no ' + ', '.join(missing) if missing else ''}; expected train, test, num_classes "
                               "and optionally input_size, calib")
         result = DataSplits(**result)
     if not isinstance(result, DataSplits):
-        raise ProqhaError(f"{where} returned {type(result).__name__}; expected proqha.DataSplits(train, test, "
+        raise OptionError(OPTION, f"{where} returned {type(result).__name__}; expected proqha.DataSplits(train, test, "
                           "num_classes, ...) or a dict with those keys")
     if isinstance(result.num_classes, bool) or not isinstance(result.num_classes, int) or result.num_classes < 1:
-        raise ProqhaError(f"{where}: num_classes must be a positive int, got {result.num_classes!r}")
+        raise OptionError(OPTION, f"{where}: num_classes must be a positive int, got {result.num_classes!r}")
     splits = {"train": result.train, "test": result.test} | ({"calib": result.calib} if result.calib is not None else {})
     for name, data in splits.items():
         if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-            raise ProqhaError(f"{where}: {name} is a {type(data).__name__}, not a map-style dataset (len and [i])")
+            raise OptionError(OPTION, f"{where}: {name} is a {type(data).__name__}, not a map-style dataset (len and [i])")
         if len(data) == 0:
-            raise ProqhaError(f"{where}: the {name} split is empty")
+            raise OptionError(OPTION, f"{where}: the {name} split is empty")
     input_size = result.input_size
     if input_size is None:
         input_size = _first_sample(result.train, "train", where)[0].shape
     input_size = tuple(input_size)
     if len(input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in input_size):
-        raise ProqhaError(f"{where}: input_size must be (channels, height, width), got {input_size}")
+        raise OptionError(OPTION, f"{where}: input_size must be (channels, height, width), got {input_size}")
     for name, data in splits.items():
         for i in range(min(len(data), CHECKED_SAMPLES)):
             x, y = _sample(data, i, name, where)
             if tuple(x.shape) != input_size:
-                raise ProqhaError(f"{where}: {name} images have shape {tuple(x.shape)}, expected input_size "
+                raise OptionError(OPTION, f"{where}: {name} images have shape {tuple(x.shape)}, expected input_size "
                                   f"{input_size}")
             label = _scalar(y)
             if not is_class_index(label, result.num_classes):
@@ -161,11 +161,11 @@ def _sample(data: Dataset, i: int, name: str, where: str) -> tuple[torch.Tensor,
     try:
         sample = data[i]
     except Exception as exc:  # noqa: BLE001 - user datasets can raise anything
-        raise ProqhaError(f"{where}: reading {name}[{i}] raised {type(exc).__name__}: {exc}") from exc
+        raise OptionError(OPTION, f"{where}: reading {name}[{i}] raised {type(exc).__name__}: {exc}") from exc
     if not (isinstance(sample, (tuple, list)) and len(sample) == 2):
-        raise ProqhaError(f"{where}: {name}[{i}] is a {type(sample).__name__}; expected an (image, label) pair")
+        raise OptionError(OPTION, f"{where}: {name}[{i}] is a {type(sample).__name__}; expected an (image, label) pair")
     x, y = sample
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ProqhaError(f"{where}: {name} images must be float tensors, got "
+        raise OptionError(OPTION, f"{where}: {name} images must be float tensors, got "
                           f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
     return x, y

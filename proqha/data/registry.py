@@ -20,7 +20,7 @@ from urllib.error import URLError
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
 from proqha.imports import is_import_path
 
 SPLITS = ("train", "calib", "test")
@@ -103,7 +103,7 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
     except URLError as exc:  # --download without a network
         if created:  # the folder the download began: nothing of the user's is in it
             shutil.rmtree(path, ignore_errors=True)
-        raise ProqhaError(f"--download: could not fetch {name!r} into {path}: {exc.reason}") from None
+        raise OptionError("download", f"could not fetch {name!r} into {path}: {exc.reason}") from None
     calib_idx, train_idx = calibration_split(len(full))
     return Subset(full, train_idx if split == "train" else calib_idx)
 
@@ -119,9 +119,9 @@ def check_data_dir(name: str, data_dir: str | Path | None, download: bool = Fals
     spec = get_dataset_spec(name)
     if spec.needs_data_dir:
         if path is None:
-            raise ProqhaError(f"dataset {name!r} needs --data-dir (the folder holding its files)")
+            raise OptionError("dataset", f"{name!r} needs data_dir (the folder holding its files)", others=("data_dir",))
         if not path.exists() and not download:
-            raise ProqhaError(f"data directory not found: {path} (pass --download to fetch {name!r} there)")
+            raise OptionError("data_dir", f"not found: {path} (download fetches {name!r} there)", others=("download",))
         if path.exists() and not path.is_dir():
             raise ProqhaError(f"data directory is not a folder: {path}")
     return path

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from torch.utils.data import Dataset
 
 from proqha.data.registry import register_dataset
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
 
 if TYPE_CHECKING:
     import torchvision.transforms as T
@@ -31,7 +31,8 @@ def _open(factory, name: str, root: Path, **kwargs) -> Dataset:
     try:
         return factory(root=str(root), **kwargs)
     except RuntimeError as exc:
-        raise ProqhaError(f"{name} not found or malformed under {root} ({exc}); pass --download to fetch it") from None
+        raise OptionError("data_dir", f"{root}: {name} not found or malformed ({exc}); download fetches it",
+                          others=("download",)) from None
 
 
 def _cifar_transform(split: str, stats) -> T.Compose:
@@ -67,7 +68,8 @@ def cifar100(data_dir: Path, split: str, download: bool) -> Dataset:
 def imagefolder(data_dir: Path, split: str, download: bool) -> Dataset:
     """ImageNet layout: --data-dir/train/<class>/*.jpeg and --data-dir/val/<class>/*.jpeg."""
     if download:
-        raise ProqhaError("imagefolder cannot be downloaded; point --data-dir at a folder with train/ and val/")
+        raise OptionError("download", "is not possible for imagefolder; point data_dir at a folder with train/ and val/",
+                          others=("data_dir",))
     folder = data_dir / ("val" if split == "test" else "train")
     if not folder.is_dir():
         raise ProqhaError(f"image folder missing: {folder} (expected {data_dir}/train and {data_dir}/val)")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
 from proqha.imports import call_factory, import_callable, is_import_path
 
 
@@ -48,7 +48,7 @@ def get_model_spec(name: str) -> ModelSpec:
     """The spec of a registered architecture or of a ``module:factory`` import path (ProqhaError for an
     unknown name or a path that does not import to a callable)."""
     if is_import_path(name):
-        fn = import_callable(name, "--arch")
+        fn = import_callable(name, "arch")
         doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
         return ModelSpec(name, fn, None, None, doc[0] if doc else "")
     try:
@@ -73,7 +73,7 @@ def create_model(name: str, num_classes: int | None = None, in_channels: int | N
                if v is not None}
     if not is_import_path(name):
         return spec.builder(**options)
-    model = call_factory(spec.builder, name, "--arch", **options)
+    model = call_factory(spec.builder, name, "arch", **options)
     if not isinstance(model, nn.Module):
-        raise ProqhaError(f"--arch {name} returned {type(model).__name__}, not a torch.nn.Module")
+        raise OptionError("arch", f"{name} returned {type(model).__name__}, not a torch.nn.Module")
     return model
