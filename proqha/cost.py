@@ -175,6 +175,8 @@ def arch_cost_report(arch: str, input_size: Sequence[int] | None = None, num_cla
         raise OptionError("num_classes", f"must be positive, got {num_classes}")
     try:
         qconfig = QuantConfig(bits=bits, edge_layers=edge_layers)
+    except OptionError:
+        raise
     except ValueError as exc:
         raise ProqhaError(str(exc)) from None
     model = quantize_model(create_model(arch, num_classes=num_classes, in_channels=size[0]), qconfig, size)

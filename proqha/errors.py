@@ -7,10 +7,11 @@ class ProqhaError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits with code 2."""
 
 
-class OptionError(ProqhaError):
+class OptionError(ProqhaError, ValueError):
     """A bad value for one option. ``option`` is its name as the Python API spells it (``batch_size``); the
     message starts with that name, and the CLI prints it with the flag instead (``--batch-size``).
-    ``others``: further options the detail names (as the API spells them), which the CLI shows as flags too."""
+    ``others``: further options the detail names (as the API spells them), which the CLI shows as flags too.
+    It is a ValueError too, as a bad argument to a config class should be."""
 
     def __init__(self, option: str, message: str, others: tuple[str, ...] = ()) -> None:
         super().__init__(f"{option} {message}")

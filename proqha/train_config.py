@@ -109,6 +109,8 @@ class TrainConfig:
             raise OptionError("bits", str(exc).removeprefix("bits ")) from None
         try:
             QuantConfig(**self.quant_options())
+        except OptionError:
+            raise
         except ValueError as exc:
             raise ProqhaError(str(exc)) from None
 

@@ -96,8 +96,8 @@ def check_splits(result: Any, where: str) -> DataSplits:
 
 
 def _label_error(where: str, name: str, num_classes: int, label: Any, index: int) -> ProqhaError:
-    return ProqhaError(f"{where}: {name} labels must be class indices in 0..{num_classes - 1}, got {label!r} at "
-                       f"{name}[{index}]")
+    return OptionError(OPTION, f"{where}: {name} labels must be class indices in 0..{num_classes - 1}, got "
+                               f"{label!r} at {name}[{index}]")
 
 
 def _scalar(y: Any) -> Any:

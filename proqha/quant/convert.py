@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from proqha.errors import OptionError
 from proqha.quant.attention import SplitAttention, make_traceable, split_packed_projections
 from proqha.quant.fx_graph import (
     is_impure,
@@ -90,13 +91,14 @@ class QuantConfig:
     share_grids: bool = True
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
-        if self.weight_quantizer not in WEIGHT_QUANTIZERS:
-            raise ValueError(f"weight_quantizer must be one of {sorted(WEIGHT_QUANTIZERS)}, got {self.weight_quantizer!r}")
-        if self.edge_layers not in EDGE_CHOICES:
-            raise ValueError(f"edge_layers must be one of {EDGE_CHOICES}, got {self.edge_layers!r}")
-        if self.int8_kernels not in INT8_KERNELS:
-            raise ValueError(f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, got {self.int8_kernels!r}")
+        try:
+            check_bits(self.bits)
+        except ValueError as exc:
+            raise OptionError("bits", str(exc).removeprefix("bits ")) from None
+        for name, choices in (("weight_quantizer", sorted(WEIGHT_QUANTIZERS)), ("edge_layers", EDGE_CHOICES),
+                              ("int8_kernels", INT8_KERNELS)):
+            if getattr(self, name) not in choices:
+                raise OptionError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
 
     def edge_bits(self) -> int:
         return 32 if self.bits == 32 or self.edge_layers == "float" else 8
