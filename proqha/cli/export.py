@@ -4,7 +4,7 @@ step, validated: parses ``ExportConfig``'s options and hands them to ``cli.expor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -14,25 +14,20 @@ from proqha.export.config import ExportConfig
 from proqha.options import declared, default
 
 
-def _option(name: str, *flags: str) -> Any:
-    """The Typer option of ExportConfig field ``name``, its help as declared there."""
-    return declared_option(ExportConfig, name, *flags)
-
-
 @handle_errors(flags={"fmt": "--format"})
 def export(
     run: Annotated[Optional[Path], typer.Argument(help=declared(ExportConfig, "run").help)] = None,
-    step: Annotated[Optional[int], _option("step")] = default(ExportConfig, "step"),
-    best_under_cost: Annotated[Optional[float], _option("best_under_cost")] = default(ExportConfig, "best_under_cost"),
-    fmt: Annotated[str, _option("fmt", "--format")] = default(ExportConfig, "fmt"),
-    profile: Annotated[str, _option("profile")] = default(ExportConfig, "profile"),
-    out: Annotated[Optional[Path], _option("out")] = default(ExportConfig, "out"),
-    check: Annotated[bool, _option("check")] = default(ExportConfig, "check"),
-    samples: Annotated[int, _option("samples")] = default(ExportConfig, "samples"),
-    force: Annotated[bool, _option("force")] = default(ExportConfig, "force"),
-    device: Annotated[str, _option("device")] = default(ExportConfig, "device"),
-    int8_kernels: Annotated[str, _option("int8_kernels")] = default(ExportConfig, "int8_kernels"),
-    weights: Annotated[str, _option("weights")] = default(ExportConfig, "weights"),
+    step: Annotated[Optional[int], declared_option(ExportConfig, "step")] = default(ExportConfig, "step"),
+    best_under_cost: Annotated[Optional[float], declared_option(ExportConfig, "best_under_cost")] = default(ExportConfig, "best_under_cost"),
+    fmt: Annotated[str, declared_option(ExportConfig, "fmt", "--format")] = default(ExportConfig, "fmt"),
+    profile: Annotated[str, declared_option(ExportConfig, "profile")] = default(ExportConfig, "profile"),
+    out: Annotated[Optional[Path], declared_option(ExportConfig, "out")] = default(ExportConfig, "out"),
+    check: Annotated[bool, declared_option(ExportConfig, "check")] = default(ExportConfig, "check"),
+    samples: Annotated[int, declared_option(ExportConfig, "samples")] = default(ExportConfig, "samples"),
+    force: Annotated[bool, declared_option(ExportConfig, "force")] = default(ExportConfig, "force"),
+    device: Annotated[str, declared_option(ExportConfig, "device")] = default(ExportConfig, "device"),
+    int8_kernels: Annotated[str, declared_option(ExportConfig, "int8_kernels")] = default(ExportConfig, "int8_kernels"),
+    weights: Annotated[str, declared_option(ExportConfig, "weights")] = default(ExportConfig, "weights"),
 ) -> None:
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
     export_and_report(ExportConfig(run=run, step=step, best_under_cost=best_under_cost, fmt=fmt, profile=profile,

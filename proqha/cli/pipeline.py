@@ -51,7 +51,7 @@ def pipeline(
     search_args = dict(lam=lam, steps=steps, target_cost=target_cost, criterion=criterion, seed=seed, device=device)
     S(source="(the train run)", **search_args).resolved()
     engines = check_engines(engine or ["ort"], "engines")  # before training: not after hours of work
-    batches = check_timing(parse_int_tuple(batch, "--batch"), 0, iters)
+    batches = check_timing(parse_int_tuple(batch, "--batch"), default(B, "warmup"), iters)
     train_dir, search_dir = next_run_dir("train", DEFAULT_ROOT), next_run_dir("search", DEFAULT_ROOT)
     err_console.print(f"[1/4] train -> {train_dir}")
     run_train(train_cfg, train_dir)

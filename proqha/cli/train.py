@@ -18,37 +18,32 @@ from proqha.options import declared, default
 from proqha.train_config import TrainConfig
 
 
-def _option(name: str, *flags: str):
-    """The Typer option of TrainConfig field ``name``, its help as declared there."""
-    return declared_option(TrainConfig, name, *flags)
-
-
 @handle_errors
 def train(
     ctx: typer.Context,
-    arch: Annotated[Optional[str], _option("arch")] = default(TrainConfig, "arch"),
-    dataset: Annotated[str, _option("dataset")] = default(TrainConfig, "dataset"),
-    data_dir: Annotated[Optional[Path], _option("data_dir")] = default(TrainConfig, "data_dir"),
-    download: Annotated[bool, _option("download")] = default(TrainConfig, "download"),
-    bits: Annotated[int, _option("bits")] = default(TrainConfig, "bits"),
-    bits_file: Annotated[Optional[Path], _option("bits_file")] = default(TrainConfig, "bits_file"),
-    weight_quantizer: Annotated[str, _option("weight_quantizer")] = default(TrainConfig, "weight_quantizer"),
-    edge_layers: Annotated[str, _option("edge_layers")] = default(TrainConfig, "edge_layers"),
-    int8_kernels: Annotated[str, _option("int8_kernels")] = default(TrainConfig, "int8_kernels"),
+    arch: Annotated[Optional[str], declared_option(TrainConfig, "arch")] = default(TrainConfig, "arch"),
+    dataset: Annotated[str, declared_option(TrainConfig, "dataset")] = default(TrainConfig, "dataset"),
+    data_dir: Annotated[Optional[Path], declared_option(TrainConfig, "data_dir")] = default(TrainConfig, "data_dir"),
+    download: Annotated[bool, declared_option(TrainConfig, "download")] = default(TrainConfig, "download"),
+    bits: Annotated[int, declared_option(TrainConfig, "bits")] = default(TrainConfig, "bits"),
+    bits_file: Annotated[Optional[Path], declared_option(TrainConfig, "bits_file")] = default(TrainConfig, "bits_file"),
+    weight_quantizer: Annotated[str, declared_option(TrainConfig, "weight_quantizer")] = default(TrainConfig, "weight_quantizer"),
+    edge_layers: Annotated[str, declared_option(TrainConfig, "edge_layers")] = default(TrainConfig, "edge_layers"),
+    int8_kernels: Annotated[str, declared_option(TrainConfig, "int8_kernels")] = default(TrainConfig, "int8_kernels"),
     epochs: Annotated[Optional[int], typer.Option(help=f"{declared(TrainConfig, 'epochs').help} Default "
                                                       f"{default(TrainConfig, 'epochs')}; with --resume, extends "
                                                       "the run.")] = None,
-    batch_size: Annotated[int, _option("batch_size")] = default(TrainConfig, "batch_size"),
-    lr: Annotated[Optional[float], _option("lr")] = default(TrainConfig, "lr"),
-    optimizer: Annotated[str, _option("optimizer")] = default(TrainConfig, "optimizer"),
-    weight_decay: Annotated[float, _option("weight_decay")] = default(TrainConfig, "weight_decay"),
-    seed: Annotated[int, _option("seed")] = default(TrainConfig, "seed"),
-    workers: Annotated[int, _option("workers")] = default(TrainConfig, "workers"),
-    device: Annotated[str, _option("device")] = default(TrainConfig, "device"),
-    init: Annotated[Optional[Path], _option("init", "--init")] = default(TrainConfig, "init"),
-    amp: Annotated[str, _option("amp")] = default(TrainConfig, "amp"),
-    channels_last: Annotated[bool, _option("channels_last")] = default(TrainConfig, "channels_last"),
-    compile: Annotated[bool, _option("compile", "--compile")] = default(TrainConfig, "compile"),
+    batch_size: Annotated[int, declared_option(TrainConfig, "batch_size")] = default(TrainConfig, "batch_size"),
+    lr: Annotated[Optional[float], declared_option(TrainConfig, "lr")] = default(TrainConfig, "lr"),
+    optimizer: Annotated[str, declared_option(TrainConfig, "optimizer")] = default(TrainConfig, "optimizer"),
+    weight_decay: Annotated[float, declared_option(TrainConfig, "weight_decay")] = default(TrainConfig, "weight_decay"),
+    seed: Annotated[int, declared_option(TrainConfig, "seed")] = default(TrainConfig, "seed"),
+    workers: Annotated[int, declared_option(TrainConfig, "workers")] = default(TrainConfig, "workers"),
+    device: Annotated[str, declared_option(TrainConfig, "device")] = default(TrainConfig, "device"),
+    init: Annotated[Optional[Path], declared_option(TrainConfig, "init", "--init")] = default(TrainConfig, "init"),
+    amp: Annotated[str, declared_option(TrainConfig, "amp")] = default(TrainConfig, "amp"),
+    channels_last: Annotated[bool, declared_option(TrainConfig, "channels_last")] = default(TrainConfig, "channels_last"),
+    compile: Annotated[bool, declared_option(TrainConfig, "compile", "--compile")] = default(TrainConfig, "compile"),
     run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/train-<n>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir (default: the latest) from its last epoch.")] = False,
 ) -> None:
