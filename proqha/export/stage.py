@@ -162,10 +162,11 @@ def run_output_path(out: Path | None, run_dir: Path, step: int | None, fmt: str,
     """Where a run's export goes: ``out``, or RUN/export/model[-stepN][-fp32][-trt].onnx (the profile's
     suffix); an existing file only with ``force``, and a path that can be written (checked before any work)."""
     from proqha.files import check_writable
+    from proqha.runs import RunDir
 
     if out is None:
         suffix = (f"-step{step:03d}" if step is not None else "") + ("-fp32" if fmt == "onnx-fp32" else "")
-        out = run_dir / "export" / f"model{suffix}{qdq.PROFILES[profile].suffix}.onnx"
+        out = RunDir(run_dir).export / f"model{suffix}{qdq.PROFILES[profile].suffix}.onnx"
     if out.exists() and out.is_dir():
         raise OptionError("out", f"{out} is a folder")
     if out.exists() and not force:
