@@ -1,6 +1,7 @@
 """Checkpoints: one typed, versioned schema (``Checkpoint``) for every writer and reader, stored as plain
 data, written atomically and read with ``torch.load(weights_only=True)`` so a file can never execute code.
-Files written before the schema had a version are read too (``Checkpoint.from_dict``)."""
+Files written before the schema had a version are read too (``Checkpoint.from_dict``). ``load_plain`` is the
+safe read itself, shared with the readers of other files (``proqha.weights``)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ from proqha.errors import ProqhaError, first_line
 from proqha.files import atomic_torch_save
 
 CHECKPOINT_FORMAT = 1
-KINDS = ("train", "search")
-_REQUIRED = {"train": ("model", "recipe", "bits", "optimizer", "scheduler", "epoch"), "search": ("model", "bits", "step")}
+KINDS = ("train", "search", "quantize")
+_REQUIRED = {"train": ("model", "recipe", "bits", "optimizer", "scheduler", "epoch"), "search": ("model", "bits", "step"),
+             "quantize": ("model", "recipe", "bits")}
 
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint holds. ``kind``: "train" (an epoch of training) or "search" (a step of a search).
+    """What a checkpoint holds. ``kind``: "train" (an epoch of training), "search" (a step of a search) or
+    "quantize" (a post-training quantization).
 
     model: the state dict; recipe: how to rebuild the model (``ModelRecipe.to_dict()``; None for a search
-    of a Python-API model); bits: per-layer bits; data: where the data came from (``dataset``,
-    ``data_dir``, ``download``); metrics: the epoch's or step's row; config: the run's TrainConfig or
-    SearchConfig as a dict. Train only: optimizer, scheduler, epoch, best_top1. Search only: step.
+    of a Python-API model); bits: per-layer bits; data: where the data came from
+    (``proqha.data.DataSource.to_dict()``: ``dataset``, ``data_dir``, ``download``, ``image_size``,
+    ``val_split``, and ``class_names`` where the dataset names them); metrics: the epoch's or step's row
+    (a quantize run's: float and quantized test figures); config: the run's options as a dict. Train only: optimizer, scheduler, epoch, best_top1. Search only: step.
     ``format``: the schema version, ``CHECKPOINT_FORMAT`` when written.
     """
 
@@ -116,6 +120,14 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
     """Read and validate a checkpoint without unpickling arbitrary objects; any problem is one ProqhaError
     line."""
     path = Path(path)
+    return Checkpoint.from_dict(load_plain(path, map_location), path)
+
+
+def load_plain(path: Path | str, map_location: str | torch.device = "cpu") -> Any:
+    """What a ``torch.save`` file holds, read with ``torch.load(weights_only=True)``: tensors and plain data
+    only, so the file can never run code. A missing, foreign, code-running or truncated file is one
+    ProqhaError line."""
+    path = Path(path)
     if not path.is_file():
         raise ProqhaError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
@@ -131,4 +143,4 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
         raise ProqhaError(f"checkpoint {path} is unreadable or truncated ({first_line(exc)[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - torch.load's unpickler raises anything on a file that is no checkpoint
         raise ProqhaError(f"{path} is not a PyTorch checkpoint ({type(exc).__name__}: {first_line(exc)[:120]})") from None
-    return Checkpoint.from_dict(state, path)
+    return state

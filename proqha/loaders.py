@@ -14,7 +14,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
     """A DataLoader whose order depends only on ``seed`` (workers persist across epochs of one loader).
 
     ``shard``: under torchrun, each rank reads its share (DistributedSampler seeded by ``seed``) and
-    ``batch_size`` stays the global batch (split evenly over ranks).
+    ``batch_size`` stays the global batch (split evenly over ranks). A shuffled (training) loader drops a
+    last batch of one sample: BatchNorm cannot train on it.
     """
     if shard and distributed.active():
         from torch.utils.data.distributed import DistributedSampler
@@ -24,5 +25,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
         return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=workers,
                           pin_memory=pin_memory, persistent_workers=workers > 0)
     gen = torch.Generator().manual_seed(seed)
+    lone_last = shuffle and len(dataset) % batch_size == 1  # type: ignore[arg-type]
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers,
-                      drop_last=False, pin_memory=pin_memory, persistent_workers=workers > 0)
+                      drop_last=lone_last, pin_memory=pin_memory, persistent_workers=workers > 0)

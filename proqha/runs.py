@@ -22,6 +22,8 @@ METRICS_FILE = "metrics.jsonl"  # one row per training epoch
 COST_FILE = "cost.json"  # the cost report of the trained model
 BITS_FILE = "bits.json"  # the per-layer bit config
 FRONTIER_FILE = "frontier.csv"  # a search run's record, one row per completed step
+SENSITIVITY_CSV = "sensitivity.csv"  # proqha sensitivity: one row per layer, knob and bits
+SENSITIVITY_PNG = "sensitivity.png"  # its heat map
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.pt"  # a train run's newest epoch
 BEST_CHECKPOINT = "best.pt"  # a train run's most accurate epoch
@@ -79,6 +81,16 @@ class RunDir:
     def bench(self) -> Path:
         """What ``proqha bench`` writes by default: bench.json, bench.csv and its plots."""
         return self.path / "bench"
+
+    @property
+    def sensitivity_csv(self) -> Path:
+        """What ``proqha sensitivity`` writes by default: one row per layer, knob and bits."""
+        return self.path / SENSITIVITY_CSV
+
+    @property
+    def sensitivity_png(self) -> Path:
+        """The heat map ``proqha sensitivity`` draws beside it."""
+        return self.path / SENSITIVITY_PNG
 
     def step_checkpoint(self, step: int) -> Path:
         """Where a search run keeps the checkpoint of ``step``."""

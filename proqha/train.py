@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -24,14 +24,13 @@ from proqha.calibration import calibrate, check_logits, forward_checked
 from proqha.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from proqha.compiling import maybe_compiled
 from proqha.cost import cost_report
-from proqha.data import get_dataset_spec, load_dataset
 from proqha.devices import resolve_device
 from proqha.epoch_loop import EpochCallback, EpochLoop, local_training_net, run_epochs, training_net
-from proqha.errors import OptionError, ProqhaError, first_line
+from proqha.errors import OptionError, ProqhaError
 from proqha.evaluation import evaluate_loader, output_warnings
 from proqha.files import append_jsonl, atomic_write_json, read_jsonl, write_jsonl
 from proqha.loaders import make_loader
-from proqha.quant import BitConfig, QuantConfig, load_float_state_dict
+from proqha.quant import BitConfig, QuantConfig, Quantizer, load_float_state_dict
 from proqha.recipe import ModelRecipe, build_model
 from proqha.runs import RunDir, removed_on_error, run_lock
 from proqha.seeds import epoch_seed
@@ -48,6 +47,7 @@ from proqha.train_step import (
     not_class_indices,
     train_one_epoch,
 )
+from proqha.weights import WeightsMismatch, load_weights
 
 __all__ = ["AMP_DTYPES", "SYNC_EVERY", "BatchCallback", "EpochCallback", "LossFn", "StepOptions", "TrainConfig",
            "TrainingRun", "bad_label_error", "calibrate", "check_logits", "evaluate_loader", "first_non_finite", "train_run",
@@ -58,27 +58,33 @@ __all__ = ["AMP_DTYPES", "SYNC_EVERY", "BatchCallback", "EpochCallback", "LossFn
 
 def recipe_for(cfg: TrainConfig) -> ModelRecipe:
     """The model recipe a (resolved) training config describes."""
-    data = get_dataset_spec(cfg.dataset, cfg.data_dir)
+    data = cfg.data_source().spec()
     quant = QuantConfig(**cfg.quant_options())
-    return ModelRecipe(cfg.arch, data.num_classes, data.input_size[0], data.input_size, quant.to_dict())
+    num_classes = cfg.num_classes if cfg.num_classes is not None else data.num_classes  # the head's size
+    return ModelRecipe(cfg.arch, num_classes, data.input_size[0], data.input_size, quant.to_dict())
 
 
-def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, ModelRecipe]:
-    """Build the model of a resolved config, load the ``init`` weights and apply the ``bits_file``."""
+def prepare_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, ModelRecipe, list[str]]:
+    """Build the model of a resolved config, load the ``init`` weights (any file ``proqha.weights`` reads) and
+    apply the ``bits_file``; the model, its recipe and the notes of the loading (one line each)."""
     recipe = recipe_for(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(recipe)
+    notes: list[str] = []
     if cfg.init:
-        state = load_checkpoint(Path(cfg.init))
-        wanted = BitConfig.from_model(model)  # the checkpoint's weights and ranges, this run's bits
+        quantizers = [q for q in model.modules() if isinstance(q, Quantizer)]
+        wanted = [q.bits for q in quantizers]  # the file's weights and ranges, this run's bits (adds included)
         try:
-            load_float_state_dict(model, state.model)
-        except (ValueError, RuntimeError) as exc:
-            raise OptionError("init", f"{cfg.init} does not fit {cfg.arch}: {first_line(exc)}") from None
-        wanted.apply(model)
+            notes = load_weights(model, cfg.init, recipe.num_classes)
+        except WeightsMismatch as exc:
+            raise OptionError("init", f"{cfg.init} does not fit {cfg.arch}: {exc.detail}") from None
+        except ProqhaError as exc:
+            raise OptionError("init", str(exc)) from None
+        for q, bits in zip(quantizers, wanted):
+            q.bits = bits
     if cfg.bits_file:
         BitConfig.load(cfg.bits_file).apply(model)
-    return model.to(device), recipe
+    return model.to(device), recipe, notes
 
 
 @dataclass
@@ -93,28 +99,31 @@ class TrainingRun:
     test_set: Dataset
     num_classes: int | None
     device: torch.device
+    notes: list[str] = field(default_factory=list)  # what loading the init weights said, one line each
 
 
 def build_run(cfg: TrainConfig) -> TrainingRun:
     """The device, data, calibrated model, optimizer and cosine schedule (stepped per batch) of ``cfg``."""
     device = distributed.local_device(resolve_device(cfg.device))
-    data = get_dataset_spec(cfg.dataset, cfg.data_dir)
-    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
-    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
-    model, recipe = prepare_model(cfg, device)
-    calibrate(model, train_set, cfg.batch_size, device, data.num_classes)
+    data = cfg.data_source()
+    train_set = data.load("train")
+    test_set = data.load("test")
+    model, recipe, notes = prepare_model(cfg, device)
+    calibrate(model, train_set, cfg.batch_size, device, recipe.num_classes)  # the head's logits
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     steps_per_epoch = math.ceil(len(train_set) / distributed.world_size() /
                                 max(1, cfg.batch_size // distributed.world_size()))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
-    return TrainingRun(model, recipe, optimizer, scheduler, train_set, test_set, data.num_classes, device)
+    return TrainingRun(model, recipe, optimizer, scheduler, train_set, test_set, recipe.num_classes, device, notes)
 
 
 def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: BatchCallback | None = None,
-        on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+        on_epoch: EpochCallback | None = None, on_start: Callable[[], None] | None = None,
+        on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (config.json, metrics.jsonl, bits.json, cost.json, checkpoints/).
+    ``on_note`` gets each note of the run's start (a re-initialised head of the ``init`` file), after ``on_start``.
 
     Data, model and options are all checked before anything is written; the run directory is locked
     while training. With ``resume``, continue from ``checkpoints/last.pt`` (from the start if a kill came
@@ -126,6 +135,9 @@ def train_run(cfg: TrainConfig, run_dir: Path, resume: bool = False, on_batch: B
     run = build_run(cfg)
     if on_start is not None and distributed.is_main():
         on_start()  # everything is validated; nothing is written yet
+    if on_note is not None and distributed.is_main():
+        for note in run.notes:
+            on_note(note)
     if not distributed.is_main():
         on_batch = on_epoch = None
     made_here = not run_dir.exists()
@@ -192,13 +204,14 @@ class _Recorder:
     def __init__(self, cfg: TrainConfig, layout: RunDir, run: TrainingRun, best: float,
                  on_epoch: EpochCallback | None) -> None:
         self.cfg, self.layout, self.run, self.best, self.on_epoch = cfg, layout, run, best, on_epoch
+        self.data = cfg.data_source().to_dict()  # where the data came from, class names included
 
     def __call__(self, row: dict[str, Any]) -> None:
         run = self.run
         row["images_per_s"] = len(run.train_set) / max(row["time_s"], 1e-9)
         state = Checkpoint("train", run.model.state_dict(), run.recipe.to_dict(),
                            BitConfig.from_model(run.model).to_dict(),
-                           {"dataset": self.cfg.dataset, "data_dir": self.cfg.data_dir, "download": self.cfg.download},
+                           self.data,
                            row, self.cfg.to_dict(), run.optimizer.state_dict(), run.scheduler.state_dict(),
                            row["epoch"], max(self.best, row["test_top1"]))
         improved = row["test_top1"] > self.best
@@ -220,8 +233,10 @@ def _fit_locked(cfg: TrainConfig, layout: RunDir, resume: bool, run: TrainingRun
         start_epoch, best = _resume(cfg, layout, run)
     elif main:
         write_jsonl(layout.metrics, [])
+        names = cfg.data_source().spec().class_names  # what the outputs mean, when the dataset names them
         layout.write_config(cfg.to_dict() | {"stage": "train", "recipe": run.recipe.to_dict(),
-                                             "num_classes": run.num_classes})
+                                             "num_classes": run.num_classes}
+                            | ({"class_names": list(names)} if names is not None else {}))
     if main:
         BitConfig.from_model(run.model).save(layout.bits)
         atomic_write_json(layout.cost, cost_report(run.model, run.recipe.input_size).to_dict())

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proqha.errors import OptionError, ProqhaError
 from proqha.options import declared, option
+
+if TYPE_CHECKING:
+    from proqha.data.source import DataSource
 
 OPTIMIZERS = ("sgd", "adam")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -49,6 +52,13 @@ class TrainConfig:
                                     "package.module:factory for your own.")
     data_dir: str | None = option(None, "Folder with the dataset's files.")
     download: bool = option(False, "Download the dataset into --data-dir if missing.")
+    num_classes: int | None = option(None, "Classes of the model's head (default: the dataset's own); an init "
+                                           "file's head of another size is re-initialised.", **_at_least(1))
+    image_size: int | None = option(None, "imagefolder: train on random-resized crops of N pixels, test on the "
+                                          "center N after resizing to N/0.875 (default 224).", **_at_least(8))
+    val_split: float | None = option(None, "imagefolder without val/: hold out this fraction of train/ as the "
+                                           "test split (fixed and seeded).",
+                                     check=lambda v: 0 < v < 1, why="must be in (0, 1)")
     bits: int = option(8, "Weight and activation bits of searchable layers: 2..8, or 32 for float.")
     bits_file: str | None = option(None, "Per-layer bits (JSON BitConfig); overrides --bits.")
     weight_quantizer: str = option("lsq", "lsq (deploy-exact) or dorefa (the paper's).")
@@ -69,7 +79,10 @@ class TrainConfig:
     seed: int = option(0, "Seed: same seed, same result on the same machine and thread count.")
     workers: int = option(0, "DataLoader worker processes.", **_at_least(0))
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
-    init: str | None = option(None, "Start from this checkpoint (float or quantized).")
+    init: str | None = option(None, "Start from these weights: a proqha checkpoint or run folder (float or "
+                                    "quantized), a plain state_dict() file, or a checkpoint holding one under "
+                                    "state_dict, model_state_dict, model or net (module./_orig_mod. prefixes "
+                                    "stripped; read with weights_only=True).")
     amp: str = option("none", "Mixed precision for the float parts: none, bf16, fp16 (CUDA); quantizer math stays "
                               "float32.", choices=AMP_MODES)
     channels_last: bool = option(False, "Train in channels_last memory format.")
@@ -79,13 +92,19 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill defaults that depend on other options and validate them (``ProqhaError``; ``OptionError``
         naming the option for a bad value)."""
-        from proqha.data import check_data_dir, get_dataset_spec
         from proqha.devices import resolve_device
         from proqha.models import get_model_spec
         from proqha.options import check_options
 
-        check_data_dir(self.dataset, self.data_dir, self.download)
-        data = get_dataset_spec(self.dataset, self.data_dir)
+        for name in ("num_classes", "image_size", "val_split"):  # before any folder is read
+            if getattr(self, name) is not None:
+                check_train_option(name, getattr(self, name))
+        source = self.data_source()
+        source.check()
+        data = source.spec()
+        if self.num_classes is not None and self.num_classes < data.num_classes:
+            raise OptionError("num_classes", f"{self.num_classes} is fewer than the {data.num_classes} classes of "
+                                             f"{self.dataset}")
         arch = self.arch or data.default_arch
         if arch is None:
             raise OptionError("dataset", f"{self.dataset} has no default architecture; pass arch (a name or "
@@ -97,6 +116,12 @@ class TrainConfig:
             raise OptionError("amp", "fp16 needs a CUDA device; bf16 runs on the CPU")
         lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
         return TrainConfig(**(asdict(self) | {"arch": arch, "lr": lr}))
+
+    def data_source(self) -> "DataSource":
+        """Where this run's data comes from (what its checkpoints record)."""
+        from proqha.data.source import DataSource
+
+        return DataSource(self.dataset, self.data_dir, self.download, self.image_size, self.val_split)
 
     def _check_quant_options(self) -> None:
         """The quantization options, checked by ``QuantConfig`` (their declarations live there)."""

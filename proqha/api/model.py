@@ -10,7 +10,8 @@ from torch import nn
 
 from proqha.api.common import Batch, place, warn_rows
 from proqha.errors import OptionError, ProqhaError
-from proqha.options import declared
+from proqha.options import declared, default
+from proqha.ptq_config import PTQConfig
 from proqha.train_config import (
     API_FIT_EPOCHS,
     API_FIT_OPTIMIZER,
@@ -22,26 +23,44 @@ from proqha.train_config import (
 from proqha.train_step import LossFn
 
 
-def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, **options: Any) -> nn.Module:
+def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
+             calib_data: Iterable[torch.Tensor | Batch] | None = None,
+             calib_method: str = default(PTQConfig, "calib_method"),
+             bn_recalib: bool = default(PTQConfig, "bn_recalib"), **options: Any) -> nn.Module:
     """The quantized twin of ``model`` (left untouched), its quantizer ranges calibrated on ``example_input``.
 
     ``bits``: starting weight/activation bits of the searchable layers (2..8, or 32 for float);
     ``options``: the other ``proqha.quant.QuantConfig`` fields (``weight_quantizer``, ``edge_layers``, ...).
-    The result is a plain ``nn.Module`` (in train mode) for your own training loop or ``fit``.
-    """
+    ``calib_data``: batches (input tensors, or (input, label) pairs as a DataLoader gives) to calibrate on
+    instead, post-training quantization as ``proqha quantize`` does it: ``calib_method`` minmax,
+    percentile or mse (``proqha.ptq_config.PTQConfig``), and with ``bn_recalib`` BatchNorm statistics
+    re-estimated under quantization. The result is a plain ``nn.Module`` (in train mode without
+    ``calib_data``, for your own training loop or ``fit``; in eval mode with it)."""
     from proqha.calibration import forward_checked
+    from proqha.options import check_options
     from proqha.quant import QuantConfig, quantize_model
 
     if not isinstance(model, nn.Module):
         raise ProqhaError(f"quantize: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
         raise ProqhaError("quantize: example_input must be a batch tensor (batch, channels, ...)")
+    check_options(PTQConfig(calib_method=calib_method, bn_recalib=bn_recalib))
     try:
         config = QuantConfig(bits=bits, **options)
     except (TypeError, ValueError) as exc:
         raise ProqhaError(f"quantize: {exc}") from None
     qmodel = quantize_model(model, config, tuple(example_input.shape[1:]))
     forward_checked(qmodel, example_input, None, "quantize: the model cannot run on example_input {shape}")
+    if calib_data is not None:
+        from proqha.quant.ptq import calibrate_ranges, recalibrate_batchnorm
+
+        batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calib_data]
+        if not batches:
+            raise OptionError("calib_data", "holds no batch")
+        device = next(qmodel.parameters(), example_input).device
+        calibrate_ranges(qmodel, batches, calib_method, device)
+        if bn_recalib:
+            recalibrate_batchnorm(qmodel, batches, device)
     return qmodel
 
 

@@ -13,8 +13,10 @@ from proqha.cli.cost import cost
 from proqha.cli.export import export
 from proqha.cli.parity import parity_command
 from proqha.cli.pipeline import pipeline
+from proqha.cli.quantize import quantize
 from proqha.cli.report import report
 from proqha.cli.search import search
+from proqha.cli.sensitivity import sensitivity
 from proqha.cli.train import train
 
 app = typer.Typer(name="proqha", help="ProQHA: progressive mixed-precision quantization, from QAT to deployment.",
@@ -28,6 +30,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the tracebac
 
 
 app.command()(train)
+app.command()(quantize)
 app.command()(search)
 app.command()(report)
 app.command()(export)
@@ -35,6 +38,7 @@ app.command("parity")(parity_command)
 app.command()(bench)
 app.command()(pipeline)
 app.command()(cost)
+app.command()(sensitivity)
 
 
 def main() -> None:

@@ -25,6 +25,9 @@ def train(
     dataset: Annotated[str, declared_option(TrainConfig, "dataset")] = default(TrainConfig, "dataset"),
     data_dir: Annotated[Optional[Path], declared_option(TrainConfig, "data_dir")] = default(TrainConfig, "data_dir"),
     download: Annotated[bool, declared_option(TrainConfig, "download")] = default(TrainConfig, "download"),
+    num_classes: Annotated[Optional[int], declared_option(TrainConfig, "num_classes")] = default(TrainConfig, "num_classes"),
+    image_size: Annotated[Optional[int], declared_option(TrainConfig, "image_size")] = default(TrainConfig, "image_size"),
+    val_split: Annotated[Optional[float], declared_option(TrainConfig, "val_split")] = default(TrainConfig, "val_split"),
     bits: Annotated[int, declared_option(TrainConfig, "bits")] = default(TrainConfig, "bits"),
     bits_file: Annotated[Optional[Path], declared_option(TrainConfig, "bits_file")] = default(TrainConfig, "bits_file"),
     weight_quantizer: Annotated[str, declared_option(TrainConfig, "weight_quantizer")] = default(TrainConfig, "weight_quantizer"),
@@ -58,7 +61,8 @@ def train(
         cfg, run_dir = resume_config("train", TrainConfig, run_dir, ctx, epochs=epochs)
     else:
         cfg = TrainConfig(arch=arch, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
-                          download=download, bits=bits, bits_file=str(bits_file) if bits_file else None,
+                          download=download, num_classes=num_classes, image_size=image_size,
+                          val_split=val_split, bits=bits, bits_file=str(bits_file) if bits_file else None,
                           weight_quantizer=weight_quantizer, edge_layers=edge_layers, int8_kernels=int8_kernels,
                           epochs=epochs if epochs is not None else default(TrainConfig, "epochs"),
                           batch_size=batch_size,

@@ -37,9 +37,13 @@ def run_train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> None:
         progress.start()      # --arch/--dataset is one error line with nothing before it
         progress.console.print(f"training {cfg.arch} on {cfg.dataset} at {cfg.bits} bit into {run_dir}")
 
+    def on_note(note: str) -> None:  # what loading --init said (a re-initialised head)
+        progress.console.print(note, markup=False)
+
     try:
         try:
-            result = train_run(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
+            result = train_run(cfg, run_dir, resume=resume, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start,
+                               on_note=on_note)
         finally:
             if progress.live.is_started:  # stopping a progress never started still prints a blank line
                 progress.stop()

@@ -1,4 +1,5 @@
-"""Dataset registry: digits (offline default), mnist, cifar10, cifar100, imagefolder."""
+"""Dataset registry: digits (offline default), mnist, cifar10, cifar100, imagefolder; ``DataSource``: where a
+run's data comes from."""
 
 from proqha.data import digits, vision  # noqa: F401  (registration)
 from proqha.data.registry import (
@@ -11,5 +12,6 @@ from proqha.data.registry import (
     load_dataset,
     register_dataset,
 )
+from proqha.data.source import DataSource
 
-__all__ = ["DatasetSpec", "checkpoint_calibration_images", "checkpoint_test_loader", "check_data_dir", "get_dataset_spec", "list_datasets", "load_dataset", "register_dataset"]
+__all__ = ["DataSource", "DatasetSpec", "checkpoint_calibration_images", "checkpoint_test_loader", "check_data_dir", "get_dataset_spec", "list_datasets", "load_dataset", "register_dataset"]

@@ -12,7 +12,7 @@ the same three splits, carved the same way unless the factory returns its own ``
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 from urllib.error import URLError
@@ -34,28 +34,46 @@ class DatasetSpec:
     """A registered dataset: how to build a split, and the shape of what it yields."""
 
     name: str
-    build: Callable[[Path | None, str, bool], Dataset]
+    build: Callable[..., Dataset]
     num_classes: int
     input_size: tuple[int, int, int]
     needs_data_dir: bool
     default_arch: str | None
     description: str
+    class_names: tuple[str, ...] | None = None
+    options: tuple[str, ...] = ()  # the options its builder takes as keywords (image_size, val_split)
+    describe: Callable[..., dict[str, Any]] | None = None  # (data_dir, **options) -> fields of the spec there
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
+DATA_OPTIONS = ("image_size", "val_split")  # options only some datasets take
 
 
 def register_dataset(num_classes: int, input_size: tuple[int, int, int], default_arch: str,
-                     needs_data_dir: bool = True) -> Callable:
-    """Register ``fn(data_dir, split, download) -> Dataset`` under its function name."""
+                     needs_data_dir: bool = True, options: tuple[str, ...] = (),
+                     describe: Callable[..., dict[str, Any]] | None = None) -> Callable:
+    """Register ``fn(data_dir, split, download, **options) -> Dataset`` under its function name. ``options``:
+    the keywords of ``DATA_OPTIONS`` it takes; ``describe(data_dir, **options)``: the spec's fields that depend
+    on the folder (num_classes, input_size, class_names), checking it."""
 
-    def wrap(fn: Callable[[Path | None, str, bool], Dataset]) -> Callable:
+    def wrap(fn: Callable[..., Dataset]) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
         _DATASETS[fn.__name__] = DatasetSpec(fn.__name__, fn, num_classes, input_size, needs_data_dir,
-                                             default_arch, doc[0] if doc else "")
+                                             default_arch, doc[0] if doc else "", None, options, describe)
         return fn
 
     return wrap
+
+
+def check_data_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options given (not None) that dataset ``name`` takes; OptionError naming one it does not take."""
+    given = {k: v for k, v in options.items() if v is not None}
+    takes = () if is_import_path(name) else get_dataset_spec(name).options
+    for key in given:
+        if key not in takes:
+            users = ", ".join(n for n, s in sorted(_DATASETS.items()) if key in s.options) or "no dataset"
+            raise OptionError(key, f"applies to {users} only, not dataset {name!r}", others=("dataset",))
+    return given
 
 
 def list_datasets() -> list[str]:
@@ -63,9 +81,12 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
-def get_dataset_spec(name: str, data_dir: str | Path | None = None) -> DatasetSpec:
+def get_dataset_spec(name: str, data_dir: str | Path | None = None, **options: Any) -> DatasetSpec:
     """The spec of a registered dataset, or of a ``module:factory`` import path (whose factory is called,
-    with ``data_dir``, and checked); ProqhaError for an unknown name or a bad factory."""
+    with ``data_dir``, and checked); ProqhaError for an unknown name or a bad factory. A dataset that reads
+    its classes and sizes from its folder (imagefolder) describes ``data_dir`` with ``options``
+    (``DATA_OPTIONS``), checking the folder."""
+    given = check_data_options(name, options) if any(v is not None for v in options.values()) else {}
     if is_import_path(name):
         from proqha.data.custom import load_splits
 
@@ -73,17 +94,23 @@ def get_dataset_spec(name: str, data_dir: str | Path | None = None) -> DatasetSp
         return DatasetSpec(name, lambda path, split, download: splits.test if split == "test" else splits.train, splits.num_classes,
                            splits.input_size, False, None, f"user dataset {name}")
     try:
-        return _DATASETS[name]
+        spec = _DATASETS[name]
     except KeyError:
         raise ProqhaError(f"unknown dataset {name!r}; choose one of: {', '.join(list_datasets())}") from None
+    if spec.describe is not None and data_dir is not None:
+        return replace(spec, **spec.describe(Path(data_dir), **given))
+    return spec
 
 
-def load_dataset(name: str, split: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+def load_dataset(name: str, split: str, data_dir: str | Path | None = None, download: bool = False,
+                 **options: Any) -> Dataset:
     """Build one split of a registered (or import-path) dataset; a missing or malformed folder is one
-    ProqhaError."""
+    ProqhaError. ``options``: ``DATA_OPTIONS`` the dataset takes (None: its default; OptionError for one it
+    does not take)."""
     if split not in SPLITS:
         raise ProqhaError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     path = check_data_dir(name, data_dir, download)
+    given = check_data_options(name, options)
     if is_import_path(name):
         from proqha.data.custom import load_splits
 
@@ -98,8 +125,8 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
     created = path is not None and not path.exists()
     try:
         if split == "test":
-            return spec.build(path, "test", download)
-        full = spec.build(path, "train" if split == "train" else "train-eval", download)
+            return spec.build(path, "test", download, **given)
+        full = spec.build(path, "train" if split == "train" else "train-eval", download, **given)
     except URLError as exc:  # --download without a network
         if created:  # the folder the download began: nothing of the user's is in it
             shutil.rmtree(path, ignore_errors=True)
@@ -136,9 +163,10 @@ def calibration_split(n: int) -> tuple[list[int], list[int]]:
 
 def checkpoint_test_loader(checkpoint: Any, samples: int | None, batch_size: int = 64) -> DataLoader:
     """The first ``samples`` (None: all) test images of the dataset a checkpoint (``proqha.checkpoint.
-    Checkpoint``) was trained on, in batches."""
-    data = checkpoint.data
-    test = load_dataset(data.get("dataset", "digits"), "test", data.get("data_dir"), bool(data.get("download")))
+    Checkpoint``) was trained on (its ``DataSource``: the same images at the same size), in batches."""
+    from proqha.data.source import DataSource
+
+    test = DataSource.from_dict(checkpoint.data).load("test")
     if samples is not None:
         test = Subset(test, range(min(samples, len(test))))
     return DataLoader(test, batch_size=batch_size, shuffle=False)
@@ -147,6 +175,7 @@ def checkpoint_test_loader(checkpoint: Any, samples: int | None, batch_size: int
 def checkpoint_calibration_images(checkpoint: Any, samples: int) -> torch.Tensor:
     """The first ``samples`` images of a checkpoint's calibration split (held out of training, with the
     evaluation transform): what a post-training quantizer calibrates on, never test images."""
-    data = checkpoint.data
-    calib = load_dataset(data.get("dataset", "digits"), "calib", data.get("data_dir"), bool(data.get("download")))
+    from proqha.data.source import DataSource
+
+    calib = DataSource.from_dict(checkpoint.data).load("calib")
     return torch.stack([calib[i][0] for i in range(min(samples, len(calib)))])

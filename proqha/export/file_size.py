@@ -3,8 +3,9 @@ written into the file's own metadata next to the paper cost."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import onnx
 from torch import nn
@@ -25,11 +26,20 @@ def fp32_graph_bytes(model: nn.Module, input_size: tuple[int, ...], extra: dict[
     return len(add_metadata(proto, twin, info, input_size, extra or {}, "onnx-fp32"))
 
 
+CLASS_NAMES = "class_names"  # metadata key: what the outputs mean, a JSON list of the classes' names
+
+
+def class_names_metadata(class_names: Sequence[str] | None) -> dict[str, str]:
+    """The metadata naming a file's outputs (``{"class_names": JSON list}``; empty without names)."""
+    return {} if class_names is None else {CLASS_NAMES: json.dumps([str(n) for n in class_names])}
+
+
 def source_metadata(state: Any, checkpoint: Path, step: int | None) -> dict[str, str]:
     """Where an exported file came from (a ``proqha.checkpoint.Checkpoint``): architecture, dataset,
-    checkpoint and search step."""
+    checkpoint and search step, and the names of its outputs when the checkpoint's data has them."""
     return {"proqha.arch": state.recipe["arch"], "proqha.dataset": state.dataset,
-            "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step)}
+            "proqha.source": str(checkpoint), "proqha.step": "" if step is None else str(step)} \
+        | class_names_metadata(state.data.get("class_names"))
 
 
 def exported_file(checkpoint: Path, step: int | None = None, weights: str = "packed") -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -99,21 +99,24 @@ def export_model(model: nn.Module, path: str | Path, input_size: tuple[int, ...]
                  int8_kernels: str = default(ExportConfig, "int8_kernels"),
                  weights: str = default(ExportConfig, "weights"), check: bool = default(ExportConfig, "check"),
                  reference: bool = True, metadata: dict[str, str] | None = None,
-                 checkpoint: Path | None = None) -> ExportResult:
+                 checkpoint: Path | None = None, class_names: Sequence[str] | None = None) -> ExportResult:
     """Export ``model`` (a quantized twin; for ``fmt="onnx-fp32"`` its float twin is written) to ``path``.
 
     ``input_size``: (C, H, W). Builds the graph (``export_onnx``) and its metadata (``metadata``: where it
     came from), refuses a graph that breaks TensorRT's rules where its profile has them, validates it with
     ``check`` on ``batches`` (``(x, y)`` pairs; required then), and refuses failures (``ExportRefused``).
     For ``fmt="trt"`` the engine is built next, before anything is written; then the file, its parity
-    report (naming ``checkpoint`` as the source) and the engine are written atomically.
+    report (naming ``checkpoint`` as the source) and the engine are written atomically. ``class_names``:
+    the names of the outputs, written to the metadata as ``class_names`` (a JSON list), after ``metadata``.
     """
     from proqha.export import validate
-    from proqha.export.file_size import add_metadata
+    from proqha.export.file_size import add_metadata, class_names_metadata
     from proqha.export.onnx_export import export_onnx
     from proqha.files import atomic_write_bytes, atomic_write_json
 
     profile = check_export_options(fmt, profile, int8_kernels, weights)
+    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(n, str) for n in class_names)):
+        raise OptionError("class_names", f"must be a list of strings, got {class_names!r}"[:200])
     path = Path(path)
     if path.is_dir():
         raise OptionError("path", f"{path} is a folder")
@@ -126,7 +129,7 @@ def export_model(model: nn.Module, path: str | Path, input_size: tuple[int, ...]
         model = float_twin(model)
     proto, info = export_onnx(model, input_size, profile=profile, quantized=quantized, int8_kernels=int8_kernels,
                               weights=weights)
-    data = add_metadata(proto, model, info, input_size, metadata or {}, fmt)
+    data = add_metadata(proto, model, info, input_size, (metadata or {}) | class_names_metadata(class_names), fmt)
     if info.rules.trt_graph:
         from proqha.deploy.trt_check import check_trt_graph
 
@@ -185,7 +188,8 @@ def export_run(config: ExportConfig) -> ExportResult:
     RUN/export/model[-stepN][-fp32][-trt].onnx, an existing file replaced only with ``force``. Validation
     (``check``) measures parity on ``samples`` test images of the run's dataset with the model on
     ``device``. Options are checked and the checkpoint picked before any work; a float run is refused
-    (``FloatRunError``) unless ``fmt="onnx-fp32"``; then ``export_model``.
+    (``FloatRunError``) unless ``fmt="onnx-fp32"``; then ``export_model``. The file's metadata says where
+    it came from, and names its outputs (``class_names``) when the checkpoint's data has them.
     """
     from proqha.data import checkpoint_test_loader
     from proqha.devices import resolve_device

@@ -18,7 +18,7 @@ import torch
 from proqha import distributed
 from proqha.compiling import maybe_compiled
 from proqha.cost import CostReport, cost_report
-from proqha.data import load_dataset
+from proqha.data import DataSource
 from proqha.errors import ProqhaError
 from proqha.health import OutputHealth
 from proqha.malloc_tuning import reuse_freed_memory
@@ -105,13 +105,11 @@ class ProgressiveSearch:
         if recipe.float_run:  # a float run enters the search at START_BITS, all of it
             recipe = replace(recipe, quant={**recipe.quant, "bits": START_BITS})
             switch_on_fixed_quantizers(model, QuantConfig(**recipe.quant))
-        dataset = state.dataset
-        data_dir, download = state.data.get("data_dir"), bool(state.data.get("download", False))
-        data = DatasetData(load_dataset(dataset, "train", data_dir, download),
-                           load_dataset(dataset, "calib", data_dir, download),
-                           load_dataset(dataset, "test", data_dir, download), cfg.batch_size, cfg.workers)
-        return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, dataset,
-                   {"dataset": dataset, "data_dir": data_dir, "download": download}, state.metrics)
+        source = DataSource.from_dict(state.data)  # the training run's images, at its size
+        data = DatasetData(source.load("train"), source.load("calib"), source.load("test"), cfg.batch_size,
+                           cfg.workers)
+        return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, source.dataset,
+                   source.to_dict(), state.metrics)
 
     # -- pieces of a step -------------------------------------------------------------------------
     def bits(self) -> Bits:

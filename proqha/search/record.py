@@ -31,8 +31,8 @@ def write_search_config(run_dir: Path, cfg: SearchConfig, input_size: Sequence[i
 
 class SearchRecord:
     """Writes one search run's files into ``run_dir``: the frontier's knob columns are ``knobs``; each step's
-    checkpoint also holds ``recipe`` (None for a Python-API model), ``data`` (where the data came from) and
-    the options ``cfg``."""
+    checkpoint also holds ``recipe`` (None for a Python-API model), ``data`` (where the data came from:
+    ``DataSource.to_dict()``, class names included; empty for a Python-API model) and the options ``cfg``."""
 
     def __init__(self, run_dir: Path, knobs: list[Knob], cfg: SearchConfig, recipe: dict[str, Any] | None = None,
                  data: dict[str, Any] | None = None) -> None:

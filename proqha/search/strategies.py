@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from proqha.errors import ProqhaError
-from proqha.quant import BitConfig
 from proqha.search.allocate import Damage, allocate
 from proqha.search.config import SearchConfig
 from proqha.search.criteria import criterion_named
 from proqha.search.knobs import Bits, lowerable_knobs, lowered, sample_candidates
-from proqha.search.scores import Snapshot, loss_score
+from proqha.search.sensitivity import damage_table
 from proqha.search.targets import budget_progress, target_met, target_values, within
 from proqha.seeds import Salt, step_seed
 
@@ -148,24 +147,14 @@ def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torc
 def sensitivity_table(search: ProgressiveSearch, step: int, current: Bits, on_candidate: CandidateCallback | None
                       ) -> Damage:
     """Per searched knob, the loss the model adds with only that knob at each level from ``min_bits`` to its
-    current bits (0 at the current level), on the calibration split (``table_data`` "calib") or the
-    training split ("train": more images, less noise)."""
-    cfg, model, data = search.cfg, search.model, search.data
-    calib = data.calib_batches() if cfg.table_data == "calib" else list(
+    current bits (0 at the current level; ``sensitivity.damage_table``), on the calibration split
+    (``table_data`` "calib") or the training split ("train": more images, less noise)."""
+    cfg, data = search.cfg, search.data
+    batches = data.calib_batches() if cfg.table_data == "calib" else list(
         data.train_batches(step_seed(cfg.seed, step, Salt.TABLE_BATCHES)))
-    snap = Snapshot(model)
-    base = loss_score(model, calib, search.device, search.loss_fn)
-    jobs = [(knob, level) for knob in search.knobs for level in range(cfg.min_bits, current[knob.layer][knob.kind])]
-    table: Damage = {k: {current[k.layer][k.kind]: 0.0} for k in search.knobs
-                     if current[k.layer][k.kind] > cfg.min_bits}
-    for i, (knob, level) in enumerate(jobs):
-        BitConfig(lowered(current, knob, current[knob.layer][knob.kind] - level)).apply(model)
-        loss = loss_score(model, calib, search.device, search.loss_fn)
-        table[knob][level] = max(loss - base, 0.0) if math.isfinite(loss) else math.inf
-        if on_candidate is not None:
-            on_candidate(step, i, len(jobs))
-    snap.restore(model)
-    return table
+    progress = (lambda done, jobs: on_candidate(step, done - 1, jobs)) if on_candidate is not None else None
+    return damage_table(search.model, current, search.knobs, cfg.min_bits, batches, search.device, search.loss_fn,
+                        progress)
 
 
 def calibration_user(cfg: SearchConfig) -> str | None:

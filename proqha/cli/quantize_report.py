@@ -1,0 +1,54 @@
+"""Post-training quantization as the command line shows it: a progress bar per phase, then float and
+quantized top-1 side by side with the drop (``proqha quantize``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from proqha.cli.common import console, err_console
+from proqha.ptq_config import PTQConfig
+from proqha.train_config import TrainConfig
+
+PHASES = {"float": "evaluating the float model", "ranges": "calibrating: largest values",
+          "histograms": "calibrating: histograms", "batchnorm": "re-estimating BatchNorm",
+          "quantized": "evaluating the quantized model"}
+
+
+def run_quantize(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path) -> None:
+    """Quantize ``cfg``'s init model into ``run_dir`` with progress, then the comparison table."""
+    from proqha.ptq_run import quantize_run
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err_console, transient=True)
+    task = progress.add_task("quantize", total=None)
+
+    def on_batch(phase: str, done: int, total: int) -> None:
+        progress.update(task, description=PHASES.get(phase, phase), completed=done, total=total)
+
+    def on_start() -> None:  # model and data are built and checked: a bad option is one line with nothing before it
+        progress.start()
+        progress.console.print(f"quantizing {cfg.arch} on {cfg.dataset} at {cfg.bits} bit ({ptq.calib_method} "
+                               f"calibration{', BatchNorm re-estimated' if ptq.bn_recalib else ''}) into {run_dir}")
+
+    try:
+        result = quantize_run(cfg, ptq, run_dir, on_start=on_start,
+                              on_note=lambda line: progress.console.print(line, markup=False), on_batch=on_batch)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+    f, q = result["float"], result["quantized"]
+    table = Table(title=f"proqha quantize: {cfg.arch} on {cfg.dataset}, {result['calib_images']} calibration images")
+    for col in ("model", "test top-1", "test top-5", "test loss"):
+        table.add_column(col, justify="right")
+    table.add_row("float", f"{f['test_top1']:.2f}", f"{f['test_top5']:.2f}", f"{f['test_loss']:.4f}")
+    table.add_row(f"int{cfg.bits}" if cfg.bits != 32 else "bits 32", f"{q['test_top1']:.2f}", f"{q['test_top5']:.2f}",
+                  f"{q['test_loss']:.4f}")
+    console.print(table)
+    change = f"drop {result['drop']:.2f}" if result["drop"] >= 0 else f"gain {-result['drop']:.2f}"
+    console.print(f"top-1 {change} points; run {run_dir} (export it, search it, or fine-tune it with proqha "
+                  f"train --init {run_dir})")
+    for line in result["warnings"]:
+        console.print(f"warning: {line}", markup=False)
