@@ -35,7 +35,7 @@ def search_run(digits_run):
     return root / "search-1"
 
 
-TRAINING_FIXTURES = {"digits_run", "search_run", "digits_model", "trained", "runs", "vnni_run"}  # each trains a model first
+TRAINING_FIXTURES = {"digits_run", "search_run", "digits_model", "trained", "runs", "vnni_run", "own_model"}  # each trains a model first
 
 
 def pytest_collection_modifyitems(config, items):

@@ -126,3 +126,22 @@ def test_a_calibrated_model_exports_exactly(tmp_path):
     data = [(b, torch.zeros(len(b), dtype=torch.long)) for b in batches]
     result = export_model(model, tmp_path / "m.onnx", (3, 12, 12), data)
     assert result.report is not None and result.report.ok, result.report.failures
+
+
+def test_the_api_quantize_calibrates_on_calib_data_as_the_cli_does():
+    import proqha
+    from proqha.errors import OptionError
+
+    batches = _heavy_tailed(2)
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    pairs = [(b, torch.zeros(len(b), dtype=torch.long)) for b in batches]  # as a DataLoader yields them
+    by_api = proqha.quantize(net, batches[0][:2], bits=4, calib_data=pairs, calib_method="percentile")
+    by_hand = _model(bits=4)
+    calibrate_ranges(by_hand, batches, "percentile")
+    for (name, a), (_, b) in zip(by_api.named_modules(), by_hand.named_modules()):
+        if isinstance(a, Quantizer):
+            assert torch.allclose(a.alpha, b.alpha), name
+    assert not by_api.training
+    with pytest.raises(OptionError, match="calib_method must be one of"):
+        proqha.quantize(net, batches[0][:2], calib_data=pairs, calib_method="kl")

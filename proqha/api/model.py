@@ -50,7 +50,11 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
     except (TypeError, ValueError) as exc:
         raise ProqhaError(f"quantize: {exc}") from None
     qmodel = quantize_model(model, config, tuple(example_input.shape[1:]))
+    norms = [m for m in qmodel.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
     forward_checked(qmodel, example_input, None, "quantize: the model cannot run on example_input {shape}")
+    for m, state in zip(norms, kept):  # the check's training-mode forward leaves the trained statistics alone
+        m.load_state_dict(state)
     if calib_data is not None:
         from proqha.quant.ptq import calibrate_ranges, recalibrate_batchnorm
 
