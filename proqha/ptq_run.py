@@ -7,7 +7,6 @@ pass callbacks for progress."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,27 +20,11 @@ from proqha.files import atomic_write_json, write_jsonl
 from proqha.health import OutputHealth
 from proqha.loaders import make_loader
 from proqha.ptq_config import PTQConfig
-from proqha.runs import RunDir, pick_checkpoint, removed_on_error, run_lock
+from proqha.runs import RunDir, removed_on_error, run_lock
 from proqha.train_config import TrainConfig
 
 STAGE = "quantize"
 Progress = Callable[[str, int, int], None]
-
-
-def config_from_run(run: Path | str, cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the architecture, data and head of the model a train run (or checkpoint) holds, and
-    that checkpoint as its ``init``: ``proqha quantize RUN``."""
-    from proqha.checkpoint import load_checkpoint
-    from proqha.data import DataSource
-
-    picked = pick_checkpoint(Path(run), start_option="init")
-    state = load_checkpoint(picked.checkpoint)
-    if state.recipe is None:
-        raise OptionError("init", f"{picked.checkpoint} has no model recipe (a search of a Python-API model)")
-    source = DataSource.from_dict(state.data)
-    return replace(cfg, arch=state.recipe["arch"], num_classes=int(state.recipe["num_classes"]),
-                   dataset=source.dataset, data_dir=source.data_dir, download=source.download,
-                   image_size=source.image_size, val_split=source.val_split, init=str(picked.checkpoint))
 
 
 def _batches(dataset: Any, batch_size: int, count: int) -> list[torch.Tensor]:

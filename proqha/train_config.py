@@ -5,8 +5,8 @@ so the CLI reads its defaults and help before any heavy import."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Collection
 
 from proqha.errors import OptionError, ProqhaError
 from proqha.options import declared, option
@@ -116,6 +116,27 @@ class TrainConfig:
             raise OptionError("amp", "fp16 needs a CUDA device; bf16 runs on the CPU")
         lr = self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
         return TrainConfig(**(asdict(self) | {"arch": arch, "lr": lr}))
+
+    def following_init(self, given: Collection[str] = ()) -> "TrainConfig":
+        """This config with the architecture, head and data of the model ``init`` names when it is a proqha
+        run or checkpoint, for each of those options not in ``given`` (the ones the user
+        set); unchanged for any other file (a state dict of the user's)."""
+        from proqha.data.source import DataSource
+        from proqha.weights import read_checkpoint
+
+        try:
+            state = read_checkpoint(self.init) if self.init else None
+        except OptionError:
+            raise
+        except ProqhaError as exc:
+            raise OptionError("init", str(exc)) from None
+        if state is None or state.recipe is None:
+            return self
+        data = DataSource.from_dict(state.data)
+        found = {"arch": state.recipe["arch"], "num_classes": int(state.recipe["num_classes"]),
+                 "dataset": data.dataset, "data_dir": data.data_dir, "download": data.download,
+                 "image_size": data.image_size, "val_split": data.val_split}
+        return replace(self, **{k: v for k, v in found.items() if k not in given})
 
     def data_source(self) -> "DataSource":
         """Where this run's data comes from (what its checkpoints record)."""

@@ -33,6 +33,18 @@ class WeightsMismatch(ProqhaError):
         self.detail = detail
 
 
+def read_checkpoint(source: str | Path) -> Checkpoint | None:
+    """The proqha checkpoint ``source`` names (a checkpoint file, or a run folder's checkpoint as ``proqha
+    export`` picks it), or None when it is another file (a plain or wrapped state dict)."""
+    path = Path(source)
+    if path.is_dir():
+        path = pick_checkpoint(path).checkpoint
+    loaded = load_plain(path)
+    if isinstance(loaded, dict) and "format" in loaded and "kind" in loaded:
+        return Checkpoint.from_dict(loaded, path)
+    return None
+
+
 def read_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in ``source``: a proqha checkpoint (its ``model``), a plain state dict, a dict holding one
     under ``state_dict``, ``model_state_dict``, ``model`` or ``net``, or a run folder (its checkpoint, as

@@ -72,10 +72,10 @@ def test_a_users_float_model_quantizes_searches_exports_and_fine_tunes(own_model
     names = {p.key: p.value for p in graph.metadata_props}
     assert json.loads(names["class_names"]) == ["circle", "cross", "square", "triangle"]
 
-    tuned = _ok(["train", "--init", str(run), "--arch", "resnet18", "--dataset", "imagefolder", "--data-dir",
-                 str(folder), "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--optimizer", "adam",
-                 "--lr", "1e-4", "--run-dir", "tuned"])
-    assert "re-initialised" not in tuned.output  # the quantize run's head fits
+    tuned = _ok(["train", "--init", str(run), "--epochs", "1", "--batch-size", "32", "--optimizer", "adam",
+                 "--lr", "1e-4", "--run-dir", "tuned"])  # the architecture, head and data come with the run
+    assert "training resnet18 on imagefolder" in tuned.output and "re-initialised" not in tuned.output
+    assert json.loads((Path("tuned") / "config.json").read_text())["image_size"] == 32
     start = read_jsonl(Path("tuned") / "metrics.jsonl")[0]
     assert start["test_top1"] >= row["test_top1"] - 5.0  # fine-tuning starts from the calibrated ranges
 

@@ -119,3 +119,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_p
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_rank_by_loss_orders_the_table_by_the_loss_increase(digits_run, tmp_path):
+    result = runner.invoke(app, ["sensitivity", str(digits_run), "--bits", "2", "--samples", "64", "--top", "6",
+                                 "--rank-by", "loss_damage", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = [r for r in read_sensitivity_csv(tmp_path / "sensitivity.csv") if r.bits == 2]
+    worst = sorted(rows, key=lambda r: (-r.loss_damage, -r.top1_drop))[:6]
+    table = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in table] == [r.layer for r in worst]

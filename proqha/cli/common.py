@@ -106,6 +106,14 @@ def options_given(ctx: typer.Context | None, exclude: set[str]) -> list[str]:
             and getattr(ctx.get_parameter_source(p.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")]
 
 
+def params_given(ctx: typer.Context | None) -> set[str]:
+    """The parameter names of the options typed on ``ctx``'s command line (or set by environment)."""
+    if ctx is None:
+        return set()
+    return {p.name for p in ctx.command.params if p.name is not None
+            and getattr(ctx.get_parameter_source(p.name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+
+
 def resume_config(stage: str, config_cls: type[C], run_dir: Path | None, ctx: typer.Context | None = None,
                   **overrides: Any) -> tuple[C, Path]:
     """The saved options of a run to resume (default: the latest of ``stage``), with overrides left at None

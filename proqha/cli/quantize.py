@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from proqha.cli.common import declared_option, fresh_run_dir, handle_errors
+from proqha.cli.common import declared_option, fresh_run_dir, handle_errors, params_given
 from proqha.cli.quantize_report import run_quantize
 from proqha.options import check_options, default
 from proqha.ptq_config import PTQConfig
@@ -19,8 +19,9 @@ STAGE = "quantize"  # the run folders' prefix: runs/quantize-<n>
 
 @handle_errors
 def quantize(
-    run: Annotated[Optional[Path], typer.Argument(help="A train run (or its checkpoint) to quantize; its "
-                                                       "architecture and data come with it. Or give --init.")] = None,
+    ctx: typer.Context,
+    run: Annotated[Optional[Path], typer.Argument(help="A proqha run (or checkpoint) to quantize, as --init; its "
+                                                       "architecture and data come with it.")] = None,
     init: Annotated[Optional[Path], declared_option(TrainConfig, "init", "--init")] = default(TrainConfig, "init"),
     arch: Annotated[Optional[str], declared_option(TrainConfig, "arch")] = default(TrainConfig, "arch"),
     dataset: Annotated[str, declared_option(TrainConfig, "dataset")] = default(TrainConfig, "dataset"),
@@ -47,6 +48,12 @@ def quantize(
     then print float and quantized top-1 and the drop."""
     from proqha.errors import OptionError
 
+    if run is not None and init is not None:
+        raise OptionError("init", "names the model to quantize, as RUN does: give one of them")
+    init = run if run is not None else init
+    if init is None:
+        raise OptionError("init", "is needed: the trained model to quantize (a state dict file, a proqha "
+                                  "checkpoint or run)")
     ptq = PTQConfig(calib_batches=calib_batches, calib_method=calib_method, percentile=percentile,
                     bn_recalib=bn_recalib)
     check_options(ptq)
@@ -54,14 +61,5 @@ def quantize(
                       num_classes=num_classes, image_size=image_size, val_split=val_split, bits=bits,
                       bits_file=str(bits_file) if bits_file else None, weight_quantizer=weight_quantizer,
                       edge_layers=edge_layers, int8_kernels=int8_kernels, batch_size=batch_size, seed=seed,
-                      workers=workers, device=device, init=str(init) if init else None)
-    if run is not None and init is not None:
-        raise OptionError("init", "names the model to quantize, as RUN does: give one of them")
-    if run is not None:
-        from proqha.ptq_run import config_from_run
-
-        cfg = config_from_run(run, cfg)
-    elif init is None:
-        raise OptionError("init", "is needed: the trained model to quantize (a state dict file, a proqha "
-                                  "checkpoint), or give a train RUN")
-    run_quantize(cfg.resolved(), ptq, fresh_run_dir(STAGE, run_dir))
+                      workers=workers, device=device, init=str(init))
+    run_quantize(cfg.following_init(params_given(ctx)).resolved(), ptq, fresh_run_dir(STAGE, run_dir))

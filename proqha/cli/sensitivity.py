@@ -33,6 +33,7 @@ def sensitivity(
     batch_size: Annotated[int, declared_option(S, "batch_size")] = default(S, "batch_size"),
     out: Annotated[Optional[Path], declared_option(S, "out")] = default(S, "out"),
     top: Annotated[int, declared_option(S, "top")] = default(S, "top"),
+    rank_by: Annotated[str, declared_option(S, "rank_by")] = default(S, "rank_by"),
     device: Annotated[str, declared_option(S, "device")] = default(S, "device"),
 ) -> None:
     """Measure the loss and top-1 each layer's weights and activations cost at lower bits, one at a time;
@@ -40,5 +41,5 @@ def sensitivity(
     from proqha.cli.sensitivity_report import sensitivity_and_report
 
     cfg = S(run=run, bits=parse_bits(bits), split=split, samples=samples, batch_size=batch_size, out=out, top=top,
-            device=device)
+            rank_by=rank_by, device=device)
     sensitivity_and_report(cfg.resolved())

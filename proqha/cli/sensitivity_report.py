@@ -19,14 +19,15 @@ def _num(value: float, fmt: str) -> str:
     return "inf" if math.isinf(value) else "-" if math.isnan(value) else format(value, fmt)
 
 
-def sensitivity_table(result: Sensitivity, top: int) -> Table:
-    """The ``top`` rows that hurt most (top-1 drop, then loss increase), below each knob's current bits."""
+def sensitivity_table(result: Sensitivity, top: int, by: str = "top1_drop") -> Table:
+    """The ``top`` rows that hurt most (by ``by``: top-1 drop or loss increase, ties by the other), below each
+    knob's current bits."""
     step = f", step {result.step}" if result.step is not None else ""
     table = Table(title=f"sensitivity: {result.run_dir}{step} on {result.split} ({result.samples} images; "
                         f"unchanged: loss {result.base.loss:.4f}, top-1 {result.base.top1:.2f}%)")
     for col in ("layer", "knob", "bits", "now", "loss", "loss increase", "top-1 %", "top-1 drop"):
         table.add_column(col, justify="left" if col in ("layer", "knob") else "right")
-    for r in result.worst(top):
+    for r in result.worst(top, by):
         table.add_row(r.layer, "weights" if r.knob == "w" else "activations", str(r.bits),
                       str(result.current[r.layer][r.knob]), _num(r.loss, ".4f"), _num(r.loss_damage, "+.4f"),
                       _num(r.top1, ".2f"), _num(r.top1_drop, "+.2f"))
@@ -48,7 +49,7 @@ def sensitivity_and_report(cfg: SensitivityConfig) -> Sensitivity:
     with progress:
         result = measure_sensitivity(cfg, on_job=lambda done, jobs: progress.update(task, completed=done),
                                      on_start=on_start)
-    console.print(sensitivity_table(result, cfg.top))
-    for path in write_sensitivity(result):
+    console.print(sensitivity_table(result, cfg.top, cfg.rank_by))
+    for path in write_sensitivity(result, cfg.rank_by):
         err_console.print(f"wrote {path}")
     return result

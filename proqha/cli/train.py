@@ -11,6 +11,7 @@ from proqha.cli.common import (
     declared_option,
     fresh_run_dir,
     handle_errors,
+    params_given,
     resume_config,
 )
 from proqha.cli.train_report import run_train
@@ -68,6 +69,6 @@ def train(
                           batch_size=batch_size,
                           lr=lr, optimizer=optimizer, weight_decay=weight_decay, seed=seed, workers=workers,
                           device=device, init=str(init) if init else None, amp=amp,
-                          channels_last=channels_last, compile=compile).resolved()
+                          channels_last=channels_last, compile=compile).following_init(params_given(ctx)).resolved()
         run_dir = distributed.decide_on_main(lambda: fresh_run_dir("train", run_dir))
     run_train(cfg, run_dir, resume)

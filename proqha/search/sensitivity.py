@@ -34,6 +34,9 @@ def _bit_levels(value: object) -> bool:
     return isinstance(value, (tuple, list)) and bool(value) and all(isinstance(b, int) and 2 <= b <= 8 for b in value)
 
 
+RANKINGS = ("top1_drop", "loss_damage")  # SensitivityRow fields that measure damage
+
+
 @dataclass
 class SensitivityConfig:
     """What ``proqha sensitivity`` measures and where it writes (``measure_sensitivity``)."""
@@ -48,6 +51,8 @@ class SensitivityConfig:
     batch_size: int = option(256, "Evaluation batch size.", low=1)
     out: Path | None = option(None, "Folder of sensitivity.csv and sensitivity.png (default: the run's folder).")
     top: int = option(20, "Rows of the printed table, worst first.", low=1)
+    rank_by: str = option("top1_drop", "What ranks the table and colours the heat map: top1_drop or loss_damage "
+                                       "(the loss increase: finer on small splits).", choices=RANKINGS)
     device: str = option("cpu", "Device to measure on: auto, cpu, cuda or cuda:N.")
 
     def resolved(self) -> SensitivityConfig:
