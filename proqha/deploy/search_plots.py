@@ -44,7 +44,7 @@ def _uniform_point(run: Path, start: bool = False) -> tuple[UniformPoint, dict[s
         rows = read_jsonl(folder.metrics)
     except (OSError, ValueError, KeyError):
         return None
-    if not rows or config.get("bits_file") or config.get("stage", "train") != "train":
+    if not rows or config.get("bits_file") or config.get("stage", "train") not in ("train", "quantize"):
         return None
     return UniformPoint(run.name, int(config["bits"]), float(cost["paper_cost"]), float(cost["bitops"]),
                         float(rows[-1]["test_top1"]), start, str(run)), config
@@ -63,7 +63,7 @@ def uniform_baselines(root: Path, recipe: dict[str, Any]) -> list[UniformPoint]:
 def search_baselines(run_dir: Path) -> list[UniformPoint]:
     """What a search is compared with: the train run it started from (first, ``start``) and the uniform-bit
     train runs beside it of that run's recipe (``RECIPE_KEYS``); none when the start is not a uniform-bit
-    train run (a search, or a run trained with a bits file)."""
+    train or quantize run (a search, or a run with a bits file)."""
     config = run_config(run_dir)
     source = Path(config.get("source", "")) if config.get("source") else None
     if (source is None or not source.exists()) and config.get("source_checkpoint"):
