@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -109,10 +110,10 @@ ZIP_MAGIC, PICKLE_PROTO = b"PK\x03\x04", b"\x80"  # how torch.save's files begin
 def _refusal(message: str) -> str:
     """What torch.load(weights_only=True) refused, in a few words (its message is a paragraph of advice)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", message)  # terminal colour codes
-    named = re.search(r"unsupported GLOBAL (\S+)", text)
+    named = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.IGNORECASE)
     if named:
         return f"it would import {named.group(1)}"
-    detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     return detail.group(1).strip()[:160] if detail else "classes or code beyond tensors and numbers"
 
 
@@ -135,10 +136,13 @@ def load_plain(path: Path | str, map_location: str | torch.device = "cpu") -> An
     if head[:4] != ZIP_MAGIC and head[:1] != PICKLE_PROTO:
         raise ProqhaError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing or reading
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ProqhaError(f"checkpoint {path} was refused: it holds objects that are not plain data "
-                          f"({_refusal(str(exc))})") from None
+                          f"({_refusal(str(exc))}); save the weights with torch.save(model.state_dict(), "
+                          "path)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ProqhaError(f"checkpoint {path} is unreadable or truncated ({first_line(exc)[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - torch.load's unpickler raises anything on a file that is no checkpoint

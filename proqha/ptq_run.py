@@ -39,7 +39,7 @@ def quantize_run(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path, on_start: Call
     batches of the calibration split, evaluate float and quantized on the test split, write ``run_dir``
     (config.json, metrics.jsonl, bits.json, cost.json, checkpoints/last.pt). Nothing is written until
     both evaluations are done. Returns ``float``/``quantized`` (their evaluation rows), ``drop`` (top-1
-    points), ``calib_images``, ``bn_layers`` and ``warnings``."""
+    points), ``calib_images``, ``bn_layers``, ``warnings`` and ``num_classes``."""
     from proqha.devices import resolve_device
     from proqha.quant import BitConfig, float_twin
     from proqha.quant.ptq import calibrate_ranges, recalibrate_batchnorm
@@ -80,7 +80,8 @@ def quantize_run(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path, on_start: Call
         save_checkpoint(Checkpoint(STAGE, model.state_dict(), recipe.to_dict(), BitConfig.from_model(model).to_dict(),
                                    data, row, cfg.to_dict() | ptq.to_dict()), layout.last)
     return {"run_dir": str(layout.path), "float": float_row, "quantized": quant_row, "drop": drop,
-            "calib_images": row["calib_images"], "bn_layers": bn_layers, "warnings": warnings}
+            "calib_images": row["calib_images"], "bn_layers": bn_layers, "warnings": warnings,
+            "num_classes": recipe.num_classes}
 
 
 def _counted(loader: Any, phase: str, on_batch: Progress | None) -> Any:

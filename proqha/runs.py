@@ -133,6 +133,16 @@ def latest_run_dir(stage: str, root: Path = DEFAULT_ROOT) -> Path | None:
     """The highest-numbered ``<root>/<stage>-<n>`` that exists, or None."""
     runs = _numbered(stage, Path(root))
     return runs[-1][1] if runs else None
+MODEL_STAGES = ("train", "quantize")  # the runs whose model a search or export starts from
+
+
+def latest_model_run(root: Path = DEFAULT_ROOT) -> Path | None:
+    """The newer (by its config.json) of the latest train run and the latest quantize run, or None."""
+    found = [run for run in (latest_run_dir(stage, root) for stage in MODEL_STAGES) if run is not None]
+    config = lambda run: RunDir(run).config  # noqa: E731
+    return max(found, key=lambda run: config(run).stat().st_mtime if config(run).is_file() else 0.0, default=None)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir/.lock`` for the duration: a second process writing into the same run is refused
@@ -182,7 +192,7 @@ class Picked(NamedTuple):
 def pick_checkpoint(run: Path | str | None, step: int | None = None, best_under_cost: float | None = None, *,
                     start_option: str | None = None) -> Picked:
     """The checkpoint that ``run`` names: a checkpoint file, a train run (its last.pt) or a search run; by
-    default the latest search run, else the latest train run.
+    default the latest search run, else the newest train or quantize run (``latest_model_run``).
 
     A search run gives the step of its frontier.csv that ``step`` names, or the most accurate one at or below
     ``best_under_cost``, or its last (what export, bench and parity read). With ``start_option`` (the option
@@ -215,9 +225,9 @@ def pick_checkpoint(run: Path | str | None, step: int | None = None, best_under_
 
 
 def _default_run() -> Path:
-    run = latest_run_dir("search", DEFAULT_ROOT) or latest_run_dir("train", DEFAULT_ROOT)
+    run = latest_run_dir("search", DEFAULT_ROOT) or latest_model_run(DEFAULT_ROOT)
     if run is None:
-        raise ProqhaError(f"no train or search run under {DEFAULT_ROOT}/ to export (pass RUN)")
+        raise ProqhaError(f"no search, train or quantize run under {DEFAULT_ROOT}/ (pass RUN)")
     return run
 
 

@@ -107,7 +107,7 @@ BAD = [
     (["--split", "train"], "--split must be one of calib, test, got 'train'"),
     (["--samples", "0"], "--samples must be >= 1"),
     (["no-such-run"], "RUN not found: no-such-run"),
-    ([], "no train or search run under runs/"),
+    ([], "no search, train or quantize run under runs/"),
 ]
 
 

@@ -40,15 +40,16 @@ def run_quantize(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path) -> None:
         if progress.live.is_started:
             progress.stop()
     f, q = result["float"], result["quantized"]
-    table = Table(title=f"proqha quantize: {cfg.arch} on {cfg.dataset}, {result['calib_images']} calibration images")
-    for col in ("model", "test top-1", "test top-5", "test loss"):
+    table = Table(title=f"{cfg.arch} on {cfg.dataset}")
+    top5 = result["num_classes"] > 5  # with 5 classes or fewer top-5 is always 100%
+    for col in ("model", "test top-1", *(["test top-5"] if top5 else []), "test loss"):
         table.add_column(col, justify="right")
-    table.add_row("float", f"{f['test_top1']:.2f}", f"{f['test_top5']:.2f}", f"{f['test_loss']:.4f}")
-    table.add_row(f"int{cfg.bits}" if cfg.bits != 32 else "bits 32", f"{q['test_top1']:.2f}", f"{q['test_top5']:.2f}",
-                  f"{q['test_loss']:.4f}")
+    for name, row in (("float", f), (f"int{cfg.bits}" if cfg.bits != 32 else "bits 32", q)):
+        table.add_row(name, f"{row['test_top1']:.2f}", *([f"{row['test_top5']:.2f}"] if top5 else []),
+                      f"{row['test_loss']:.4f}")
     console.print(table)
     change = f"drop {result['drop']:.2f}" if result["drop"] >= 0 else f"gain {-result['drop']:.2f}"
-    console.print(f"top-1 {change} points; run {run_dir} (export it, search it, or fine-tune it with proqha "
-                  f"train --init {run_dir})")
+    console.print(f"top-1 {change} points ({result['calib_images']} calibration images); run {run_dir} (export it, search it, or fine-tune it: proqha train "
+                  f"--init {run_dir} --optimizer adam --lr 1e-4)")
     for line in result["warnings"]:
         console.print(f"warning: {line}", markup=False)

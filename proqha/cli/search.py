@@ -18,11 +18,11 @@ from proqha.cli.common import (
 from proqha.cli.search_report import search_run
 from proqha.errors import ProqhaError
 from proqha.options import declared, default
-from proqha.runs import DEFAULT_ROOT, latest_run_dir
+from proqha.runs import DEFAULT_ROOT, latest_model_run
 from proqha.search.config import SearchConfig
 
 S = SearchConfig
-SOURCE_HELP = f"{declared(S, 'source').help[:-1]} (default: the latest train run)."
+SOURCE_HELP = f"{declared(S, 'source').help[:-1]} (default: the newest train or quantize run)."
 STEPS_HELP = f"{declared(S, 'steps').help[:-1]} (default {default(S, 'steps')}; with --resume, extends the run)."
 
 
@@ -69,9 +69,10 @@ def search(
         cfg, run_dir = resume_config("search", SearchConfig, run_dir, ctx, steps=steps)
     else:
         if source is None:
-            source = latest_run_dir("train", DEFAULT_ROOT)
+            source = latest_model_run(DEFAULT_ROOT)
             if source is None:
-                raise ProqhaError(f"no train run under {DEFAULT_ROOT}/ to search from; run `proqha train` or pass --from")
+                raise ProqhaError(f"no train or quantize run under {DEFAULT_ROOT}/ to search from; run `proqha train` "
+                                  "or `proqha quantize`, or pass --from")
         given = {f.name: ctx.params[f.name] for f in fields(SearchConfig) if f.name in ctx.params}
         cfg = SearchConfig(**(given | {"source": str(source), "steps": default(S, "steps") if steps is None else steps})
                            ).resolved()

@@ -43,14 +43,18 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
         for line in row.get("warnings", ()):
             progress.console.print(f"warning: step {row['step']}: {line}", markup=False)
 
-    def on_start(s) -> None:
+    def on_start(s) -> None:  # the model and data are loaded and checked: only now show progress, so a bad
+        progress.start()      # start run is one error line with nothing before it
         progress.console.print(f"searching {s.recipe.arch} ({len(s.knobs)} knobs) on {s.dataset}, "
                                f"criterion {cfg.criterion}, lam {cfg.lam}, into {run_dir}")
 
     try:
-        with progress:
+        try:
             result = run_search(cfg, run_dir, resume=resume, on_candidate=on_candidate, on_step=on_step,
                                 on_start=on_start)
+        finally:
+            if progress.live.is_started:  # stopping a progress never started still prints a blank line
+                progress.stop()
     except KeyboardInterrupt:
         raise interrupted("search", run_dir, run_dir / FRONTIER_FILE, "completed steps are saved") from None
     if not distributed.is_main():

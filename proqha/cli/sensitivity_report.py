@@ -43,12 +43,16 @@ def sensitivity_and_report(cfg: SensitivityConfig) -> Sensitivity:
                         console=err_console, transient=True)
     task = progress.add_task("measuring", total=None)
 
-    def on_start(result: Sensitivity, jobs: int) -> None:
+    def on_start(result: Sensitivity, jobs: int) -> None:  # the model and data are loaded: only now show
+        progress.start()                                      # progress, so bad input is one line alone
         progress.update(task, total=jobs, description=f"measuring {result.arch} knobs on {result.split}")
 
-    with progress:
+    try:
         result = measure_sensitivity(cfg, on_job=lambda done, jobs: progress.update(task, completed=done),
                                      on_start=on_start)
+    finally:
+        if progress.live.is_started:  # stopping a progress never started still prints a blank line
+            progress.stop()
     console.print(sensitivity_table(result, cfg.top, cfg.rank_by))
     for path in write_sensitivity(result, cfg.rank_by):
         err_console.print(f"wrote {path}")

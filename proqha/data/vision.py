@@ -142,7 +142,7 @@ def image_layout(data_dir: Path, val_split: float | None = None) -> _Layout:
         raise ProqhaError(f"image folder missing: {train_dir} (expected {data_dir}/train and {data_dir}/val)")
     if val_split is not None and val_dir.is_dir():
         raise OptionError("val_split", f"holds out part of train/ when there is no val/, but {val_dir} exists "
-                                       "(leave val_split out to test on it)")
+                                       "(leave val_split out to test on it)", others=("val_split",))
     if val_split is None and not val_dir.is_dir():
         raise OptionError("data_dir", f"{data_dir} has no val/ folder: add {val_dir}, or pass val_split to hold out "
                                       "part of train/", others=("val_split",))
@@ -180,8 +180,11 @@ class ImageFiles(Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL: a truncated or corrupt file past its header
+            raise ProqhaError(f"cannot read image {path}: {first_line(exc)}") from None
         return self.transform(rgb), label
 
 

@@ -17,7 +17,8 @@ API_BENCH_BATCHES = (1, 8)
 class BenchOptions:
     """What to time and how (the run's models on each engine and batch size)."""
 
-    run: Path | None = option(None, "Search run, train run or checkpoint (default: the latest search, else train, run).")
+    run: Path | None = option(None, "Search, train or quantize run, or a checkpoint (default: the latest search run, "
+                                    "else the newest train or quantize run).")
     engines: tuple[str, ...] = option(("ort",), "ort, openvino, trt or torch; repeat for several (default ort).")
     batches: tuple[int, ...] = option((1, 8, 32), "Batch sizes, comma-separated.")
     warmup: int = option(5, "Untimed runs before timing.")

@@ -74,7 +74,8 @@ def bench_run(run: Path | None = None, *, step: int | None = None, best_under_co
     """Time a run's models on each engine and batch size and write ``bench.json``/``bench.csv`` (and, with
     ``plot``, latency_vs_bitops.png and accuracy_vs_latency.png) into ``out_dir`` (default RUN/bench).
 
-    ``run``: a search run, a train run or a checkpoint (default: the latest search, else train, run), its
+    ``run``: a search, train or quantize run or a checkpoint (default: the latest search run, else the newest
+    train or quantize run), its
     step chosen by ``step`` or ``best_under_cost`` (``runs.pick_checkpoint``). Timed: that model, its fp32
     twin, the search's uniform 8-bit start step (every step with ``all_steps``), and with ``anchor``
     onnxruntime's quantize_static of the twin on the ONNX engines. ``iters`` timed runs per batch size after
@@ -101,6 +102,7 @@ def bench_run(run: Path | None = None, *, step: int | None = None, best_under_co
         return make_runtime(name, bm, threads, torch_device, size, engine_max_batch(batches))
 
     sanity_x = next(iter(checkpoint_test_loader(state, SANITY_BATCH, SANITY_BATCH)))[0].numpy()
+    samples = len(checkpoint_test_loader(state, samples, ACCURACY_BATCH).dataset)  # type: ignore[arg-type]  # what is used
     result = run_bench(models, engines, batches, runtime, sanity_x,
                        lambda: checkpoint_test_loader(state, samples, ACCURACY_BATCH),
                        size, warmup, None if seconds else iters, seconds,

@@ -18,8 +18,8 @@ class ExportConfig:
     """What to export and how. The choices of ``profile``, ``int8_kernels`` and ``weights`` are checked against
     their tables (``qdq.PROFILES``, ``quant.grid.INT8_KERNELS``, ``qdq.WEIGHT_STORAGES``) by ``resolved``."""
 
-    run: Path | None = option(None, "Search run, train run or checkpoint (default: the latest search, else train, "
-                                    "run).")
+    run: Path | None = option(None, "Search, train or quantize run, or a checkpoint (default: the latest search "
+                                    "run, else the newest train or quantize run).")
     step: int | None = option(None, "Search step to export (default: the last).")
     best_under_cost: float | None = option(None, "Export the most accurate step at or below this paper cost.")
     fmt: str = option("onnx", "onnx (QDQ, integer), onnx-fp32 (the float graph of the same model), or trt (a "

@@ -183,7 +183,7 @@ def export_run(config: ExportConfig) -> ExportResult:
 
     ``config.run``: a search run (its last step, ``step``, or its most accurate step at or below the paper
     cost ``best_under_cost``), a train run (its last checkpoint) or a checkpoint file; default the latest
-    search run, else the latest train run. ``fmt``: ``onnx`` (QDQ, integer), ``onnx-fp32`` (the float graph
+    search run, else the newest train or quantize run. ``fmt``: ``onnx`` (QDQ, integer), ``onnx-fp32`` (the float graph
     of the same model) or ``trt`` (the trt-profile graph and its TensorRT engine). ``out``: default
     RUN/export/model[-stepN][-fp32][-trt].onnx, an existing file replaced only with ``force``. Validation
     (``check``) measures parity on ``samples`` test images of the run's dataset with the model on

@@ -58,7 +58,18 @@ def get_model_spec(name: str) -> ModelSpec:
         if "." in name:  # my_pkg.models.make_net: the import-path form with its colon missing
             module, _, attr = name.rpartition(".")
             hint = f" (your own model? name it as module:factory, {module}:{attr})"
+        elif _torchvision_builder(name):
+            hint = f" (torchvision's: name it torchvision.models:{name})"
         raise ProqhaError(f"unknown architecture {name!r}{hint}; choose one of: {', '.join(list_models())}") from None
+
+
+def _torchvision_builder(name: str) -> bool:
+    """Whether torchvision has a model builder ``name`` (imported only for this message)."""
+    try:
+        import torchvision.models
+    except ImportError:
+        return False
+    return name.isidentifier() and name in torchvision.models.list_models()
 
 
 def create_model(name: str, num_classes: int | None = None, in_channels: int | None = None,

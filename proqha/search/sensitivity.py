@@ -41,8 +41,8 @@ RANKINGS = ("top1_drop", "loss_damage")  # SensitivityRow fields that measure da
 class SensitivityConfig:
     """What ``proqha sensitivity`` measures and where it writes (``measure_sensitivity``)."""
 
-    run: Path | None = option(None, "Train run, search run (its chosen step) or checkpoint (default: the latest "
-                                    "search, else train, run).")
+    run: Path | None = option(None, "Train, quantize or search run (its chosen step), or a checkpoint (default: "
+                                    "the latest search run, else the newest train or quantize run).")
     bits: tuple[int, ...] = option(DEFAULT_BITS, "Bit levels to try, comma-separated (2..8); a knob tries those "
                                                  "below its current bits.", check=_bit_levels,
                                    why="must be comma-separated bits in 2..8")
