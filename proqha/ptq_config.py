@@ -23,8 +23,13 @@ class PTQConfig:
                                       "with the least squared rounding and clipping error); mse also fits weight "
                                       "ranges below 8 bit.", choices=CALIB_METHODS)
     percentile: float = option(99.99, "The percentile method's cut, in percent of values.", low=50, high=100)
-    bn_recalib: bool = option(False, "Re-estimate BatchNorm statistics on the calibration images with quantized "
-                                     "weights and activations.")
+    bn_recalib: bool | None = option(None, "Re-estimate BatchNorm statistics on the calibration images with "
+                                            "quantized weights and activations (default: when a layer is below 8 "
+                                            "bit; benchmarks/ptq_calibration.py).")
+
+    def recalibrates(self, lowest_bits: int) -> bool:
+        """Whether BatchNorm is re-estimated for a model whose lowest layer width is ``lowest_bits``."""
+        return self.bn_recalib if self.bn_recalib is not None else lowest_bits < 8
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,7 +42,7 @@ def quantize_run(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path, on_start: Call
     points), ``calib_images``, ``bn_layers``, ``warnings`` and ``num_classes``."""
     from proqha.devices import resolve_device
     from proqha.quant import BitConfig, float_twin
-    from proqha.quant.ptq import calibrate_ranges, recalibrate_batchnorm
+    from proqha.quant.ptq import calibrate_ranges, lowest_bits, recalibrate_batchnorm
     from proqha.train import prepare_model
 
     if not cfg.init:
@@ -60,7 +60,7 @@ def quantize_run(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path, on_start: Call
     float_row = evaluate_loader(float_twin(model), _counted(test_loader, "float", on_batch), device)
     batches = _batches(calib_set, cfg.batch_size, ptq.calib_batches)
     calibrate_ranges(model, batches, ptq.calib_method, device, ptq.percentile, on_batch)
-    bn_layers = recalibrate_batchnorm(model, batches, device, on_batch) if ptq.bn_recalib else 0
+    bn_layers = recalibrate_batchnorm(model, batches, device, on_batch) if ptq.recalibrates(lowest_bits(model)) else 0
     health = OutputHealth()
     quant_row = evaluate_loader(model, _counted(test_loader, "quantized", on_batch), device, health=health)
     warnings = output_warnings(model, health, test_loader, device)

@@ -111,9 +111,17 @@ def test_batchnorm_recalibration_moves_statistics_and_keeps_ranges():
     assert recalibrate_batchnorm(model, batches) == 2
     assert not torch.allclose(before, model.bn1.running_mean)  # the fresh BatchNorm had mean 0
     for n, q in model.named_modules():
-        if isinstance(q, Quantizer):
+        if isinstance(q, Quantizer) and not q.tracks_range:
             assert torch.equal(ranges[n], q.alpha), n
     assert not model.training and model.bn1.momentum == 0.1
+    logits = next(q for q in model.modules() if isinstance(q, Quantizer) and q.tracks_range)
+    inputs = []  # the logits quantizer's range covers what the re-estimated model feeds it
+    hook = logits.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].abs().amax()))
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    hook.remove()
+    assert float(logits.alpha.detach()) == pytest.approx(float(max(inputs)), rel=1e-5)
 
 
 def test_a_calibrated_model_exports_exactly(tmp_path):
@@ -136,12 +144,18 @@ def test_the_api_quantize_calibrates_on_calib_data_as_the_cli_does():
     torch.manual_seed(0)
     net = SmallNet().eval()
     pairs = [(b, torch.zeros(len(b), dtype=torch.long)) for b in batches]  # as a DataLoader yields them
-    by_api = proqha.quantize(net, batches[0][:2], bits=4, calib_data=pairs, calib_method="percentile")
+    by_api = proqha.quantize(net, batches[0][:2], bits=4, calib_data=pairs, calib_method="percentile",
+                             bn_recalib=False)
     by_hand = _model(bits=4)
     calibrate_ranges(by_hand, batches, "percentile")
     for (name, a), (_, b) in zip(by_api.named_modules(), by_hand.named_modules()):
         if isinstance(a, Quantizer):
             assert torch.allclose(a.alpha, b.alpha), name
     assert not by_api.training
+    # by default BatchNorm is re-estimated below 8 bit only
+    below = proqha.quantize(net, batches[0][:2], bits=4, calib_data=pairs, calib_method="percentile")
+    at_8 = proqha.quantize(net, batches[0][:2], bits=8, calib_data=pairs, calib_method="percentile")
+    assert not torch.allclose(below.bn1.running_mean, by_api.bn1.running_mean)
+    assert torch.equal(at_8.bn1.running_mean, net.bn1.running_mean)
     with pytest.raises(OptionError, match="calib_method must be one of"):
         proqha.quantize(net, batches[0][:2], calib_data=pairs, calib_method="kl")

@@ -26,7 +26,7 @@ from proqha.train_step import LossFn
 def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
              calib_data: Iterable[torch.Tensor | Batch] | None = None,
              calib_method: str = default(PTQConfig, "calib_method"),
-             bn_recalib: bool = default(PTQConfig, "bn_recalib"), **options: Any) -> nn.Module:
+             bn_recalib: bool | None = default(PTQConfig, "bn_recalib"), **options: Any) -> nn.Module:
     """The quantized twin of ``model`` (left untouched), its quantizer ranges calibrated on ``example_input``.
 
     ``bits``: starting weight/activation bits of the searchable layers (2..8, or 32 for float);
@@ -34,7 +34,7 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
     ``calib_data``: batches (input tensors, or (input, label) pairs as a DataLoader gives) to calibrate on
     instead, post-training quantization as ``proqha quantize`` does it: ``calib_method`` minmax,
     percentile or mse (``proqha.ptq_config.PTQConfig``), and with ``bn_recalib`` BatchNorm statistics
-    re-estimated under quantization. The result is a plain ``nn.Module`` (in train mode without
+    re-estimated under quantization (None: when a layer is below 8 bit). The result is a plain ``nn.Module`` (in train mode without
     ``calib_data``, for your own training loop or ``fit``; in eval mode with it)."""
     from proqha.calibration import forward_checked
     from proqha.options import check_options
@@ -44,7 +44,8 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
         raise ProqhaError(f"quantize: model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
         raise ProqhaError("quantize: example_input must be a batch tensor (batch, channels, ...)")
-    check_options(PTQConfig(calib_method=calib_method, bn_recalib=bn_recalib))
+    ptq = PTQConfig(calib_method=calib_method, bn_recalib=bn_recalib)
+    check_options(ptq)
     try:
         config = QuantConfig(bits=bits, **options)
     except (TypeError, ValueError) as exc:
@@ -56,14 +57,14 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
     for m, state in zip(norms, kept):  # the check's training-mode forward leaves the trained statistics alone
         m.load_state_dict(state)
     if calib_data is not None:
-        from proqha.quant.ptq import calibrate_ranges, recalibrate_batchnorm
+        from proqha.quant.ptq import calibrate_ranges, lowest_bits, recalibrate_batchnorm
 
         batches = [b[0] if isinstance(b, (tuple, list)) else b for b in calib_data]
         if not batches:
             raise OptionError("calib_data", "holds no batch")
         device = next(qmodel.parameters(), example_input).device
         calibrate_ranges(qmodel, batches, calib_method, device)
-        if bn_recalib:
+        if ptq.recalibrates(lowest_bits(qmodel)):
             recalibrate_batchnorm(qmodel, batches, device)
     return qmodel
 

@@ -37,7 +37,8 @@ def quantize(
     calib_batches: Annotated[int, declared_option(PTQConfig, "calib_batches")] = default(PTQConfig, "calib_batches"),
     calib_method: Annotated[str, declared_option(PTQConfig, "calib_method")] = default(PTQConfig, "calib_method"),
     percentile: Annotated[float, declared_option(PTQConfig, "percentile")] = default(PTQConfig, "percentile"),
-    bn_recalib: Annotated[bool, declared_option(PTQConfig, "bn_recalib")] = default(PTQConfig, "bn_recalib"),
+    bn_recalib: Annotated[Optional[bool], declared_option(PTQConfig, "bn_recalib", "--bn-recalib/--no-bn-recalib")
+                          ] = default(PTQConfig, "bn_recalib"),
     batch_size: Annotated[int, declared_option(TrainConfig, "batch_size")] = default(TrainConfig, "batch_size"),
     seed: Annotated[int, declared_option(TrainConfig, "seed")] = default(TrainConfig, "seed"),
     workers: Annotated[int, declared_option(TrainConfig, "workers")] = default(TrainConfig, "workers"),

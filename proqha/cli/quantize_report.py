@@ -31,7 +31,7 @@ def run_quantize(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path) -> None:
     def on_start() -> None:  # model and data are built and checked: a bad option is one line with nothing before it
         progress.start()
         progress.console.print(f"quantizing {cfg.arch} on {cfg.dataset} at {cfg.bits} bit ({ptq.calib_method} "
-                               f"calibration{', BatchNorm re-estimated' if ptq.bn_recalib else ''}) into {run_dir}")
+                               f"calibration) into {run_dir}")
 
     try:
         result = quantize_run(cfg, ptq, run_dir, on_start=on_start,
@@ -49,7 +49,8 @@ def run_quantize(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path) -> None:
                       f"{row['test_loss']:.4f}")
     console.print(table)
     change = f"drop {result['drop']:.2f}" if result["drop"] >= 0 else f"gain {-result['drop']:.2f}"
-    console.print(f"top-1 {change} points ({result['calib_images']} calibration images); run {run_dir} (export it, search it, or fine-tune it: proqha train "
+    bn = f", BatchNorm re-estimated in {result['bn_layers']} layers" if result["bn_layers"] else ""
+    console.print(f"top-1 {change} points ({result['calib_images']} calibration images{bn}); run {run_dir} (export it, search it, or fine-tune it: proqha train "
                   f"--init {run_dir} --optimizer adam --lr 1e-4)")
     for line in result["warnings"]:
         console.print(f"warning: {line}", markup=False)

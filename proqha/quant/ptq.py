@@ -28,6 +28,11 @@ Batches = Iterable[torch.Tensor]
 Progress = Callable[[str, int, int], None]  # (phase, batch done, batches)
 
 
+def lowest_bits(model: nn.Module) -> int:
+    """The narrowest weight or activation width of the model's quantized layers (32 when none is on)."""
+    return min((b for layer in quant_layers(model).values() for b in (layer.w_bits, layer.a_bits)), default=32)
+
+
 def _activation_quantizers(model: nn.Module) -> list[Quantizer]:
     """The enabled quantizers of a model other than weight quantizers, skipping those that share another's
     grid (their range follows it)."""
@@ -159,8 +164,9 @@ def calibrate_ranges(model: nn.Module, batches: Iterable[torch.Tensor], method: 
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str = "cpu",
                           on_batch: Progress | None = None) -> int:
     """Re-estimate the running mean and variance of every BatchNorm from ``batches`` with the model
-    quantized as it is (a cumulative average over the batches); every quantizer range stays as it was.
-    Returns how many BatchNorm layers were re-estimated."""
+    quantized as it is (a cumulative average over the batches); every quantizer range stays as it was but
+    the logits' (``tracks_range``), re-measured after so that the new statistics never clip it. Returns how
+    many BatchNorm layers were re-estimated."""
     device = torch.device(device)
     batches = list(batches)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -186,4 +192,26 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], dev
         for q, alpha in ranges:  # a tracked range (the logits') moves in training mode
             q.alpha.copy_(alpha)
         model.eval()
+    _remeasure_tracked(model, batches, device)
     return len(norms)
+
+
+@torch.no_grad()
+def _remeasure_tracked(model: nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
+    """Set each tracked range (the logits', which must not clip) to the largest input it sees with the model
+    as it now computes, quantized."""
+    tracked = [q for q in model.modules() if isinstance(q, Quantizer) and q.enabled and q.tracks_range]
+    tops = [0.0] * len(tracked)
+
+    def largest(i: int, x: torch.Tensor) -> None:
+        tops[i] = max(tops[i], float(_magnitudes(tracked[i], x).amax())) if x.numel() else tops[i]
+
+    hooks = [q.register_forward_pre_hook(lambda mod, args, i=i: largest(i, args[0])) for i, q in enumerate(tracked)]
+    try:
+        for x in batches:
+            model(x.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+    for q, top in zip(tracked, tops):
+        q.alpha.data.fill_(max(top, MIN_RANGE))
