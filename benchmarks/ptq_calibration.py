@@ -1,9 +1,10 @@
 """Which post-training calibration should be the default? Every ``calib_method`` x ``bn_recalib`` at 8, 6 and
-4 bit on float models trained here in plain PyTorch, on data proqha was not designed for.
+4 bit on float models trained here in plain PyTorch, on data proqha was not designed for, over several seeds.
 
-    python benchmarks/ptq_calibration.py [--quick] [--seed 0] [--bits 8 6 4] [--tolerance 0.10]
+    python benchmarks/ptq_calibration.py [--quick] [--seeds 0,1] [--bits 8 6 4]
 
-Models (each trained once, in float, into a temporary folder that lives as long as the run):
+Models (trained anew for each seed, in float, into a temporary folder that lives as long as the seed's run; the
+seed draws the shapes images, initializes and orders the training):
   resnet18 shapes     torchvision ResNet-18 on the shapes folder of ``examples/own_float_model.py``
                       (its ``draw_folder``/``train_float``; image size 32), saved as a plain state dict
   mobilenet_v2 shapes torchvision MobileNetV2 (depthwise convs, ReLU6) on the same folder, trained with
@@ -14,14 +15,21 @@ Models (each trained once, in float, into a temporary folder that lives as long 
 Each arm is the CLI's path, ``proqha.ptq_run.quantize_run`` (calib_batches and percentile at their defaults),
 with a resolved TrainConfig whose init is the float model; the quantized run it writes is read back to get
 its logits, for the mean KL divergence KL(float || quantized) over the test images (and a check that the
-saved run reproduces quantize_run's test loss). Per model a table: float top-1 and loss, each arm's
+saved run reproduces quantize_run's test loss). Per (model, seed) a table: float top-1 and loss, each arm's
 quantized top-1, top-1 drop (points), test loss, loss increase and KL; and, as the bn_recalib arms'
 reference, the float model with its BatchNorm re-estimated on the same calibration images (a model whose
 training-time statistics are off gains from that without any quantization). Test sets are a few hundred images,
-so top-1 is coarse: the loss increase decides. Summary: per bit width, the arm with the lowest mean loss
-increase over the models. Goal (exit 1 on a miss): the current default (``PTQConfig``'s calib_method and
-bn_recalib) has a mean 8-bit loss increase within ``--tolerance`` (relative) of the best arm's.
-``--quick``: fewer images and epochs, only the ResNet-18 (a smoke run; its verdict says little).
+so top-1 is coarse: the loss increase decides.
+
+The default arm is ``PTQConfig()`` as ``quantize_run`` resolves it at each bit width: its calib_method, and
+bn_recalib=None resolved by ``PTQConfig.recalibrates`` on the model's lowest layer width (off at 8 bit, on
+below), so it is one of the measured arms at every width, labelled "<method> (default)"; it is not run again.
+Summary: per bit width, each arm's mean loss increase over the (model, seed) pairs, and the verdict: the
+default against the arm with the lowest mean loss increase, paired over the pairs (d_i = the default's loss
+increase - that arm's; its mean and standard error over the n pairs). The default passes a width when
+mean(d) <= 2 SE (not measurably worse than the best); exit 1 when it fails any width. With one pair (n = 1)
+there is no standard error and it passes only as the best arm.
+``--quick``: fewer images and epochs, one seed, only the ResNet-18 (a smoke run; its verdict says little).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import argparse
 import itertools
 import math
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -169,9 +178,26 @@ def mean_kl(float_logits: torch.Tensor, quant_logits: torch.Tensor) -> float:
                                       reduction="batchmean"))
 
 
+Arm = tuple[int, str, bool]  # (bits, calib_method, bn_recalib)
+
+
+@dataclass
+class Record:
+    """One (model, seed) pair's measurements."""
+
+    model: FloatModel
+    seed: int
+    floats: dict[str, float]
+    arms: dict[Arm, dict[str, float]]
+    default_bn: dict[int, bool]  # per bit width, what the default bn_recalib=None resolves to for this model
+
+
 def measure(model: FloatModel, bit_widths: list[int], seed: int, tmp: Path,
-            log: Callable[[str], None]) -> tuple[dict[str, float], dict[tuple[int, str, bool], dict[str, float]]]:
-    """The float figures of one model and each arm's."""
+            log: Callable[[str], None]) -> tuple[dict[str, float], dict[Arm, dict[str, float]], dict[int, bool]]:
+    """The float figures of one model, each arm's, and per bit width the default's resolved bn_recalib."""
+    from proqha.quant.ptq import lowest_bits
+    from proqha.train import prepare_model
+
     base = config(model, bit_widths[0], seed)
     float_logits, labels = logits_of(base, quantized=False)
     floats = {"top1": 100.0 * float((float_logits.argmax(1) == labels).float().mean()),
@@ -179,9 +205,13 @@ def measure(model: FloatModel, bit_widths: list[int], seed: int, tmp: Path,
     bn_logits, _ = logits_of(base, quantized=False, bn_recalib=True)
     floats |= {"bn_top1": 100.0 * float((bn_logits.argmax(1) == labels).float().mean()),
                "bn_loss": float(nn.functional.cross_entropy(bn_logits, labels)), "bn_kl": mean_kl(float_logits, bn_logits)}
-    arms: dict[tuple[int, str, bool], dict[str, float]] = {}
+    arms: dict[Arm, dict[str, float]] = {}
+    default_bn: dict[int, bool] = {}
     for bits in bit_widths:
         cfg = config(model, bits, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            default_bn[bits] = PTQConfig().recalibrates(lowest_bits(prepare_model(cfg, torch.device("cpu"))[0]))
         for method in CALIB_METHODS:
             for bn in BN_SETTINGS:
                 run_dir = tmp / "arm"
@@ -203,82 +233,129 @@ def measure(model: FloatModel, bit_widths: list[int], seed: int, tmp: Path,
                     "top1": q["test_top1"], "drop": result["drop"], "loss": q["test_loss"],
                     "dloss": q["test_loss"] - f["test_loss"], "kl": mean_kl(float_logits, quant_logits),
                     "calib": result["calib_images"], "warnings": len(result["warnings"]),
-                    "time": time.perf_counter() - t0}
+                    "bn_layers": result["bn_layers"], "time": time.perf_counter() - t0}
         shutil.rmtree(tmp / "arm", ignore_errors=True)
-    return floats, arms
+    return floats, arms, default_bn
 
 
 def arm_name(method: str, bn: bool) -> str:
     return f"{method}{' +bn' if bn else ''}"
 
 
-def print_model(model: FloatModel, floats: dict[str, float], arms: dict) -> None:
+def default_method() -> str:
+    return default(PTQConfig, "calib_method")
+
+
+def label(bits: int, method: str, bn: bool, default_bn: dict[int, bool]) -> str:
+    """An arm's name, "<method> (default)" where it is the default at that width."""
+    is_default = method == default_method() and bn == default_bn[bits]
+    return f"{method} (default)" if is_default else arm_name(method, bn)
+
+
+def print_record(rec: Record) -> None:
+    floats, arms = rec.floats, rec.arms
     calib = next(iter(arms.values()))["calib"]
-    print(f"\n== {model.name}: float top-1 {floats['top1']:.2f}%  loss {floats['loss']:.4f}  "
-          f"({floats['images']} test images, {calib} calibration images; trained in {model.train_s:.0f}s)")
+    print(f"\n== {rec.model.name}, seed {rec.seed}: float top-1 {floats['top1']:.2f}%  loss {floats['loss']:.4f}  "
+          f"({floats['images']} test images, {calib} calibration images; trained in {rec.model.train_s:.0f}s)")
     print(f"float with BatchNorm re-estimated on the calibration images (no quantization; the bn arms' "
           f"reference): top-1 {floats['bn_top1']:.2f}%  loss {floats['bn_loss']:.4f} "
           f"({floats['bn_loss'] - floats['loss']:+.4f})  KL {floats['bn_kl']:.5f}")
-    print(f"{'bits':>4} {'arm':16} {'top-1':>7} {'drop':>7} {'loss':>8} {'d loss':>9} {'KL':>9} {'warn':>4} "
-          f"{'time':>5}")
+    print(f"{'bits':>4} {'arm':16} {'bn':>3} {'top-1':>7} {'drop':>7} {'loss':>8} {'d loss':>9} {'KL':>9} "
+          f"{'warn':>4} {'time':>5}")
     for (bits, method, bn), r in arms.items():
-        print(f"{bits:>4} {arm_name(method, bn):16} {r['top1']:7.2f} {r['drop']:+7.2f} {r['loss']:8.4f} "
-              f"{r['dloss']:+9.4f} {r['kl']:9.5f} {r['warnings']:>4} {r['time']:4.1f}s")
+        print(f"{bits:>4} {label(bits, method, bn, rec.default_bn):16} {'on' if bn else 'off':>3} {r['top1']:7.2f} "
+              f"{r['drop']:+7.2f} {r['loss']:8.4f} {r['dloss']:+9.4f} {r['kl']:9.5f} {r['warnings']:>4} "
+              f"{r['time']:4.1f}s")
+
+
+def paired(records: list[Record], bits: int, best: tuple[str, bool]) -> tuple[float, float, int]:
+    """mean(d) and its standard error over the pairs, d_i = the default's loss increase - ``best``'s."""
+    d = [r.arms[(bits, default_method(), r.default_bn[bits])]["dloss"] - r.arms[(bits, *best)]["dloss"]
+         for r in records]
+    se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else 0.0
+    return statistics.fmean(d), se, len(d)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from error
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"one or more distinct seeds, got {text!r}")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and epochs, one model (a smoke run)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer images and epochs, one seed (the first), one model (a smoke run)")
+    parser.add_argument("--seeds", type=parse_seeds, default=[0, 1],
+                        help="comma-separated seeds; each retrains the float models (default 0,1)")
     parser.add_argument("--bits", nargs="+", type=int, default=[8, 6, 4])
-    parser.add_argument("--tolerance", type=float, default=0.10,
-                        help="how far (relative) the default's mean 8-bit loss increase may exceed the best arm's")
     args = parser.parse_args(argv)
-    if 8 not in args.bits:
-        parser.error("--bits must include 8 (the default's goal)")
-    bit_widths = [8] + [b for b in args.bits if b != 8]
-    the_default = (default(PTQConfig, "calib_method"), default(PTQConfig, "bn_recalib"))
+    bit_widths = list(dict.fromkeys(args.bits))
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    arm_keys = [(m, bn) for m in CALIB_METHODS for bn in BN_SETTINGS]
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default calib_method="
-          f"{the_default[0]} bn_recalib={the_default[1]}", flush=True)
-    results, bn_refs = [], []
-    with tempfile.TemporaryDirectory(prefix="ptq_calibration-") as tmp_name:
-        tmp = Path(tmp_name)
-        for model in make_models(tmp, QUICK if args.quick else FULL, args.seed, args.quick):
-            floats, arms = measure(model, bit_widths, args.seed, tmp, print)
-            print_model(model, floats, arms)
-            results.append(arms)
-            bn_refs.append(floats["bn_loss"] - floats["loss"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; seeds {seeds}; default calib_method="
+          f"{default_method()} bn_recalib={default(PTQConfig, 'bn_recalib')} (resolved per bit width)", flush=True)
+    records: list[Record] = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="ptq_calibration-") as tmp_name:
+            tmp = Path(tmp_name)
+            print(f"\n-- seed {seed}", flush=True)
+            for model in make_models(tmp, QUICK if args.quick else FULL, seed, args.quick):
+                floats, arms, default_bn = measure(model, bit_widths, seed, tmp, print)
+                records.append(Record(model, seed, floats, arms, default_bn))
+                print_record(records[-1])
+                print(f"(elapsed {time.perf_counter() - start:.0f}s)", flush=True)
 
-    print(f"\n== mean over {len(results)} model(s): loss increase (mean KL) per arm")
-    print(f"{'arm':16} " + " ".join(f"{f'{b} bit':>20}" for b in bit_widths))
-    means: dict[tuple[int, str, bool], float] = {}
-    for method in CALIB_METHODS:
-        for bn in BN_SETTINGS:
-            cells = []
-            for bits in bit_widths:
-                key = (bits, method, bn)
-                means[key] = sum(r[key]["dloss"] for r in results) / len(results)
-                kl = sum(r[key]["kl"] for r in results) / len(results)
-                cells.append(f"{means[key]:+9.4f} ({kl:8.5f})")
-            mark = "  <- default" if (method, bn) == the_default else ""
-            print(f"{arm_name(method, bn):16} " + " ".join(f"{c:>20}" for c in cells) + mark)
-    print(f"{'(float +bn)':16} {sum(bn_refs) / len(bn_refs):+9.4f}: the loss change of re-estimating BatchNorm "
-          "alone, without quantization")
+    n = len(records)
+    resolved = {}
     for bits in bit_widths:
-        best = min(((m, bn) for m in CALIB_METHODS for bn in BN_SETTINGS), key=lambda a: means[(bits, *a)])
-        print(f"best at {bits} bit: {arm_name(*best)} (mean loss increase {means[(bits, *best)]:+.4f}; default "
-              f"{arm_name(*the_default)} {means[(bits, *the_default)]:+.4f})")
-    best8 = min(((m, bn) for m in CALIB_METHODS for bn in BN_SETTINGS), key=lambda a: means[(8, *a)])
-    best_inc, default_inc = means[(8, *best8)], means[(8, *the_default)]
-    limit = best_inc + args.tolerance * abs(best_inc)
-    ok = default_inc <= limit or math.isclose(default_inc, best_inc)
-    print(f"verdict: default {arm_name(*the_default)} mean 8-bit loss increase {default_inc:+.4f} "
-          f"{'within' if ok else 'NOT within'} {args.tolerance:.0%} of the best ({arm_name(*best8)} {best_inc:+.4f}, "
-          f"limit {limit:+.4f}){'' if ok else ': MISS'}")
-    print(f"total {time.perf_counter() - start:.0f}s")
-    return 0 if ok else 1
+        settings = {r.default_bn[bits] for r in records}
+        resolved[bits] = "on" if settings == {True} else "off" if settings == {False} else "mixed"
+    print(f"\n== mean over {n} (model, seed) pair(s): loss increase (mean KL) per arm")
+    print(f"{'arm':16} " + " ".join(f"{f'{b} bit':>20}" for b in bit_widths))
+    means: dict[Arm, float] = {}
+    for method, bn in arm_keys:
+        cells = []
+        for bits in bit_widths:
+            key = (bits, method, bn)
+            means[key] = statistics.fmean(r.arms[key]["dloss"] for r in records)
+            kl = statistics.fmean(r.arms[key]["kl"] for r in records)
+            star = "*" if method == default_method() and resolved[bits] == ("on" if bn else "off") else " "
+            cells.append(f"{means[key]:+9.4f} ({kl:8.5f}){star}")
+        print(f"{arm_name(method, bn):16} " + " ".join(f"{c:>21}" for c in cells))
+    cells = []
+    for bits in bit_widths:
+        inc = statistics.fmean(r.arms[(bits, default_method(), r.default_bn[bits])]["dloss"] for r in records)
+        cells.append(f"{inc:+9.4f} (bn {resolved[bits]:>5}) ")
+    print(f"{default_method() + ' (default)':16} " + " ".join(f"{c:>21}" for c in cells))
+    print(f"{'(float +bn)':16} {statistics.fmean(r.floats['bn_loss'] - r.floats['loss'] for r in records):+9.4f}: "
+          "the loss change of re-estimating BatchNorm alone, without quantization")
+    print("* = the default's arm at that width (calib_method default, bn_recalib=None resolved)")
+
+    lines, ok_all = [], True
+    for bits in bit_widths:
+        best = min(arm_keys, key=lambda a: means[(bits, *a)])
+        mean_d, se, count = paired(records, bits, best)
+        default_inc = statistics.fmean(r.arms[(bits, default_method(), r.default_bn[bits])]["dloss"] for r in records)
+        ok = mean_d <= 2 * se or math.isclose(mean_d, 0.0, abs_tol=1e-12)
+        ok_all &= ok
+        se_text = f"{se:.4f}" if count > 1 else "n/a"
+        lines.append(f"{bits} bit: default {default_method()} (bn {resolved[bits]}) {default_inc:+.4f}, best "
+                     f"{arm_name(*best)} {means[(bits, *best)]:+.4f}; mean(d) {mean_d:+.4f}, SE {se_text}, n {count}"
+                     f" -> {'PASS' if ok else 'FAIL'} ({'not measurably worse' if ok else 'mean(d) > 2 SE'})")
+    print(f"\n== summary: default arm = calib_method {default_method()} + bn_recalib "
+          f"{default(PTQConfig, 'bn_recalib')} (resolved per width) against the best arm by mean loss increase, "
+          f"paired over {n} (model, seed) pair(s), seeds {seeds}; pass when mean(d) <= 2 SE")
+    for line in lines:
+        print("  " + line)
+    print(f"  verdict: {'PASS at every width' if ok_all else 'FAIL'}; total {time.perf_counter() - start:.0f}s")
+    return 0 if ok_all else 1
 
 
 if __name__ == "__main__":

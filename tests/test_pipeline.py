@@ -25,6 +25,11 @@ def test_pipeline_ends_with_the_latency_cost_accuracy_table(tmp_path, monkeypatc
     tail = result.stdout[result.stdout.rindex("proqha bench"):]
     for col in ("median ms", "vs fp32", "paper cost", "GBitOPs", "file KB", "ort MB", "top-1 engine"):
         assert col in tail
+    # which layers hurt, on the pipeline's run (its searched step, the latest run)
+    measured = CliRunner().invoke(app, ["sensitivity", "--bits", "4,2", "--samples", "128", "--top", "3"])
+    assert measured.exit_code == 0, measured.output
+    assert "sensitivity: runs/search-1, step 2" in measured.stdout
+    assert (search / "sensitivity.csv").is_file() and (search / "sensitivity.png").is_file()
 
 
 def test_a_missing_tensorrt_stops_the_pipeline_before_training(tmp_path, monkeypatch):
