@@ -157,3 +157,17 @@ def test_quantizing_a_float_run_turns_every_quantizer_on_and_exports_exactly(tmp
     assert row["calib_images"] == 2 * 64 and row["float_top1"] > 20
     exported = _ok(["export", "runs/quantize-1", "--out", "q.onnx", "--samples", "64"])
     assert "wrote q.onnx" in exported.output
+
+
+def test_a_truncated_image_is_one_error_line_naming_it(tmp_path, monkeypatch):
+    """Its header opens (the up-front check passes) but its pixels end early: the read names the file."""
+    data = _folder(tmp_path / "images")
+    cut = data / "train" / "b" / "cut.png"
+    Image.effect_noise((20, 20), 64).convert("RGB").save(cut)
+    cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--arch", "resnet18", "--dataset", "imagefolder", "--data-dir", str(data),
+                                 "--image-size", "16", "--epochs", "1", "--batch-size", "32"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read image {cut}: ")
+    assert not (tmp_path / "runs").exists()
