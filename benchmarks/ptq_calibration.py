@@ -276,6 +276,12 @@ def paired(records: list[Record], bits: int, best: tuple[str, bool]) -> tuple[fl
     return statistics.fmean(d), se, len(d)
 
 
+def why(ok: bool, mean_d: float, count: int) -> str:
+    if count < 2:
+        return "the best arm (n 1: no SE)" if ok else "n 1: no SE, and not the best arm"
+    return "not measurably worse than the best" if ok else "mean(d) > 2 SE: measurably worse than the best"
+
+
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
@@ -318,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {r.default_bn[bits] for r in records}
         resolved[bits] = "on" if settings == {True} else "off" if settings == {False} else "mixed"
     print(f"\n== mean over {n} (model, seed) pair(s): loss increase (mean KL) per arm")
-    print(f"{'arm':16} " + " ".join(f"{f'{b} bit':>20}" for b in bit_widths))
+    print(f"{'arm':16} " + " ".join(f"{f'{b} bit ':>21}" for b in bit_widths))
     means: dict[Arm, float] = {}
     for method, bn in arm_keys:
         cells = []
@@ -348,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         se_text = f"{se:.4f}" if count > 1 else "n/a"
         lines.append(f"{bits} bit: default {default_method()} (bn {resolved[bits]}) {default_inc:+.4f}, best "
                      f"{arm_name(*best)} {means[(bits, *best)]:+.4f}; mean(d) {mean_d:+.4f}, SE {se_text}, n {count}"
-                     f" -> {'PASS' if ok else 'FAIL'} ({'not measurably worse' if ok else 'mean(d) > 2 SE'})")
+                     f" -> {'PASS' if ok else 'FAIL'} ({why(ok, mean_d, count)})")
     print(f"\n== summary: default arm = calib_method {default_method()} + bn_recalib "
           f"{default(PTQConfig, 'bn_recalib')} (resolved per width) against the best arm by mean loss increase, "
           f"paired over {n} (model, seed) pair(s), seeds {seeds}; pass when mean(d) <= 2 SE")

@@ -10,6 +10,7 @@ from typing import Any
 from proqha.options import option
 
 CALIB_METHODS = ("minmax", "percentile", "mse")
+BN_RECALIB_BELOW = 6  # by default BatchNorm is re-estimated when a layer is narrower (benchmarks/ptq_calibration.py)
 
 
 @dataclass
@@ -24,12 +25,12 @@ class PTQConfig:
                                       "ranges below 8 bit.", choices=CALIB_METHODS)
     percentile: float = option(99.99, "The percentile method's cut, in percent of values.", low=50, high=100)
     bn_recalib: bool | None = option(None, "Re-estimate BatchNorm statistics on the calibration images with "
-                                            "quantized weights and activations (default: when a layer is below 8 "
+                                            "quantized weights and activations (default: when a layer is below 6 "
                                             "bit; benchmarks/ptq_calibration.py).")
 
     def recalibrates(self, lowest_bits: int) -> bool:
         """Whether BatchNorm is re-estimated for a model whose lowest layer width is ``lowest_bits``."""
-        return self.bn_recalib if self.bn_recalib is not None else lowest_bits < 8
+        return self.bn_recalib if self.bn_recalib is not None else lowest_bits < BN_RECALIB_BELOW
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,7 +34,7 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
     ``calib_data``: batches (input tensors, or (input, label) pairs as a DataLoader gives) to calibrate on
     instead, post-training quantization as ``proqha quantize`` does it: ``calib_method`` minmax,
     percentile or mse (``proqha.ptq_config.PTQConfig``), and with ``bn_recalib`` BatchNorm statistics
-    re-estimated under quantization (None: when a layer is below 8 bit). The result is a plain ``nn.Module`` (in train mode without
+    re-estimated under quantization (None: when a layer is below 6 bit). The result is a plain ``nn.Module`` (in train mode without
     ``calib_data``, for your own training loop or ``fit``; in eval mode with it)."""
     from proqha.calibration import forward_checked
     from proqha.options import check_options
