@@ -140,9 +140,8 @@ def load_plain(path: Path | str, map_location: str | torch.device = "cpu") -> An
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ProqhaError(f"checkpoint {path} was refused: it holds objects that are not plain data "
-                          f"({_refusal(str(exc))}); save the weights with torch.save(model.state_dict(), "
-                          "path)") from None
+        raise ProqhaError(f"checkpoint {path} was refused, not plain data ({_refusal(str(exc))}); save "
+                          "weights with torch.save(model.state_dict(), path)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ProqhaError(f"checkpoint {path} is unreadable or truncated ({first_line(exc)[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - torch.load's unpickler raises anything on a file that is no checkpoint
