@@ -10,7 +10,7 @@ import pytest
 
 from proqha.cost import CostReport, LayerCost
 from proqha.search import SearchConfig, run_search
-from proqha.search.allocate import _total, allocate
+from proqha.search.allocate import _total, allocate, allocations
 from proqha.search.knobs import Knob
 
 
@@ -30,6 +30,20 @@ def _instance(seed: int):
         return at.paper_cost <= cost + 1e-12 and at.bitops_ratio <= bitops + 1e-15
 
     return current, damage, report, feasible
+
+
+def test_runners_up_are_distinct_feasible_and_ranked_after_the_allocation():
+    with_runners_up = 0
+    for seed in range(30):
+        current, damage, report, feasible = _instance(seed)
+        found = allocations(current, damage, report, feasible, 4)
+        assert (found[0] if found else None) == allocate(current, damage, report, feasible)
+        assert all(feasible(bits) for bits in found) and len(found) <= 4
+        assert all(a != b for i, a in enumerate(found) for b in found[i + 1:])
+        totals = [_total(bits, damage) for bits in found]
+        assert totals[1:] == sorted(totals[1:])
+        with_runners_up += len(found) > 1
+    assert with_runners_up >= 20
 
 
 def test_allocation_is_feasible_spends_its_slack_and_is_nearly_always_optimal():

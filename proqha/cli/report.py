@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -25,7 +26,7 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
     table = Table(title=title)
     files = fp32_bytes is not None
     for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "weights KB (cost model)") + \
-            (("file KB (ratio)",) if files else ()) + ("score", "train top-1", "test top-1", "seconds"):
+            (("file KB (ratio)",) if files else ()) + ("score", "train top-1", "test top-1", "epochs", "selected", "seconds"):
         table.add_column(col, justify="right")
 
     def num(value: float, fmt: str) -> str:
@@ -36,7 +37,7 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
         table.add_row(str(r["step"]), format_ratio(r["cost"]), f"{r['bitops'] / 1e9:.4f}",
                       format_ratio(r["bitops_ratio"]), f"{r['size_bytes'] / 1e3:.1f}", *file_cell,
                       num(r["score"], ".3g"), num(r["train_top1"], ".2f"), num(r["test_top1"], ".2f"),
-                      num(r["wall_s"], ".1f"))
+                      num(r.get("epochs", math.nan), ".0f"), r.get("selected") or "-", num(r["wall_s"], ".1f"))
     return table
 
 

@@ -40,6 +40,8 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
                         info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
         progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}"
                                f"  score {'-' if math.isnan(row['score']) else format(row['score'], '.3g')}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
+        if row.get("race"):
+            progress.console.print(race_line(row), markup=False)
         for line in row.get("warnings", ()):
             progress.console.print(f"warning: step {row['step']}: {line}", markup=False)
 
@@ -64,3 +66,11 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     for path in write_search_plots(run_dir, rows):
         err_console.print(f"wrote {path}")
     err_console.print(STOP_MESSAGES[result["stopped"]].format(steps=result["steps"]))
+
+
+def race_line(row: dict) -> str:
+    """The final race of a step, one line: each round's calibration top-1 per entrant, then the winner."""
+    rounds = "; ".join(f"after {r[0]['epochs']} epochs " + ", ".join(f"{e['label']} {e['calib_top1']:.2f}" for e in r)
+                       for r in row["race"])
+    return (f"step {row['step']:>3}  final race on the calibration split: {rounds} -> {row['selected']} "
+            f"(+{row['selected_margin']:.2f} points over the runner-up)")

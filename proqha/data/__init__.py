@@ -1,7 +1,7 @@
-"""Dataset registry: digits (offline default), mnist, cifar10, cifar100, imagefolder; ``DataSource``: where a
-run's data comes from."""
+"""Dataset registry: digits (offline default), digits_hard (its augmented, larger variant), mnist, cifar10, cifar100,
+imagefolder; ``DataSource``: where a run's data comes from."""
 
-from proqha.data import digits, vision  # noqa: F401  (registration)
+from proqha.data import digits, digits_hard, vision  # noqa: F401  (registration)
 from proqha.data.registry import (
     DatasetSpec,
     check_data_dir,

@@ -30,13 +30,22 @@ def allocate(current: BitsLike, damage: Damage, report: CostReport,
              feasible: Callable[[Bits], bool]) -> Bits | None:
     """The bits that minimise the summed damage with ``feasible`` (every target met), each knob at one of
     its table levels (knobs outside the table keep their bits); None when no allocation is feasible."""
+    found = allocations(current, damage, report, feasible, 1)
+    return found[0] if found else None
+
+
+def allocations(current: BitsLike, damage: Damage, report: CostReport, feasible: Callable[[Bits], bool],
+                count: int = 3) -> list[Bits]:
+    """Up to ``count`` distinct feasible allocations, least summed damage first; the first is ``allocate``'s.
+    The others are the runners-up, least damage first: the other improved starts (more relaxation points,
+    uniform starts) and the allocations one move away from the first."""
     layers = {layer.name: (layer.params, layer.macs) for layer in report.layers if layer.name in current}
     names = sorted({k.layer for k in damage})
     options = {name: _options(name, current, damage) for name in names}
     total_params = sum(layers[n][0] for n in names) or 1
     total_macs = sum(layers[n][1] for n in names) or 1
     scale = max((v for d in damage.values() for v in d.values() if math.isfinite(v)), default=1.0) or 1.0
-    best: tuple[float, Bits] | None = None
+    relaxed: list[tuple[float, int, Bits]] = []
     starts = [_uniform(current, damage, level) for level in sorted({b for d in damage.values() for b in d})]
     for mu_cost, mu_ops in itertools.product(MULTIPLIERS, MULTIPLIERS):
         bits = {n: dict(kb) for n, kb in current.items()}
@@ -46,16 +55,43 @@ def allocate(current: BitsLike, damage: Damage, report: CostReport,
             bits[name]["w"], bits[name]["a"] = min(
                 options[name], key=lambda o: o[2] + scale * (mu_cost * w_share * o[0] / 8
                                                              + mu_ops * ops_share * o[0] * o[1] / 64))[:2]
-        if not feasible(bits):
-            continue
-        total = _total(bits, damage)
-        if best is None or total < best[0]:
-            best = (total, bits)
-    found = ([best[1]] if best else []) + [u for u in starts if feasible(u)]
+        if feasible(bits) and all(bits != other for _, _, other in relaxed):
+            relaxed.append((_total(bits, damage), len(relaxed), bits))
+    relaxed.sort(key=lambda t: t[:2])  # least damage, then the first found (the relaxation's best)
+    found = [bits for _, _, bits in relaxed[:1]] + [u for u in starts if feasible(u)]
     if not found:
-        return None
+        return []
     improved = [_improve(bits, damage, feasible) for bits in found[:2]]
-    return min(improved, key=lambda bits: _total(bits, damage))
+    best = min(improved, key=lambda bits: _total(bits, damage))
+    if count <= 1:
+        return [best]
+    others = improved + [_improve(bits, damage, feasible) for bits in
+                         [b for _, _, b in relaxed[1:count + 1]] + found[2:count + 1]]
+    distinct: list[Bits] = [best]
+    for bits in sorted(others + _neighbours(best, damage, feasible), key=lambda bits: _total(bits, damage)):
+        if all(bits != seen for seen in distinct):
+            distinct.append(bits)
+    return distinct[:count]
+
+
+def _neighbours(bits: Bits, damage: Damage, feasible: Callable[[Bits], bool]) -> list[Bits]:
+    """The feasible allocations one move from ``bits`` (one knob a level down, or two knobs trading a level),
+    least damage first: the runners-up when every start improves to the same allocation."""
+    moves = []
+    for up, down in itertools.product([None, *damage], damage):
+        if up == down:
+            continue
+        trial = {n: dict(kb) for n, kb in bits.items()}
+        lower = [b for b in damage[down] if b < bits[down.layer][down.kind]]
+        higher = [b for b in damage[up] if b > bits[up.layer][up.kind]] if up is not None else [0]
+        if not lower or not higher:
+            continue
+        trial[down.layer][down.kind] = max(lower)
+        if up is not None:
+            trial[up.layer][up.kind] = min(higher)
+        if feasible(trial):
+            moves.append((_total(trial, damage), len(moves), trial))
+    return [trial for _, _, trial in sorted(moves, key=lambda m: m[:2])]
 
 
 def _uniform(current: BitsLike, damage: Damage, level: int) -> Bits:

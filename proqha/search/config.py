@@ -65,6 +65,12 @@ class SearchConfig:
                               "lowers ratio of the knobs, as the reference).")
     final_epochs: int = option(8, "Extra fine-tuning epochs of the last step (the one that meets the targets).",
                                low=0)
+    select_final: bool = option(True, "At the step that meets the targets, race the chosen bits against the "
+                                "strategy's next-best bits and the uniform bits that meet the same targets "
+                                "(equal fine-tuning, scored on the calibration split) and keep the winner.")
+    select_candidates: int = option(4, "Most configurations in the final race.", low=2)
+    select_epochs: int = option(2, "Fine-tuning epochs per round of the final race (the worse half leaves "
+                                "after each round).", low=1)
     seed: int = option(0, "Seed: same seed, same search on the same machine and thread count.")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     workers: int = option(0, "DataLoader worker processes.", low=0)

@@ -1,6 +1,6 @@
 """A search run's record: ``frontier.csv``, one row per completed step (paper cost, BitOPs, size, score,
-accuracies, wall time, and each knob's bits in a ``layer/kind`` column), and a checkpoint per step
-(``checkpoints/step-NNN.pt``); the file names are ``proqha.runs.RunDir``'s. The search writes them
+accuracies, fine-tuning epochs, the final race's winner and margin, wall time, and each knob's bits in a
+``layer/kind`` column), and a checkpoint per step (``checkpoints/step-NNN.pt``); the file names are ``proqha.runs.RunDir``'s. The search writes them
 (``FrontierLog``, through ``proqha.search.record``); reports, export and bench read them (``read_frontier``,
 ``step_checkpoints``)."""
 
@@ -19,11 +19,14 @@ from proqha.search.knobs import KNOB_SEP, Knob
 __all__ = ["FRONTIER_FILE", "FrontierLog", "knob_layers", "read_frontier", "step_checkpoint", "step_checkpoints"]
 
 
+TEXT_FIELDS = {"selected"}  # the final race's winner; every other column is a number
+
+
 class FrontierLog:
     """``frontier.csv``: one row per completed step, knob columns fixed at the start."""
 
     FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "score", "train_top1", "test_top1",
-              "test_top5", "wall_s"]
+              "test_top5", "epochs", "selected", "selected_margin", "wall_s"]
 
     def __init__(self, path: Path, knobs: list[Knob]) -> None:
         self.path = path
@@ -62,7 +65,10 @@ def read_frontier(run_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         out: dict[str, Any] = {}
         for key, value in row.items():
-            out[key] = int(value) if key == "step" or KNOB_SEP in key else float(value or "nan")
+            if key in TEXT_FIELDS:
+                out[key] = value or ""
+            else:
+                out[key] = int(value) if key == "step" or KNOB_SEP in key else float(value or "nan")
         parsed.append(out)
     if not parsed:
         raise ProqhaError(f"{path} has no completed step yet")

@@ -30,20 +30,13 @@ from proqha.search.criteria import LOSS_FLOOR, Scoring, criterion_named
 from proqha.search.data import DatasetData, SearchData
 from proqha.search.frontier import step_checkpoint, step_checkpoints
 from proqha.search.knobs import Bits, Knob, lowered, model_knobs
+from proqha.search.race import RaceResult, finetune_step
 from proqha.search.record import SearchRecord
 from proqha.search.scores import Snapshot
 from proqha.search.strategies import Choice, strategy_named
 from proqha.search.targets import budget_progress, target_met, target_values, within
 from proqha.seeds import Salt, step_seed
-from proqha.train import (
-    LossFn,
-    evaluate_loader,
-    make_optimizer,
-    output_warnings,
-    resolve_device,
-    train_one_epoch,
-    training_net,
-)
+from proqha.train import LossFn, evaluate_loader, output_warnings, resolve_device
 
 __all__ = ["LOSS_FLOOR", "CandidateCallback", "ProgressiveSearch", "SearchConfig", "StepCallback", "budget_progress",
            "run_search", "target_met", "target_values"]
@@ -152,29 +145,9 @@ class ProgressiveSearch:
         """The bits of this step and their score, by the configured strategy (None: no knob can be lowered)."""
         return self.strategy.choose(self, step, current, gen, on_candidate)
 
-    def finetune(self, step: int, on_batch: Callable | None, extra_epochs: int = 0) -> float:
-        """Adam fine-tuning after a step (``finetune_epochs`` + ``extra_epochs``); the last epoch's train top-1."""
-        cfg = self.cfg
-        epochs = cfg.finetune_epochs + extra_epochs
-        if epochs == 0:
-            return math.nan
-        optimizer = make_optimizer(self.model, "adam", cfg.lr, cfg.weight_decay)
-        steps = epochs * self.data.train_steps()
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        if cfg.compile:  # a fresh compile per step: the step's bits, and no pile of stale guarded graphs
-            torch._dynamo.reset()
-        net = training_net(self.model, self.device, cfg.compile)
-        top1 = math.nan
-        for epoch in range(epochs):
-            seed = step_seed(cfg.seed, step, Salt.FINETUNE_EPOCH + epoch)
-            torch.manual_seed(seed)
-            loader = self.data.train_batches(seed)
-            top1 = train_one_epoch(net, loader, optimizer, scheduler, self.device, epoch, on_batch,
-                                   loss_fn=self.loss_fn)["train_top1"]
-        return top1
-
-    def evaluate_row(self, step: int, score: float, train_top1: float, t0: float) -> dict[str, Any]:
-        """The step's frontier row: its costs, score, accuracies, wall time and every knob's bits."""
+    def evaluate_row(self, step: int, score: float, tuned: RaceResult | None, t0: float) -> dict[str, Any]:
+        """The step's frontier row: its costs, score, accuracies, fine-tuning (epochs, the final race's
+        winner and margin), wall time and every knob's bits."""
         bits = self.bits()
         report = self.cost_of(bits)
         batches = self.data.test_batches()
@@ -184,9 +157,14 @@ class ProgressiveSearch:
             {"test_top1": math.nan, "test_top5": math.nan}
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
                                "bitops_ratio": report.bitops_ratio, "size_bytes": report.size_bytes,
-                               "score": score, "train_top1": train_top1, "test_top1": test["test_top1"],
-                               "test_top5": test["test_top5"], "wall_s": time.perf_counter() - t0}
+                               "score": score, "train_top1": tuned.train_top1 if tuned else math.nan,
+                               "test_top1": test["test_top1"], "test_top5": test["test_top5"],
+                               "epochs": tuned.epochs if tuned else 0, "selected": tuned.selected if tuned else "",
+                               "selected_margin": tuned.margin if tuned else math.nan,
+                               "wall_s": time.perf_counter() - t0}
         row |= {k.column: bits[k.layer][k.kind] for k in self.knobs}
+        if tuned is not None and tuned.rounds:
+            row["race"] = tuned.rounds  # kept in the step's checkpoint, not in frontier.csv
         if batches is not None and (warned := output_warnings(self.model, health, batches, self.device)):
             row["warnings"] = warned  # printed and kept in the step's checkpoint, not in frontier.csv
         return row
@@ -204,7 +182,7 @@ class ProgressiveSearch:
         """Steps ``start_step + 1`` onwards; a ``fresh`` run first records step 0 (the starting point)."""
         cfg = self.cfg
         if fresh:
-            self._finish_step(0, math.nan, math.nan, time.perf_counter(), on_step)
+            self._finish_step(0, math.nan, None, time.perf_counter(), on_step)
         reason, last_step = "steps", start_step
         if target_met(cfg, self.cost_of(self.bits())):
             return {"stopped": "target", "steps": start_step, "run_dir": self._run_dir_text()}
@@ -217,20 +195,20 @@ class ProgressiveSearch:
             if step_choice is None:
                 reason = "floor"
                 break
-            chosen_bits, chosen_score = step_choice
-            BitConfig(chosen_bits).apply(self.model)
-            last = step == cfg.steps or target_met(cfg, self.cost_of(chosen_bits))
-            train_top1 = self.finetune(step, on_batch, cfg.final_epochs if last else 0)
-            self._finish_step(step, chosen_score, train_top1, t0, on_step)
+            BitConfig(step_choice.bits).apply(self.model)
+            met = target_met(cfg, self.cost_of(step_choice.bits))
+            epochs = cfg.finetune_epochs + (cfg.final_epochs if met or step == cfg.steps else 0)
+            tuned = finetune_step(self, step, step_choice, epochs, met and cfg.select_final, on_batch)
+            self._finish_step(step, step_choice.score, tuned, t0, on_step)
             last_step = step
             if target_met(cfg, self.cost_of(self.bits())):
                 reason = "target"
                 break
         return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}
 
-    def _finish_step(self, step: int, score: float, train_top1: float, t0: float, on_step: StepCallback | None
-                     ) -> None:
-        row = self.evaluate_row(step, score, train_top1, t0)
+    def _finish_step(self, step: int, score: float, tuned: RaceResult | None, t0: float,
+                     on_step: StepCallback | None) -> None:
+        row = self.evaluate_row(step, score, tuned, t0)
         self.save_step(step, row)
         if on_step is not None:
             on_step(row)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 
 from proqha.errors import ProqhaError
-from proqha.search.allocate import Damage, allocate
+from proqha.search.allocate import Damage, allocations
 from proqha.search.config import SearchConfig
 from proqha.search.criteria import criterion_named
 from proqha.search.knobs import Bits, lowerable_knobs, lowered, sample_candidates
@@ -27,7 +27,16 @@ from proqha.seeds import Salt, step_seed
 if TYPE_CHECKING:
     from proqha.search.progressive import CandidateCallback, ProgressiveSearch
 
-Choice = tuple[Bits, float]  # a step's bits and their score
+
+class Choice(NamedTuple):
+    """A step's bits, their score, and the strategy's runners-up (next-best bits, best first), which the
+    final race (``proqha.search.race``) tries beside them."""
+
+    bits: Bits
+    score: float
+    alternatives: tuple[Bits, ...] = ()
+
+
 Choose = Callable[["ProgressiveSearch", int, Bits, torch.Generator, "CandidateCallback | None"], "Choice | None"]
 
 
@@ -92,7 +101,7 @@ def sets_step(search: ProgressiveSearch, step: int, current: Bits, gen: torch.Ge
     if not candidates:
         return None
     scores, _, order = _ranked(search, step, current, candidates, gen, on_candidate)
-    return candidates[order[0]], scores[order[0]]
+    return Choice(candidates[order[0]], scores[order[0]])
 
 
 @strategy("table")
@@ -115,7 +124,7 @@ def table_step(search: ProgressiveSearch, step: int, current: Bits, gen: torch.G
         taken.append(scores[i])
         if enough is not None and enough(bits):
             break
-    return bits, sum(taken) / len(taken) if taken else math.nan
+    return Choice(bits, sum(taken) / len(taken) if taken else math.nan)
 
 
 @strategy("allocate", uses_calib=lambda cfg: cfg.table_data == "calib", label="the budget allocation")
@@ -136,12 +145,16 @@ def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torc
         values = target_values(cfg, search.cost_of(bits))
         return all(within(values[name][0], limit) for name, limit in limits.items())
 
-    bits = allocate(current, damage, now, feasible)
-    if bits is None:  # nothing meets the budget: every knob at its floor
+    found = allocations(current, damage, now, feasible, 1)
+    if found and cfg.select_final and target_met(cfg, search.cost_of(found[0])):  # the last step: runners-up
+        found = allocations(current, damage, now, feasible, cfg.select_candidates)
+    if not found:  # nothing meets the budget: every knob at its floor
         bits = {name: dict(kb) for name, kb in current.items()}
         for knob in damage:
             bits[knob.layer][knob.kind] = min(damage[knob])
-    return bits, sum(damage[k].get(bits[k.layer][k.kind], math.nan) for k in damage)
+        found = [bits]
+    return Choice(found[0], sum(damage[k].get(found[0][k.layer][k.kind], math.nan) for k in damage),
+                  tuple(found[1:]))
 
 
 def sensitivity_table(search: ProgressiveSearch, step: int, current: Bits, on_candidate: CandidateCallback | None

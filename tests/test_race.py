@@ -1,0 +1,123 @@
+"""The final race: its entrants (uniform bits at the budget), its bookkeeping, and fine-tuning in chunks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import proqha
+from proqha.quant import BitConfig, searchable_layers
+from proqha.search import SearchConfig
+from proqha.search import race as race_module
+from proqha.search.data import LoaderData
+from proqha.search.finetune import FineTune
+from proqha.search.progressive import ProgressiveSearch
+from proqha.train import evaluate_loader
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def _data():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(384, 1, 8, 8, generator=gen)
+    y = (x[:, 0, :4].mean((1, 2)) > 0).long() * 2 + (x[:, 0, :, :4].mean((1, 2)) > 0).long()
+    return (DataLoader(TensorDataset(x[:256], y[:256]), batch_size=64, shuffle=True),
+            DataLoader(TensorDataset(x[256:320], y[256:320]), batch_size=64),
+            DataLoader(TensorDataset(x[320:], y[320:]), batch_size=64))
+
+
+def _qmodel(train) -> nn.Module:
+    torch.manual_seed(0)
+    return proqha.quantize(_net(), next(iter(train))[0], bits=8)
+
+
+def _uniform_budget(qmodel, cfg_bits: int) -> tuple[float, float]:
+    search = ProgressiveSearch(SearchConfig(source="t").resolved(), copy.deepcopy(qmodel),
+                               LoaderData([]), (1, 8, 8), torch.device("cpu"))
+    bits = search.bits()
+    for knob in search.knobs:
+        bits[knob.layer][knob.kind] = cfg_bits
+    report = search.cost_of(bits)
+    return report.paper_cost, report.bitops_ratio
+
+
+def test_uniform_entrants_are_the_maximal_uniform_bits_within_the_budget():
+    train, calib, test = _data()
+    qmodel = _qmodel(train)
+    cost, bitops = _uniform_budget(qmodel, 3)
+    cfg = SearchConfig(source="t", target_cost=cost, target_bitops=bitops).resolved()
+    search = ProgressiveSearch(cfg, qmodel, LoaderData(train, calib, test), (1, 8, 8), torch.device("cpu"))
+    found = race_module.uniform_bits(search, search.bits())
+    assert [label for label, _ in found] == ["uniform W3A3", "uniform W2A4"]  # W4A2 costs 4 weight bits
+    for _, bits in found:
+        assert all(bits[k.layer][k.kind] in (2, 3, 4) for k in search.knobs)
+    weights_only = SearchConfig(source="t", target_cost=cost, knobs="weights").resolved()
+    search = ProgressiveSearch(weights_only, qmodel, LoaderData(train, calib, test), (1, 8, 8), torch.device("cpu"))
+    assert [label for label, _ in race_module.uniform_bits(search, search.bits())] == ["uniform W3"]
+
+
+def test_fine_tuning_in_chunks_with_evaluations_between_equals_one_run():
+    train, calib, test = _data()
+    one, two = _qmodel(train), _qmodel(train)
+    cfg = SearchConfig(source="t").resolved()
+    data = LoaderData(train, calib, test)
+    FineTune(one, cfg, data, torch.device("cpu"), 1, 3).run_to(3)
+    chunks = FineTune(two, cfg, data, torch.device("cpu"), 1, 3)
+    chunks.run_to(1)
+    evaluate_loader(two, calib, torch.device("cpu"))
+    chunks.run_to(2)
+    evaluate_loader(two, calib, torch.device("cpu"))
+    chunks.run_to(5)  # capped at the runner's 3 epochs
+    assert chunks.done == 3
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+
+
+def _search(select_final: bool, monkeypatch=None, favour=None):
+    train, calib, test = _data()
+    qmodel = _qmodel(train)
+    cost, bitops = _uniform_budget(qmodel, 3)
+    if favour is not None:  # the calibration score: 90% for the favoured bits, 50% for the others
+        def fake_evaluate(model, loader, device, loss_fn=None, health=None):
+            hit = BitConfig.from_model(model).to_dict() == favour(model)
+            return {"test_top1": 90.0 if hit else 50.0, "test_loss": 1.0, "test_top5": 100.0}
+
+        monkeypatch.setattr(race_module, "evaluate_loader", fake_evaluate)
+    return proqha.search_bits(qmodel, train, calib, test, steps=3, target_cost=cost, target_bitops=bitops, ratio=1.0,
+                              finetune_epochs=1, final_epochs=1, select_epochs=1, select_final=select_final)
+
+
+def _w2a4(model: nn.Module) -> dict:
+    """``model``'s bits with every searchable layer at W2A4 (edge layers as they are)."""
+    bits = BitConfig.from_model(model).to_dict()
+    return bits | {name: {"w": 2, "a": 4} for name in searchable_layers(model)}
+
+
+def test_the_race_keeps_the_winner_on_the_calibration_split(monkeypatch):
+    plain = _search(False)
+    assert len(plain.steps) == 2 and plain.steps[1]["selected"] == "allocate" and plain.steps[1]["epochs"] == 2
+    assert "race" not in plain.steps[1] and plain.steps[1]["bits"] != _w2a4(plain.model)
+
+    raced = _search(True, monkeypatch, favour=_w2a4)
+    row = raced.steps[1]
+    assert row["selected"] == "uniform W2A4" and row["selected_margin"] == pytest.approx(40.0)
+    assert row["bits"] == _w2a4(raced.model) == BitConfig.from_model(raced.model).to_dict()
+    rounds = row["race"]
+    assert [r[0]["label"] for r in rounds] == ["uniform W2A4"] * len(rounds)
+    assert [e["label"] for e in sorted(rounds[0], key=lambda e: e["label"])] == \
+        ["allocate", "allocate #2", "uniform W2A4", "uniform W3A3"]  # select_candidates 4; W4A2 is over budget
+    assert [len(r) for r in rounds[1:]] == [len(r) // 2 for r in rounds[:-1]]  # the better half goes on
+    done = [r[0]["epochs"] for r in rounds]
+    trained = sum(len(r) * (e - b) for r, e, b in zip(rounds, done, [0] + done[:-1])) + 2 - done[-1]
+    assert row["epochs"] == trained > 2  # each entrant's epochs, the winner's to the step's end (2)
+    assert "race" not in raced.steps[0] and raced.steps[0]["epochs"] == 0
