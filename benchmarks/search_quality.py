@@ -81,7 +81,8 @@ def search_arm(arm: str, base: Path, run: Path, target: tuple[float, float], arg
                           "select_final": False},
                "default": {"final_epochs": args.final_epochs, "strategy": args.strategy,
                            "criterion": args.criterion, "ratio": args.ratio, "table_data": args.table_data,
-                           "select_final": args.select_final}}[arm]
+                           "select_final": args.select_final, "select_epochs": args.select_epochs,
+                           "select_candidates": args.select_candidates}}[arm]
     cfg = SearchConfig(**({"source": str(base), "steps": args.steps, "finetune_epochs": args.finetune_epochs,
                            "lam": args.lam, "target_cost": target[0], "target_bitops": target[1], "seed": seed}
                           | options)).resolved()
@@ -164,6 +165,8 @@ def main() -> int:
     ap.add_argument("--table-data", default=SearchConfig().table_data, help="the default arm's --table-data")
     ap.add_argument("--select-final", action=argparse.BooleanOptionalAction, default=SearchConfig().select_final,
                     help="the default arm's final race")
+    ap.add_argument("--select-epochs", type=int, default=SearchConfig().select_epochs)
+    ap.add_argument("--select-candidates", type=int, default=SearchConfig().select_candidates)
     ap.add_argument("--lam", type=float, default=SearchConfig().lam)
     ap.add_argument("--out", type=Path, default=Path("search_quality"))
     args = ap.parse_args()
@@ -178,6 +181,7 @@ def main() -> int:
             base = root / f"base-{seed}"
             train_run(TrainConfig(arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, epochs=args.base_epochs,
                                   seed=seed).resolved(), base)
+            results.setdefault("base_top1", []).append(read_jsonl(base / "metrics.jsonl")[-1]["test_top1"])
             for b in args.targets:
                 lo, hi = math.floor(b), math.ceil(b)
                 cost_lo, _ = uniform_budget(base, lo)
@@ -214,7 +218,7 @@ def report(results: dict, args: argparse.Namespace) -> bool:
     arch = args.arch or "the dataset's default model"
     print(f"{arch} on {args.dataset}, seeds {args.seeds}, base {args.base_epochs} epochs at 8 bit, "
           f"{args.finetune_epochs} fine-tune epoch(s) per step, {args.final_epochs} final, "
-          f"final race {'on' if args.select_final else 'off'}")
+          f"final race {'on' if args.select_final else 'off'}; the 8-bit start {mean_sd(results['base_top1'])}")
     ok = True
     for target, per in results["targets"].items():
         best = [u["top1"] for u in per["best_uniform"]]

@@ -4,7 +4,10 @@
   layers' weights (uniform 5 bit: 5/32 = 0.1563);
 - BitOPs: sum over every conv/linear of MACs * w_bits * a_bits, absolute and as a ratio to 32x32 bits;
 - size: bytes of the model at its assigned bits (quantized weights packed at their bits, every other
-  parameter as float32).
+  parameter as float32);
+- file: bytes of the exported ONNX file (packed weight storage, ``proqha.quant.storage``): each layer's
+  weights at their stored bits, every other parameter as float32, and what a written file measured beyond
+  that (``FileModel``: graph structure, scales, zero points, biases, metadata, measured by the caller).
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import copy
 import math
 from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from proqha.quant.convert import quant_layers
 from proqha.quant.quantizers import Quantizer
+from proqha.quant.storage import clamped_activation, stored_bits, stored_bytes
 
 FLOAT_BITS = 32
 
@@ -49,6 +54,43 @@ class LayerCost:
     def weight_bytes(self) -> int:
         return math.ceil(self.params * self.w_bits / 8)
 
+    @property
+    def file_bytes(self) -> int:
+        """Its weights as the exported file stores them (packed: 2, 4, 8 or 32 bits each, whole bytes)."""
+        return stored_bytes(self.params, self.w_bits)
+
+
+@dataclass(frozen=True)
+class FileModel:
+    """What an exported file holds beyond its weights' payload (``LayerCost.file_bytes``) and the other
+    parameters as float32, measured on written files of one model (``proqha.export.file_size.measure_file_model``):
+    ``overhead`` at the bits it was measured at, and per layer the bytes its structure adds (or removes) when
+    its weights move to another stored width (``weights``: stored bits -> bytes) or its input activation to a
+    clamped or unclamped grid (``activations``: ``clamped_activation`` -> bytes), each measured with every
+    searchable layer moved there at once (the layers' changes add up). ``recorded``: the bytes the file's
+    metadata spends on a cost report's figures (their digits vary with the bits), ``recorded_start`` its
+    value where the file was measured."""
+
+    overhead: int
+    weights: Mapping[str, Mapping[int, int]]
+    activations: Mapping[str, Mapping[bool, int]]
+    recorded: Callable[["CostReport"], int] | None = None
+    recorded_start: int = 0
+
+    def extra_bytes(self, report: "CostReport") -> int:
+        """The bytes beyond payload and float parameters of the file of ``report``'s bits."""
+        moved = sum(self.weights.get(layer.name, {}).get(stored_bits(layer.w_bits), 0)
+                    + self.activations.get(layer.name, {}).get(clamped_activation(layer.a_bits), 0)
+                    for layer in report.layers)
+        digits = self.recorded(report) - self.recorded_start if self.recorded is not None else 0
+        return self.overhead + moved + digits
+
+
+FileMeasurer = Callable[[nn.Module, tuple[int, ...], "Path | None", "tuple[Path, int] | None"], FileModel]
+"""Measures a model's ``FileModel`` at its bits (input size; the checkpoint it came from, or None; the checkpoint
+and step the predicted files will be exported from, which their metadata records, or None): injected by the
+callers that may export (the CLI, the API), since the core never imports ``proqha.export``."""
+
 
 @dataclass
 class CostReport:
@@ -57,6 +99,7 @@ class CostReport:
     input_size: tuple[int, ...]
     layers: list[LayerCost]
     other_params: int
+    file_model: FileModel | None = None  # measured on a written file; None: ``file_bytes`` has no overhead
 
     @property
     def macs(self) -> int:
@@ -81,6 +124,13 @@ class CostReport:
         return sum(layer.weight_bytes for layer in self.layers) + 4 * self.other_params
 
     @property
+    def file_bytes(self) -> int:
+        """The predicted exported file (packed storage): stored weights, other parameters as float32, and the
+        measured structure (``file_model``; without one, a lower bound)."""
+        extra = self.file_model.extra_bytes(self) if self.file_model is not None else 0
+        return sum(layer.file_bytes for layer in self.layers) + 4 * self.other_params + extra
+
+    @property
     def float_size_bytes(self) -> int:
         return 4 * (sum(layer.params for layer in self.layers) + self.other_params)
 
@@ -88,14 +138,16 @@ class CostReport:
         """The same layers at other bits (layers not in ``bits`` keep theirs): no forward pass needed."""
         layers = [replace(layer, w_bits=bits[layer.name]["w"], a_bits=bits[layer.name]["a"])
                   if layer.name in bits else layer for layer in self.layers]
-        return CostReport(self.input_size, layers, self.other_params)
+        return CostReport(self.input_size, layers, self.other_params, self.file_model)
 
     def metric(self, name: str) -> float:
-        """One scalar cost by name: "paper" (the paper cost) or "bitops"."""
+        """One scalar cost by name: "paper" (the paper cost), "bitops" or "file" (predicted file bytes)."""
         if name == "paper":
             return self.paper_cost
         if name == "bitops":
             return float(self.bitops)
+        if name == "file":
+            return float(self.file_bytes)
         raise ValueError(f"unknown cost metric {name!r}")
 
     def totals(self) -> dict[str, Any]:

@@ -329,7 +329,7 @@ def test_same_seed_same_search(trained, tmp_path, strategy):
     ({"strategy": "allocate", "target_cost": 0.1, "criterion": "random"}, "the random control is strategy 'table'"),
     ({"target_bitops": 0.1, "cost_metric": "paper"}, "conflicts with target_bitops"),
     ({"target_bitops": 0.1, "cost_metric": "size"}, "^cost_metric paper conflicts"),  # the old name, read as paper
-    ({"cost_metric": "size_mb"}, "^cost_metric must be paper or bitops"),
+    ({"cost_metric": "size_mb"}, "^cost_metric must be paper, bitops or file"),
 ])
 def test_bad_config(kw, message):
     with pytest.raises(ProqhaError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -70,8 +70,8 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     ("hessian": one Adam step on a training batch; "loss" / "acc": calibration loss added / error on
     ``calib_loader``; "random"), trading score against progress to the targets (``lam``), fine-tunes
     (``finetune_epochs`` of Adam over ``train_loader``) and evaluates on ``test_loader``. It stops after
-    ``steps``, when every target is met (``target_cost``, ``target_bitops`` / ``target_size_mb`` in
-    ``options``; a step lowers no more than the targets need), or when no bit can drop. ``options``: the
+    ``steps``, when every target is met (``target_cost``, ``target_bitops`` / ``target_size_mb`` / ``target_file_kb``
+    in ``options``; a step lowers no more than the targets need), or when no bit can drop. ``options``: the
     other ``proqha.search.SearchConfig`` fields (``ratio``, ``interval``, ``min_bits``, ``knobs``,
     ``fixed_bits``, ``final_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
     seed gives the same search when the loaders yield the same batches under the same global seed.
@@ -93,8 +93,11 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     if first is None:
         raise ProqhaError("search_bits: train_loader yields no batches")
     input_size = tuple(first[0].shape[1:])
+    measure = None
+    if cfg.needs_file:  # a file target: the exported file of the model as it starts, predicted from there
+        from proqha.export.file_size import measure_file_model as measure
     search = ProgressiveSearch(cfg, qmodel, LoaderData(train_loader, calib_loader, test_loader), input_size, dev,
-                               folder, loss_fn=loss)
+                               folder, loss_fn=loss, measure_file=measure)
     result = SearchResult(qmodel, run_dir=folder)
 
     def step_done(row: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ def search(
     target_cost: Annotated[Optional[float], declared_option(S, "target_cost")] = default(S, "target_cost"),
     target_bitops: Annotated[Optional[float], declared_option(S, "target_bitops")] = default(S, "target_bitops"),
     target_size_mb: Annotated[Optional[float], declared_option(S, "target_size_mb")] = default(S, "target_size_mb"),
+    target_file_kb: Annotated[Optional[float], declared_option(S, "target_file_kb")] = default(S, "target_file_kb"),
     strategy: Annotated[str, declared_option(S, "strategy")] = default(S, "strategy"),
     table_data: Annotated[str, declared_option(S, "table_data")] = default(S, "table_data"),
     knobs: Annotated[str, declared_option(S, "knobs")] = default(S, "knobs"),

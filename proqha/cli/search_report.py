@@ -23,6 +23,7 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     """Search ``cfg`` into ``run_dir`` with progress bars, a line per step, the frontier table and plots."""
     from proqha import distributed
     from proqha.deploy.search_plots import write_search_plots
+    from proqha.export.file_size import measure_file_model  # the search predicts the file from one written here
     from proqha.search import run_search
     from proqha.search.frontier import FRONTIER_FILE, read_frontier
 
@@ -38,7 +39,8 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     def on_step(row: dict) -> None:
         progress.update(step_task, completed=row["step"],
                         info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
-        progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}"
+        file_kb = "" if math.isnan(row["file_bytes"]) else f"  file {row['file_bytes'] / 1e3:.1f} KB"
+        progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}{file_kb}"
                                f"  score {'-' if math.isnan(row['score']) else format(row['score'], '.3g')}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
         if row.get("race"):
             progress.console.print(race_line(row), markup=False)
@@ -53,7 +55,7 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     try:
         try:
             result = run_search(cfg, run_dir, resume=resume, on_candidate=on_candidate, on_step=on_step,
-                                on_start=on_start)
+                                on_start=on_start, measure_file=measure_file_model)
         finally:
             if progress.live.is_started:  # stopping a progress never started still prints a blank line
                 progress.stop()

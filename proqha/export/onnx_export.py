@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from proqha import __version__
-from proqha.cost import cost_report
+from proqha.cost import CostReport, cost_report
 from proqha.errors import OptionError, ProqhaError, first_line
 from proqha.export import qdq
 from proqha.export.export_info import ExportInfo, LayerExport
@@ -46,10 +46,14 @@ def graph_metadata(model: nn.Module, info: ExportInfo, input_size: tuple[int, ..
         "proqha.weights": info.weights if info.quantized else "float", "proqha.opset": str(info.opset),
         "proqha.loads_in": loads_in(info.opset),
         "proqha.input_size": json.dumps(list(input_size)), "proqha.bits": json.dumps(bits, sort_keys=True),
-        "proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
-        "proqha.bitops_ratio": repr(cost.bitops_ratio), "proqha.size_bytes": str(cost.size_bytes),
-        "proqha.output_scale": "" if info.output_scale is None else repr(info.output_scale),
+        **cost_metadata(cost), "proqha.output_scale": "" if info.output_scale is None else repr(info.output_scale),
     }
+
+
+def cost_metadata(cost: CostReport) -> dict[str, str]:
+    """The cost figures a file records (paper cost, BitOPs, their ratio, the cost model's size)."""
+    return {"proqha.paper_cost": repr(cost.paper_cost), "proqha.bitops": str(cost.bitops),
+            "proqha.bitops_ratio": repr(cost.bitops_ratio), "proqha.size_bytes": str(cost.size_bytes)}
 
 
 def _check_choice(option: str, value: str, choices: tuple[str, ...] | dict[str, object]) -> str:

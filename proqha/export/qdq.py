@@ -35,6 +35,7 @@ from onnx import TensorProto
 
 from proqha.export.graph_builder import GraphBuilder
 from proqha.quant.grid import UINT8_SIGNED_OFFSET, Grid, pair_sum_fits_int16
+from proqha.quant.storage import PACKED_BITS, storage_range
 
 WIDE_WEIGHT_ZERO_POINT = 128  # uint8 weights: the symmetric levels shifted into 1..255
 WEIGHT_STORAGES = ("packed", "int8")
@@ -55,8 +56,9 @@ class PackedType:
     opset: int
 
 
-PACKED_TYPES = (PackedType("int2", ml_dtypes.int2, -2, 1, 25),  # ONNX 1.20
-                PackedType("int4", ml_dtypes.int4, -8, 7, 21))  # ONNX 1.16
+PACKED_NUMPY = {2: (ml_dtypes.int2, 25), 4: (ml_dtypes.int4, 21)}  # numpy type, first opset (ONNX 1.20, 1.16)
+PACKED_TYPES = tuple(PackedType(f"int{w}", PACKED_NUMPY[w][0], *storage_range(w), PACKED_NUMPY[w][1])
+                     for w in PACKED_BITS)  # the widths of ``proqha.quant.storage``, which the cost model reads
 
 
 def storage_opset(storage: str) -> int:
@@ -70,7 +72,8 @@ def stored_range(qmin: int, qmax: int, odd_levels: bool) -> tuple[int, int]:
 
 
 def packed_type(qmin: int, qmax: int, odd_levels: bool = False) -> PackedType | None:
-    """The smallest packed type that holds a weight grid, or None (it needs int8)."""
+    """The smallest packed type that holds a weight grid, or None (it needs int8): for every weight quantizer's
+    grid the width ``proqha.quant.storage.stored_bits`` gives its bits (tests/test_file_budget.py checks it)."""
     lo, hi = stored_range(qmin, qmax, odd_levels)
     return next((t for t in PACKED_TYPES if t.lo <= lo and hi <= t.hi), None)
 

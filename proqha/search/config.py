@@ -15,10 +15,13 @@ CRITERIA = ("hessian", "loss", "acc", "random")  # implemented in proqha.search.
 STRATEGIES = ("auto", "table", "sets", "allocate")  # "auto" resolves to one of proqha.search.strategies
 INTERVALS = (1, 2, 4)
 TABLE_DATA = ("calib", "train")
-COST_METRICS = ("paper", "bitops")  # what lam trades against: the paper cost (weight bits / 32), BitOPs
+COST_METRICS = ("paper", "bitops", "file")  # what lam trades against: the paper cost (weight bits / 32), BitOPs,
+# the predicted exported file's bytes
 LEGACY_METRICS = {"size": "paper"}  # the name runs written before it was renamed use
 START_BITS = 8  # a float (32-bit) knob enters the search here
-TARGETS = ("target_cost", "target_bitops", "target_size_mb")
+TARGETS = ("target_cost", "target_bitops", "target_size_mb", "target_file_kb")
+FOLLOWS = {"target_bitops": "bitops", "target_file_kb": "file"}  # the metric a lone target trades against
+# (the others: paper)
 
 
 def _known_metric(value: str) -> bool:
@@ -44,8 +47,9 @@ class SearchConfig:
     lr: float = option(1e-3, "Adam learning rate for scoring and fine-tuning.", low=0, low_open=True)
     weight_decay: float = option(0.0, "Weight decay of the fine-tuning (the reference: 1e-4).", low=0)
     batch_size: int = option(64, "Batch size (also the scoring batch).", low=1)
-    cost_metric: str | None = option(None, "What lam trades against: paper (the paper cost) or bitops; follows "
-                                     "the target.", check=_known_metric, why="must be paper or bitops")
+    cost_metric: str | None = option(None, "What lam trades against: paper (the paper cost), bitops or file (the "
+                                     "predicted exported file's bytes); follows the target.", check=_known_metric,
+                                     why="must be paper, bitops or file")
     target_cost: float | None = option(None, "Stop once the paper cost is at or below this.", low=0,
                                        low_open=True)
     target_bitops: float | None = option(None, "Stop once BitOPs are at or below this (<= 1: ratio to 32x32 "
@@ -53,9 +57,13 @@ class SearchConfig:
     target_size_mb: float | None = option(None, "Stop once the weights at their bits (the paper's model size, "
                                           "edge layers included) take at most this many MB; lam then trades "
                                           "against the paper cost.", low=0, low_open=True)
+    target_file_kb: float | None = option(None, "Stop once the exported ONNX file (packed weights: 2 bit as INT2, "
+                                          "3-4 bit as INT4, 5-8 bit as int8), as predicted from one file the "
+                                          "start model is exported to, takes at most this many KB (1 KB = 1000 "
+                                          "bytes).", low=0, low_open=True)
     strategy: str = option("auto", "table (every knob scored alone, the best lowered), sets (the reference's "
                            "random sets), or allocate (a knapsack on a loss table; needs a target); auto: "
-                           "allocate when a cost or BitOPs target is set, else table.", choices=STRATEGIES)
+                           "allocate when a cost, BitOPs or file target is set, else table.", choices=STRATEGIES)
     table_data: str = option("calib", "Data of the allocate strategy's loss table: calib or train.",
                              check=lambda v: v in TABLE_DATA, why="must be calib or train")
     knobs: str = option("both", "What is searched: both, weights or activations.", choices=tuple(KNOB_KINDS))
@@ -82,14 +90,14 @@ class SearchConfig:
         metric and the strategy."""
         check_options(self)
         given = self._check_combinations()
-        follows = "bitops" if self.target_bitops is not None and len(given) == 1 else "paper" if given else None
+        follows = (FOLLOWS.get(given[0], "paper") if len(given) == 1 else "paper") if given else None
         chosen = LEGACY_METRICS.get(self.cost_metric, self.cost_metric) if self.cost_metric else None
         if follows and chosen and len(given) == 1 and chosen != follows:
             raise OptionError("cost_metric", f"{chosen} conflicts with {given[0]} (which trades against {follows})",
                               others=(given[0],))
         strategy = self.strategy
         if strategy == "auto":  # a budget to spend: the knapsack; else (or a random control) the table
-            budget = (self.target_cost is not None or self.target_bitops is not None) and self.target_size_mb is None
+            budget = bool(given) and self.target_size_mb is None
             strategy = "allocate" if budget and self.criterion != "random" else "table"
         return SearchConfig(**(asdict(self) | {"cost_metric": chosen or follows or "paper", "strategy": strategy}))
 
@@ -100,17 +108,23 @@ class SearchConfig:
             raise OptionError("fixed_bits", "sets the knobs that are not searched: use it with knobs 'weights' "
                                             "or 'activations'", others=("knobs",))
         if self.strategy == "allocate" and (self.target_size_mb is not None or not given):
-            raise OptionError("strategy", "allocate spends a budget: give target_cost and/or target_bitops "
-                                          "(not target_size_mb)",
-                              others=("target_cost", "target_bitops", "target_size_mb"))
+            raise OptionError("strategy", "allocate spends a budget: give target_cost, target_bitops and/or "
+                                          "target_file_kb (not target_size_mb)",
+                              others=("target_cost", "target_bitops", "target_size_mb", "target_file_kb"))
         if self.strategy == "allocate" and self.criterion == "random":
             raise OptionError("strategy", "allocate measures each knob's loss; the random control is strategy "
                                           "'table' with criterion 'random'",
                               others=("strategy", "criterion"))
-        if self.knobs == "activations" and {"target_cost", "target_size_mb"} & set(given):
-            raise OptionError("knobs", "activations cannot reach a paper cost or size target: activations do "
-                                       "not count in the paper cost")
+        if self.knobs == "activations" and {"target_cost", "target_size_mb", "target_file_kb"} & set(given):
+            raise OptionError("knobs", "activations cannot reach a paper cost, size or file target: activations "
+                                       "do not count in the paper cost, and narrower ones add clamps to the file")
         return given
+
+    @property
+    def needs_file(self) -> bool:
+        """Whether the search predicts the exported file (a file target, or lam trading against it), which
+        needs a file measured at the start (``proqha.cost.FileModel``)."""
+        return self.target_file_kb is not None or LEGACY_METRICS.get(self.cost_metric, self.cost_metric) == "file"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

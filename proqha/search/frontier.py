@@ -1,4 +1,5 @@
-"""A search run's record: ``frontier.csv``, one row per completed step (paper cost, BitOPs, size, score,
+"""A search run's record: ``frontier.csv``, one row per completed step (paper cost, BitOPs, size, the predicted
+exported file's bytes where the search measured one (``file_bytes``), score,
 accuracies, fine-tuning epochs, the final race's winner and margin, wall time, and each knob's bits in a
 ``layer/kind`` column), and a checkpoint per step (``checkpoints/step-NNN.pt``); the file names are ``proqha.runs.RunDir``'s. The search writes them
 (``FrontierLog``, through ``proqha.search.record``); reports, export and bench read them (``read_frontier``,
@@ -25,8 +26,8 @@ TEXT_FIELDS = {"selected"}  # the final race's winner; every other column is a n
 class FrontierLog:
     """``frontier.csv``: one row per completed step, knob columns fixed at the start."""
 
-    FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "score", "train_top1", "test_top1",
-              "test_top5", "epochs", "selected", "selected_margin", "wall_s"]
+    FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "file_bytes", "score", "train_top1",
+              "test_top1", "test_top5", "epochs", "selected", "selected_margin", "wall_s"]
 
     def __init__(self, path: Path, knobs: list[Knob]) -> None:
         self.path = path

@@ -17,7 +17,7 @@ import torch
 
 from proqha import distributed
 from proqha.compiling import maybe_compiled
-from proqha.cost import CostReport, cost_report
+from proqha.cost import CostReport, FileMeasurer, cost_report
 from proqha.data import DataSource
 from proqha.errors import ProqhaError
 from proqha.health import OutputHealth
@@ -64,12 +64,18 @@ class ProgressiveSearch:
 
     ``from_checkpoint`` builds one from a checkpoint and its dataset (the CLI); the Python API passes the
     caller's model and batches. With ``run_dir`` None nothing is written: the rows stay in ``rows``.
+    ``measure_file`` (from a caller that may export: ``proqha.export.file_size.measure_file_model``) measures
+    the start model's exported file (``source``: the checkpoint it came from, for the file's metadata; as if
+    exported from the run's last step checkpoint, whose path the metadata records), from
+    which every step's file is predicted (``CostReport.file_bytes``); a search that needs the file
+    (``SearchConfig.needs_file``) fails without it, any other leaves the ``file_bytes`` column empty.
     """
 
     def __init__(self, cfg: SearchConfig, model: torch.nn.Module, data: SearchData, input_size: tuple[int, ...],
                  device: torch.device, run_dir: Path | None = None, recipe: ModelRecipe | None = None,
                  dataset: str = "", data_options: dict[str, Any] | None = None,
-                 source_metrics: dict[str, Any] | None = None, loss_fn: LossFn | None = None) -> None:
+                 source_metrics: dict[str, Any] | None = None, loss_fn: LossFn | None = None,
+                 measure_file: FileMeasurer | None = None, source: Path | None = None) -> None:
         self.cfg, self.device = cfg, device
         if device.type == "cpu":  # the loss tables evaluate hundreds of times before any fine-tuning
             reuse_freed_memory()
@@ -86,13 +92,21 @@ class ProgressiveSearch:
             raise ProqhaError(f"{name} has no searchable layers (edge layers only)")
         BitConfig(starting_bits(self.model, self.knobs, cfg)).apply(self.model)
         self.base_cost = cost_report(self.model, self.input_size)
+        if measure_file is not None and cfg.needs_file:
+            exported_as = (step_checkpoint(self.run_dir, cfg.steps), cfg.steps) if self.run_dir is not None else None
+            self.base_cost = replace(self.base_cost, file_model=measure_file(self.model, self.input_size, source,
+                                                                             exported_as))
+        elif cfg.needs_file:
+            raise ProqhaError("target_file_kb and cost_metric 'file' predict the exported file from one the start "
+                              "model is exported to: this search was given no file measurer")
         self.record = SearchRecord(self.run_dir, self.knobs, cfg, recipe.to_dict() if recipe is not None else None,
                                    self.data_options) if self.run_dir is not None else None
 
     @classmethod
-    def from_checkpoint(cls, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device
-                        ) -> "ProgressiveSearch":
+    def from_checkpoint(cls, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device,
+                        measure_file: FileMeasurer | None = None) -> "ProgressiveSearch":
         """The search of a checkpoint: its model rebuilt from the recipe, its training run's dataset."""
+        checkpoint = source
         model, state = load_model(source, device)
         recipe = ModelRecipe.from_dict(state.recipe)
         if recipe.float_run:  # a float run enters the search at START_BITS, all of it
@@ -102,7 +116,7 @@ class ProgressiveSearch:
         data = DatasetData(source.load("train"), source.load("calib"), source.load("test"), cfg.batch_size,
                            cfg.workers)
         return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, source.dataset,
-                   source.to_dict(), state.metrics)
+                   source.to_dict(), state.metrics, measure_file=measure_file, source=checkpoint)
 
     # -- pieces of a step -------------------------------------------------------------------------
     def bits(self) -> Bits:
@@ -126,8 +140,9 @@ class ProgressiveSearch:
         return self.criterion.score_all(lambda: self.scoring(step), candidates, progress)
 
     def useful_knobs(self, bits: Bits) -> list[Knob]:
-        """The knobs whose lowering brings some target not yet met closer (weights: paper cost, size and
-        BitOPs; activations: BitOPs only); every knob when no target is set or budgets are not fitted."""
+        """The knobs whose lowering by ``interval`` brings some target not yet met closer (weights: paper cost,
+        size, BitOPs, and the file where the weights' stored width narrows, not 8 to 7 bit in int8;
+        activations: BitOPs only); every knob when no target is set or budgets are not fitted."""
         cfg = self.cfg
         before = target_values(cfg, self.cost_of(bits))
         unmet = {name for name, (value, limit) in before.items() if not within(value, limit)}
@@ -135,7 +150,7 @@ class ProgressiveSearch:
             return self.knobs
         useful = []
         for knob in self.knobs:
-            after = target_values(cfg, self.cost_of(lowered(bits, knob, 1)))
+            after = target_values(cfg, self.cost_of(lowered(bits, knob, cfg.interval)))
             if any(after[name][0] < before[name][0] for name in unmet):
                 useful.append(knob)
         return useful
@@ -157,6 +172,7 @@ class ProgressiveSearch:
             {"test_top1": math.nan, "test_top5": math.nan}
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
                                "bitops_ratio": report.bitops_ratio, "size_bytes": report.size_bytes,
+                               "file_bytes": report.file_bytes if report.file_model is not None else math.nan,
                                "score": score, "train_top1": tuned.train_top1 if tuned else math.nan,
                                "test_top1": test["test_top1"], "test_top5": test["test_top5"],
                                "epochs": tuned.epochs if tuned else 0, "selected": tuned.selected if tuned else "",
@@ -237,20 +253,21 @@ class ProgressiveSearch:
 
 def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
                on_candidate: CandidateCallback | None = None, on_step: StepCallback | None = None,
-               on_batch: Callable | None = None, on_start: Callable[[ProgressiveSearch], None] | None = None
-               ) -> dict[str, Any]:
+               on_batch: Callable | None = None, on_start: Callable[[ProgressiveSearch], None] | None = None,
+               measure_file: FileMeasurer | None = None) -> dict[str, Any]:
     """Run (or with ``resume``, continue) a search of ``cfg`` in ``run_dir``.
 
     Returns ``{"stopped": "steps" | "target" | "floor", "steps": last completed step, "run_dir": ...}``.
     Everything is validated before anything is written; the run directory is locked while searching.
-    A resume before any completed step starts over from ``cfg.source``.
+    A resume before any completed step starts over from ``cfg.source``. ``measure_file``: how the start
+    model's exported file is measured (``ProgressiveSearch``), needed by a file target.
     """
     run_dir = Path(run_dir)
     distributed.setup()
     device = distributed.local_device(resolve_device(cfg.device))
     done = step_checkpoints(run_dir) if resume else []
     start, source = done[-1] if done else (0, pick_checkpoint(cfg.source, start_option="source").checkpoint)  # no step yet: from the start
-    search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device)
+    search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device, measure_file)
     main = distributed.is_main()  # under torchrun only rank 0 writes and reports
     if not main:
         on_candidate = on_step = on_batch = None

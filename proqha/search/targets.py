@@ -1,4 +1,4 @@
-"""A search's targets (paper cost, BitOPs, size): their values for a cost report, whether they are met, and
+"""A search's targets (paper cost, BitOPs, size, exported file): their values for a cost report, whether they are met, and
 how far a candidate moves towards them."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from proqha.search.config import SearchConfig
 
 def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[float, float]]:
     """Each configured target's (value, limit) for ``report``: paper cost, BitOPs (a ratio to 32x32 bits
-    when the limit is <= 1), size in MB. Empty when no target is set."""
+    when the limit is <= 1), size in MB, the predicted exported file in KB (``CostReport.file_bytes``: a
+    weight lowered within its stored width, 8 to 7 bit say, leaves it where it was). Empty when no target
+    is set."""
     values = {}
     if cfg.target_cost is not None:
         values["cost"] = (report.paper_cost, cfg.target_cost)
@@ -17,6 +19,8 @@ def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[floa
         values["bitops"] = (report.bitops_ratio if cfg.target_bitops <= 1 else report.bitops, cfg.target_bitops)
     if cfg.target_size_mb is not None:
         values["size_mb"] = (report.size_bytes / 1e6, cfg.target_size_mb)
+    if cfg.target_file_kb is not None:
+        values["file_kb"] = (report.file_bytes / 1e3, cfg.target_file_kb)
     return values
 
 
