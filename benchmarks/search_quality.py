@@ -1,7 +1,7 @@
 """Is the search worth it? Mixed precision against uniform-bit QAT at no more paper cost and no more BitOPs.
 
     python benchmarks/search_quality.py [--targets 3 2.5] [--seeds 0 1 2 3 4] [--arms default reference random]
-        [--arch A] [--dataset digits_hard] [--data-dir DIR] [--base-epochs 5] [--finetune-epochs 1]
+        [--arch A] [--dataset digits_hard] [--data-dir DIR] [--base-epochs 15] [--finetune-epochs 1]
         [--final-epochs 8] [--out DIR]
 
 Per seed, one 8-bit QAT checkpoint is the start of every arm. Per target b (bits), the budget is that of
@@ -9,6 +9,7 @@ uniform WbAb on the same model: paper cost and BitOPs both at most uniform's (ed
 at a fractional b the budget interpolates (paper cost linearly, BitOPs at b x b). Arms:
 - default:   `proqha search` with both targets and its default options (with a budget, `--strategy auto`
   is the knapsack allocation; `--final-epochs 8`; the final race against its runners-up and uniform bits);
+- norace:    the default without its final race (`--no-select-final`): what the race buys;
 - reference: the reference's search (`--strategy sets --lam 0 --no-fit-budget --final-epochs 0
   --no-select-final`), stopped at the same targets;
 - random:    `--strategy table --criterion random --no-select-final` (a control: random knobs, the same budget);
@@ -40,7 +41,7 @@ from proqha.recipe import load_model
 from proqha.search import SearchConfig, run_search
 from proqha.train import TrainConfig, train_run
 
-ARMS = ("default", "reference", "random")
+ARMS = ("default", "norace", "reference", "random")
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t(0.975, df)
 
 
@@ -79,6 +80,8 @@ def search_arm(arm: str, base: Path, run: Path, target: tuple[float, float], arg
                              "select_final": False},
                "random": {"criterion": "random", "strategy": "table", "final_epochs": args.final_epochs,
                           "select_final": False},
+               "norace": {"final_epochs": args.final_epochs, "strategy": args.strategy, "criterion": args.criterion,
+                          "ratio": args.ratio, "table_data": args.table_data, "select_final": False},
                "default": {"final_epochs": args.final_epochs, "strategy": args.strategy,
                            "criterion": args.criterion, "ratio": args.ratio, "table_data": args.table_data,
                            "select_final": args.select_final, "select_epochs": args.select_epochs,
@@ -132,7 +135,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"default": "o", "reference": "s", "random": "x"}
+    markers = {"default": "o", "norace": "v", "reference": "s", "random": "x"}
     for target, per in results["targets"].items():
         for arm in results["arms"]:
             ax.scatter([r["cost"] for r in per[arm]], [r["top1"] for r in per[arm]], marker=markers[arm],
@@ -155,7 +158,7 @@ def main() -> int:
     ap.add_argument("--arch", default=None)
     ap.add_argument("--dataset", default="digits_hard")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--base-epochs", type=int, default=5)
+    ap.add_argument("--base-epochs", type=int, default=15)
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--final-epochs", type=int, default=SearchConfig().final_epochs)
     ap.add_argument("--steps", type=int, default=64)

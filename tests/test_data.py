@@ -31,7 +31,7 @@ def test_digits_split_is_fixed_and_stratified():
 
 
 def test_registry_lists_the_documented_datasets():
-    assert set(list_datasets()) == {"digits", "mnist", "cifar10", "cifar100", "imagefolder"}
+    assert set(list_datasets()) == {"digits", "digits_hard", "mnist", "cifar10", "cifar100", "imagefolder"}
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "imagefolder"])

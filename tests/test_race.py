@@ -94,7 +94,8 @@ def _search(select_final: bool, monkeypatch=None, favour=None):
 
         monkeypatch.setattr(race_module, "evaluate_loader", fake_evaluate)
     return proqha.search_bits(qmodel, train, calib, test, steps=3, target_cost=cost, target_bitops=bitops, ratio=1.0,
-                              finetune_epochs=1, final_epochs=1, select_epochs=1, select_final=select_final)
+                              finetune_epochs=1, final_epochs=1, select_epochs=1, select_candidates=4,
+                              select_final=select_final)
 
 
 def _w2a4(model: nn.Module) -> dict:

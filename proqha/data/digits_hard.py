@@ -5,13 +5,14 @@ Why: scikit-learn's digits has only 450 test images, so one image is 0.22 points
 (same input size, same ``digits_resnet``) but gives >10,000 test images and a task hard enough that low
 bit widths visibly lose accuracy.
 
-How: the 1797 original images are split first (stratified 60/40, seed 0), so no test image derives from a
-training original. Each original then yields augmented variants (``TRAIN_VARIANTS`` per train original,
-``TEST_VARIANTS`` per test original) from a fixed-seed numpy Generator: an affine jitter (rotation, scale,
+How: the 1797 original images are split first (stratified: 40% test, then 20% of the rest calibration, seed 0),
+so no test or calibration image derives from a training original: the calibration split (what a search
+scores its candidates on) measures generalisation as the test split does. Each original then yields
+augmented variants (``VARIANTS`` per split) from a fixed-seed numpy Generator: an affine jitter (rotation, scale,
 shear, a shift of about a pixel; bilinear, zero outside), a contrast change, an erased rectangle and
 additive Gaussian noise. The arithmetic is plain numpy float64, so the same seed gives the same bytes.
-Images are normalised with the mean and std of the train split, like ``digits``. The test split is
-variant-major: its first 719 images are one variant of each test original.
+Images are normalised with the mean and std of the train split, like ``digits``. Each split is
+variant-major: the first 719 test images are one variant of each test original.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from torch.utils.data import Dataset, TensorDataset
 from proqha.data.registry import register_dataset
 
 TEST_FRACTION = 0.4
+CALIB_FRACTION = 0.2  # of the originals left after the test split
 SPLIT_SEED = 0
 AUG_SEED = 0
-TRAIN_VARIANTS = 8  # 1078 train originals -> 8624 images (the registry holds 10% of them out as calib)
-TEST_VARIANTS = 15  # 719 test originals -> 10785 images
+VARIANTS = {"train": 10, "calib": 12, "test": 15}  # 862 / 216 / 719 originals -> 8620 / 2592 / 10785 images
 
 # augmentation strength (pixels: 8x8, values 0..1)
 ROTATION_DEG = 15.0
@@ -50,13 +51,15 @@ def _originals() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images.astype(np.float64) / 16.0, bunch.target.astype(np.int64)
 
 
-def split_originals() -> tuple[np.ndarray, np.ndarray]:
-    """Indices into ``load_digits()`` of the (train, test) originals: disjoint, stratified, fixed."""
+def split_originals() -> dict[str, np.ndarray]:
+    """Indices into ``load_digits()`` of the ``train``, ``calib`` and ``test`` originals: disjoint,
+    stratified, fixed."""
     from sklearn.model_selection import train_test_split
 
     _, y = _originals()
-    train, test = train_test_split(np.arange(len(y)), test_size=TEST_FRACTION, stratify=y, random_state=SPLIT_SEED)
-    return np.sort(train), np.sort(test)
+    rest, test = train_test_split(np.arange(len(y)), test_size=TEST_FRACTION, stratify=y, random_state=SPLIT_SEED)
+    train, calib = train_test_split(rest, test_size=CALIB_FRACTION, stratify=y[rest], random_state=SPLIT_SEED)
+    return {"train": np.sort(train), "calib": np.sort(calib), "test": np.sort(test)}
 
 
 def _bilinear(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -109,15 +112,15 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def build_arrays(seed: int = AUG_SEED) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The ``train`` and ``test`` arrays ((N, 8, 8) float32 normalised, (N,) int64), built afresh
+    """The ``train``, ``calib`` and ``test`` arrays ((N, 8, 8) float32 normalised, (N,) int64), built afresh
     (``_arrays`` caches the default). Variant-major: image ``v * n + i`` is variant v of original i."""
     x, y = _originals()
     out = {}
-    for stream, (split, idx, variants) in enumerate(zip(("train", "test"), split_originals(),
-                                                        (TRAIN_VARIANTS, TEST_VARIANTS))):
+    for split, idx in split_originals().items():
+        stream = ("train", "test", "calib").index(split)
         rng = np.random.default_rng([seed, stream])  # one stream per split: each is fixed on its own
-        xs = np.tile(x[idx], (variants, 1, 1))
-        out[split] = (augment(xs, rng), np.tile(y[idx], variants))
+        xs = np.tile(x[idx], (VARIANTS[split], 1, 1))
+        out[split] = (augment(xs, rng), np.tile(y[idx], VARIANTS[split]))
     mean, std = out["train"][0].mean(), out["train"][0].std()
     return {k: (((v - mean) / std).astype(np.float32), t) for k, (v, t) in out.items()}
 
@@ -127,8 +130,10 @@ def _arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return build_arrays()
 
 
-@register_dataset(num_classes=10, input_size=(1, 8, 8), default_arch="digits_resnet", needs_data_dir=False)
+@register_dataset(num_classes=10, input_size=(1, 8, 8), default_arch="digits_resnet", needs_data_dir=False,
+                  own_calib=True)
 def digits_hard(data_dir: Path | None, split: str, download: bool) -> Dataset:
-    """Augmented digits from scikit-learn (offline): 8624 train, 10785 test images from disjoint originals."""
-    x, y = _arrays()["test" if split == "test" else "train"]
+    """Augmented digits from scikit-learn (offline): 8620 train, 2592 calib, 10785 test images, each split
+    from its own originals."""
+    x, y = _arrays()[split]
     return TensorDataset(torch.from_numpy(x).unsqueeze(1).contiguous(), torch.from_numpy(y))

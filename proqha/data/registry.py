@@ -3,7 +3,8 @@
 Builders know two file sets, ``train`` and ``test``, and a third view ``train-eval`` (the training files
 with evaluation transforms). The registry carves a fixed calibration split out of the training files:
 ``calib`` (10%, at most 5000 samples, seed 0) is held out from ``train``, so a search can score
-candidates on data that neither training nor the test set uses.
+candidates on data that neither training nor the test set uses. A builder registered with ``own_calib``
+makes its ``calib`` split itself (from originals that no training image derives from).
 
 A name of the form ``package.module:factory`` is the user's own dataset factory (``proqha.data.custom``):
 the same three splits, carved the same way unless the factory returns its own ``calib``.
@@ -43,6 +44,7 @@ class DatasetSpec:
     class_names: tuple[str, ...] | None = None
     options: tuple[str, ...] = ()  # the options its builder takes as keywords (image_size, val_split)
     describe: Callable[..., dict[str, Any]] | None = None  # (data_dir, **options) -> fields of the spec there
+    own_calib: bool = False  # its builder makes the calib split itself (held-out originals), not the registry
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -51,15 +53,17 @@ DATA_OPTIONS = ("image_size", "val_split")  # options only some datasets take
 
 def register_dataset(num_classes: int, input_size: tuple[int, int, int], default_arch: str,
                      needs_data_dir: bool = True, options: tuple[str, ...] = (),
-                     describe: Callable[..., dict[str, Any]] | None = None) -> Callable:
+                     describe: Callable[..., dict[str, Any]] | None = None, own_calib: bool = False) -> Callable:
     """Register ``fn(data_dir, split, download, **options) -> Dataset`` under its function name. ``options``:
     the keywords of ``DATA_OPTIONS`` it takes; ``describe(data_dir, **options)``: the spec's fields that depend
-    on the folder (num_classes, input_size, class_names), checking it."""
+    on the folder (num_classes, input_size, class_names), checking it; ``own_calib``: ``fn`` builds the
+    ``calib`` split itself, and its ``train`` split is the training images without it."""
 
     def wrap(fn: Callable[..., Dataset]) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
         _DATASETS[fn.__name__] = DatasetSpec(fn.__name__, fn, num_classes, input_size, needs_data_dir,
-                                             default_arch, doc[0] if doc else "", None, options, describe)
+                                             default_arch, doc[0] if doc else "", None, options, describe,
+                                             own_calib)
         return fn
 
     return wrap
@@ -124,8 +128,8 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None, down
     spec = get_dataset_spec(name)
     created = path is not None and not path.exists()
     try:
-        if split == "test":
-            return spec.build(path, "test", download, **given)
+        if split == "test" or spec.own_calib:
+            return spec.build(path, split, download, **given)
         full = spec.build(path, "train" if split == "train" else "train-eval", download, **given)
     except URLError as exc:  # --download without a network
         if created:  # the folder the download began: nothing of the user's is in it

@@ -76,8 +76,8 @@ class SearchConfig:
     select_final: bool = option(True, "At the step that meets the targets, race the chosen bits against the "
                                 "strategy's next-best bits and the uniform bits that meet the same targets "
                                 "(equal fine-tuning, scored on the calibration split) and keep the winner.")
-    select_candidates: int = option(4, "Most configurations in the final race.", low=2)
-    select_epochs: int = option(2, "Fine-tuning epochs per round of the final race (the worse half leaves "
+    select_candidates: int = option(3, "Most configurations in the final race.", low=2)
+    select_epochs: int = option(1, "Fine-tuning epochs per round of the final race (the worse half leaves "
                                 "after each round).", low=1)
     seed: int = option(0, "Seed: same seed, same search on the same machine and thread count.")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
