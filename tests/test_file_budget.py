@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import calibrate_bn
 
 from proqha.cost import cost_report
 from proqha.errors import OptionError
@@ -28,7 +29,6 @@ from proqha.quant import (
 from proqha.quant.storage import stored_bits
 from proqha.search.config import SearchConfig
 from proqha.search.targets import target_values
-from tests.helpers import calibrate_bn
 
 DIGITS = (1, 8, 8)
 
