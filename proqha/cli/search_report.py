@@ -23,7 +23,6 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     """Search ``cfg`` into ``run_dir`` with progress bars, a line per step, the frontier table and plots."""
     from proqha import distributed
     from proqha.deploy.search_plots import write_search_plots
-    from proqha.export.file_size import measure_file_model  # the search predicts the file from one written here
     from proqha.search import run_search
     from proqha.search.frontier import FRONTIER_FILE, read_frontier
 
@@ -52,10 +51,13 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
         progress.console.print(f"searching {s.recipe.arch} ({len(s.knobs)} knobs) on {s.dataset}, "
                                f"criterion {cfg.criterion}, lam {cfg.lam}, into {run_dir}")
 
+    measure_file = None
+    if cfg.needs_file:  # the search predicts the file from one written here (the exporter is imported only then)
+        from proqha.export.file_size import measure_file_model as measure_file
     try:
         try:
             result = run_search(cfg, run_dir, resume=resume, on_candidate=on_candidate, on_step=on_step,
-                                on_start=on_start, measure_file=measure_file_model)
+                                on_start=on_start, measure_file=measure_file)
         finally:
             if progress.live.is_started:  # stopping a progress never started still prints a blank line
                 progress.stop()

@@ -106,17 +106,16 @@ class ProgressiveSearch:
     def from_checkpoint(cls, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device,
                         measure_file: FileMeasurer | None = None) -> "ProgressiveSearch":
         """The search of a checkpoint: its model rebuilt from the recipe, its training run's dataset."""
-        checkpoint = source
         model, state = load_model(source, device)
         recipe = ModelRecipe.from_dict(state.recipe)
         if recipe.float_run:  # a float run enters the search at START_BITS, all of it
             recipe = replace(recipe, quant={**recipe.quant, "bits": START_BITS})
             switch_on_fixed_quantizers(model, QuantConfig(**recipe.quant))
-        source = DataSource.from_dict(state.data)  # the training run's images, at its size
-        data = DatasetData(source.load("train"), source.load("calib"), source.load("test"), cfg.batch_size,
+        images = DataSource.from_dict(state.data)  # the training run's images, at its size
+        data = DatasetData(images.load("train"), images.load("calib"), images.load("test"), cfg.batch_size,
                            cfg.workers)
-        return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, source.dataset,
-                   source.to_dict(), state.metrics, measure_file=measure_file, source=checkpoint)
+        return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, images.dataset,
+                   images.to_dict(), state.metrics, measure_file=measure_file, source=source)
 
     # -- pieces of a step -------------------------------------------------------------------------
     def bits(self) -> Bits:
