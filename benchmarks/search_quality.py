@@ -8,8 +8,9 @@ Per seed, one 8-bit QAT checkpoint is the start of every arm. Per target b (bits
 uniform WbAb on the same model: paper cost and BitOPs both at most uniform's (edge layers as trained);
 at a fractional b the budget interpolates (paper cost linearly, BitOPs at b x b). Arms:
 - default:   `proqha search` with both targets and its default options (with a budget, `--strategy auto`
-  is the knapsack allocation; `--final-epochs 8`; the final race against its runners-up and uniform bits);
-- norace:    the default without its final race (`--no-select-final`): what the race buys;
+  is the knapsack allocation; `--final-epochs 8`; at the last step one allocation at or above each maximal
+  uniform configuration, raced when there are several);
+- norace:    the default without its final race (`--no-select-final`: the first floored allocation);
 - reference: the reference's search (`--strategy sets --lam 0 --no-fit-budget --final-epochs 0
   --no-select-final`), stopped at the same targets;
 - random:    `--strategy table --criterion random --no-select-final` (a control: random knobs, the same budget);
@@ -85,6 +86,7 @@ def search_arm(arm: str, base: Path, run: Path, target: tuple[float, float], arg
                "default": {"final_epochs": args.final_epochs, "strategy": args.strategy,
                            "criterion": args.criterion, "ratio": args.ratio, "table_data": args.table_data,
                            "select_final": args.select_final, "select_epochs": args.select_epochs,
+                           "uniform_floor": args.uniform_floor,
                            "select_candidates": args.select_candidates}}[arm]
     cfg = SearchConfig(**({"source": str(base), "steps": args.steps, "finetune_epochs": args.finetune_epochs,
                            "lam": args.lam, "target_cost": target[0], "target_bitops": target[1], "seed": seed}
@@ -168,6 +170,8 @@ def main() -> int:
     ap.add_argument("--table-data", default=SearchConfig().table_data, help="the default arm's --table-data")
     ap.add_argument("--select-final", action=argparse.BooleanOptionalAction, default=SearchConfig().select_final,
                     help="the default arm's final race")
+    ap.add_argument("--uniform-floor", action=argparse.BooleanOptionalAction,
+                    default=SearchConfig().uniform_floor, help="the default arm's allocation at or above uniform bits")
     ap.add_argument("--select-epochs", type=int, default=SearchConfig().select_epochs)
     ap.add_argument("--select-candidates", type=int, default=SearchConfig().select_candidates)
     ap.add_argument("--lam", type=float, default=SearchConfig().lam)

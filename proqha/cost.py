@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from proqha.latency_model import LatencyModel
 from proqha.quant.convert import quant_layers
 from proqha.quant.quantizers import Quantizer
 from proqha.quant.storage import clamped_activation, stored_bits, stored_bytes
@@ -100,6 +101,7 @@ class CostReport:
     layers: list[LayerCost]
     other_params: int
     file_model: FileModel | None = None  # measured on a written file; None: ``file_bytes`` has no overhead
+    latency_model: LatencyModel | None = None  # measured on an engine; None: no ``latency_ms``
 
     @property
     def macs(self) -> int:
@@ -131,6 +133,11 @@ class CostReport:
         return sum(layer.file_bytes for layer in self.layers) + 4 * self.other_params + extra
 
     @property
+    def latency_ms(self) -> float:
+        """The predicted latency (ms) on the engine the latency model was measured on (NaN without one)."""
+        return self.latency_model.predict(self) if self.latency_model is not None else math.nan
+
+    @property
     def float_size_bytes(self) -> int:
         return 4 * (sum(layer.params for layer in self.layers) + self.other_params)
 
@@ -138,16 +145,19 @@ class CostReport:
         """The same layers at other bits (layers not in ``bits`` keep theirs): no forward pass needed."""
         layers = [replace(layer, w_bits=bits[layer.name]["w"], a_bits=bits[layer.name]["a"])
                   if layer.name in bits else layer for layer in self.layers]
-        return CostReport(self.input_size, layers, self.other_params, self.file_model)
+        return CostReport(self.input_size, layers, self.other_params, self.file_model, self.latency_model)
 
     def metric(self, name: str) -> float:
-        """One scalar cost by name: "paper" (the paper cost), "bitops" or "file" (predicted file bytes)."""
+        """One scalar cost by name: "paper" (the paper cost), "bitops", "file" (predicted file bytes) or
+        "latency" (predicted ms)."""
         if name == "paper":
             return self.paper_cost
         if name == "bitops":
             return float(self.bitops)
         if name == "file":
             return float(self.file_bytes)
+        if name == "latency":
+            return self.latency_ms
         raise ValueError(f"unknown cost metric {name!r}")
 
     def totals(self) -> dict[str, Any]:

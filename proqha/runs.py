@@ -22,6 +22,7 @@ METRICS_FILE = "metrics.jsonl"  # one row per training epoch
 COST_FILE = "cost.json"  # the cost report of the trained model
 BITS_FILE = "bits.json"  # the per-layer bit config
 FRONTIER_FILE = "frontier.csv"  # a search run's record, one row per completed step
+LATENCY_TABLE_FILE = "latency_table.json"  # a search's per-layer latency table (proqha.deploy.latency_table)
 SENSITIVITY_CSV = "sensitivity.csv"  # proqha sensitivity: one row per layer, knob and bits
 SENSITIVITY_PNG = "sensitivity.png"  # its heat map
 CHECKPOINTS = "checkpoints"
@@ -59,6 +60,11 @@ class RunDir:
     @property
     def frontier(self) -> Path:
         return self.path / FRONTIER_FILE
+
+    @property
+    def latency_table(self) -> Path:
+        """latency_table.json: a latency-budgeted search's per-layer table, reused on resume."""
+        return self.path / LATENCY_TABLE_FILE
 
     @property
     def checkpoints(self) -> Path:

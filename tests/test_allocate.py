@@ -10,7 +10,7 @@ import pytest
 
 from proqha.cost import CostReport, LayerCost
 from proqha.search import SearchConfig, run_search
-from proqha.search.allocate import _total, allocate, allocations
+from proqha.search.allocate import allocate, allocations, summed_damage
 from proqha.search.knobs import Knob
 
 
@@ -40,7 +40,7 @@ def test_runners_up_are_distinct_feasible_and_ranked_after_the_allocation():
         assert (found[0] if found else None) == allocate(current, damage, report, feasible)
         assert all(feasible(bits) for bits in found) and len(found) <= 4
         assert all(a != b for i, a in enumerate(found) for b in found[i + 1:])
-        totals = [_total(bits, damage) for bits in found]
+        totals = [summed_damage(bits, damage) for bits in found]
         assert totals[1:] == sorted(totals[1:])
         with_runners_up += len(found) > 1
     assert with_runners_up >= 20
@@ -53,7 +53,7 @@ def test_allocation_is_feasible_spends_its_slack_and_is_nearly_always_optimal():
         got = allocate(current, damage, report, feasible)
         configs = [{f"l{i}": {"w": c[2 * i], "a": c[2 * i + 1]} for i in range(3)}
                    for c in itertools.product((2, 3, 4), repeat=6)]
-        best = min((_total(c, damage) for c in configs if feasible(c)), default=None)
+        best = min((summed_damage(c, damage) for c in configs if feasible(c)), default=None)
         if best is None:
             assert got is None
             optimal += 1
@@ -67,8 +67,8 @@ def test_allocation_is_feasible_spends_its_slack_and_is_nearly_always_optimal():
         uniform = next(({n: {"w": b, "a": b} for n in current} for b in (4, 3, 2)
                         if feasible({n: {"w": b, "a": b} for n in current})), None)
         if uniform is not None:  # never worse than the best uniform allocation
-            assert _total(got, damage) <= _total(uniform, damage) + 1e-12
-        optimal += _total(got, damage) <= best + 1e-12
+            assert summed_damage(got, damage) <= summed_damage(uniform, damage) + 1e-12
+        optimal += summed_damage(got, damage) <= best + 1e-12
     assert optimal >= 54  # measured: 55 of 60 (the relaxation has a duality gap; the local search closes most)
 
 

@@ -13,6 +13,7 @@ import proqha
 from proqha.quant import BitConfig, searchable_layers
 from proqha.search import SearchConfig
 from proqha.search import race as race_module
+from proqha.search import uniform as uniform_module
 from proqha.search.data import LoaderData
 from proqha.search.finetune import FineTune
 from proqha.search.progressive import ProgressiveSearch
@@ -56,13 +57,13 @@ def test_uniform_entrants_are_the_maximal_uniform_bits_within_the_budget():
     cost, bitops = _uniform_budget(qmodel, 3)
     cfg = SearchConfig(source="t", target_cost=cost, target_bitops=bitops).resolved()
     search = ProgressiveSearch(cfg, qmodel, LoaderData(train, calib, test), (1, 8, 8), torch.device("cpu"))
-    found = race_module.uniform_bits(search, search.bits())
+    found = uniform_module.uniform_bits(search, search.bits())
     assert [label for label, _ in found] == ["uniform W3A3", "uniform W2A4"]  # W4A2 costs 4 weight bits
     for _, bits in found:
         assert all(bits[k.layer][k.kind] in (2, 3, 4) for k in search.knobs)
     weights_only = SearchConfig(source="t", target_cost=cost, knobs="weights").resolved()
     search = ProgressiveSearch(weights_only, qmodel, LoaderData(train, calib, test), (1, 8, 8), torch.device("cpu"))
-    assert [label for label, _ in race_module.uniform_bits(search, search.bits())] == ["uniform W3"]
+    assert [label for label, _ in uniform_module.uniform_bits(search, search.bits())] == ["uniform W3"]
 
 
 def test_fine_tuning_in_chunks_with_evaluations_between_equals_one_run():
@@ -83,7 +84,7 @@ def test_fine_tuning_in_chunks_with_evaluations_between_equals_one_run():
             assert torch.equal(a, b), name
 
 
-def _search(select_final: bool, monkeypatch=None, favour=None):
+def _search(select_final: bool, monkeypatch=None, favour=None, **options):
     train, calib, test = _data()
     qmodel = _qmodel(train)
     cost, bitops = _uniform_budget(qmodel, 3)
@@ -95,7 +96,7 @@ def _search(select_final: bool, monkeypatch=None, favour=None):
         monkeypatch.setattr(race_module, "evaluate_loader", fake_evaluate)
     return proqha.search_bits(qmodel, train, calib, test, steps=3, target_cost=cost, target_bitops=bitops, ratio=1.0,
                               finetune_epochs=1, final_epochs=1, select_epochs=1, select_candidates=4,
-                              select_final=select_final)
+                              select_final=select_final, **options)
 
 
 def _w2a4(model: nn.Module) -> dict:
@@ -105,11 +106,11 @@ def _w2a4(model: nn.Module) -> dict:
 
 
 def test_the_race_keeps_the_winner_on_the_calibration_split(monkeypatch):
-    plain = _search(False)
+    plain = _search(False, uniform_floor=False)
     assert len(plain.steps) == 2 and plain.steps[1]["selected"] == "allocate" and plain.steps[1]["epochs"] == 2
     assert "race" not in plain.steps[1] and plain.steps[1]["bits"] != _w2a4(plain.model)
 
-    raced = _search(True, monkeypatch, favour=_w2a4)
+    raced = _search(True, monkeypatch, favour=_w2a4, uniform_floor=False)
     row = raced.steps[1]
     assert row["selected"] == "uniform W2A4" and row["selected_margin"] == pytest.approx(40.0)
     assert row["bits"] == _w2a4(raced.model) == BitConfig.from_model(raced.model).to_dict()
@@ -122,3 +123,51 @@ def test_the_race_keeps_the_winner_on_the_calibration_split(monkeypatch):
     trained = sum(len(r) * (e - b) for r, e, b in zip(rounds, done, [0] + done[:-1])) + 2 - done[-1]
     assert row["epochs"] == trained > 2  # each entrant's epochs, the winner's to the step's end (2)
     assert "race" not in raced.steps[0] and raced.steps[0]["epochs"] == 0
+
+
+def _dominates(bits: dict, floor: dict) -> bool:
+    return all(bits[n][k] >= floor[n][k] for n in floor for k in ("w", "a"))
+
+
+def test_the_final_bits_dominate_a_uniform_configuration_and_race_the_other_floors(monkeypatch):
+    plain = _search(False)  # uniform_floor on by default
+    bits = plain.steps[1]["bits"]
+    w3a3 = _w2a4(plain.model) | {n: {"w": 3, "a": 3} for n in searchable_layers(plain.model)}
+    label = plain.steps[1]["selected"]
+    assert label in ("allocate >= uniform W2A4", "allocate >= uniform W3A3")
+    assert _dominates(bits, _w2a4(plain.model) if label.endswith("W2A4") else w3a3)
+    assert bits != _w2a4(plain.model)  # the slack W2A4 leaves is spent
+
+    def favour(model):  # the floored allocation above W3A3 wins on the calibration split
+        found = BitConfig.from_model(model).to_dict()
+        return found if _dominates(found, w3a3) else None
+
+    raced = _search(True, monkeypatch, favour=favour)
+    row = raced.steps[1]
+    assert row["selected"] == "allocate >= uniform W3A3" and _dominates(row["bits"], w3a3)
+    labels = sorted(e["label"] for e in row["race"][0])
+    assert labels == ["allocate >= uniform W2A4", "allocate >= uniform W3A3"]  # the uniform bits they dominate
+    # do not race
+
+
+def test_a_floored_allocation_keeps_every_knob_at_or_above_its_floor():
+    from proqha.cost import CostReport, LayerCost
+    from proqha.search.allocate import allocate, floored
+    from proqha.search.knobs import Knob
+
+    knobs = [Knob("a", "w"), Knob("b", "w")]
+    damage = {knobs[0]: {2: 5.0, 3: 1.0, 4: 0.0}, knobs[1]: {2: 0.1, 3: 0.05, 4: 0.0}}
+    current = {"a": {"w": 4, "a": 8}, "b": {"w": 4, "a": 8}}
+    assert floored(damage, {"a": {"w": 3, "a": 8}, "b": {"w": 2, "a": 8}}) == {
+        knobs[0]: {3: 1.0, 4: 0.0}, knobs[1]: damage[knobs[1]]}
+    assert floored(damage, {"a": {"w": 6, "a": 8}, "b": {"w": 2, "a": 8}})[knobs[0]] == {4: 0.0}  # the top level
+
+    def feasible(bits):  # at most 6 weight bits in all
+        return bits["a"]["w"] + bits["b"]["w"] <= 6
+
+    report = CostReport((1, 1, 1), [LayerCost(n, "conv", 100, 10, 4, 8, True) for n in "ab"], 0)
+    assert allocate(current, damage, report, feasible) == {"a": {"w": 4, "a": 8}, "b": {"w": 2, "a": 8}}
+    floor = {"a": {"w": 3, "a": 8}, "b": {"w": 3, "a": 8}}
+    assert allocate(current, damage, report, feasible, floor=floor) == floor  # b may not go below 3
+    assert allocate(current, damage, report, feasible, floor={"a": {"w": 2, "a": 8}, "b": {"w": 2, "a": 8}}) == {
+        "a": {"w": 4, "a": 8}, "b": {"w": 2, "a": 8}}  # a floor at the bottom: the free allocation

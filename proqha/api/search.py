@@ -96,8 +96,13 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     measure = None
     if cfg.needs_file:  # a file target: the exported file of the model as it starts, predicted from there
         from proqha.export.file_size import measure_file_model as measure
+    latency = None
+    if cfg.needs_latency:  # a latency budget: a per-layer table timed on the engine, cached in run_dir
+        from proqha.deploy.latency_table import search_latency
+
+        latency = search_latency(cfg, folder)
     search = ProgressiveSearch(cfg, qmodel, LoaderData(train_loader, calib_loader, test_loader), input_size, dev,
-                               folder, loss_fn=loss, measure_file=measure)
+                               folder, loss_fn=loss, measure_file=measure, measure_latency=latency)
     result = SearchResult(qmodel, run_dir=folder)
 
     def step_done(row: dict[str, Any]) -> None:

@@ -32,6 +32,13 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     step_task = progress.add_task("steps", total=cfg.steps, info="")
     cand_task = progress.add_task("candidates", total=cfg.candidates, info="")
 
+    table_task = progress.add_task("latency table", total=1, info="", visible=False)
+
+    def latency_progress(done: int, jobs: int) -> None:  # graphs timed for the latency table, before step 0
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(table_task, completed=done, total=jobs, visible=done < jobs, info=cfg.latency_engine)
+
     def on_candidate(step: int, i: int, n: int) -> None:
         progress.update(cand_task, completed=i + 1, total=n, info=f"step {step}")
 
@@ -39,6 +46,8 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
         progress.update(step_task, completed=row["step"],
                         info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
         file_kb = "" if math.isnan(row["file_bytes"]) else f"  file {row['file_bytes'] / 1e3:.1f} KB"
+        if not math.isnan(row["latency_ms"]):
+            file_kb += f"  latency {row['latency_ms']:.3f} ms (predicted {row['latency_ms_pred']:.3f})"
         progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}{file_kb}"
                                f"  score {'-' if math.isnan(row['score']) else format(row['score'], '.3g')}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
         if row.get("race"):
@@ -47,17 +56,23 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
             progress.console.print(f"warning: step {row['step']}: {line}", markup=False)
 
     def on_start(s) -> None:  # the model and data are loaded and checked: only now show progress, so a bad
-        progress.start()      # start run is one error line with nothing before it
+        if not progress.live.is_started:  # start run is one error line with nothing before it
+            progress.start()
         progress.console.print(f"searching {s.recipe.arch} ({len(s.knobs)} knobs) on {s.dataset}, "
                                f"criterion {cfg.criterion}, lam {cfg.lam}, into {run_dir}")
 
     measure_file = None
     if cfg.needs_file:  # the search predicts the file from one written here (the exporter is imported only then)
         from proqha.export.file_size import measure_file_model as measure_file
+    measure_latency = None
+    if cfg.needs_latency:  # the per-layer table is timed before the search starts (the exporter imported only then)
+        from proqha.deploy.latency_table import search_latency
+
+        measure_latency = search_latency(cfg, run_dir, on_progress=latency_progress)
     try:
         try:
             result = run_search(cfg, run_dir, resume=resume, on_candidate=on_candidate, on_step=on_step,
-                                on_start=on_start, measure_file=measure_file)
+                                on_start=on_start, measure_file=measure_file, measure_latency=measure_latency)
         finally:
             if progress.live.is_started:  # stopping a progress never started still prints a blank line
                 progress.stop()

@@ -27,11 +27,19 @@ MULTIPLIERS = np.concatenate([[0.0], np.logspace(-3, 4, 36)])  # relative to dam
 
 
 def allocate(current: BitsLike, damage: Damage, report: CostReport,
-             feasible: Callable[[Bits], bool]) -> Bits | None:
+             feasible: Callable[[Bits], bool], floor: BitsLike | None = None) -> Bits | None:
     """The bits that minimise the summed damage with ``feasible`` (every target met), each knob at one of
-    its table levels (knobs outside the table keep their bits); None when no allocation is feasible."""
-    found = allocations(current, damage, report, feasible, 1)
+    its table levels (knobs outside the table keep their bits) and, with ``floor``, at or above the floor's
+    bits (``floored``); None when no allocation is feasible."""
+    found = allocations(current, damage if floor is None else floored(damage, floor), report, feasible, 1)
     return found[0] if found else None
+
+
+def floored(damage: Damage, floor: BitsLike) -> Damage:
+    """The table without the levels below ``floor``'s bits (a knob whose table stops below its floor keeps
+    its top level: the table has no level above the knob's current bits)."""
+    return {knob: {b: d for b, d in levels.items() if b >= min(floor[knob.layer][knob.kind], max(levels))}
+            for knob, levels in damage.items()}
 
 
 def allocations(current: BitsLike, damage: Damage, report: CostReport, feasible: Callable[[Bits], bool],
@@ -56,19 +64,19 @@ def allocations(current: BitsLike, damage: Damage, report: CostReport, feasible:
                 options[name], key=lambda o: o[2] + scale * (mu_cost * w_share * o[0] / 8
                                                              + mu_ops * ops_share * o[0] * o[1] / 64))[:2]
         if feasible(bits) and all(bits != other for _, _, other in relaxed):
-            relaxed.append((_total(bits, damage), len(relaxed), bits))
+            relaxed.append((summed_damage(bits, damage), len(relaxed), bits))
     relaxed.sort(key=lambda t: t[:2])  # least damage, then the first found (the relaxation's best)
     found = [bits for _, _, bits in relaxed[:1]] + [u for u in starts if feasible(u)]
     if not found:
         return []
     improved = [_improve(bits, damage, feasible) for bits in found[:2]]
-    best = min(improved, key=lambda bits: _total(bits, damage))
+    best = min(improved, key=lambda bits: summed_damage(bits, damage))
     if count <= 1:
         return [best]
     others = improved + [_improve(bits, damage, feasible) for bits in
                          [b for _, _, b in relaxed[1:count + 1]] + found[2:count + 1]]
     distinct: list[Bits] = [best]
-    for bits in sorted(others + _neighbours(best, damage, feasible), key=lambda bits: _total(bits, damage)):
+    for bits in sorted(others + _neighbours(best, damage, feasible), key=lambda bits: summed_damage(bits, damage)):
         if all(bits != seen for seen in distinct):
             distinct.append(bits)
     return distinct[:count]
@@ -90,7 +98,7 @@ def _neighbours(bits: Bits, damage: Damage, feasible: Callable[[Bits], bool]) ->
         if up is not None:
             trial[up.layer][up.kind] = min(higher)
         if feasible(trial):
-            moves.append((_total(trial, damage), len(moves), trial))
+            moves.append((summed_damage(trial, damage), len(moves), trial))
     return [trial for _, _, trial in sorted(moves, key=lambda m: m[:2])]
 
 
@@ -107,7 +115,7 @@ def _improve(bits: Bits, damage: Damage, feasible: Callable[[Bits], bool]) -> Bi
     """Spend the slack (``_fill``), then trade one level between two knobs while that removes damage."""
     while True:
         bits = _fill(bits, damage, feasible)
-        total = _total(bits, damage)
+        total = summed_damage(bits, damage)
         best: tuple[float, Bits] | None = None
         for up, down in itertools.permutations(damage, 2):
             levels_up, levels_down = damage[up], damage[down]
@@ -118,7 +126,7 @@ def _improve(bits: Bits, damage: Damage, feasible: Callable[[Bits], bool]) -> Bi
                 continue
             trial = {n: dict(kb) for n, kb in bits.items()}
             trial[up.layer][up.kind], trial[down.layer][down.kind] = min(higher), max(lower)
-            gain = total - _total(trial, damage)
+            gain = total - summed_damage(trial, damage)
             if gain > 1e-12 and (best is None or gain > best[0]) and feasible(trial):
                 best = (gain, trial)
         if best is None:
@@ -133,7 +141,8 @@ def _options(name: str, current: BitsLike, damage: Damage) -> list[tuple[int, in
     return [(w, a, dw + da) for (w, dw), (a, da) in itertools.product(w_levels.items(), a_levels.items())]
 
 
-def _total(bits: BitsLike, damage: Damage) -> float:
+def summed_damage(bits: BitsLike, damage: Damage) -> float:
+    """The table's damage of ``bits``, summed over its knobs (inf where a knob is at a level it lacks)."""
     return sum(levels.get(bits[k.layer][k.kind], math.inf) for k, levels in damage.items())
 
 

@@ -15,12 +15,13 @@ CRITERIA = ("hessian", "loss", "acc", "random")  # implemented in proqha.search.
 STRATEGIES = ("auto", "table", "sets", "allocate")  # "auto" resolves to one of proqha.search.strategies
 INTERVALS = (1, 2, 4)
 TABLE_DATA = ("calib", "train")
-COST_METRICS = ("paper", "bitops", "file")  # what lam trades against: the paper cost (weight bits / 32), BitOPs,
-# the predicted exported file's bytes
+COST_METRICS = ("paper", "bitops", "file", "latency")  # what lam trades against: the paper cost (weight bits / 32), BitOPs,
+# the predicted exported file's bytes, the predicted latency on the latency engine
+LATENCY_ENGINES = ("ort", "openvino")  # the CPU engines a latency table is measured on
 LEGACY_METRICS = {"size": "paper"}  # the name runs written before it was renamed use
 START_BITS = 8  # a float (32-bit) knob enters the search here
-TARGETS = ("target_cost", "target_bitops", "target_size_mb", "target_file_kb")
-FOLLOWS = {"target_bitops": "bitops", "target_file_kb": "file"}  # the metric a lone target trades against
+TARGETS = ("target_cost", "target_bitops", "target_size_mb", "target_file_kb", "target_latency_ms")
+FOLLOWS = {"target_bitops": "bitops", "target_file_kb": "file", "target_latency_ms": "latency"}  # the metric a lone target trades against
 # (the others: paper)
 
 
@@ -61,6 +62,14 @@ class SearchConfig:
                                           "3-4 bit as INT4, 5-8 bit as int8), as predicted from one file the "
                                           "start model is exported to, takes at most this many KB (1 KB = 1000 "
                                           "bytes).", low=0, low_open=True)
+    target_latency_ms: float | None = option(None, "Spend at most this many ms per call on latency_engine at "
+                                             "latency_batch, as predicted from a per-layer table measured once "
+                                             "at the start (float is a format: a layer may go float where the "
+                                             "budget pays for it); each step's graph is measured too.", low=0,
+                                             low_open=True)
+    latency_engine: str = option("ort", "Engine of the latency table and measurements: ort or openvino.",
+                                 choices=LATENCY_ENGINES)
+    latency_batch: int = option(1, "Batch size of the latency table and measurements.", low=1)
     strategy: str = option("auto", "table (every knob scored alone, the best lowered), sets (the reference's "
                            "random sets), or allocate (a knapsack on a loss table; needs a target); auto: "
                            "allocate when a cost, BitOPs or file target is set, else table.", choices=STRATEGIES)
@@ -73,6 +82,10 @@ class SearchConfig:
                               "lowers ratio of the knobs, as the reference).")
     final_epochs: int = option(8, "Extra fine-tuning epochs of the last step (the one that meets the targets).",
                                low=0)
+    uniform_floor: bool = option(True, "At the step that meets the targets, the allocate strategy keeps every knob "
+                                 "at or above a maximal uniform configuration within the targets (W2A4 at a 3-bit "
+                                 "budget, say) and spends what it leaves: one allocation per such configuration, "
+                                 "raced with select_final (off: the unconstrained allocation and its runners-up).")
     select_final: bool = option(True, "At the step that meets the targets, race the chosen bits against the "
                                 "strategy's next-best bits and the uniform bits that meet the same targets "
                                 "(equal fine-tuning, scored on the calibration split) and keep the winner.")
@@ -108,9 +121,10 @@ class SearchConfig:
             raise OptionError("fixed_bits", "sets the knobs that are not searched: use it with knobs 'weights' "
                                             "or 'activations'", others=("knobs",))
         if self.strategy == "allocate" and (self.target_size_mb is not None or not given):
-            raise OptionError("strategy", "allocate spends a budget: give target_cost, target_bitops and/or "
-                                          "target_file_kb (not target_size_mb)",
-                              others=("target_cost", "target_bitops", "target_size_mb", "target_file_kb"))
+            raise OptionError("strategy", "allocate spends a budget: give target_cost, target_bitops, "
+                                          "target_file_kb and/or target_latency_ms (not target_size_mb)",
+                              others=("target_cost", "target_bitops", "target_size_mb", "target_file_kb",
+                                      "target_latency_ms"))
         if self.strategy == "allocate" and self.criterion == "random":
             raise OptionError("strategy", "allocate measures each knob's loss; the random control is strategy "
                                           "'table' with criterion 'random'",
@@ -125,6 +139,12 @@ class SearchConfig:
         """Whether the search predicts the exported file (a file target, or lam trading against it), which
         needs a file measured at the start (``proqha.cost.FileModel``)."""
         return self.target_file_kb is not None or LEGACY_METRICS.get(self.cost_metric, self.cost_metric) == "file"
+
+    @property
+    def needs_latency(self) -> bool:
+        """Whether the search predicts latency (a latency target, or lam trading against it), which needs a
+        table measured at the start (``proqha.latency_model.LatencyModel``); float is then a level."""
+        return self.target_latency_ms is not None or self.cost_metric == "latency"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,5 +1,6 @@
 """A search run's record: ``frontier.csv``, one row per completed step (paper cost, BitOPs, size, the predicted
-exported file's bytes where the search measured one (``file_bytes``), score,
+exported file's bytes where the search measured one (``file_bytes``), the predicted and measured latency and
+the prediction's relative error where it has a latency table (``latency_ms_pred``, ``latency_ms``, ``latency_err``), score,
 accuracies, fine-tuning epochs, the final race's winner and margin, wall time, and each knob's bits in a
 ``layer/kind`` column), and a checkpoint per step (``checkpoints/step-NNN.pt``); the file names are ``proqha.runs.RunDir``'s. The search writes them
 (``FrontierLog``, through ``proqha.search.record``); reports, export and bench read them (``read_frontier``,
@@ -26,7 +27,8 @@ TEXT_FIELDS = {"selected"}  # the final race's winner; every other column is a n
 class FrontierLog:
     """``frontier.csv``: one row per completed step, knob columns fixed at the start."""
 
-    FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "file_bytes", "score", "train_top1",
+    FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "file_bytes", "latency_ms_pred", "latency_ms",
+              "latency_err", "score", "train_top1",
               "test_top1", "test_top5", "epochs", "selected", "selected_margin", "wall_s"]
 
     def __init__(self, path: Path, knobs: list[Knob]) -> None:

@@ -21,6 +21,7 @@ from proqha.cost import CostReport, FileMeasurer, cost_report
 from proqha.data import DataSource
 from proqha.errors import ProqhaError
 from proqha.health import OutputHealth
+from proqha.latency_model import LatencyMeasurer
 from proqha.malloc_tuning import reuse_freed_memory
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
 from proqha.recipe import ModelRecipe, load_model
@@ -64,6 +65,8 @@ class ProgressiveSearch:
 
     ``from_checkpoint`` builds one from a checkpoint and its dataset (the CLI); the Python API passes the
     caller's model and batches. With ``run_dir`` None nothing is written: the rows stay in ``rows``.
+    ``measure_latency`` (``proqha.deploy.latency_table``) measures the start model's latency table and every
+    step's graph for a search that needs latency (``SearchConfig.needs_latency``), which fails without it.
     ``measure_file`` (from a caller that may export: ``proqha.export.file_size.measure_file_model``) measures
     the start model's exported file (``source``: the checkpoint it came from, for the file's metadata; as if
     exported from the run's last step checkpoint, whose path the metadata records), from
@@ -75,7 +78,8 @@ class ProgressiveSearch:
                  device: torch.device, run_dir: Path | None = None, recipe: ModelRecipe | None = None,
                  dataset: str = "", data_options: dict[str, Any] | None = None,
                  source_metrics: dict[str, Any] | None = None, loss_fn: LossFn | None = None,
-                 measure_file: FileMeasurer | None = None, source: Path | None = None) -> None:
+                 measure_file: FileMeasurer | None = None, source: Path | None = None,
+                 measure_latency: LatencyMeasurer | None = None) -> None:
         self.cfg, self.device = cfg, device
         if device.type == "cpu":  # the loss tables evaluate hundreds of times before any fine-tuning
             reuse_freed_memory()
@@ -99,12 +103,19 @@ class ProgressiveSearch:
         elif cfg.needs_file:
             raise ProqhaError("target_file_kb and cost_metric 'file' predict the exported file from one the start "
                               "model is exported to: this search was given no file measurer")
+        self.latency = measure_latency if cfg.needs_latency else None
+        if self.latency is not None:
+            self.base_cost = replace(self.base_cost, latency_model=self.latency.table(self.model, self.input_size))
+        elif cfg.needs_latency:
+            raise ProqhaError("target_latency_ms and cost_metric 'latency' predict latency from a table measured on "
+                              "an engine: this search was given no latency measurer")
         self.record = SearchRecord(self.run_dir, self.knobs, cfg, recipe.to_dict() if recipe is not None else None,
                                    self.data_options) if self.run_dir is not None else None
 
     @classmethod
     def from_checkpoint(cls, cfg: SearchConfig, run_dir: Path, source: Path, device: torch.device,
-                        measure_file: FileMeasurer | None = None) -> "ProgressiveSearch":
+                        measure_file: FileMeasurer | None = None, measure_latency: LatencyMeasurer | None = None
+                        ) -> "ProgressiveSearch":
         """The search of a checkpoint: its model rebuilt from the recipe, its training run's dataset."""
         model, state = load_model(source, device)
         recipe = ModelRecipe.from_dict(state.recipe)
@@ -115,7 +126,8 @@ class ProgressiveSearch:
         data = DatasetData(images.load("train"), images.load("calib"), images.load("test"), cfg.batch_size,
                            cfg.workers)
         return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, images.dataset,
-                   images.to_dict(), state.metrics, measure_file=measure_file, source=source)
+                   images.to_dict(), state.metrics, measure_file=measure_file, source=source,
+                   measure_latency=measure_latency)
 
     # -- pieces of a step -------------------------------------------------------------------------
     def bits(self) -> Bits:
@@ -172,6 +184,7 @@ class ProgressiveSearch:
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
                                "bitops_ratio": report.bitops_ratio, "size_bytes": report.size_bytes,
                                "file_bytes": report.file_bytes if report.file_model is not None else math.nan,
+                               **self.latency_columns(report),
                                "score": score, "train_top1": tuned.train_top1 if tuned else math.nan,
                                "test_top1": test["test_top1"], "test_top5": test["test_top5"],
                                "epochs": tuned.epochs if tuned else 0, "selected": tuned.selected if tuned else "",
@@ -183,6 +196,14 @@ class ProgressiveSearch:
         if batches is not None and (warned := output_warnings(self.model, health, batches, self.device)):
             row["warnings"] = warned  # printed and kept in the step's checkpoint, not in frontier.csv
         return row
+
+    def latency_columns(self, report: CostReport) -> dict[str, float]:
+        """With a latency table: the predicted latency of the model's bits, the measured one of its whole graph,
+        and the prediction's relative error; else NaN each."""
+        if self.latency is None:
+            return {"latency_ms_pred": math.nan, "latency_ms": math.nan, "latency_err": math.nan}
+        predicted, measured = report.latency_ms, self.latency.graph_ms(self.model, self.input_size)
+        return {"latency_ms_pred": predicted, "latency_ms": measured, "latency_err": predicted / measured - 1}
 
     def save_step(self, step: int, row: dict[str, Any]) -> None:
         """Keep the step's row; with a run folder, the main rank records the step's files."""
@@ -199,7 +220,7 @@ class ProgressiveSearch:
         if fresh:
             self._finish_step(0, math.nan, None, time.perf_counter(), on_step)
         reason, last_step = "steps", start_step
-        if target_met(cfg, self.cost_of(self.bits())):
+        if target_met(cfg, self.cost_of(self.bits())) and not (fresh and self.spends_slack()):
             return {"stopped": "target", "steps": start_step, "run_dir": self._run_dir_text()}
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
@@ -220,6 +241,11 @@ class ProgressiveSearch:
                 reason = "target"
                 break
         return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}
+
+    def spends_slack(self) -> bool:
+        """Whether a start that meets every target still takes a step: the allocate strategy with float as a
+        level (a latency budget), which raises layers to float while the budget allows."""
+        return self.cfg.strategy == "allocate" and self.cfg.needs_latency
 
     def _finish_step(self, step: int, score: float, tuned: RaceResult | None, t0: float,
                      on_step: StepCallback | None) -> None:
@@ -253,20 +279,22 @@ class ProgressiveSearch:
 def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
                on_candidate: CandidateCallback | None = None, on_step: StepCallback | None = None,
                on_batch: Callable | None = None, on_start: Callable[[ProgressiveSearch], None] | None = None,
-               measure_file: FileMeasurer | None = None) -> dict[str, Any]:
+               measure_file: FileMeasurer | None = None, measure_latency: LatencyMeasurer | None = None
+               ) -> dict[str, Any]:
     """Run (or with ``resume``, continue) a search of ``cfg`` in ``run_dir``.
 
     Returns ``{"stopped": "steps" | "target" | "floor", "steps": last completed step, "run_dir": ...}``.
     Everything is validated before anything is written; the run directory is locked while searching.
     A resume before any completed step starts over from ``cfg.source``. ``measure_file``: how the start
-    model's exported file is measured (``ProgressiveSearch``), needed by a file target.
+    model's exported file is measured (``ProgressiveSearch``), needed by a file target; ``measure_latency``:
+    how latency is measured (``proqha.latency_model.LatencyMeasurer``), needed by a latency target.
     """
     run_dir = Path(run_dir)
     distributed.setup()
     device = distributed.local_device(resolve_device(cfg.device))
     done = step_checkpoints(run_dir) if resume else []
     start, source = done[-1] if done else (0, pick_checkpoint(cfg.source, start_option="source").checkpoint)  # no step yet: from the start
-    search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device, measure_file)
+    search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device, measure_file, measure_latency)
     main = distributed.is_main()  # under torchrun only rank 0 writes and reports
     if not main:
         on_candidate = on_step = on_batch = None

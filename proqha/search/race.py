@@ -1,7 +1,8 @@
 """The final race, so that a search never ends below uniform bits: at the step that meets the targets, the
-strategy's bits race its next-best bits and the uniform bits that meet the same targets. Each entrant is a
-copy of the model at its bits, fine-tuned on the step's own schedule and batches (``FineTune``); after every
-``select_epochs`` the entrants are scored on the calibration split (never the test split) and the worse
+strategy's bits race its next-best bits and the uniform bits that meet the same targets (a uniform
+configuration that one of the strategy's dominates, with at least its bits on every knob, does not race).
+Each entrant is a copy of the model at its bits, fine-tuned on the step's own schedule and batches
+(``FineTune``); after every ``select_epochs`` the entrants are scored on the calibration split (never the test split) and the worse
 half leaves (successive halving). The winner trains on to the step's last epoch, so it ends exactly where
 training it alone would have, and the model takes its weights and bits."""
 
@@ -16,11 +17,10 @@ from torch import nn
 
 from proqha.errors import ProqhaError
 from proqha.quant import BitConfig
-from proqha.search.config import KNOB_KINDS, START_BITS
 from proqha.search.finetune import FineTune
 from proqha.search.knobs import Bits
 from proqha.search.strategies import Choice
-from proqha.search.targets import target_met
+from proqha.search.uniform import dominates, uniform_bits
 from proqha.train import evaluate_loader
 
 if TYPE_CHECKING:
@@ -53,36 +53,17 @@ class RaceResult:
     train_top1: float
 
 
-def uniform_bits(search: ProgressiveSearch, base: Bits) -> list[tuple[str, Bits]]:
-    """The uniform configurations that meet the targets and are maximal (no other feasible uniform one has
-    at least as many bits on both kinds), most BitOPs first: every searched knob at W w / A a bits."""
-    cfg = search.cfg
-    kinds = KNOB_KINDS[cfg.knobs]
-    levels = range(cfg.min_bits, START_BITS + 1)
-    w_levels = list(levels) if "w" in kinds else [0]
-    a_levels = list(levels) if "a" in kinds else [0]
-
-    def config(w: int, a: int) -> Bits:
-        bits = {name: dict(kb) for name, kb in base.items()}
-        for knob in search.knobs:
-            bits[knob.layer][knob.kind] = w if knob.kind == "w" else a
-        return bits
-
-    feasible = [(w, a) for w in w_levels for a in a_levels if target_met(cfg, search.cost_of(config(w, a)))]
-    maximal = [p for p in feasible if not any(q != p and q[0] >= p[0] and q[1] >= p[1] for q in feasible)]
-    maximal.sort(key=lambda p: (-max(p[0], 1) * max(p[1], 1), -p[0]))
-    return [("uniform " + "".join(f"{k.upper()}{v}" for k, v in zip("wa", p) if k in kinds), config(*p))
-            for p in maximal]
-
-
 def entrants(search: ProgressiveSearch, choice: Choice) -> list[tuple[str, Bits]]:
-    """The race's configurations, at most ``select_candidates``, all distinct: the strategy's bits first,
-    then the uniform ones, then the strategy's runners-up."""
+    """The race's configurations, at most ``select_candidates``, all distinct: the strategy's bits, the
+    uniform ones that none of the strategy's configurations dominates (``dominates``: at least its bits on
+    every knob, within the same targets), then the strategy's runners-up."""
     name = search.strategy.name
-    field_ = [(name, choice.bits)] + uniform_bits(search, choice.bits) + [
-        (f"{name} #{i}", bits) for i, bits in enumerate(choice.alternatives, start=2)]
+    labels = choice.labels or (name, *(f"{name} #{i}" for i in range(2, len(choice.alternatives) + 2)))
+    own = list(zip(labels, (choice.bits, *choice.alternatives)))
+    uniform = [(label, bits) for label, bits in uniform_bits(search, choice.bits)
+               if not any(dominates(other, bits) for _, other in own)]
     distinct: list[tuple[str, Bits]] = []
-    for label, bits in field_:
+    for label, bits in own[:1] + uniform + own[1:]:
         if all(bits != other for _, other in distinct):
             distinct.append((label, bits))
     return distinct[:search.cfg.select_candidates]
@@ -103,7 +84,8 @@ def finetune_step(search: ProgressiveSearch, step: int, choice: Choice, epochs: 
     field_ = entrants(search, choice) if race and epochs > 0 and has_calib(search) else []
     if len(field_) < 2:
         tune = FineTune(search.model, search.cfg, search.data, search.device, step, epochs, search.loss_fn)
-        return RaceResult(search.strategy.name, math.nan, [], epochs, tune.run_to(epochs, on_batch))
+        label = field_[0][0] if field_ else (choice.labels or (search.strategy.name,))[0]
+        return RaceResult(label, math.nan, [], epochs, tune.run_to(epochs, on_batch))
     cfg = search.cfg
     racers = []
     for label, bits in field_:

@@ -98,14 +98,22 @@ def measure_knobs(model: nn.Module, current: BitsLike, jobs: Sequence[tuple[Knob
 
 
 def damage_table(model: nn.Module, current: BitsLike, knobs: Sequence[Knob], min_bits: int, batches: Iterable[Batch],
-                 device: torch.device, loss_fn: LossFn | None = None, on_job: JobCallback | None = None) -> Damage:
+                 device: torch.device, loss_fn: LossFn | None = None, on_job: JobCallback | None = None,
+                 above: Sequence[int] = ()) -> Damage:
     """Per knob above ``min_bits``, the loss the model adds with only that knob at each level from ``min_bits``
-    to its current bits (0 at the current level; a non-finite loss adds inf): the allocate strategy's table."""
-    jobs = [(knob, level) for knob in knobs for level in range(min_bits, current[knob.layer][knob.kind])]
+    to its current bits (0 at the current level; a non-finite loss adds inf): the allocate strategy's table.
+    ``above``: levels over a knob's current bits to measure too (32: float), whose loss change is kept as
+    measured (negative where the level removes loss); a knob at ``min_bits`` then has a row as well."""
+    jobs = [(knob, level) for knob in knobs
+            for level in [*range(min_bits, current[knob.layer][knob.kind]),
+                          *(b for b in above if b > current[knob.layer][knob.kind])]]
     base, found = measure_knobs(model, current, jobs, batches, device, loss_fn, on_job)
-    table: Damage = {k: {current[k.layer][k.kind]: 0.0} for k in knobs if current[k.layer][k.kind] > min_bits}
+    table: Damage = {k: {current[k.layer][k.kind]: 0.0} for k in knobs
+                     if current[k.layer][k.kind] > min_bits or any(b > current[k.layer][k.kind] for b in above)}
     for (knob, level), got in zip(jobs, found):
-        table[knob][level] = max(got.loss - base.loss, 0.0) if math.isfinite(got.loss) else math.inf
+        change = got.loss - base.loss
+        lower = level < current[knob.layer][knob.kind]
+        table[knob][level] = (max(change, 0.0) if lower else change) if math.isfinite(got.loss) else math.inf
     return table
 
 

@@ -16,25 +16,30 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import torch
 
 from proqha.errors import ProqhaError
-from proqha.search.allocate import Damage, allocations
+from proqha.quant.grid import FULL_PRECISION
+from proqha.search.allocate import Damage, allocate, allocations, summed_damage
 from proqha.search.config import SearchConfig
 from proqha.search.criteria import criterion_named
 from proqha.search.knobs import Bits, lowerable_knobs, lowered, sample_candidates
 from proqha.search.sensitivity import damage_table
 from proqha.search.targets import budget_progress, target_met, target_values, within
+from proqha.search.uniform import uniform_bits
 from proqha.seeds import Salt, step_seed
 
 if TYPE_CHECKING:
+    from proqha.cost import CostReport
     from proqha.search.progressive import CandidateCallback, ProgressiveSearch
 
 
 class Choice(NamedTuple):
     """A step's bits, their score, and the strategy's runners-up (next-best bits, best first), which the
-    final race (``proqha.search.race``) tries beside them."""
+    final race (``proqha.search.race``) tries beside them; ``labels``: what to call the bits and each
+    runner-up there (empty: the strategy's name, then "name #2", "name #3", ...)."""
 
     bits: Bits
     score: float
     alternatives: tuple[Bits, ...] = ()
+    labels: tuple[str, ...] = ()
 
 
 Choose = Callable[["ProgressiveSearch", int, Bits, torch.Generator, "CandidateCallback | None"], "Choice | None"]
@@ -132,11 +137,14 @@ def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torc
                   on_candidate: CandidateCallback | None) -> Choice | None:
     """Measure the loss each knob adds at each lower level (``sensitivity_table``), then give every knob
     the bits that meet this step's budget with the least summed loss. The budget moves from the current
-    cost to the targets in ``ceil(1 / ratio)`` steps (ratio 1: at once)."""
+    cost to the targets in ``ceil(1 / ratio)`` steps (ratio 1: at once); from a start that meets every
+    target (a latency budget above the start graph's), the step spends the targets' slack at once."""
     cfg, now = search.cfg, search.cost_of(current)
     remaining = max(1, math.ceil(1 / cfg.ratio) - step + 1)
-    limits = {name: value + (limit - value) / remaining if not within(value, limit) else value
-              for name, (value, limit) in target_values(cfg, now).items()}
+    values = target_values(cfg, now)
+    spend = all(within(value, limit) for value, limit in values.values())  # every target met: spend the slack
+    limits = {name: limit if spend else value + (limit - value) / remaining if not within(value, limit) else value
+              for name, (value, limit) in values.items()}
     damage = sensitivity_table(search, step, current, on_candidate)
     if not damage:
         return None
@@ -146,15 +154,33 @@ def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torc
         return all(within(values[name][0], limit) for name, limit in limits.items())
 
     found = allocations(current, damage, now, feasible, 1)
-    if found and cfg.select_final and target_met(cfg, search.cost_of(found[0])):  # the last step: runners-up
-        found = allocations(current, damage, now, feasible, cfg.select_candidates)
+    labels: list[str] = []
+    if found and target_met(cfg, search.cost_of(found[0])):  # the last step
+        if cfg.uniform_floor and (floors := uniform_floored(search, current, damage, now, feasible)):
+            labels, found = [label for label, _ in floors], [bits for _, bits in floors]
+        elif cfg.select_final:  # the runners-up
+            found = allocations(current, damage, now, feasible, cfg.select_candidates)
     if not found:  # nothing meets the budget: every knob at its floor
         bits = {name: dict(kb) for name, kb in current.items()}
         for knob in damage:
             bits[knob.layer][knob.kind] = min(damage[knob])
         found = [bits]
     return Choice(found[0], sum(damage[k].get(found[0][k.layer][k.kind], math.nan) for k in damage),
-                  tuple(found[1:]))
+                  tuple(found[1:]), tuple(labels))
+
+
+def uniform_floored(search: ProgressiveSearch, current: Bits, damage: Damage, now: CostReport,
+                    feasible: Callable[[Bits], bool]) -> list[tuple[str, Bits]]:
+    """Per maximal uniform configuration within the targets (``uniform_bits``), the allocation with the least
+    damage that keeps every knob at or above it (it spends what the uniform bits leave of the budget), least
+    summed damage first, labelled "allocate >= uniform WwAa": a search that ends at one of them is never
+    below uniform bits layer by layer."""
+    floors = []
+    for label, bits in uniform_bits(search, current):
+        found = allocate(current, damage, now, feasible, floor=bits)
+        if found is not None and all(found != other for _, _, other in floors):
+            floors.append((summed_damage(found, damage), f"{search.strategy.name} >= {label}", found))
+    return [(label, bits) for _, label, bits in sorted(floors, key=lambda f: f[0])]
 
 
 def sensitivity_table(search: ProgressiveSearch, step: int, current: Bits, on_candidate: CandidateCallback | None
@@ -167,7 +193,7 @@ def sensitivity_table(search: ProgressiveSearch, step: int, current: Bits, on_ca
         data.train_batches(step_seed(cfg.seed, step, Salt.TABLE_BATCHES)))
     progress = (lambda done, jobs: on_candidate(step, done - 1, jobs)) if on_candidate is not None else None
     return damage_table(search.model, current, search.knobs, cfg.min_bits, batches, search.device, search.loss_fn,
-                        progress)
+                        progress, above=(FULL_PRECISION,) if cfg.needs_latency else ())
 
 
 def calibration_user(cfg: SearchConfig) -> str | None:

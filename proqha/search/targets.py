@@ -10,7 +10,8 @@ from proqha.search.config import SearchConfig
 def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[float, float]]:
     """Each configured target's (value, limit) for ``report``: paper cost, BitOPs (a ratio to 32x32 bits
     when the limit is <= 1), size in MB, the predicted exported file in KB (``CostReport.file_bytes``: a
-    weight lowered within its stored width, 8 to 7 bit say, leaves it where it was). Empty when no target
+    weight lowered within its stored width, 8 to 7 bit say, leaves it where it was), the predicted latency in
+    ms (``CostReport.latency_ms``). Empty when no target
     is set."""
     values = {}
     if cfg.target_cost is not None:
@@ -21,6 +22,8 @@ def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[floa
         values["size_mb"] = (report.size_bytes / 1e6, cfg.target_size_mb)
     if cfg.target_file_kb is not None:
         values["file_kb"] = (report.file_bytes / 1e3, cfg.target_file_kb)
+    if cfg.target_latency_ms is not None:
+        values["latency_ms"] = (report.latency_ms, cfg.target_latency_ms)
     return values
 
 

@@ -1,0 +1,146 @@
+"""Latency budgets: the per-layer table (formats, deltas, its cache), the prediction, and a search that spends a
+latency budget above the int8 graph on float layers (through a faithful fake of the engine: latency is
+never asserted from a clock in a test)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from test_race import _data, _qmodel
+
+import proqha
+from proqha.errors import OptionError, ProqhaError
+from proqha.latency_model import FORMAT_BITS, LatencyModel, layer_format
+from proqha.quant import BitConfig, searchable_layers
+from proqha.search import SearchConfig
+
+SIZE = (1, 8, 8)
+
+
+def test_a_layer_format_is_what_changes_its_kernel_or_nodes():
+    assert layer_format(32, 8) == layer_format(8, 32) == layer_format(32, 32) == "float"
+    assert [layer_format(w, 8) for w in (8, 7, 5, 4, 3, 2)] == ["int8"] * 3 + ["int4"] * 2 + ["int2"]
+    assert layer_format(8, 7) == "int8+clamp" and layer_format(3, 2) == "int4+clamp"
+    assert {layer_format(*bits) for bits in FORMAT_BITS.values()} == set(FORMAT_BITS)  # representatives
+
+
+class FakeEngine:
+    """An engine whose graph latency is exactly additive: 1 ms plus, per layer moved from int8, its delta."""
+
+    def __init__(self, deltas: dict[str, dict[str, float]]) -> None:
+        self.deltas, self.tables, self.graphs = deltas, 0, 0
+
+    def table(self, model, input_size) -> LatencyModel:
+        self.tables += 1
+        start = BitConfig.from_model(model).to_dict()
+        names = [n for n in searchable_layers(model)]
+        return LatencyModel("fake", 1, "cpu", 1.0, {n: layer_format(start[n]["w"], start[n]["a"]) for n in names},
+                            {n: self.deltas[n] for n in names})
+
+    def graph_ms(self, model, input_size) -> float:
+        self.graphs += 1
+        bits = BitConfig.from_model(model).to_dict()
+        return 1.0 + sum(self.deltas[n].get(layer_format(b["w"], b["a"]), 0.0) for n, b in bits.items()
+                         if n in self.deltas and layer_format(b["w"], b["a"]) != "int8")
+
+
+def _fmt(bits: dict) -> str:
+    return layer_format(bits["w"], bits["a"])
+
+
+def _deltas(qmodel) -> dict[str, dict[str, float]]:
+    names = list(searchable_layers(qmodel))
+    return {n: {"float": 0.2 * (i + 1), "int8+clamp": 0.01, "int4": 0.0, "int4+clamp": 0.01, "int2": 0.0,
+                "int2+clamp": 0.01} for i, n in enumerate(names)}
+
+
+def _search(qmodel, engine, target_ms, monkeypatch, **options):
+    from proqha.deploy import latency_table
+
+    monkeypatch.setattr(latency_table, "search_latency", lambda cfg, run_dir, on_progress=None: engine)
+    train, calib, test = _data()
+    return proqha.search_bits(qmodel, train, calib, test, steps=3, target_latency_ms=target_ms, finetune_epochs=1,
+                              final_epochs=1, **options)
+
+
+def test_a_latency_budget_above_the_int8_graph_is_spent_on_float_layers(monkeypatch):
+    train, _, _ = _data()
+    qmodel = _qmodel(train)
+    deltas = _deltas(qmodel)
+    names = list(deltas)
+    assert len(names) == 2
+    engine = FakeEngine(deltas)
+    result = _search(qmodel, engine, 1.0 + 0.25, monkeypatch)  # room for the first layer in float, not both
+    assert engine.tables == 1 and engine.graphs == len(result.steps) == 2  # a step from a start within budget
+    last = result.steps[-1]
+    assert last["bits"][names[0]] == {"w": 32, "a": 32} and _fmt(last["bits"][names[1]]) != "float"
+    assert last["latency_ms_pred"] == pytest.approx(1.2) == last["latency_ms"] and last["latency_err"] == 0
+    assert last["selected"] == "allocate >= uniform W8A8"
+    first = result.steps[0]
+    assert first["latency_ms"] == first["latency_ms_pred"] == 1.0
+
+    both = _search(_qmodel(train), FakeEngine(deltas), 1.0 + 0.6 + 0.05, monkeypatch)  # room for both
+    assert all(both.steps[-1]["bits"][n] == {"w": 32, "a": 32} for n in names)
+    none = _search(_qmodel(train), FakeEngine(deltas), 1.0 + 0.1, monkeypatch)  # room for neither
+    assert all(_fmt(none.steps[-1]["bits"][n]) != "float" for n in names)
+    assert none.steps[-1]["latency_ms"] <= 1.1
+
+
+def test_a_latency_search_without_a_measurer_or_with_an_unknown_engine_is_refused():
+    from proqha.search.data import LoaderData
+    from proqha.search.progressive import ProgressiveSearch
+
+    train, calib, test = _data()
+    cfg = SearchConfig(source="t", target_latency_ms=1.0).resolved()
+    assert cfg.strategy == "allocate" and cfg.cost_metric == "latency" and cfg.needs_latency
+    with pytest.raises(ProqhaError, match="no latency measurer"):
+        ProgressiveSearch(cfg, _qmodel(train), LoaderData(train, calib, test), SIZE, torch.device("cpu"))
+    with pytest.raises(OptionError, match="latency_engine"):
+        SearchConfig(source="t", target_latency_ms=1.0, latency_engine="tpu").resolved()
+
+
+def test_the_engine_table_has_every_format_of_every_layer_and_is_cached_by_its_key(tmp_path, monkeypatch):
+    from proqha.deploy.latency_table import EngineLatency
+
+    train, _, _ = _data()
+    qmodel = _qmodel(train)
+    cache = tmp_path / "latency_table.json"
+    engine = EngineLatency("ort", 1, cache, threads=1, warmup=1, iters=3, seconds=0.0)
+    table = engine.table(qmodel, SIZE)
+    names = list(searchable_layers(qmodel))
+    assert list(table.start) == names and set(table.start.values()) == {"int8"}
+    assert all(set(table.deltas[n]) == set(FORMAT_BITS) - {"int8"} for n in names)
+    assert table.base_ms > 0 and all(math.isfinite(v) for d in table.deltas.values() for v in d.values())
+    assert BitConfig.from_model(qmodel).to_dict() == BitConfig.from_model(_qmodel(train)).to_dict()  # untouched
+    kept = json.loads(cache.read_text())
+    assert kept["key"]["batch"] == 1 and kept["key"]["engine"] == "ort" and kept["deltas"] == table.to_dict()["deltas"]
+
+    def no_timing(*args):
+        raise AssertionError("a cached table was timed again")
+
+    monkeypatch.setattr(EngineLatency, "_time", no_timing)
+    assert engine.table(qmodel, SIZE) == table  # read back
+    other = EngineLatency("ort", 2, cache, threads=1, warmup=1, iters=3, seconds=0.0)
+    with pytest.raises(AssertionError, match="timed again"):  # another batch: measured again
+        other.table(qmodel, SIZE)
+    moved = _qmodel(train)
+    with torch.no_grad():
+        next(moved.parameters()).add_(1.0)
+    with pytest.raises(AssertionError, match="timed again"):  # other weights: measured again
+        engine.table(moved, SIZE)
+
+
+def test_the_prediction_adds_each_moved_layers_delta():
+    table = LatencyModel("ort", 1, "cpu", 2.0, {"a": "int8", "b": "int8"},
+                         {"a": {"float": 0.5, "int4": 0.1}, "b": {"float": 0.7, "int4": -0.05}})
+    train, _, _ = _data()
+    from proqha.cost import CostReport, LayerCost
+
+    report = CostReport(SIZE, [LayerCost("a", "conv", 1, 1, 32, 32, True), LayerCost("b", "conv", 1, 1, 4, 8, True),
+                               LayerCost("edge", "conv", 1, 1, 8, 8, False)], 0, latency_model=table)
+    assert report.latency_ms == pytest.approx(2.0 + 0.5 - 0.05) == report.metric("latency")
+    assert LatencyModel.from_dict(json.loads(json.dumps(table.to_dict()))) == table
+    assert math.isnan(CostReport(SIZE, report.layers, 0).latency_ms)
