@@ -121,7 +121,7 @@ def test_the_engine_table_has_every_format_of_every_layer_and_is_cached_by_its_k
     def no_timing(*args):
         raise AssertionError("a cached table was timed again")
 
-    monkeypatch.setattr(EngineLatency, "_time", no_timing)
+    monkeypatch.setattr(EngineLatency, "time_graph", no_timing)
     assert engine.table(qmodel, SIZE) == table  # read back
     other = EngineLatency("ort", 2, cache, threads=1, warmup=1, iters=3, seconds=0.0)
     with pytest.raises(AssertionError, match="timed again"):  # another batch: measured again
@@ -144,3 +144,54 @@ def test_the_prediction_adds_each_moved_layers_delta():
     assert report.latency_ms == pytest.approx(2.0 + 0.5 - 0.05) == report.metric("latency")
     assert LatencyModel.from_dict(json.loads(json.dumps(table.to_dict()))) == table
     assert math.isnan(CostReport(SIZE, report.layers, 0).latency_ms)
+
+
+def test_a_float_layer_exports_exactly_and_the_layer_feeding_it_runs_in_float(tmp_path):
+    from proqha.export.onnx_export import export_onnx
+    from proqha.export.validate import feeding_float_layers
+
+    train, calib, _ = _data()
+    qmodel = _qmodel(train)
+    names = list(searchable_layers(qmodel))
+    bits = BitConfig.from_model(qmodel).to_dict()
+    BitConfig(bits | {names[0]: {"w": 32, "a": 32}}).apply(qmodel)
+    proto, info = export_onnx(qmodel, SIZE)
+    assert feeding_float_layers(proto, info) == {"0"}  # the edge conv before it: no quantizer on its output
+    report = proqha.export_onnx(qmodel, tmp_path / "f.onnx", SIZE, calib)
+    assert not report.failures and report.kernels.integer_layers == 2
+    assert all(p.max_steps == 0 for p in report.parity)
+
+
+@pytest.mark.slow
+def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_every_step(digits_run, tmp_path,
+                                                                                        monkeypatch):
+    from typer.testing import CliRunner
+
+    from proqha.cli.app import app
+    from proqha.deploy import latency_table
+    from proqha.deploy.latency_table import EngineLatency
+    from proqha.search.frontier import read_frontier
+
+    made = []
+
+    def quick(cfg, run_dir, on_progress=None):  # the real engine, timed briefly (no latency is asserted)
+        made.append(EngineLatency(cfg.latency_engine, cfg.latency_batch, run_dir / "latency_table.json", threads=1,
+                                  warmup=1, iters=2, seconds=0.0, on_progress=on_progress))
+        return made[-1]
+
+    monkeypatch.setattr(latency_table, "search_latency", quick)
+    run = tmp_path / "search"
+    result = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(run),
+                                      "--target-latency-ms", "1000", "--steps", "2", "--finetune-epochs", "0",
+                                      "--final-epochs", "0"])
+    assert result.exit_code == 0, result.output
+    rows = read_frontier(run)
+    assert len(rows) == 2 and all(r["latency_ms"] > 0 and r["latency_ms_pred"] > 0 for r in rows)
+    assert all(v == 32 for k, v in rows[-1].items() if k.endswith("/w"))  # a budget for every layer in float
+    table = json.loads((run / "latency_table.json").read_text())
+    assert set(table["start"]) == {k[:-2] for k in rows[0] if k.endswith("/w")}
+    assert (run / "frontier_latency.png").is_file() and "latency" in result.output
+
+    bad = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "bad"),
+                                   "--target-latency-ms", "1", "--latency-engine", "tpu"])
+    assert bad.exit_code == 2 and "latency" in bad.output and not (tmp_path / "bad").exists()

@@ -25,8 +25,9 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
 
     table = Table(title=title)
     files = fp32_bytes is not None
+    timed = any(not is_nan(r.get("latency_ms", math.nan)) for r in rows)
     for col in ("step", "paper cost", "GBitOPs", "BitOPs ratio", "weights KB (cost model)") + \
-            (("file KB (ratio)",) if files else ()) + ("score", "train top-1", "test top-1", "epochs", "selected", "seconds"):
+            (("file KB (ratio)",) if files else ()) + (("latency ms (predicted)",) if timed else ()) + ("score", "train top-1", "test top-1", "epochs", "selected", "seconds"):
         table.add_column(col, justify="right")
 
     def num(value: float, fmt: str) -> str:
@@ -34,6 +35,8 @@ def frontier_table(rows: list[dict[str, Any]], title: str, fp32_bytes: int | Non
 
     for r in rows:
         file_cell = (f"{r['file_bytes'] / 1e3:.1f} ({format_ratio(r['file_bytes'] / fp32_bytes)})",) if files else ()
+        if timed:
+            file_cell += (f"{num(r.get('latency_ms', math.nan), '.3f')} ({num(r.get('latency_ms_pred', math.nan), '.3f')})",)
         table.add_row(str(r["step"]), format_ratio(r["cost"]), f"{r['bitops'] / 1e9:.4f}",
                       format_ratio(r["bitops_ratio"]), f"{r['size_bytes'] / 1e3:.1f}", *file_cell,
                       num(r["score"], ".3g"), num(r["train_top1"], ".2f"), num(r["test_top1"], ".2f"),

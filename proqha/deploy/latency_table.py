@@ -68,7 +68,17 @@ class EngineLatency:
 
     def graph_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of ``model``'s exported graph at its bits."""
-        return self._time(self._graph(model, input_size), input_size)
+        return self.time_graph(self._graph(model, input_size), input_size)
+
+    def fp32_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
+        """The median latency (ms) of ``model``'s float graph (every quantizer off, ``proqha export`` format
+        onnx-fp32): the top of a useful latency budget."""
+        from proqha.export.onnx_export import export_onnx
+        from proqha.quant import float_twin
+
+        twin = float_twin(copy.deepcopy(model).cpu().eval())
+        return self.time_graph(export_onnx(twin, tuple(input_size), quantized=False)[0].SerializeToString(),
+                               input_size)
 
     def table(self, model: nn.Module, input_size: tuple[int, ...]) -> LatencyModel:
         """The per-layer table of ``model`` at its bits (read from ``cache`` when its key matches, else
@@ -91,7 +101,7 @@ class EngineLatency:
         jobs = sum(len(FORMAT_BITS) - 1 for _ in names) + len(names)
         done, bases, deltas = 0, [], {}
         for name in names:
-            base = self._time(self._graph(probe, size), size)
+            base = self.time_graph(self._graph(probe, size), size)
             bases.append(base)
             deltas[name] = {}
             done += 1
@@ -102,7 +112,7 @@ class EngineLatency:
                     continue
                 BitConfig(start | {name: {"w": w, "a": a}}).apply(probe)
                 try:
-                    deltas[name][fmt] = self._time(self._graph(probe, size), size) - base
+                    deltas[name][fmt] = self.time_graph(self._graph(probe, size), size) - base
                 finally:
                     BitConfig(start).apply(probe)
                 done += 1
@@ -120,7 +130,8 @@ class EngineLatency:
         probe = copy.deepcopy(model).cpu().eval()
         return export_onnx(probe, input_size)[0].SerializeToString()
 
-    def _time(self, graph: bytes, input_size: tuple[int, ...]) -> float:
+    def time_graph(self, graph: bytes, input_size: tuple[int, ...]) -> float:
+        """The median latency (ms) of one ONNX graph (its bytes) on this engine at this batch."""
         from proqha.deploy.bench import graph_runtime
 
         runtime = graph_runtime(self.engine, graph, self.threads)

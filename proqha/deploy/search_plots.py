@@ -162,6 +162,27 @@ def plot_file_size(rows: list[dict[str, Any]], baselines: list[tuple[UniformPoin
     return save_figure(fig, path)
 
 
+def plot_latency(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """``frontier_latency.png``: test top-1 against latency per search step, measured (the whole graph) and
+    predicted (the per-layer table), for a search with a latency table."""
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
+    timed = [r for r in rows if not is_nan(r.get("latency_ms", math.nan))]
+    ax.plot([r["latency_ms"] for r in timed], [r["test_top1"] for r in timed], "o-", color="tab:blue",
+            label="search steps, measured")
+    ax.plot([r["latency_ms_pred"] for r in timed], [r["test_top1"] for r in timed], "x", color="tab:gray",
+            label="predicted (per-layer table)")
+    for r in timed:
+        ax.annotate(str(r["step"]), (r["latency_ms"], r["test_top1"]), textcoords="offset points", xytext=(3, 4),
+                    fontsize=7)
+    ax.set_xlabel("latency per call (ms)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    ax.set_title(title or "accuracy against latency", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_bits(row: dict[str, Any], path: Path, title: str = "") -> Path:
     """``bits.png``: the searched bits (weights and/or activations) of every searchable layer at one step."""
     layers = knob_layers(row)
@@ -207,13 +228,17 @@ def run_config(run_dir: Path) -> dict[str, Any]:
 def write_search_plots(run_dir: Path, rows: list[dict[str, Any]], step: int | None = None,
                        files: tuple[int, list[tuple[UniformPoint, int]]] | None = None) -> list[Path]:
     """frontier.png (with the uniform-bit train runs beside the search), bits.png of one step (default: the
-    last) and, with ``files`` (from ``measure_file_sizes``), frontier_file_size.png; the paths written."""
+    last), frontier_latency.png for a search with a latency table and, with ``files`` (from
+    ``measure_file_sizes``), frontier_file_size.png; the paths written."""
     run_dir = Path(run_dir)
     arch = (run_config(run_dir).get("recipe") or {}).get("arch", "")
     row = pick_row(rows, step)
     paths = [plot_frontier(rows, search_baselines(run_dir), run_dir / "frontier.png",
                            f"{arch} ProQHA frontier ({run_dir.name})"),
              plot_bits(row, run_dir / "bits.png")]
+    if any(not is_nan(r.get("latency_ms", math.nan)) for r in rows):
+        paths.append(plot_latency(rows, run_dir / "frontier_latency.png",
+                                  f"{arch}: accuracy against latency ({run_dir.name})"))
     if files is not None:
         paths.append(plot_file_size(rows, files[1], files[0], run_dir / "frontier_file_size.png",
                                     f"{arch}: accuracy against the exported file's size ({run_dir.name})"))

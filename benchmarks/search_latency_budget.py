@@ -1,0 +1,150 @@
+"""A budget in measured latency: the search at a latency between the int8 and the fp32 graph, on onnxruntime.
+
+    python benchmarks/search_latency_budget.py [--seeds 0 1 2] [--fraction 0.5] [--engine ort] [--batch 1]
+        [--threads N] [--base-epochs 10] [--final-epochs 8] [--no-resnet18] [--out DIR]
+
+Pipeline model (the `proqha pipeline` default: digits_resnet on digits), per seed: one 8-bit QAT checkpoint;
+its exported int8 graph and its fp32 graph are timed; the budget is int8 + fraction x (fp32 - int8) ms (where
+the fp32 graph is not slower, the int8 graph's own latency). Arms:
+- search:  `proqha search --target-latency-ms <budget>` with its defaults (the allocation may leave layers in
+  float where the budget pays for them; the per-layer table is timed once, every step's graph is measured);
+- uniform: QAT at 8 bit from the same start for as many epochs as the search fine-tuned (uniform int8).
+The chosen configuration's graph is timed again at the end. ResNet-18 (torchvision, random weights, 224x224):
+the same budget rule and search on random calibration images without fine-tuning: its latency only (its
+accuracy means nothing on random data and is not measured).
+Exits 1 unless, for every model and seed, the chosen graph's measured latency is within 10% of the budget, and
+for the pipeline model its top-1 is at least uniform int8's. Never time it while another process computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from proqha.deploy.latency_table import EngineLatency, cpu_name
+from proqha.files import read_jsonl
+from proqha.recipe import load_model
+from proqha.runs import RunDir
+from proqha.search import SearchConfig, run_search
+from proqha.train import TrainConfig, train_run
+
+TOLERANCE = 0.10
+
+
+def budget_ms(int8: float, fp32: float, fraction: float) -> float:
+    """The latency budget between the int8 and the fp32 graph (the int8 graph's where fp32 is not slower)."""
+    return int8 + fraction * (fp32 - int8) if fp32 > int8 else int8
+
+
+def pipeline_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
+    base = root / f"base-{seed}"
+    train_run(TrainConfig(epochs=args.base_epochs, seed=seed).resolved(), base)
+    model, state = load_model(RunDir(base).last)
+    size = tuple(state.input_size)
+    clock = EngineLatency(args.engine, args.batch, threads=args.threads)
+    int8, fp32 = clock.graph_ms(model, size), clock.fp32_ms(model, size)
+    target = budget_ms(int8, fp32, args.fraction)
+    run = root / f"search-{seed}"
+    cfg = SearchConfig(source=str(base), target_latency_ms=target, latency_engine=args.engine,
+                       latency_batch=args.batch, final_epochs=args.final_epochs, seed=seed).resolved()
+    run_search(cfg, run, measure_latency=EngineLatency(args.engine, args.batch, RunDir(run).latency_table,
+                                                       threads=args.threads))
+    with open(RunDir(run).frontier, newline="") as f:
+        frontier = list(csv.DictReader(f))
+    last = frontier[-1]
+    chosen, _ = load_model(RunDir(run).step_checkpoint(int(last["step"])))
+    again = clock.graph_ms(chosen, size)
+    epochs = sum(int(r["epochs"]) for r in frontier)
+    uniform = root / f"uniform-{seed}"
+    train_run(TrainConfig(epochs=max(epochs, 1), optimizer="adam", lr=1e-3, weight_decay=0.0, seed=seed,
+                          init=str(RunDir(base).last)).resolved(), uniform)
+    floats = sum(1 for k, v in last.items() if k.endswith("/w") and v == "32")
+    return {"model": "pipeline", "seed": seed, "int8_ms": int8, "fp32_ms": fp32, "target_ms": target,
+            "predicted_ms": float(last["latency_ms_pred"]), "step_ms": float(last["latency_ms"]), "measured_ms": again,
+            "float_layers": floats, "layers": sum(1 for k in last if k.endswith("/w")), "epochs": epochs,
+            "top1": float(last["test_top1"]), "uniform_top1": read_jsonl(uniform / "metrics.jsonl")[-1]["test_top1"],
+            "step_errors": [float(r["latency_err"]) for r in frontier]}
+
+
+def resnet18(args: argparse.Namespace) -> dict:
+    import torchvision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import proqha
+
+    torch.manual_seed(0)
+    size = (3, 224, 224)
+    x, y = torch.randn(16, *size), torch.randint(0, 10, (16,))
+    qmodel = proqha.quantize(torchvision.models.resnet18(num_classes=10), x[:8], bits=8)
+    clock = EngineLatency(args.engine, args.batch, threads=args.threads)
+    int8, fp32 = clock.graph_ms(qmodel, size), clock.fp32_ms(qmodel, size)
+    target = budget_ms(int8, fp32, args.fraction)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    from proqha.deploy import latency_table
+
+    measurer = EngineLatency(args.engine, args.batch, threads=args.threads)
+    original = latency_table.search_latency
+    latency_table.search_latency = lambda cfg, run_dir, on_progress=None: measurer  # the same clock settings
+    try:
+        result = proqha.search_bits(qmodel, loader, loader, loader, steps=1, target_latency_ms=target,
+                                    latency_engine=args.engine, latency_batch=args.batch, finetune_epochs=0,
+                                    final_epochs=0)
+    finally:
+        latency_table.search_latency = original
+    last = result.steps[-1]
+    again = clock.graph_ms(result.model, size)
+    floats = sum(1 for b in last["bits"].values() if b["w"] == 32)
+    return {"model": "resnet18-224", "seed": 0, "int8_ms": int8, "fp32_ms": fp32, "target_ms": target,
+            "predicted_ms": last["latency_ms_pred"], "step_ms": last["latency_ms"], "measured_ms": again,
+            "float_layers": floats, "layers": len(last["bits"]), "epochs": 0, "top1": float("nan"),
+            "uniform_top1": float("nan"), "step_errors": [r["latency_err"] for r in result.steps]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--fraction", type=float, default=0.5, help="where between int8 and fp32 the budget lies")
+    ap.add_argument("--engine", default="ort", choices=("ort", "openvino"))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="engine threads (default: the engine's own)")
+    ap.add_argument("--base-epochs", type=int, default=10)
+    ap.add_argument("--final-epochs", type=int, default=SearchConfig().final_epochs)
+    ap.add_argument("--resnet18", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--out", type=Path, default=Path("search_latency_budget"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0, rows = time.perf_counter(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            rows.append(pipeline_seed(seed, args, Path(tmp)))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.resnet18:
+        rows.append(resnet18(args))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    ok = True
+    print(f"{args.engine} batch {args.batch} on {cpu_name()}; budget: int8 + {args.fraction} x (fp32 - int8)")
+    print(f"{'model':<13} {'seed':>4} {'int8 ms':>8} {'fp32 ms':>8} {'budget':>8} {'pred':>8} {'measured':>8} "
+          f"{'/budget':>7} {'float':>5} {'top-1':>6} {'uniform':>7} {'max step err':>12}")
+    for r in rows:
+        ratio = r["measured_ms"] / r["target_ms"]
+        good = abs(ratio - 1) <= TOLERANCE and not (r["top1"] < r["uniform_top1"])
+        ok &= good
+        print(f"{r['model']:<13} {r['seed']:>4} {r['int8_ms']:>8.4f} {r['fp32_ms']:>8.4f} {r['target_ms']:>8.4f} "
+              f"{r['predicted_ms']:>8.4f} {r['measured_ms']:>8.4f} {ratio:>7.3f} {r['float_layers']:>2}/{r['layers']:<2} "
+              f"{r['top1']:>6.2f} {r['uniform_top1']:>7.2f} {max(abs(e) for e in r['step_errors']) * 100:>11.1f}%"
+              f"{'' if good else '  MISS'}")
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    print(f"verdict: {'met' if ok else 'NOT met'} (measured latency within {TOLERANCE:.0%} of the budget, top-1 at "
+          f"least uniform int8's); {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
