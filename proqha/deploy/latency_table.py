@@ -41,14 +41,17 @@ def cpu_name() -> str:
 
 class EngineLatency:
     """Latency of exported graphs on ``engine`` ("ort" or "openvino") at ``batch``, ``threads`` (None: the
-    engine's default), each graph timed as ``warmup`` calls then ``seconds`` of calls (at least ``iters``).
+    engine's default), each graph timed as ``warmup`` calls, then ``repeats`` blocks of ``seconds`` of calls
+    (at least ``iters`` each), the least block median kept (a block that another process's threads, or
+    torch's still spinning pool, slowed down does not count).
     ``cache``: the JSON file the table is kept in and read back from where its key matches."""
 
     def __init__(self, engine: str = "ort", batch: int = 1, cache: Path | None = None, threads: int | None = None,
-                 warmup: int = 10, iters: int = 20, seconds: float = 0.25, on_progress: Progress | None = None
-                 ) -> None:
+                 warmup: int = 10, iters: int = 20, seconds: float = 0.15, repeats: int = 3,
+                 on_progress: Progress | None = None) -> None:
         self.engine, self.batch, self.cache, self.threads = engine, batch, cache, threads
-        self.warmup, self.iters, self.seconds, self.on_progress = warmup, iters, seconds, on_progress
+        self.warmup, self.iters, self.seconds, self.repeats = warmup, iters, seconds, repeats
+        self.on_progress = on_progress
 
     def key(self, model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
         """What a table holds for: engine, batch, threads, CPU, input size and the model (its bits and a digest
@@ -136,7 +139,8 @@ class EngineLatency:
 
         runtime = graph_runtime(self.engine, graph, self.threads)
         x = np.random.default_rng(0).random((self.batch, *input_size), dtype=np.float32)
-        return measure(runtime, x, warmup=self.warmup, iters=self.iters, seconds=self.seconds).median_ms
+        return min(measure(runtime, x, warmup=self.warmup if i == 0 else 2, iters=self.iters,
+                           seconds=self.seconds).median_ms for i in range(max(self.repeats, 1)))
 
 
 def search_latency(cfg: Any, run_dir: Path | None, on_progress: Progress | None = None) -> EngineLatency | None:
