@@ -44,6 +44,7 @@ __all__ = ["LOSS_FLOOR", "CandidateCallback", "ProgressiveSearch", "SearchConfig
 
 CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)
 StepCallback = Callable[[dict[str, Any]], None]
+SPEND_TOLERANCE = 0.05  # a latency budget counts as spent within 5% below it
 
 
 def starting_bits(model: torch.nn.Module, knobs: list[Knob], cfg: SearchConfig) -> Bits:
@@ -226,10 +227,14 @@ class ProgressiveSearch:
             t0 = time.perf_counter()
             torch.manual_seed(step_seed(cfg.seed, step, Salt.CANDIDATES))
             current = self.bits()
+            spending = target_met(cfg, self.cost_of(current))  # a budget met: this step spends what is left
             gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, Salt.CANDIDATE_SETS))
             step_choice = self.choose_step(step, current, gen, on_candidate)
             if step_choice is None:
                 reason = "floor"
+                break
+            if spending and step_choice.bits == current:  # nothing more fits the budget
+                reason = "target"
                 break
             BitConfig(step_choice.bits).apply(self.model)
             met = target_met(cfg, self.cost_of(step_choice.bits))
@@ -237,7 +242,7 @@ class ProgressiveSearch:
             tuned = finetune_step(self, step, step_choice, epochs, met and cfg.select_final, on_batch)
             self._finish_step(step, step_choice.score, tuned, t0, on_step)
             last_step = step
-            if target_met(cfg, self.cost_of(self.bits())):
+            if target_met(cfg, self.cost_of(self.bits())) and not self.slack_left():
                 reason = "target"
                 break
         return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}
@@ -247,9 +252,20 @@ class ProgressiveSearch:
         level (a latency budget), which raises layers to float while the budget allows."""
         return self.cfg.strategy == "allocate" and self.cfg.needs_latency
 
+    def slack_left(self) -> bool:
+        """Whether a search that spends slack (``spends_slack``) has more than ``SPEND_TOLERANCE`` of its
+        latency budget left by the corrected prediction, so another step spends it."""
+        if not self.spends_slack() or self.cfg.target_latency_ms is None:
+            return False
+        return self.cost_of(self.bits()).latency_ms < self.cfg.target_latency_ms * (1 - SPEND_TOLERANCE)
+
     def _finish_step(self, step: int, score: float, tuned: RaceResult | None, t0: float,
                      on_step: StepCallback | None) -> None:
         row = self.evaluate_row(step, score, tuned, t0)
+        latency = self.base_cost.latency_model
+        if latency is not None and math.isfinite(row["latency_ms"]):  # the next prediction starts from here
+            self.base_cost = replace(self.base_cost, latency_model=latency.corrected(
+                row["latency_ms"], self.cost_of(self.bits())))
         self.save_step(step, row)
         if on_step is not None:
             on_step(row)

@@ -104,8 +104,10 @@ def damage_table(model: nn.Module, current: BitsLike, knobs: Sequence[Knob], min
     to its current bits (0 at the current level; a non-finite loss adds inf): the allocate strategy's table.
     ``above``: levels over a knob's current bits to measure too (32: float), whose loss change is kept as
     measured (negative where the level removes loss); a knob at ``min_bits`` then has a row as well."""
+    from proqha.quant.grid import VALID_BITS
+
     jobs = [(knob, level) for knob in knobs
-            for level in [*range(min_bits, current[knob.layer][knob.kind]),
+            for level in [*(b for b in VALID_BITS if min_bits <= b < current[knob.layer][knob.kind]),
                           *(b for b in above if b > current[knob.layer][knob.kind])]]
     base, found = measure_knobs(model, current, jobs, batches, device, loss_fn, on_job)
     table: Damage = {k: {current[k.layer][k.kind]: 0.0} for k in knobs
