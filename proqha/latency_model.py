@@ -7,7 +7,7 @@ measures: callers that may export inject a ``LatencyMeasurer``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from proqha.quant.grid import FULL_PRECISION
@@ -47,12 +47,11 @@ class LatencyModel:
     start: Mapping[str, str]
     deltas: Mapping[str, Mapping[str, float]]
     key: Mapping[str, Any] = field(default_factory=dict)
-    offset_ms: float = 0.0  # measured less predicted at the last graph measured (``corrected``); not cached
 
     def predict(self, report: CostReport) -> float:
         """The predicted latency (ms) of the graph at ``report``'s bits: the start graph's plus each moved
-        layer's measured delta (a format the table lacks raises KeyError), plus ``offset_ms``."""
-        total = self.base_ms + self.offset_ms
+        layer's measured delta (a format the table lacks raises KeyError)."""
+        total = self.base_ms
         for layer in report.layers:
             if layer.name not in self.start:
                 continue
@@ -60,12 +59,6 @@ class LatencyModel:
             if fmt != self.start[layer.name]:
                 total += self.deltas[layer.name][fmt]
         return total
-
-    def corrected(self, measured_ms: float, report: CostReport) -> "LatencyModel":
-        """The table with its offset moved so that it predicts ``measured_ms`` for ``report``'s bits: the
-        layers' deltas do not add up exactly (two float neighbours share the requantization that each one's
-        delta removes), and the next prediction starts from the last measurement."""
-        return replace(self, offset_ms=self.offset_ms + measured_ms - self.predict(report))
 
     def to_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "batch": self.batch, "cpu": self.cpu, "base_ms": self.base_ms,

@@ -44,7 +44,6 @@ __all__ = ["LOSS_FLOOR", "CandidateCallback", "ProgressiveSearch", "SearchConfig
 
 CandidateCallback = Callable[[int, int, int], None]  # (step, candidate index, candidates)
 StepCallback = Callable[[dict[str, Any]], None]
-SPEND_TOLERANCE = 0.05  # a latency budget counts as spent within 5% below it
 
 
 def starting_bits(model: torch.nn.Module, knobs: list[Knob], cfg: SearchConfig) -> Bits:
@@ -242,7 +241,7 @@ class ProgressiveSearch:
             tuned = finetune_step(self, step, step_choice, epochs, met and cfg.select_final, on_batch)
             self._finish_step(step, step_choice.score, tuned, t0, on_step)
             last_step = step
-            if target_met(cfg, self.cost_of(self.bits())) and not self.slack_left():
+            if target_met(cfg, self.cost_of(self.bits())):
                 reason = "target"
                 break
         return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}
@@ -252,20 +251,9 @@ class ProgressiveSearch:
         level (a latency budget), which raises layers to float while the budget allows."""
         return self.cfg.strategy == "allocate" and self.cfg.needs_latency
 
-    def slack_left(self) -> bool:
-        """Whether a search that spends slack (``spends_slack``) has more than ``SPEND_TOLERANCE`` of its
-        latency budget left by the corrected prediction, so another step spends it."""
-        if not self.spends_slack() or self.cfg.target_latency_ms is None:
-            return False
-        return self.cost_of(self.bits()).latency_ms < self.cfg.target_latency_ms * (1 - SPEND_TOLERANCE)
-
     def _finish_step(self, step: int, score: float, tuned: RaceResult | None, t0: float,
                      on_step: StepCallback | None) -> None:
         row = self.evaluate_row(step, score, tuned, t0)
-        latency = self.base_cost.latency_model
-        if latency is not None and math.isfinite(row["latency_ms"]):  # the next prediction starts from here
-            self.base_cost = replace(self.base_cost, latency_model=latency.corrected(
-                row["latency_ms"], self.cost_of(self.bits())))
         self.save_step(step, row)
         if on_step is not None:
             on_step(row)
