@@ -8,7 +8,8 @@ its exported int8 graph and its fp32 graph are timed; the budget is int8 + fract
 the fp32 graph is not slower, the int8 graph's own latency). Arms:
 - search:  `proqha search --target-latency-ms <budget>` with its defaults (the allocation may leave layers in
   float where the budget pays for them; the per-layer table is timed once, every step's graph is measured);
-- uniform: QAT at 8 bit from the same start for as many epochs as the search fine-tuned (uniform int8).
+- uniform: QAT at 8 bit from the same start for as many epochs as the search fine-tuned (uniform int8; the
+  start itself where the search kept it).
 The chosen configuration's graph is timed again at the end. ResNet-18 (torchvision, random weights, 224x224):
 the same budget rule and search on random calibration images without fine-tuning: its latency only (its
 accuracy means nothing on random data and is not measured).
@@ -63,8 +64,11 @@ def pipeline_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
     again = clock.graph_ms(chosen, size)
     epochs = sum(int(r["epochs"]) for r in frontier)
     uniform = root / f"uniform-{seed}"
-    train_run(TrainConfig(epochs=max(epochs, 1), optimizer="adam", lr=1e-3, weight_decay=0.0, seed=seed,
-                          init=str(RunDir(base).last)).resolved(), uniform)
+    if epochs:
+        train_run(TrainConfig(epochs=epochs, optimizer="adam", lr=1e-3, weight_decay=0.0, seed=seed,
+                              init=str(RunDir(base).last)).resolved(), uniform)
+    else:  # the search kept the start: uniform int8 is the start itself
+        uniform = base
     floats = sum(1 for k, v in last.items() if k.endswith("/w") and v == "32")
     return {"model": "pipeline", "seed": seed, "int8_ms": int8, "fp32_ms": fp32, "target_ms": target,
             "predicted_ms": float(last["latency_ms_pred"]), "step_ms": float(last["latency_ms"]), "measured_ms": again,

@@ -30,8 +30,9 @@ def test_a_layer_format_is_what_changes_its_kernel_or_nodes():
 class FakeEngine:
     """An engine whose graph latency is exactly additive: 1 ms plus, per layer moved from int8, its delta."""
 
-    def __init__(self, deltas: dict[str, dict[str, float]]) -> None:
-        self.deltas, self.tables, self.graphs = deltas, 0, 0
+    def __init__(self, deltas: dict[str, dict[str, float]], shared: float = 0.0) -> None:
+        self.deltas, self.tables, self.graphs, self.shared = deltas, 0, 0, shared  # shared: ms saved per float
+        # layer beyond the first (float neighbours share a requantization)
 
     def table(self, model, input_size) -> LatencyModel:
         self.tables += 1
@@ -43,7 +44,8 @@ class FakeEngine:
     def graph_ms(self, model, input_size) -> float:
         self.graphs += 1
         bits = BitConfig.from_model(model).to_dict()
-        return 1.0 + sum(self.deltas[n].get(layer_format(b["w"], b["a"]), 0.0) for n, b in bits.items()
+        floats = sum(1 for n, b in bits.items() if n in self.deltas and layer_format(b["w"], b["a"]) == "float")
+        return 1.0 - self.shared * max(floats - 1, 0) + sum(self.deltas[n].get(layer_format(b["w"], b["a"]), 0.0) for n, b in bits.items()
                          if n in self.deltas and layer_format(b["w"], b["a"]) != "int8")
 
 
@@ -74,7 +76,8 @@ def test_a_latency_budget_above_the_int8_graph_is_spent_on_float_layers(monkeypa
     assert len(names) == 2
     engine = FakeEngine(deltas)
     result = _search(qmodel, engine, 1.0 + 0.25, monkeypatch)  # room for the first layer in float, not both
-    assert engine.tables == 1 and engine.graphs == len(result.steps) == 2  # a step from a start within budget
+    assert engine.tables == 1 and len(result.steps) == 2  # a step from a start within budget
+    assert engine.graphs == 3  # each step's graph, and the table's choice measured once (it fits: 1.2 of 1.25)
     last = result.steps[-1]
     assert last["bits"][names[0]] == {"w": 32, "a": 32} and _fmt(last["bits"][names[1]]) != "float"
     assert last["latency_ms_pred"] == pytest.approx(1.2) == last["latency_ms"] and last["latency_err"] == 0
@@ -87,6 +90,19 @@ def test_a_latency_budget_above_the_int8_graph_is_spent_on_float_layers(monkeypa
     none = _search(_qmodel(train), FakeEngine(deltas), 1.0 + 0.1, monkeypatch)  # room for neither
     assert all(_fmt(none.steps[-1]["bits"][n]) != "float" for n in names)
     assert none.steps[-1]["latency_ms"] <= 1.1
+
+
+def test_the_tables_choice_is_fitted_by_measuring_the_graph(monkeypatch):
+    train, _, _ = _data()
+    qmodel = _qmodel(train)
+    names = list(searchable_layers(qmodel))
+    deltas = {n: {"float": 0.3, "int8+clamp": 0.01, "int4": 0.0, "int4+clamp": 0.01, "int2": 0.0,
+                  "int2+clamp": 0.01} for n in names}
+    engine = FakeEngine(deltas, shared=0.15)  # both in float: 1.45 ms, where the deltas add up to 1.6
+    last = _search(qmodel, engine, 1.5, monkeypatch).steps[-1]
+    assert all(_fmt(last["bits"][n]) == "float" for n in names)  # the table alone fits one (1.3 < 0.9 x 1.5)
+    assert last["latency_ms"] == pytest.approx(1.45) and last["latency_ms_pred"] == pytest.approx(1.6)
+    assert last["latency_err"] == pytest.approx(1.6 / 1.45 - 1)
 
 
 def test_a_latency_search_without_a_measurer_or_with_an_unknown_engine_is_refused():

@@ -236,12 +236,12 @@ class ProgressiveSearch:
                 reason = "target"
                 break
             BitConfig(step_choice.bits).apply(self.model)
-            met = target_met(cfg, self.cost_of(step_choice.bits))
+            met = spending or target_met(cfg, self.cost_of(step_choice.bits))  # spent: the step measured fits
             epochs = cfg.finetune_epochs + (cfg.final_epochs if met or step == cfg.steps else 0)
             tuned = finetune_step(self, step, step_choice, epochs, met and cfg.select_final, on_batch)
             self._finish_step(step, step_choice.score, tuned, t0, on_step)
             last_step = step
-            if target_met(cfg, self.cost_of(self.bits())):
+            if spending or target_met(cfg, self.cost_of(self.bits())):  # a step that spends slack is the last
                 reason = "target"
                 break
         return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}

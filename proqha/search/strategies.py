@@ -21,6 +21,7 @@ from proqha.search.allocate import Damage, allocate, allocations, summed_damage
 from proqha.search.config import SearchConfig
 from proqha.search.criteria import criterion_named
 from proqha.search.knobs import Bits, lowerable_knobs, lowered, sample_candidates
+from proqha.search.latency_fit import fit_measured
 from proqha.search.sensitivity import damage_table
 from proqha.search.targets import budget_progress, target_met, target_values, within
 from proqha.search.uniform import uniform_bits
@@ -138,7 +139,8 @@ def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torc
     """Measure the loss each knob adds at each lower level (``sensitivity_table``), then give every knob
     the bits that meet this step's budget with the least summed loss. The budget moves from the current
     cost to the targets in ``ceil(1 / ratio)`` steps (ratio 1: at once); from a start that meets every
-    target (a latency budget above the start graph's), the step spends the targets' slack at once."""
+    target (a latency budget above the start graph's), the step spends the targets' slack at once, and a
+    latency budget's choice is then fitted by measuring the whole graph (``fit_measured``)."""
     cfg, now = search.cfg, search.cost_of(current)
     remaining = max(1, math.ceil(1 / cfg.ratio) - step + 1)
     values = target_values(cfg, now)
@@ -160,6 +162,8 @@ def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torc
             labels, found = [label for label, _ in floors], [bits for _, bits in floors]
         elif cfg.select_final:  # the runners-up
             found = allocations(current, damage, now, feasible, cfg.select_candidates)
+    if found and spend and cfg.target_latency_ms is not None:  # the table's choice, fitted by measurement
+        found[0] = fit_measured(search, found[0], current, damage, cfg.target_latency_ms)
     if not found:  # nothing meets the budget: every knob at its floor
         bits = {name: dict(kb) for name, kb in current.items()}
         for knob in damage:

@@ -1,0 +1,72 @@
+"""Fitting a latency budget by measurement: the per-layer table predicts each float layer's cost alone, and
+float neighbours share requantizations, so the table's choice is moved one float layer at a time, each move
+measured on the whole graph, until the graph is within ``TOLERANCE`` under the budget."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING
+
+from proqha.latency_model import FLOAT_FORMAT
+from proqha.quant import BitConfig
+from proqha.quant.grid import FULL_PRECISION
+from proqha.search.allocate import Damage
+from proqha.search.knobs import Bits
+
+if TYPE_CHECKING:
+    from proqha.search.progressive import ProgressiveSearch
+
+TOLERANCE = 0.10  # a latency budget counts as met within 10% under it
+ROUNDS = 8  # measured moves at most
+
+
+def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Damage, target_ms: float) -> Bits:
+    """``bits`` with float layers dropped (least loss removed per predicted ms first) while the measured
+    graph is over ``target_ms``, or added (most loss removed per ms first) while it is more than
+    ``TOLERANCE`` under it; a dropped layer returns to its ``start`` bits. Ends at the first graph within
+    the band, else at the measured graph nearest under the budget (``bits`` when none was)."""
+    table = search.base_cost.latency_model
+    if search.latency is None or table is None:
+        return bits
+    model = copy.deepcopy(search.model)
+
+    def measure(trial: Bits) -> float:
+        BitConfig(trial).apply(model)
+        return search.latency.graph_ms(model, search.input_size)
+
+    def gain(name: str) -> float:  # the loss float removes from the layer's knobs at their start bits
+        return sum(levels.get(start[k.layer][k.kind], 0.0) - levels.get(FULL_PRECISION, 0.0)
+                   for k, levels in damage.items() if k.layer == name)
+
+    def per_ms(name: str) -> float:
+        return gain(name) / max(table.deltas[name].get(FLOAT_FORMAT, math.inf), 1e-9)
+
+    def is_float(trial: Bits, name: str) -> bool:
+        return trial[name]["w"] == FULL_PRECISION or trial[name]["a"] == FULL_PRECISION
+
+    names, tried = list(table.start), []
+    measured = measure(bits)
+    for _ in range(ROUNDS):
+        tried.append((measured, bits))
+        if target_ms * (1 - TOLERANCE) <= measured <= target_ms:
+            return bits
+        trial = {n: dict(kb) for n, kb in bits.items()}
+        if measured > target_ms:
+            floats = [n for n in names if is_float(bits, n)]
+            if not floats:
+                break
+            name = min(floats, key=per_ms)
+            trial[name] = dict(start[name])
+        else:
+            rest = [n for n in names if not is_float(bits, n)]
+            if not rest:
+                break
+            name = max(rest, key=per_ms)
+            trial[name] = {"w": FULL_PRECISION, "a": FULL_PRECISION}
+        if any(trial == seen for _, seen in tried):
+            break
+        bits, measured = trial, measure(trial)
+    tried.append((measured, bits))
+    under = [(m, b) for m, b in tried if m <= target_ms]
+    return max(under, key=lambda t: t[0])[1] if under else bits
