@@ -8,7 +8,7 @@ measures: callers that may export inject a ``LatencyMeasurer``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from proqha.quant.grid import FULL_PRECISION
 from proqha.quant.storage import clamped_activation, stored_bits
@@ -79,6 +79,3 @@ class LatencyMeasurer(Protocol):
 
     def graph_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float: ...
 
-
-LatencyFactory = Callable[[str, int, "Any"], LatencyMeasurer]
-"""Builds a measurer from (engine, batch, cache path or None)."""

@@ -37,7 +37,7 @@ class FakeEngine:
     def table(self, model, input_size) -> LatencyModel:
         self.tables += 1
         start = BitConfig.from_model(model).to_dict()
-        names = [n for n in searchable_layers(model)]
+        names = list(searchable_layers(model))
         return LatencyModel("fake", 1, "cpu", 1.0, {n: layer_format(start[n]["w"], start[n]["a"]) for n in names},
                             {n: self.deltas[n] for n in names})
 
@@ -152,7 +152,6 @@ def test_the_engine_table_has_every_format_of_every_layer_and_is_cached_by_its_k
 def test_the_prediction_adds_each_moved_layers_delta():
     table = LatencyModel("ort", 1, "cpu", 2.0, {"a": "int8", "b": "int8"},
                          {"a": {"float": 0.5, "int4": 0.1}, "b": {"float": 0.7, "int4": -0.05}})
-    train, _, _ = _data()
     from proqha.cost import CostReport, LayerCost
 
     report = CostReport(SIZE, [LayerCost("a", "conv", 1, 1, 32, 32, True), LayerCost("b", "conv", 1, 1, 4, 8, True),

@@ -65,13 +65,14 @@ class EngineLatency:
                 digest.update(value.detach().cpu().float().contiguous().numpy().tobytes())
             else:
                 digest.update(repr(value).encode())
-        return {"engine": self.engine, "batch": self.batch, "threads": self.threads, "cpu": cpu_name(),
-                "input_size": list(input_size), "bits": BitConfig.from_model(model).to_dict(),
-                "model": digest.hexdigest()[:16]}
+        return json.loads(json.dumps({"engine": self.engine, "batch": self.batch, "threads": self.threads,
+                                      "cpu": cpu_name(), "input_size": list(input_size),
+                                      "bits": BitConfig.from_model(model).to_dict(),
+                                      "model": digest.hexdigest()[:16]}))  # as a cached table reads it back
 
     def graph_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of ``model``'s exported graph at its bits."""
-        return self.time_graph(self._graph(model, input_size), input_size)
+        return self.time_graph(self._graph(copy.deepcopy(model).cpu().eval(), input_size), input_size)
 
     def fp32_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of ``model``'s float graph (every quantizer off, ``proqha export`` format
@@ -79,7 +80,7 @@ class EngineLatency:
         from proqha.export.onnx_export import export_onnx
         from proqha.quant import float_twin
 
-        twin = float_twin(copy.deepcopy(model).cpu().eval())
+        twin = float_twin(model).cpu()  # a copy
         return self.time_graph(export_onnx(twin, tuple(input_size), quantized=False)[0].SerializeToString(),
                                input_size)
 
@@ -93,7 +94,7 @@ class EngineLatency:
         if self.cache is not None and self.cache.is_file():
             try:
                 kept = LatencyModel.from_dict(json.loads(self.cache.read_text()))
-                if kept.key == json.loads(json.dumps(key)):
+                if kept.key == key:
                     return kept
             except (ValueError, KeyError, TypeError):
                 pass  # an unreadable table is measured again
@@ -101,10 +102,11 @@ class EngineLatency:
         start = BitConfig.from_model(probe).to_dict()
         names = [n for n in searchable_layers(probe) if n in start]
         formats = {n: layer_format(start[n]["w"], start[n]["a"]) for n in names}
-        jobs = sum(len(FORMAT_BITS) - 1 for _ in names) + len(names)
+        jobs = len(names) * len(FORMAT_BITS)  # per layer: the start graph, then each other format
+        start_graph = self._graph(probe, size)
         done, bases, deltas = 0, [], {}
         for name in names:
-            base = self.time_graph(self._graph(probe, size), size)
+            base = self.time_graph(start_graph, size)
             bases.append(base)
             deltas[name] = {}
             done += 1
@@ -122,15 +124,15 @@ class EngineLatency:
                 if self.on_progress is not None:
                     self.on_progress(done, jobs)
         table = LatencyModel(self.engine, self.batch, key["cpu"], float(np.median(bases)) if bases else 0.0, formats,
-                             deltas, json.loads(json.dumps(key)))
+                             deltas, key)
         if self.cache is not None:
             atomic_write_text(self.cache, json.dumps(table.to_dict(), indent=1) + "\n")
         return table
 
-    def _graph(self, model: nn.Module, input_size: tuple[int, ...]) -> bytes:
+    def _graph(self, probe: nn.Module, input_size: tuple[int, ...]) -> bytes:
+        """The exported graph of ``probe`` (a CPU model in eval mode, which the export leaves as it is)."""
         from proqha.export.onnx_export import export_onnx
 
-        probe = copy.deepcopy(model).cpu().eval()
         return export_onnx(probe, input_size)[0].SerializeToString()
 
     def time_graph(self, graph: bytes, input_size: tuple[int, ...]) -> float:

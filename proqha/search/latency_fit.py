@@ -8,7 +8,7 @@ import copy
 import math
 from typing import TYPE_CHECKING
 
-from proqha.latency_model import FLOAT_FORMAT
+from proqha.latency_model import FLOAT_FORMAT, layer_format
 from proqha.quant import BitConfig
 from proqha.quant.grid import FULL_PRECISION
 from proqha.search.allocate import Damage
@@ -43,7 +43,7 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
         return gain(name) / max(table.deltas[name].get(FLOAT_FORMAT, math.inf), 1e-9)
 
     def is_float(trial: Bits, name: str) -> bool:
-        return trial[name]["w"] == FULL_PRECISION or trial[name]["a"] == FULL_PRECISION
+        return layer_format(trial[name]["w"], trial[name]["a"]) == FLOAT_FORMAT
 
     names, tried = list(table.start), []
     measured = measure(bits)

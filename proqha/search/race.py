@@ -2,9 +2,9 @@
 strategy's bits race its next-best bits and the uniform bits that meet the same targets (a uniform
 configuration that one of the strategy's dominates, with at least its bits on every knob, does not race).
 Each entrant is a copy of the model at its bits, fine-tuned on the step's own schedule and batches
-(``FineTune``); after every ``select_epochs`` the entrants are scored on the calibration split (never the test split) and the worse
-half leaves (successive halving). The winner trains on to the step's last epoch, so it ends exactly where
-training it alone would have, and the model takes its weights and bits."""
+(``FineTune``); after every ``select_epochs`` the entrants are scored on the calibration split (never the
+test split) and the worse half leaves (successive halving). The winner trains on to the step's last epoch,
+so it ends exactly where training it alone would have, and the model takes its weights and bits."""
 
 from __future__ import annotations
 
