@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from proqha.cli.app import app
 from proqha.deploy.bench import CSV_FIELDS
-from proqha.deploy.latency import measure, stats_from
+from proqha.deploy.latency import measure, measure_interleaved, stats_from
 from proqha.deploy.ort_anchor import ANCHOR_LABEL
 from proqha.deploy.runtime_ort import OrtRuntime
 from proqha.export.onnx_export import export_onnx
@@ -42,6 +42,32 @@ def test_statistics_on_a_real_session_are_ordered():
     assert stats.throughput == pytest.approx(4 / (stats.median_ms / 1e3))
     timed = measure(runtime, x, warmup=0, iters=None, seconds=0.05)
     assert timed.runs >= 3
+
+
+class _DriftingRuntime:
+    """A runtime whose call takes ``cost`` times a machine speed that slows with every call on the machine."""
+
+    def __init__(self, cost: float, machine: list[int]) -> None:
+        self.cost, self.machine = cost, machine
+
+    def timed_run(self, x):
+        self.machine[0] += 1
+        return x, self.cost * (1 + 0.005 * self.machine[0])
+
+
+def test_interleaved_timing_keeps_ratios_fair_on_a_drifting_machine():
+    x = np.zeros((2, 1), np.float32)
+    machine = [0]
+    one_after_other = [measure(_DriftingRuntime(1e-3, machine), x, warmup=1, iters=40) for _ in range(2)]
+    assert one_after_other[1].median_ms / one_after_other[0].median_ms > 1.1  # the later one looks slower
+    machine = [0]
+    a, b, c = measure_interleaved([_DriftingRuntime(1e-3, machine), _DriftingRuntime(1e-3, machine),
+                                   _DriftingRuntime(2e-3, machine)], x, warmup=1, iters=40)
+    assert a.runs == b.runs == c.runs == 40
+    assert b.median_ms / a.median_ms == pytest.approx(1, abs=0.05)
+    assert c.median_ms / a.median_ms == pytest.approx(2, abs=0.1)
+    timed = measure_interleaved([_DriftingRuntime(1e-3, [0])] * 2, x, warmup=0, iters=None, seconds=0.001)
+    assert all(t.runs >= 3 for t in timed)
 
 
 def test_stats_from_hand_values():

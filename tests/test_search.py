@@ -285,11 +285,24 @@ def test_weights_only_search_keeps_activations_fixed(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_search_stops_at_the_floor(trained, tmp_path):
-    result = run_search(_search_cfg(trained, min_bits=7, ratio=0.5, steps=10, finetune_epochs=0), tmp_path / "s")
+@pytest.mark.parametrize("metric, activations", [("paper", 8), ("bitops", 7)])
+def test_search_stops_at_the_floor_of_what_its_cost_counts(trained, tmp_path, metric, activations):
+    """With no target, the paper cost counts weights only (a sub-8-bit activation costs a clamp on a CPU and
+    saves nothing it counts); BitOPs count both. Half the counted knobs fall a bit per step."""
+    result = run_search(_search_cfg(trained, min_bits=7, ratio=0.5, steps=10, finetune_epochs=0,
+                                    cost_metric=metric), tmp_path / "s")
     assert result == {"stopped": "floor", "steps": 2, "run_dir": str(tmp_path / "s")}
-    last = _frontier(tmp_path / "s")[-1]
-    assert all(int(v) == 7 for k, v in last.items() if "/" in k)
+    rows = _frontier(tmp_path / "s")
+    assert all(int(v) == 7 for k, v in rows[-1].items() if k.endswith("/w"))
+    assert all(int(v) == activations for k, v in rows[-1].items() if k.endswith("/a"))
+    assert int(rows[-1]["epochs"]) == 0  # final_epochs 0 here: the floor step takes the final epochs (below)
+
+
+@pytest.mark.slow
+def test_the_step_that_reaches_the_floor_takes_the_final_epochs(trained, tmp_path):
+    run_search(_search_cfg(trained, min_bits=7, ratio=0.5, steps=10, finetune_epochs=0, final_epochs=1),
+               tmp_path / "s")
+    assert [int(r["epochs"]) for r in _frontier(tmp_path / "s")] == [0, 0, 1]
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ from proqha.search.config import SearchConfig
 STOP_MESSAGES = {
     "steps": "ran all {steps} steps",
     "target": "target met at step {steps}",
-    "floor": "stopped after step {steps}: no knob can be lowered by --interval without going below --min-bits",
+    "floor": "stopped after step {steps}: no knob the cost metric counts can be lowered by --interval without going "
+             "below --min-bits",
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -44,18 +44,36 @@ def stats_from(times_s: list[float], batch: int) -> LatencyStats:
                         float(ms.max()))
 
 
+ROUNDS = 10
+
+
 def measure(runtime: Runtime, x: np.ndarray, warmup: int = 5, iters: int | None = 50,
             seconds: float | None = None) -> LatencyStats:
     """Time ``runtime`` on ``x``: ``warmup`` untimed calls, then ``iters`` calls or ``seconds`` of calls."""
-    for _ in range(warmup):
-        runtime.timed_run(x)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds if seconds else None
-    while True:
-        times.append(runtime.timed_run(x)[1])
-        if deadline is not None:
-            if time.perf_counter() >= deadline and len(times) >= MIN_RUNS:
-                break
-        elif len(times) >= max(iters or MIN_RUNS, 1):
-            break
-    return stats_from(times, len(x))
+    return measure_interleaved([runtime], x, warmup, iters, seconds)[0]
+
+
+def measure_interleaved(runtimes: Sequence[Runtime], x: np.ndarray, warmup: int = 5, iters: int | None = 50,
+                        seconds: float | None = None, rounds: int = ROUNDS) -> list[LatencyStats]:
+    """Time each runtime on ``x`` as ``measure`` does (``iters`` calls or ``seconds`` of calls each), in
+    ``rounds`` turns that visit every runtime once, so that a drift of the machine's speed (other load, clock)
+    falls on all of them alike and their ratios stay fair."""
+    for runtime in runtimes:
+        for _ in range(warmup):
+            runtime.timed_run(x)
+    rounds = max(1, rounds if seconds else min(rounds, max(iters or MIN_RUNS, 1)))
+    total = max(iters or MIN_RUNS, 1)
+    shares = [total // rounds + (r < total % rounds) for r in range(rounds)]
+    times: list[list[float]] = [[] for _ in runtimes]
+    for r in range(rounds):
+        for runtime, own in zip(runtimes, times):
+            if seconds:  # a time slice per turn; at least MIN_RUNS calls in all
+                deadline = time.perf_counter() + seconds / rounds
+                while True:
+                    own.append(runtime.timed_run(x)[1])
+                    left = rounds - 1 - r
+                    if time.perf_counter() >= deadline and len(own) + left >= MIN_RUNS:
+                        break
+            else:
+                own.extend(runtime.timed_run(x)[1] for _ in range(shares[r]))
+    return [stats_from(own, len(x)) for own in times]

@@ -30,7 +30,7 @@ from proqha.search.config import KNOB_KINDS, START_BITS, SearchConfig
 from proqha.search.criteria import LOSS_FLOOR, Scoring, criterion_named
 from proqha.search.data import DatasetData, SearchData
 from proqha.search.frontier import step_checkpoint, step_checkpoints
-from proqha.search.knobs import Bits, Knob, lowered, model_knobs
+from proqha.search.knobs import Bits, Knob, lowerable_knobs, lowered, model_knobs
 from proqha.search.race import RaceResult, finetune_step
 from proqha.search.record import SearchRecord
 from proqha.search.scores import Snapshot
@@ -109,6 +109,7 @@ class ProgressiveSearch:
         elif cfg.needs_latency:
             raise ProqhaError("target_latency_ms and cost_metric 'latency' predict latency from a table measured on "
                               "an engine: this search was given no latency measurer")
+        self.counted_knobs = self.metric_knobs()
         self.record = SearchRecord(self.run_dir, self.knobs, cfg, recipe.to_dict() if recipe is not None else None,
                                    self.data_options) if self.run_dir is not None else None
 
@@ -150,14 +151,32 @@ class ProgressiveSearch:
         progress = (lambda i, n: on_candidate(step, i, n)) if on_candidate is not None else None
         return self.criterion.score_all(lambda: self.scoring(step), candidates, progress)
 
+    def metric_knobs(self) -> list[Knob]:
+        """The knobs whose lowering from the start to ``min_bits`` lowers the cost metric (every knob if none)."""
+        start, metric = self.bits(), self.cfg.cost_metric
+        base = self.base_cost.metric(metric)
+        counted = [k for k in self.knobs
+                   if self.cost_of(lowered(start, k, start[k.layer][k.kind] - self.cfg.min_bits)).metric(metric) < base]
+        return counted or self.knobs
+
+    def can_lower(self, bits: Bits) -> bool:
+        """Whether a next step could lower some useful knob of ``bits`` (the table and reference strategies)."""
+        return bool(lowerable_knobs(bits, self.useful_knobs(bits), self.cfg.interval, self.cfg.min_bits))
+
     def useful_knobs(self, bits: Bits) -> list[Knob]:
         """The knobs whose lowering by ``interval`` brings some target not yet met closer (weights: paper cost,
         size, BitOPs, and the file where the weights' stored width narrows, not 8 to 7 bit in int8;
-        activations: BitOPs only); every knob when no target is set or budgets are not fitted."""
+        activations: BitOPs only). With no target, the knobs the cost metric counts: under the paper cost or
+        the file, weights only, since a sub-8-bit activation saves neither and costs an integer clamp on
+        every CPU engine. Every knob when budgets are not fitted (the reference)."""
         cfg = self.cfg
+        if not cfg.fit_budget:
+            return self.knobs
         before = target_values(cfg, self.cost_of(bits))
+        if not before:
+            return self.counted_knobs
         unmet = {name for name, (value, limit) in before.items() if not within(value, limit)}
-        if not cfg.fit_budget or not unmet:
+        if not unmet:
             return self.knobs
         useful = []
         for knob in self.knobs:
@@ -237,12 +256,16 @@ class ProgressiveSearch:
                 break
             BitConfig(step_choice.bits).apply(self.model)
             met = spending or target_met(cfg, self.cost_of(step_choice.bits))  # spent: the step measured fits
-            epochs = cfg.finetune_epochs + (cfg.final_epochs if met or step == cfg.steps else 0)
+            floor = not self.can_lower(step_choice.bits)  # then this step is the last as well
+            epochs = cfg.finetune_epochs + (cfg.final_epochs if met or floor or step == cfg.steps else 0)
             tuned = finetune_step(self, step, step_choice, epochs, met and cfg.select_final, on_batch)
             self._finish_step(step, step_choice.score, tuned, t0, on_step)
             last_step = step
             if spending or target_met(cfg, self.cost_of(self.bits())):  # a step that spends slack is the last
                 reason = "target"
+                break
+            if floor and step < cfg.steps:
+                reason = "floor"
                 break
         return {"stopped": reason, "steps": last_step, "run_dir": self._run_dir_text()}
 

@@ -117,13 +117,14 @@ def table_step(search: ProgressiveSearch, step: int, current: Bits, gen: torch.G
     stopping early once the targets are met (``fit_budget``)."""
     cfg = search.cfg
     enough = _budget_met(search, current)
-    singles = lowerable_knobs(current, search.useful_knobs(current), cfg.interval, cfg.min_bits)
+    useful = search.useful_knobs(current)
+    singles = lowerable_knobs(current, useful, cfg.interval, cfg.min_bits)
     candidates = [lowered(current, knob, cfg.interval) for knob in singles]
     if not candidates:
         return None
     scores, values, order = _ranked(search, step, current, candidates, gen, on_candidate)
     bits, taken = current, []
-    for i in order[:max(1, int(cfg.ratio * len(search.knobs)))]:
+    for i in order[:max(1, int(cfg.ratio * len(useful)))]:  # as the sets: a ratio of the knobs that count
         if not math.isfinite(values[i]):
             break
         bits = lowered(bits, singles[i], cfg.interval)
