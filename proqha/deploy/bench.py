@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from proqha.cost import CostReport, cost_report
-from proqha.deploy.latency import measure, measure_interleaved
+from proqha.deploy.latency import measure
 from proqha.deploy.runtime import ONNX_ENGINES, Runtime
 from proqha.errors import OptionError, ProqhaError, first_line
 
@@ -236,8 +236,7 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
               test_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], input_size: tuple[int, ...],
               warmup: int = 5, iters: int | None = 50, seconds: float | None = None,
               on_progress: Callable[[str], None] | None = None) -> BenchResult:
-    """Sanity-check, measure accuracy and time every (model, engine, batch), the models on one engine and batch
-    in turns (``measure_interleaved``) so that the ratios between rows are fair; each row also carries the
+    """Sanity-check, measure accuracy and time every (model, engine, batch); each row also carries the
     size of the graph file the engine runs, its ratio to the fp32 graph's, and onnxruntime's memory for
     the session (``ort_session_memory``, ort rows)."""
     from proqha.deploy.memory import ort_session_memory
@@ -246,12 +245,10 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
                                    "seconds": seconds, "input_size": list(input_size)})
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *input_size)).astype(np.float32) for b in batches}
-    torch_top1 = [accuracy(lambda x: _torch_run(bm.model, x), test_batches()) for bm in models]
-    session_bytes = [ort_session_memory(bm.onnx) if "ort" in engines else None for bm in models]
-    keyed: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
-    for e, engine in enumerate(engines):
-        ready = []  # (model index, runtime, sanity agreement, engine top-1), every model on this engine
-        for m, bm in enumerate(models):
+    for bm in models:
+        torch_top1 = accuracy(lambda x: _torch_run(bm.model, x), test_batches())
+        session_bytes = ort_session_memory(bm.onnx) if "ort" in engines else None
+        for engine in engines:
             if not bm.runs_on(engine):
                 continue
             if on_progress is not None:
@@ -259,22 +256,17 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
             runtime = make_runtime(engine, bm)
             result.devices.setdefault(engine, runtime.describe())
             agreement = sanity(runtime, bm.model, sanity_batch, enforce=not bm.anchor)
-            ready.append((m, runtime, agreement, accuracy(runtime.run, test_batches())))
-        for i, b in enumerate(batches):  # the models in turns: their ratios are fair on a drifting machine
-            if on_progress is not None and ready:
-                on_progress(f"{len(ready)} models in turns on {engine}, batch {b}")
-            timed = measure_interleaved([runtime for _, runtime, _, _ in ready], inputs[b], warmup, iters, seconds)
-            for (m, _, agreement, engine_top1), stats in zip(ready, timed):
-                bm = models[m]
-                keyed.append(((m, e, i), {
+            engine_top1 = accuracy(runtime.run, test_batches())
+            for b in batches:
+                stats = measure(runtime, inputs[b], warmup, iters, seconds)
+                result.rows.append({
                     "model": bm.label, "step": bm.step, "engine": engine, **stats.to_dict(),
                     "paper_cost": bm.cost.paper_cost, "gbitops": bm.cost.bitops / 1e9,
                     "bitops_ratio": bm.cost.bitops_ratio, "size_bytes": bm.cost.size_bytes,
                     "file_bytes": None if bm.graph(engine) is None else len(bm.graph(engine)),
-                    "ort_session_bytes": session_bytes[m] if engine == "ort" else None,
-                    "torch_top1": torch_top1[m], "engine_top1": engine_top1, "sanity_agreement": agreement,
-                    "quantized": bm.quantized, "anchor": bm.anchor}))
-    result.rows = [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
+                    "ort_session_bytes": session_bytes if engine == "ort" else None,
+                    "torch_top1": torch_top1, "engine_top1": engine_top1, "sanity_agreement": agreement,
+                    "quantized": bm.quantized, "anchor": bm.anchor})
     _speedups(result.rows)
     return result
 
