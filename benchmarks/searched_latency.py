@@ -8,7 +8,8 @@ the same train run:
   default     `proqha search` (the pipeline's): with no target the paper cost is the metric, so only weights
               are lowered (a sub-8-bit activation saves no paper cost and costs an integer Clip on CPU engines)
   both knobs  `proqha search --cost-metric bitops`: activations lowered too, as the search did before
-Each search's last step and the uniform 8-bit step 0 are exported (`proqha export --step N`) and timed on
+Each search's last step and the uniform 8-bit step 0 are exported (`proqha export --step N`; packed weights for
+onnxruntime, `--weights int8` for OpenVINO, which cannot read INT2 and runs INT4 in float) and timed on
 seeded random inputs, the graphs of one seed and batch in turns (`measure_interleaved`), so that the ratios hold
 on a machine whose speed drifts. Printed: each searched graph's median over step 0's, its paper cost, BitOPs
 ratio and test top-1 (from the frontier) against step 0's.
@@ -66,14 +67,16 @@ def main() -> int:
                 cli(cwd, "search", "--from", "runs/train-1", "--seed", str(seed), *extra)
                 run = cwd / "runs" / f"search-{i}"
                 rows[arm] = frontier(run)
-                last = int(rows[arm][-1]["step"])
-                for step in {0, last} if i == 1 else {last}:
-                    out = cwd / f"{arm}-{step}.onnx"
-                    cli(cwd, "export", str(run), "--step", str(step), "--out", str(out))
-                    graphs["step 0" if step == 0 else arm] = out.read_bytes()
+                exports = {arm: int(rows[arm][-1]["step"])} | ({"step 0": 0} if i == 1 else {})
+                for label, step in exports.items():
+                    for weights in ("packed", "int8"):  # OpenVINO runs the int8 storage (as proqha bench does)
+                        out = cwd / f"{label.replace(' ', '-')}-{weights}.onnx"
+                        cli(cwd, "export", str(run), "--step", str(step), "--weights", weights, "--out", str(out))
+                        graphs.setdefault(weights, {})[label] = out.read_bytes()
             start = rows["default"][0]
             for engine in engines:
-                runtimes = {label: graph_runtime(engine, g, args.threads) for label, g in graphs.items()}
+                stored = graphs["packed" if engine == "ort" else "int8"]
+                runtimes = {label: graph_runtime(engine, g, args.threads) for label, g in stored.items()}
                 for b in args.batches:
                     x = np.random.default_rng(b).standard_normal((b, 1, 8, 8)).astype(np.float32)
                     stats = dict(zip(runtimes, measure_interleaved(list(runtimes.values()), x, iters=args.iters)))

@@ -11,6 +11,7 @@ import numpy as np
 from proqha.deploy.runtime import Runtime
 
 MIN_RUNS = 3
+ROUNDS = 10  # turns of measure_interleaved
 
 
 @dataclass
@@ -44,9 +45,6 @@ def stats_from(times_s: list[float], batch: int) -> LatencyStats:
                         float(ms.max()))
 
 
-ROUNDS = 10
-
-
 def measure(runtime: Runtime, x: np.ndarray, warmup: int = 5, iters: int | None = 50,
             seconds: float | None = None) -> LatencyStats:
     """Time ``runtime`` on ``x``: ``warmup`` untimed calls, then ``iters`` calls or ``seconds`` of calls."""
@@ -61,17 +59,17 @@ def measure_interleaved(runtimes: Sequence[Runtime], x: np.ndarray, warmup: int 
     for runtime in runtimes:
         for _ in range(warmup):
             runtime.timed_run(x)
-    rounds = max(1, rounds if seconds else min(rounds, max(iters or MIN_RUNS, 1)))
     total = max(iters or MIN_RUNS, 1)
+    rounds = max(1, rounds if seconds else min(rounds, total))
     shares = [total // rounds + (r < total % rounds) for r in range(rounds)]
     times: list[list[float]] = [[] for _ in runtimes]
     for r in range(rounds):
+        left = rounds - 1 - r  # turns still to come, a call each at least
         for runtime, own in zip(runtimes, times):
             if seconds:  # a time slice per turn; at least MIN_RUNS calls in all
                 deadline = time.perf_counter() + seconds / rounds
                 while True:
                     own.append(runtime.timed_run(x)[1])
-                    left = rounds - 1 - r
                     if time.perf_counter() >= deadline and len(own) + left >= MIN_RUNS:
                         break
             else:

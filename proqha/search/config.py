@@ -35,8 +35,8 @@ class SearchConfig:
 
     source: str = option("", "Train run, search run or checkpoint to start from.")
     candidates: int = option(16, "Candidates sampled per step.", low=1)
-    ratio: float = option(0.5, "Fraction of the knobs that count (for an unmet target or the cost metric) each candidate lowers, in (0, 1].", low=0, high=1,
-                          low_open=True)
+    ratio: float = option(0.5, "Fraction of the knobs that count (for an unmet target or the cost metric) each "
+                          "candidate lowers, in (0, 1].", low=0, high=1, low_open=True)
     interval: int = option(1, "Bits a chosen knob drops by: 1, 2 or 4.", check=lambda v: v in INTERVALS,
                            why="must be 1, 2 or 4")
     min_bits: int = option(2, "Floor for every knob (2..8).", low=2, high=8)
