@@ -40,11 +40,19 @@ def forward_checked(model: nn.Module, x: torch.Tensor, num_classes: int | None, 
 
 
 def check_logits(out: Any, batch: int, num_classes: int | None) -> None:
-    """A classifier's output must be a ``(batch, num_classes)`` tensor (ProqhaError otherwise)."""
+    """A classifier's output must be a ``(batch, num_classes)`` tensor; without ``num_classes`` (the Python
+    API) a dense prediction's ``(batch, classes, *spatial)`` is accepted too (ProqhaError otherwise; a dict
+    or tuple of outputs gets one line saying how to pick one)."""
+    if isinstance(out, dict) or (isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)):
+        keys = ", ".join(repr(k) for k in out) if isinstance(out, dict) else ", ".join(map(str, range(len(out))))
+        first = next(iter(out)) if isinstance(out, dict) else 0
+        raise ProqhaError(f"the model returns a {type(out).__name__} of outputs ({keys}); wrap it so it returns one "
+                          f"tensor: proqha.OutputOf(model, {first!r})")
     if not isinstance(out, torch.Tensor):
         raise ProqhaError(f"the model returns {type(out).__name__}; expected a tensor of logits")
-    want = (batch, num_classes) if num_classes is not None else None
-    if out.dim() != 2 or out.shape[0] != batch or (want is not None and tuple(out.shape) != want):
+    dense_ok = num_classes is None and out.dim() > 2
+    if (out.dim() != 2 and not dense_ok) or out.shape[0] != batch or (
+            num_classes is not None and out.shape[1] != num_classes):
         raise ProqhaError(f"the model's output has shape {tuple(out.shape)}; expected (batch, "
                           f"{num_classes if num_classes is not None else 'classes'}) = "
                           f"({batch}, {num_classes if num_classes is not None else '...'})")

@@ -1,7 +1,9 @@
 """Parity of an exported graph with its PyTorch model: the same batches through PyTorch, onnxruntime, the
 ONNX reference evaluator and any other runtime (``parity``), and the thresholds an exact export meets
 (``check_parity``). Judged on predictions and on logits counted in output quantization steps, never on
-bit equality: onnxruntime accumulates in int32 and the reference evaluator in float.
+bit equality: onnxruntime accumulates in int32 and the reference evaluator in float. A dense prediction
+(batch, classes, *spatial: segmentation) is judged per pixel, by the same rules: its argmax over classes at
+every position, and every output value in steps.
 """
 
 from __future__ import annotations
@@ -22,9 +24,21 @@ MIN_AGREEMENT_REFERENCE = 99.9
 ENFORCED_RUNTIMES = ("onnxruntime", "onnx.reference")
 
 
+def per_position(ref: np.ndarray, out: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Outputs as (positions, classes) rows: a classifier's as they are, a dense prediction's (batch, classes,
+    *spatial) one row per pixel; its labels per pixel where they have the spatial shape (else -1: none)."""
+    if ref.ndim <= 2:
+        return ref, out, labels
+    rows = lambda a: np.moveaxis(a, 1, -1).reshape(-1, a.shape[1])  # noqa: E731
+    dense = labels.reshape(-1) if labels.shape == ref.shape[:1] + ref.shape[2:] else np.full(
+        ref.size // ref.shape[1], -1)
+    return rows(ref), rows(out), dense
+
+
 @dataclass
 class Parity:
-    """Agreement of one runtime with the PyTorch model over ``samples`` test images."""
+    """Agreement of one runtime with the PyTorch model over ``samples`` test images (pixels, for a dense
+    prediction)."""
 
     runtime: str
     samples: int = 0
@@ -46,6 +60,9 @@ class Parity:
     _elements: int = field(default=0, repr=False)
 
     def update(self, ref: np.ndarray, out: np.ndarray, labels: np.ndarray, step: float | None) -> None:
+        if out.shape != ref.shape:
+            raise ProqhaError(f"{self.runtime}: output shape {out.shape} differs from PyTorch's {ref.shape}")
+        ref, out, labels = per_position(ref, out, labels)
         diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
         self.samples += len(labels)
         self._agree += int((out.argmax(1) == ref.argmax(1)).sum())

@@ -1,6 +1,6 @@
 """ONNX handlers for the float operators between quantized layers: one handler per module type, per
 function and per tensor method, looked up in three tables (and torchvision's by qualified name, ``BY_NAME``); the handlers live in
-``elementwise``, ``pooling`` and ``shapes``.
+``elementwise``, ``pooling``, ``resize`` and ``shapes``.
 
 A handler gets the writer (``proqha.export.writer.GraphWriter``: its GraphBuilder ``b``, the tensor
 names ``env`` of the nodes written so far, ``shape(node)`` from shape propagation) and the fx node, and
@@ -40,6 +40,7 @@ from proqha.export.ops.elementwise import (
     tanh,
 )
 from proqha.export.ops.pooling import global_pool, mean, pool_function, pool_module
+from proqha.export.ops.resize import interpolate, upsample
 from proqha.export.ops.shapes import (
     cat,
     chunk,
@@ -63,7 +64,7 @@ MODULE_OPS: dict[type, Handler] = {
     nn.Hardsigmoid: hardsigmoid, nn.Hardswish: hardswish, nn.GELU: gelu, nn.Softmax: softmax,
     nn.BatchNorm2d: batch_norm, nn.LayerNorm: layer_norm_module,
     nn.MaxPool2d: pool_module, nn.AvgPool2d: pool_module, nn.AdaptiveAvgPool2d: global_pool,
-    nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity,
+    nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity, nn.Upsample: upsample,
 }
 FUNCTION_OPS: dict[Any, Handler] = {
     F.relu: relu, torch.relu: relu, F.relu6: relu6, torch.sigmoid: sigmoid, F.sigmoid: sigmoid,
@@ -75,7 +76,7 @@ FUNCTION_OPS: dict[Any, Handler] = {
     operator.getitem: getitem, operator.mul: mul, torch.mul: mul, operator.add: add, operator.iadd: add,
     torch.add: add, F.dropout: identity,
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, F.pad: pad, torch.roll: roll,
-    F.normalize: normalize,
+    F.normalize: normalize, F.interpolate: interpolate,
 }
 # torchvision's own, by qualified name: importing torchvision takes seconds, and only models that use them
 # have imported it

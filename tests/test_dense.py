@@ -1,0 +1,138 @@
+"""Dense prediction: upsampling exports at PyTorch's sample positions, dense outputs are judged per pixel, and a
+model that returns a dict of outputs is one line saying how to pick one."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import proqha
+from proqha.errors import ProqhaError
+from proqha.export.onnx_export import export_onnx
+from proqha.export.ort_session import ort_session
+from proqha.export.parity import Parity
+from proqha.export.validate import validate_export
+from proqha.quant import QuantConfig, float_twin, quantize_model
+from tests.helpers import calibrate_bn
+
+
+class Upsampler(nn.Module):
+    """conv (stride 2) -> upsampling -> conv: the upsampling between two quantized layers, as in a decoder."""
+
+    def __init__(self, up) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.up = up
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.down(x)
+        y = self.up(y, x) if not isinstance(self.up, nn.Module) else self.up(y)
+        return self.head(y)
+
+
+UPSAMPLINGS = {  # name: the upsampling, an input size whose ratio it exercises
+    "nearest-scale": (lambda y, x: F.interpolate(y, scale_factor=2, mode="nearest"), 12),
+    "nearest-size-odd": (lambda y, x: F.interpolate(y, size=x.shape[-2:], mode="nearest"), 13),  # 7 -> 13
+    "nearest-exact-size": (lambda y, x: F.interpolate(y, size=x.shape[-2:], mode="nearest-exact"), 13),
+    "bilinear-size": (lambda y, x: F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False), 13),
+    "bilinear-corners": (lambda y, x: F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=True), 12),
+    "bilinear-scale-1.5": (lambda y, x: F.interpolate(y, scale_factor=1.5, mode="bilinear"), 12),
+    "upsample-module": (nn.Upsample(scale_factor=2, mode="nearest"), 12),
+    "upsampling-bilinear2d": (nn.UpsamplingBilinear2d(size=(11, 9)), 12),
+}
+
+
+def _quantized(up, size: int) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = quantize_model(Upsampler(up), QuantConfig(bits=8), (3, size, size))
+    x = torch.randn(24, 3, size, size)
+    calibrate_bn(model, x[:8])
+    return model, x[8:]
+
+
+@pytest.mark.parametrize("case", UPSAMPLINGS)
+def test_upsampling_samples_where_pytorch_does(case):
+    """The float graph of each mode, size or scale and align_corners: onnx.reference and onnxruntime compute
+    PyTorch's values (float rounding apart), at a batch the graph was not traced with."""
+    up, size = UPSAMPLINGS[case]
+    model, x = _quantized(up, size)
+    proto, _ = export_onnx(float_twin(model), (3, size, size), quantized=False)
+    assert [n.op_type for n in proto.graph.node].count("Resize") == 1
+    x = x[:3]  # not the trace's batch
+    with torch.no_grad():
+        want = float_twin(model).eval()(x).numpy()
+    feed = {"input": x.numpy()}
+    for got in (ReferenceEvaluator(proto).run(None, feed)[0], ort_session(proto.SerializeToString()).run(None, feed)[0]):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["nearest-size-odd", "bilinear-size", "bilinear-corners"])
+def test_quantized_upsampling_exports_within_the_parity_rules(case):
+    """Between two quantized convs the Resize runs in float between DequantizeLinear and QuantizeLinear;
+    every conv stays in an int8 kernel and the export's own rules hold in onnxruntime and onnx.reference."""
+    up, size = UPSAMPLINGS[case]
+    model, x = _quantized(up, size)
+    proto, info = export_onnx(model, (3, size, size))
+    report = validate_export(proto, info, model, DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)),
+                                                            batch_size=8))
+    assert report.failures == []
+    assert report.kernels.integer_layers == 2 and report.kernels.float_layers == 0
+    assert [p.samples for p in report.parity] == [len(x) * size * size] * 2  # judged per pixel
+
+
+def test_dense_parity_is_per_pixel():
+    """Argmax over classes at every position, labels per pixel, and output steps over every value."""
+    ref = np.zeros((2, 3, 2, 2), np.float32)
+    ref[:, 1] = 1.0  # class 1 everywhere
+    out = ref.copy()
+    out[0, :, 0, 0] = [0.0, 0.0, 2.0]  # one pixel of eight picks class 2
+    labels = np.ones((2, 2, 2), np.int64)
+    p = Parity("onnxruntime")
+    p.update(ref, out, labels, step=0.5)
+    assert p.samples == 8
+    assert p.agreement == pytest.approx(100 * 7 / 8)
+    assert p.torch_top1 == 100.0 and p.runtime_top1 == pytest.approx(100 * 7 / 8)
+    assert p.max_steps == pytest.approx(4.0)  # 2.0 - 0.0 at class 2, in steps of 0.5
+    assert p.within_2_steps == pytest.approx(100 * 23 / 24)  # class 1 moved 2 steps (within), class 2 four
+    with pytest.raises(ProqhaError, match="output shape"):
+        p.update(ref, out[:, :2], labels, step=0.5)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return {"out": y, "aux": y * 2}
+
+
+def test_a_model_that_returns_a_dict_is_told_how_to_wrap_it():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ProqhaError, match=r"returns a dict of outputs \('out', 'aux'\); wrap it so it returns one "
+                                          r"tensor: proqha.OutputOf\(model, 'out'\)"):
+        proqha.quantize(TwoOutputs(), x)
+    q = proqha.quantize(proqha.OutputOf(TwoOutputs(), "out"), x)
+    assert tuple(q(x).shape) == (2, 4, 8, 8)
+
+
+def test_a_dense_model_exports_through_the_api(tmp_path):
+    """``proqha.quantize`` takes a (batch, classes, H, W) output and ``proqha.export_onnx`` validates it per pixel."""
+    torch.manual_seed(0)
+    net = proqha.OutputOf(TwoOutputs(), "out")
+    x = torch.randn(8, 3, 8, 8)
+    q = proqha.quantize(net, x, calib_data=[x])
+    report = proqha.export_onnx(q, tmp_path / "dense.onnx", (3, 8, 8))
+    assert report.ok and report.parity[0].samples == 64 * 8 * 8
+    out = ort_session((tmp_path / "dense.onnx").read_bytes()).run(None, {"input": x.numpy()})[0]
+    assert out.shape == (8, 4, 8, 8)
+    assert onnx.load(tmp_path / "dense.onnx").graph.output[0].type.tensor_type.shape.dim[2].dim_value == 8
