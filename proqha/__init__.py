@@ -3,7 +3,8 @@
 The Python API (``proqha.api``), one call per stage on your own model and data: ``quantize``, ``fit``,
 ``evaluate``, ``search_bits``, ``export_onnx``, ``bench``, and ``load_weights`` (a proqha checkpoint or run
 folder, a plain state dict file, or a training script's checkpoint, into your model); ``DataSplits`` is what a
-``--dataset module:factory`` returns; ``OutputOf`` picks one output of a model that returns a dict or tuple. They load on first use, so ``import proqha`` imports nothing heavy.
+``--dataset module:factory`` returns; ``OutputOf`` picks one output of a model that returns a dict or tuple, ``DetectionHeads`` the
+int8 part of a one-stage detector. They load on first use, so ``import proqha`` imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ __version__ = "0.1.0"
 _API = {"quantize": "proqha.api", "fit": "proqha.api", "evaluate": "proqha.api", "search_bits": "proqha.api",
         "export_onnx": "proqha.api", "bench": "proqha.api", "SearchResult": "proqha.api",
         "ExportError": "proqha.errors", "DataSplits": "proqha.data.custom", "ProqhaError": "proqha.errors",
-        "load_weights": "proqha.api", "OutputOf": "proqha.models.outputs"}
+        "load_weights": "proqha.api", "OutputOf": "proqha.models.outputs",
+        "DetectionHeads": "proqha.models.outputs"}
 
 __all__ = ["__version__", *_API]
 

@@ -17,6 +17,7 @@ from proqha.compiling import maybe_compiled
 from proqha.evaluation import evaluate_loader, output_warnings
 from proqha.health import OutputHealth
 from proqha.malloc_tuning import reuse_freed_memory
+from proqha.metrics import Metric
 from proqha.train_step import BatchCallback, LossFn, StepOptions, train_one_epoch
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -40,6 +41,7 @@ class EpochLoop:
     loss_fn: LossFn | None = None
     options: StepOptions | None = None
     on_batch: BatchCallback | None = None
+    metric: Metric | None = None  # evaluated beside top-1 as test_metric
 
 
 def run_epoch(loop: EpochLoop, epoch: int) -> dict[str, Any]:
@@ -54,7 +56,8 @@ def run_epoch(loop: EpochLoop, epoch: int) -> dict[str, Any]:
     health = None
     if loop.test_loader is not None:
         health = OutputHealth()
-        row |= evaluate_loader(loop.eval_net or loop.net, loop.test_loader, loop.device, loop.loss_fn, health)
+        row |= evaluate_loader(loop.eval_net or loop.net, loop.test_loader, loop.device, loop.loss_fn, health,
+                               loop.metric)
     row["time_s"] = time.perf_counter() - t0
     if health is not None and (warned := output_warnings(loop.model, health, loop.test_loader, loop.device)):
         row["warnings"] = warned

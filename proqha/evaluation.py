@@ -1,5 +1,6 @@
-"""Evaluating a classifier: loss, top-1 and top-5 over a loader (``evaluate_loader``, ties broken as the deployed
-argmax breaks them) and the output-health warnings of that pass (``output_warnings``)."""
+"""Evaluating a classifier (or a dense prediction, per pixel): loss, top-1 and top-5 over a loader
+(``evaluate_loader``, ties broken as the deployed argmax breaks them), a chosen ``proqha.metrics`` metric, and
+the output-health warnings of that pass (``output_warnings``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from proqha.health import OutputHealth, predicted_classes
+from proqha.metrics import Metric, positions
 from proqha.train_step import LossFn, bad_label_error, not_class_indices
 
 
@@ -26,13 +28,16 @@ def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...
 
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, loss_fn: LossFn | None = None,
-             health: OutputHealth | None = None) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over ``loader``; ``loss_fn`` as in ``train_one_epoch``;
-    ``health`` gathers what ``output_warnings`` reports."""
+                    health: OutputHealth | None = None, metric: Metric | None = None) -> dict[str, float]:
+    """Loss (per sample), top-1 and top-5 accuracy (percent; per pixel for a dense prediction) over ``loader``,
+    and with ``metric`` its value as ``test_metric``; ``loss_fn`` as in ``train_one_epoch``; ``health``
+    gathers what ``output_warnings`` reports."""
     model.eval()
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    loss_sum, top1, top5, seen, samples = 0.0, 0, 0, 0, 0
     if health is not None:
         health.start(model)
+    if metric is not None:
+        metric.reset()
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits = model(x)
@@ -41,13 +46,17 @@ def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, lo
         if loss_fn is None:
             if not_class_indices(y, logits.shape[1]):
                 raise bad_label_error(loader, y, logits.shape[1], "test", "evaluating")
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            loss_sum += float(F.cross_entropy(logits, y)) * len(y)  # per sample (a dense one: its pixels' mean)
         else:
             loss_sum += float(loss_fn(logits.float(), y)) * len(y)
-        c1, c5 = _topk_correct(logits, y, (1, 5))
-        top1, top5, seen = top1 + c1, top5 + c5, seen + len(y)
+        if metric is not None:
+            metric.update(logits, y)
+        rows, labels = positions(logits, y)
+        c1, c5 = _topk_correct(rows, labels, (1, 5))
+        top1, top5, seen, samples = top1 + c1, top5 + c5, seen + len(labels), samples + len(y)
     n = max(seen, 1)
-    return {"test_loss": loss_sum / n, "test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n}
+    row = {"test_loss": loss_sum / max(samples, 1), "test_top1": 100.0 * top1 / n, "test_top5": 100.0 * top5 / n}
+    return row | ({"test_metric": metric.value()} if metric is not None else {})
 
 
 def output_warnings(model: nn.Module, health: OutputHealth, loader: Iterable, device: torch.device) -> list[str]:

@@ -76,24 +76,29 @@ def bad_label_error(loader: Iterable, y: torch.Tensor, classes: int, split: str,
 
 
 class _Totals:
-    """Loss, correct and seen summed on the device over an epoch (read back once, at its end)."""
+    """Loss, correct and seen summed on the device over an epoch (read back once, at its end); ``seen``
+    counts predictions (images, or the pixels of a dense prediction), ``samples`` images."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
         self.seen = torch.zeros((), device=device, dtype=torch.long)
+        self.samples = torch.zeros((), device=device, dtype=torch.long)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss.detach() * len(y)
-        self.correct += (predictions(logits.detach()) == y).sum()
-        self.seen += len(y)
+        picked = predictions(logits.detach())
+        self.correct += (picked == y).sum()
+        self.seen += picked.numel()
+        self.samples += len(y)
 
     def row(self) -> dict[str, float]:
-        """``train_loss`` and ``train_top1`` over every rank's batches."""
+        """``train_loss`` (per sample) and ``train_top1`` over every rank's batches."""
         totals = distributed.all_reduce_sum(torch.stack([self.loss, self.correct.to(self.loss.dtype),
-                                                         self.seen.to(self.loss.dtype)]))
-        n = max(float(totals[2]), 1.0)
-        return {"train_loss": float(totals[0]) / n, "train_top1": 100.0 * float(totals[1]) / n}
+                                                         self.seen.to(self.loss.dtype),
+                                                         self.samples.to(self.loss.dtype)]))
+        return {"train_loss": float(totals[0]) / max(float(totals[3]), 1.0),
+                "train_top1": 100.0 * float(totals[1]) / max(float(totals[2]), 1.0)}
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,

@@ -136,3 +136,99 @@ def test_a_dense_model_exports_through_the_api(tmp_path):
     out = ort_session((tmp_path / "dense.onnx").read_bytes()).run(None, {"input": x.numpy()})[0]
     assert out.shape == (8, 4, 8, 8)
     assert onnx.load(tmp_path / "dense.onnx").graph.output[0].type.tensor_type.shape.dim[2].dim_value == 8
+
+
+def test_the_segmentation_example_keeps_its_mean_iou_in_the_file(tmp_path):
+    """examples/segmentation.py end to end: trains, searches two steps, exports with per-pixel parity, and the
+    written file's mean IoU in onnxruntime is the PyTorch model's."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "segmentation.py"
+    done = subprocess.run([sys.executable, str(example), "--out", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r"mean IoU: PyTorch ([\d.]+)%, onnxruntime \(the file\) ([\d.]+)%", done.stdout)
+    assert found, done.stdout
+    torch_miou, file_miou = map(float, found.groups())
+    assert torch_miou > 50 and abs(torch_miou - file_miou) <= 0.5
+    assert len(re.findall(r"^search step \d", done.stdout, re.M)) == 3  # the start and two steps
+    assert (tmp_path / "model.onnx").is_file()
+
+
+def test_mean_iou_and_pixel_accuracy_count_every_labelled_pixel():
+    from proqha.errors import OptionError
+    from proqha.metrics import IGNORE_INDEX, MeanIoU, metric_of
+
+    target = torch.tensor([[[0, 0], [1, 1]]])  # one image, 2x2
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 0, 0, :] = 1  # top row: class 0 (right)
+    logits[0, 1, 1, 0] = 1  # bottom left: class 1 (right)
+    logits[0, 2, 1, 1] = 1  # bottom right: class 2 (wrong: 1)
+    miou = MeanIoU()
+    miou.update(logits, target)
+    # class 0: 2/2; class 1: 1/2; class 2: 0/1 -> mean of three
+    assert miou.value() == pytest.approx(100 * (1 + 0.5 + 0) / 3)
+    accuracy = metric_of("pixel_accuracy")
+    accuracy.update(logits, target)
+    assert accuracy.value() == pytest.approx(75.0)
+    ignored = target.clone()
+    ignored[0, 1, 1] = IGNORE_INDEX  # the wrong pixel left out
+    accuracy.reset()
+    accuracy.update(logits, ignored)
+    assert accuracy.value() == pytest.approx(100.0)
+    with pytest.raises(OptionError, match="metric"):
+        metric_of("dice")
+
+
+class SharedHead(nn.Module):
+    """A detector's shape in small: two pyramid levels, one head (conv, GroupNorm, ReLU, scores) run on each,
+    the per-level outputs flattened and concatenated per anchor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.level1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.level2 = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.tower = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.scores = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        p1 = self.level1(x)
+        p2 = self.level2(p1)
+        outs = [self.scores(self.tower(p)).flatten(2) for p in (p1, p2)]
+        return torch.cat(outs, dim=2)
+
+
+def test_a_head_shared_across_levels_exports_once_and_runs_every_call_in_int8():
+    torch.manual_seed(0)
+    model = quantize_model(SharedHead(), QuantConfig(bits=8), (3, 8, 8))
+    x = torch.randn(24, 3, 8, 8)
+    calibrate_bn(model, x[:8])
+    proto, info = export_onnx(model, (3, 8, 8))
+    assert info.layers["scores"].calls == 2 and info.all_layers == 6  # 2 levels + 2 x (tower conv, scores)
+    weights = [t.name for t in proto.graph.initializer if t.name.startswith("scores.weight_int")]
+    assert len(weights) == 1  # written once, read by both calls
+    report = validate_export(proto, info, model, DataLoader(TensorDataset(x[8:], torch.zeros(16, dtype=torch.long)),
+                                                            batch_size=8))
+    assert report.failures == [] and report.kernels.integer_layers == 6
+    from proqha.export.layer_parity import per_layer_steps
+
+    steps = per_layer_steps(model, proto, x[8:])
+    assert "scores.input#1" in steps and max(steps.values()) <= 1 + 1e-4  # the second call judged on its own
+
+
+def test_group_norm_exports_as_pytorch_computes_it():
+    torch.manual_seed(0)
+    model = quantize_model(SharedHead(), QuantConfig(bits=8), (3, 8, 8))
+    calibrate_bn(model, torch.randn(8, 3, 8, 8))
+    with torch.no_grad():
+        norm = model.get_submodule("tower.1")
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    twin = float_twin(model).eval()
+    proto, _ = export_onnx(twin, (3, 8, 8), quantized=False)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        want = twin(x).numpy()
+    np.testing.assert_allclose(ReferenceEvaluator(proto).run(None, {"input": x.numpy()})[0], want, atol=1e-5, rtol=1e-5)

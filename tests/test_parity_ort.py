@@ -13,13 +13,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import configure_bits, per_layer_steps, random_cifar
+from helpers import configure_bits, random_cifar
 from torch.utils.data import DataLoader, Subset
 from typer.testing import CliRunner
 
 from proqha.cli.app import app
 from proqha.data import checkpoint_calibration_images, load_dataset
 from proqha.deploy.ort_anchor import quantize_static_graph
+from proqha.export.layer_parity import per_layer_steps
 from proqha.export.onnx_export import export_onnx
 from proqha.export.pair_sums import check_pair_sums, cpu_int8_path
 from proqha.export.validate import kernel_weights, ort_kernels, validate_export

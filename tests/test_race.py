@@ -88,9 +88,13 @@ def _search(select_final: bool, monkeypatch=None, favour=None, **options):
     train, calib, test = _data()
     qmodel = _qmodel(train)
     cost, bitops = _uniform_budget(qmodel, 3)
-    if favour is not None:  # the calibration score: 90% for the favoured bits, 50% for the others
-        def fake_evaluate(model, loader, device, loss_fn=None, health=None):
+    if favour is not None:  # the calibration score: 90% for the favoured bits, 50% for the others; with a
+        # metric, the metric favours them and top-1 the others
+        def fake_evaluate(model, loader, device, loss_fn=None, health=None, metric=None):
             hit = BitConfig.from_model(model).to_dict() == favour(model)
+            if metric is not None:
+                return {"test_top1": 50.0 if hit else 90.0, "test_loss": 1.0, "test_top5": 100.0,
+                        "test_metric": 90.0 if hit else 50.0}
             return {"test_top1": 90.0 if hit else 50.0, "test_loss": 1.0, "test_top5": 100.0}
 
         monkeypatch.setattr(race_module, "evaluate_loader", fake_evaluate)
@@ -171,3 +175,12 @@ def test_a_floored_allocation_keeps_every_knob_at_or_above_its_floor():
     assert allocate(current, damage, report, feasible, floor=floor) == floor  # b may not go below 3
     assert allocate(current, damage, report, feasible, floor={"a": {"w": 2, "a": 8}, "b": {"w": 2, "a": 8}}) == {
         "a": {"w": 4, "a": 8}, "b": {"w": 2, "a": 8}}  # a floor at the bottom: the free allocation
+
+
+def test_with_a_metric_the_race_ranks_by_it(monkeypatch):
+    """search_bits(metric=): the entrant the metric favours wins though top-1 favours the others; its
+    margin is the metric's."""
+    raced = _search(True, monkeypatch, favour=_w2a4, uniform_floor=False, metric="miou")
+    row = raced.steps[1]
+    assert row["selected"] == "uniform W2A4" and row["selected_margin"] == pytest.approx(40.0)
+    assert all("calib_metric" in e for e in row["race"][0])

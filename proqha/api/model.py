@@ -10,6 +10,7 @@ from torch import nn
 
 from proqha.api.common import Batch, place, warn_rows
 from proqha.errors import OptionError, ProqhaError
+from proqha.metrics import Metric, metric_of
 from proqha.options import declared, default
 from proqha.ptq_config import PTQConfig
 from proqha.train_config import (
@@ -72,7 +73,7 @@ def quantize(model: nn.Module, example_input: torch.Tensor, bits: int = 8, *,
 def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[Batch] | None = None, *,
         epochs: int = API_FIT_EPOCHS, lr: float | None = None,
         optimizer: str | torch.optim.Optimizer = API_FIT_OPTIMIZER, weight_decay: float = API_FIT_WEIGHT_DECAY,
-        loss: LossFn | None = None, device: str | torch.device | None = None,
+        loss: LossFn | None = None, metric: str | Metric | None = None, device: str | torch.device | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None, compile: bool = False) -> list[dict[str, Any]]:
     """Train ``qmodel`` (quantization-aware) for ``epochs`` over ``train_loader``; returns one dict per epoch
     (``epoch``, ``lr``, ``train_loss``, ``train_top1``, with ``test_loader`` also ``test_loss``, ``test_top1``,
@@ -81,7 +82,10 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     ``optimizer``: "adam" or "sgd" (momentum 0.9; ``lr`` defaults to 1e-3 and 0.1), with a per-batch cosine
     schedule and no weight decay on biases, BN and quantizer ranges; or your own optimizer, used as it is.
     These defaults differ from ``proqha train``'s on purpose (``proqha.train_config``, ``API_FIT_*``).
-    ``loss(logits, targets)`` defaults to cross-entropy. ``device``: None keeps the model where it is.
+    ``loss(logits, targets)`` defaults to cross-entropy. A dense prediction (batch, classes, H, W) with
+    (batch, H, W) labels trains and is judged per pixel; ``metric`` ("top1", "pixel_accuracy", "miou" or a
+    ``proqha.metrics.Metric``) is evaluated beside top-1 as ``test_metric``. ``device``: None keeps the
+    model where it is.
     ``compile``: run training and evaluation through ``torch.compile`` (eagerly, with one warning, where it
     cannot compile). On a CPU this sets glibc's allocator to keep freed memory for the rest of the process
     (``proqha.epoch_loop.local_training_net``: training steps reuse it instead of faulting pages in again).
@@ -93,7 +97,7 @@ def fit(qmodel: nn.Module, train_loader: Iterable[Batch], test_loader: Iterable[
     dev = place(qmodel, device)
     opt, scheduler = _optimizer(qmodel, optimizer, lr, weight_decay, epochs * _batches(train_loader))
     loop = EpochLoop(qmodel, local_training_net(qmodel, dev, compile), opt, scheduler, dev, lambda epoch: train_loader,
-                     test_loader, loss_fn=loss)
+                     test_loader, loss_fn=loss, metric=metric_of(metric))
 
     def warn_then_report(row: dict[str, Any]) -> None:
         for line in row.get("warnings", ()):
@@ -124,8 +128,9 @@ def _optimizer(qmodel: nn.Module, optimizer: str | torch.optim.Optimizer, lr: fl
 
 
 def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = None,
-             device: str | torch.device | None = None) -> dict[str, float]:
-    """``test_loss``, ``test_top1`` and ``test_top5`` (percent) of ``qmodel`` over ``loader``, in eval mode
+             device: str | torch.device | None = None, metric: str | Metric | None = None) -> dict[str, float]:
+    """``test_loss``, ``test_top1`` and ``test_top5`` (percent; per pixel for a dense prediction) of
+    ``qmodel`` over ``loader``, with ``metric`` (as in ``fit``) also ``test_metric``, in eval mode
     (where quantized layers compute as the deployed integer kernels do). A class never predicted while the
     float network predicts it, or logits at their quantizer's limit, are warned about (``warnings``) and
     listed under ``warnings``."""
@@ -134,6 +139,6 @@ def evaluate(qmodel: nn.Module, loader: Iterable[Batch], loss: LossFn | None = N
     from proqha.health import OutputHealth
 
     dev, health = place(qmodel, device), OutputHealth()
-    row: dict[str, Any] = dict(run_evaluate(qmodel, loader, dev, loss, health))
+    row: dict[str, Any] = dict(run_evaluate(qmodel, loader, dev, loss, health, metric_of(metric)))
     warn_rows(row, output_warnings(qmodel, health, loader, dev), "")
     return row

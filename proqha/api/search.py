@@ -12,6 +12,7 @@ from torch import nn
 
 from proqha.api.common import Batch, place
 from proqha.errors import ProqhaError
+from proqha.metrics import Metric, metric_of
 from proqha.options import default
 from proqha.search.config import SearchConfig
 from proqha.train import LossFn
@@ -60,6 +61,7 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
                 test_loader: Iterable[Batch] | None = None, *, steps: int = default(SearchConfig, "steps"),
                 candidates: int = default(SearchConfig, "candidates"), lam: float = default(SearchConfig, "lam"),
                 target_cost: float | None = default(SearchConfig, "target_cost"), loss: LossFn | None = None,
+                metric: str | Metric | None = None,
                 device: str | torch.device | None = None, run_dir: str | Path | None = None,
                 on_step: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> SearchResult:
     """ProQHA's progressive per-layer bit-width search on ``qmodel`` (changed in place).
@@ -76,7 +78,9 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     ``fixed_bits``, ``final_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
     seed gives the same search when the loaders yield the same batches under the same global seed.
     ``run_dir``: also write the files ``proqha search`` writes there (config.json, frontier.csv, per-step
-    checkpoints and bits files; a new folder). Defaults are ``SearchConfig``'s.
+    checkpoints and bits files; a new folder). ``loss`` and ``metric`` as in ``fit``: with a metric (mean IoU for
+    segmentation) the final race ranks by it and every step records it as ``test_metric``. Defaults are
+    ``SearchConfig``'s.
     """
     from proqha.quant import BitConfig, require_quantized
     from proqha.search.data import LoaderData
@@ -102,7 +106,8 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
 
         latency = search_latency(cfg, folder)
     search = ProgressiveSearch(cfg, qmodel, LoaderData(train_loader, calib_loader, test_loader), input_size, dev,
-                               folder, loss_fn=loss, measure_file=measure, measure_latency=latency)
+                               folder, loss_fn=loss, measure_file=measure, measure_latency=latency,
+                               metric=metric_of(metric))
     result = SearchResult(qmodel, run_dir=folder)
 
     def step_done(row: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ class LayerExport:
     bn_folded: bool
     int_factor: int = 1
     weight_zero_point: int = 0
+    calls: int = 1  # a module called on several inputs (a detector's head shared across levels): one per call
     weight_storage: str = "int8"
     dequantized: str | None = None  # the weight DequantizeLinear's output
     act_max: int = 0  # the largest uint8 value its input takes in an integer kernel
@@ -40,7 +41,7 @@ class ExportInfo:
     layers: dict[str, LayerExport] = field(default_factory=dict)
     quant_adds: int = 0
     matmuls: int = 0  # tensor products with both inputs quantized (attention)
-    output_scale: float | None = None
+    output_scale: float | None = None  # the output's grid step (through upsampling and reshapes after it)
 
     @property
     def opset(self) -> int:
@@ -50,12 +51,13 @@ class ExportInfo:
     @property
     def integer_layers(self) -> int:
         """Conv/linear layers and matmuls that must run in integer kernels."""
-        return sum(1 for layer in self.layers.values() if layer.initializer and layer.a_bits != 32) + self.matmuls
+        return sum(layer.calls for layer in self.layers.values() if layer.initializer and layer.a_bits != 32) + \
+            self.matmuls
 
     @property
     def all_layers(self) -> int:
-        """Every conv/linear layer and every matmul between quantized tensors."""
-        return len(self.layers) + self.matmuls
+        """Every conv/linear layer (each call of a shared one) and every matmul between quantized tensors."""
+        return sum(layer.calls for layer in self.layers.values()) + self.matmuls
 
     @property
     def rules(self) -> qdq.Rules:

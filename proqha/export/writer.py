@@ -24,6 +24,10 @@ from proqha.quant.fx_graph import SHAPE_PROPAGATED, constant_nodes, is_shape_val
 from proqha.quant.grid import uint8_activation_max
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# operators whose output differences are at most their input's (in its grid's steps): see grid_source
+STEP_KEEPING_FUNCTIONS = (torch.nn.functional.interpolate, torch.flatten, torch.reshape, torch.permute,
+                          torch.transpose)
+STEP_KEEPING_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "contiguous")
 PROBE_BATCH = 2  # the batch of the shape-propagation pass; reshapes keep dimension 0 free
 
 
@@ -55,6 +59,7 @@ class GraphWriter:
         self.env: dict[fx.Node, str] = {}
         self.info = ExportInfo(profile, quantized, int8_kernels, self.grids.weights)
         self.written_grids: dict[str, qdq.EmittedGrid] = {}  # the activation grid a tensor name was written on
+        self.weights_of: dict[str, tuple[str, str | None, Any]] = {}  # a layer's written weights, bias, (grid, BN)
         self.probe_batch = PROBE_BATCH
         self._batch: str | None = None  # the graph input's batch size, once a handler needs it
         self.constants = constant_nodes(model.graph)
@@ -95,12 +100,17 @@ class GraphWriter:
         wq = layer.weight_quantizer
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
-        if self.quantized and wq.enabled and x in self.written_grids:
-            w, b = self.integer_weights(name, layer, bn, x, record)
+        grid = self.written_grids[x].scale if x in self.written_grids else None
+        if name in self.weights_of and self.weights_of[name][2] == (grid, bn):  # a later call: the same weights
+            w, b, _ = self.weights_of[name]
+            self.info.layers[name].calls += 1
         else:
-            wf, bias = float_layer(layer, bn)
-            w, b = self.const(f"{name}.weight", wf), None if bias is None else self.const(f"{name}.bias", bias)
-        self.info.layers[name] = record
+            if self.quantized and wq.enabled and grid is not None:
+                w, b = self.integer_weights(name, layer, bn, x, record)
+            else:
+                wf, bias = float_layer(layer, bn)
+                w, b = self.const(f"{name}.weight", wf), None if bias is None else self.const(f"{name}.bias", bias)
+            self.info.layers[name], self.weights_of[name] = record, (w, b, (grid, bn))
         inputs = [x, w] + ([b] if b is not None else [])
         if isinstance(layer, QuantLinear):
             y = self.b.node("Gemm", inputs, name, transB=1)
@@ -237,6 +247,18 @@ class GraphWriter:
         quantizer = quantizer_behind(node, self.modules)
         return quantizer is not None and quantizer.enabled
 
+    def grid_source(self, node: fx.Node) -> fx.Node:
+        """The node whose grid bounds the differences of ``node``'s values: through upsampling (nearest copies
+        values, linear blends them with weights summing to 1, so neither widens a difference) and reshapes
+        back to the node that produced them; ``node`` itself otherwise."""
+        while isinstance(node, fx.Node) and node.args and isinstance(node.args[0], fx.Node) and (
+                (node.op == "call_function" and node.target in STEP_KEEPING_FUNCTIONS)
+                or (node.op == "call_method" and node.target in STEP_KEEPING_METHODS)
+                or (node.op == "call_module" and isinstance(self.modules[node.target], (nn.Upsample, nn.Flatten,
+                                                                                       nn.Identity)))):
+            node = node.args[0]
+        return node
+
     def batch_shape(self, rest: list[int], name: str) -> str:
         """A shape tensor [batch, *rest] whose batch is the graph input's (dynamic) batch size."""
         if self._batch is None:
@@ -255,9 +277,9 @@ class GraphWriter:
                 self.env[node] = INPUT_NAME
             elif node.op == "output":
                 out = self.env[node.args[0]]
-                src = node.args[0]
-                if src.op == "call_module" and isinstance(self.modules[src.target], Quantizer) and out in self.written_grids:
-                    self.info.output_scale = self.written_grids[out].scale
+                src = self.grid_source(node.args[0])
+                if self.env.get(src) in self.written_grids:  # a quantizer's output, or a layer's on its grid
+                    self.info.output_scale = self.written_grids[self.env[src]].scale
             elif node.op in handlers:
                 if node in self.env:  # already produced (a folded BatchNorm)
                     continue

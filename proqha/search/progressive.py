@@ -23,6 +23,7 @@ from proqha.errors import ProqhaError
 from proqha.health import OutputHealth
 from proqha.latency_model import LatencyMeasurer
 from proqha.malloc_tuning import reuse_freed_memory
+from proqha.metrics import Metric
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
 from proqha.recipe import ModelRecipe, load_model
 from proqha.runs import pick_checkpoint, removed_on_error, run_lock
@@ -79,8 +80,9 @@ class ProgressiveSearch:
                  dataset: str = "", data_options: dict[str, Any] | None = None,
                  source_metrics: dict[str, Any] | None = None, loss_fn: LossFn | None = None,
                  measure_file: FileMeasurer | None = None, source: Path | None = None,
-                 measure_latency: LatencyMeasurer | None = None) -> None:
+                 measure_latency: LatencyMeasurer | None = None, metric: Metric | None = None) -> None:
         self.cfg, self.device = cfg, device
+        self.metric = metric  # what the final race ranks by and the frontier's test_metric (API: metric=)
         if device.type == "cpu":  # the loss tables evaluate hundreds of times before any fine-tuning
             reuse_freed_memory()
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -197,8 +199,8 @@ class ProgressiveSearch:
         report = self.cost_of(bits)
         batches = self.data.test_batches()
         health = OutputHealth()
-        test = evaluate_loader(maybe_compiled(self.model, self.cfg.compile), batches, self.device, self.loss_fn, health) \
-            if batches is not None else \
+        test = evaluate_loader(maybe_compiled(self.model, self.cfg.compile), batches, self.device, self.loss_fn, health,
+                               self.metric) if batches is not None else \
             {"test_top1": math.nan, "test_top5": math.nan}
         row: dict[str, Any] = {"step": step, "cost": report.paper_cost, "bitops": report.bitops,
                                "bitops_ratio": report.bitops_ratio, "size_bytes": report.size_bytes,
@@ -206,6 +208,7 @@ class ProgressiveSearch:
                                **self.latency_columns(report),
                                "score": score, "train_top1": tuned.train_top1 if tuned else math.nan,
                                "test_top1": test["test_top1"], "test_top5": test["test_top5"],
+                               "test_metric": test.get("test_metric", math.nan),
                                "epochs": tuned.epochs if tuned else 0, "selected": tuned.selected if tuned else "",
                                "selected_margin": tuned.margin if tuned else math.nan,
                                "wall_s": time.perf_counter() - t0}

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from proqha.search.progressive import ProgressiveSearch
 
 
+def calib_score(calib: dict[str, float]) -> float:
+    """What the race ranks by: the search's metric where it has one (``test_metric``), else top-1."""
+    return calib.get("test_metric", calib["test_top1"])
+
+
 @dataclass
 class Entrant:
     """One configuration in the race: its label, bits, model copy and fine-tuning runner."""
@@ -38,7 +43,7 @@ class Entrant:
     calib: dict[str, float] = field(default_factory=dict)
 
     def rank_key(self) -> tuple[float, float]:
-        return -self.calib["test_top1"], self.calib["test_loss"]
+        return -calib_score(self.calib), self.calib["test_loss"]
 
 
 @dataclass
@@ -98,11 +103,13 @@ def finetune_step(search: ProgressiveSearch, step: int, choice: Choice, epochs: 
         upto = min(upto + cfg.select_epochs, epochs)
         for racer in alive:
             racer.tune.run_to(upto, on_batch)
-            racer.calib = evaluate_loader(racer.model, search.data.calib_batches(), search.device, search.loss_fn)
+            racer.calib = evaluate_loader(racer.model, search.data.calib_batches(), search.device, search.loss_fn,
+                                          metric=search.metric)
         alive = sorted(alive, key=Entrant.rank_key)  # stable: on a tie the earlier entrant stays ahead
         rounds.append([{"label": r.label, "epochs": upto, "calib_top1": r.calib["test_top1"],
-                        "calib_loss": r.calib["test_loss"]} for r in alive])
-        margin = alive[0].calib["test_top1"] - alive[1].calib["test_top1"]
+                        "calib_loss": r.calib["test_loss"]} | ({"calib_metric": r.calib["test_metric"]}
+                                                               if "test_metric" in r.calib else {}) for r in alive])
+        margin = calib_score(alive[0].calib) - calib_score(alive[1].calib)
         alive = alive[:max(1, len(alive) // 2)] if upto < epochs else alive[:1]
     winner = alive[0]
     train_top1 = winner.tune.run_to(epochs, on_batch)

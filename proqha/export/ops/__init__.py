@@ -25,6 +25,7 @@ from proqha.export.ops.elementwise import (
     batch_norm,
     clip,
     gelu,
+    group_norm,
     hardsigmoid,
     hardswish,
     identity,
@@ -62,7 +63,7 @@ __all__ = ["BY_NAME", "FUNCTION_OPS", "HINTS", "Handler", "METHOD_OPS", "MODULE_
 MODULE_OPS: dict[type, Handler] = {
     nn.ReLU: relu, nn.ReLU6: relu6, nn.Sigmoid: sigmoid, nn.Tanh: tanh, nn.SiLU: silu,
     nn.Hardsigmoid: hardsigmoid, nn.Hardswish: hardswish, nn.GELU: gelu, nn.Softmax: softmax,
-    nn.BatchNorm2d: batch_norm, nn.LayerNorm: layer_norm_module,
+    nn.BatchNorm2d: batch_norm, nn.LayerNorm: layer_norm_module, nn.GroupNorm: group_norm,
     nn.MaxPool2d: pool_module, nn.AvgPool2d: pool_module, nn.AdaptiveAvgPool2d: global_pool,
     nn.Flatten: reshape, nn.Identity: identity, nn.Dropout: identity, nn.Upsample: upsample,
 }

@@ -106,6 +106,31 @@ def layer_norm_function(w, node: fx.Node) -> str:
                        w.value(arg(node, 2, "weight")), w.value(arg(node, 3, "bias")), arg(node, 4, "eps", 1e-5))
 
 
+def group_norm(w, node: fx.Node) -> str:
+    """nn.GroupNorm: per sample and group of channels, (x - mean) / sqrt(var + eps) (the biased variance, as
+    PyTorch's), written out with the batch free (Reshape's 0 keeps it), then the per-channel affine."""
+    mod, name, x = w.modules[node.target], w.base(node), x_of(w, node)
+    shape = list(w.shape(node))
+    grouped = w.b.node("Reshape", [x, w.b.const(f"{name}.groups", np.array([0, mod.num_groups, -1], np.int64))],
+                       f"{name}.grouped")
+    axes = w.b.const(f"{name}.axes", np.array([2], np.int64))
+    mean = w.b.node("ReduceMean", [grouped, axes], f"{name}.mean", keepdims=1)
+    centred = w.b.node("Sub", [grouped, mean], f"{name}.centred")
+    var = w.b.node("ReduceMean", [w.b.node("Mul", [centred, centred], f"{name}.square"), axes], f"{name}.var",
+                   keepdims=1)
+    eps = w.b.const(f"{name}.eps", np.array(mod.eps, np.float32))
+    normed = w.b.node("Div", [centred, w.b.node("Sqrt", [w.b.node("Add", [var, eps], f"{name}.var_eps")],
+                                                 f"{name}.std")], f"{name}.normed")
+    y = w.b.node("Reshape", [normed, w.b.const(f"{name}.shape", np.array([0, *shape[1:]], np.int64))],
+                 f"{name}.ungrouped")
+    if not mod.affine:
+        return y
+    per_channel = [shape[1]] + [1] * (len(shape) - 2)
+    gamma = w.b.const(f"{name}.gamma", mod.weight.detach().cpu().numpy().reshape(per_channel).astype(np.float32))
+    beta = w.b.const(f"{name}.beta", mod.bias.detach().cpu().numpy().reshape(per_channel).astype(np.float32))
+    return w.b.node("Add", [w.b.node("Mul", [y, gamma], f"{name}.scaled"), beta], name)
+
+
 def normalize(w, node: fx.Node) -> str:
     """F.normalize: x / max(||x||_p, eps) along one dim (p = 2)."""
     if arg(node, 1, "p", 2.0) != 2:
