@@ -16,9 +16,21 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from zoo import calibrate, calibrated_model, classifiers, input_size, logit_spread, noise_floor, zoo_failures  # noqa: E402,E501
+from zoo import (  # noqa: E402
+    calibrate,
+    calibrated_detector,
+    calibrated_model,
+    calibrated_segmenter,
+    classes_predicted,
+    classifiers,
+    input_size,
+    logit_spread,
+    noise_floor,
+    zoo_failures,
+)
 
 from proqha.errors import ProqhaError  # noqa: E402
+from proqha.export.layer_parity import per_layer_steps  # noqa: E402
 from proqha.export.onnx_export import export_onnx  # noqa: E402
 from proqha.export.pair_sums import check_pair_sums  # noqa: E402
 from proqha.export.validate import validate_export  # noqa: E402
@@ -228,3 +240,18 @@ def test_torchvision_handlers_name_real_objects():
     from proqha.export import ops
 
     assert {ops._qualified_name(o) for o in (StochasticDepth, stochastic_depth, _patch_merging_pad)} == set(ops.BY_NAME)
+
+
+@pytest.mark.parametrize("task, name", [("segmentation", "lraspp_mobilenet_v3_large"),
+                                        ("detection", "ssdlite320_mobilenet_v3_large")])
+def test_dense_networks_export_exactly_layer_by_layer(task, name):
+    """A torchvision segmenter (bilinear upsampling, attention by a pooled gate) and a detector's heads (shared
+    per level, outputs concatenated): every conv in an int8 kernel, every quantized tensor within one step
+    of PyTorch's when fed onnxruntime's input, and the zoo rules end to end."""
+    model, x = (calibrated_segmenter if task == "segmentation" else calibrated_detector)(name, 64)
+    proto, info = export_onnx(model, (3, 64, 64))
+    report = validate_export(proto, info, model, _batches(x), reference=False)
+    steps = per_layer_steps(model, proto, x)
+    assert zoo_failures(report, info.all_layers, check_pair_sums(proto), logit_spread(model, x, info.output_scale),
+                        noise_floor(model, x, info.output_scale), max(steps.values()), classes_predicted(model, x)) == []
+    assert report.kernels.integer_layers == info.all_layers and max(steps.values()) <= 1 + 1e-4

@@ -210,12 +210,12 @@ def sanity(runtime: Runtime, model: nn.Module, x: np.ndarray, enforce: bool = Tr
 
 
 def accuracy(run: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 (%) of ``run`` over streamed test batches."""
+    """Top-1 (%) of ``run`` over streamed test batches (per pixel for a dense prediction)."""
     correct = seen = 0
     for x, y in batches:
         out = run(x.numpy().astype(np.float32))
         correct += int((out.argmax(1) == y.numpy()).sum())
-        seen += len(y)
+        seen += y.numel()
     return 100.0 * correct / max(seen, 1)
 
 
