@@ -23,10 +23,13 @@ def calibrate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch
     if all(q.initialized for q in model.modules() if isinstance(q, Quantizer) and q.enabled):
         return
     x = torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))]).to(device)
-    forward_checked(model, x, num_classes, "the model cannot run on the data (input {shape})")
+    label = dataset[0][1]
+    spatial = tuple(label.shape) if isinstance(label, torch.Tensor) and label.dim() >= 2 else None
+    forward_checked(model, x, num_classes, "the model cannot run on the data (input {shape})", spatial)
 
 
-def forward_checked(model: nn.Module, x: torch.Tensor, num_classes: int | None, what: str) -> None:
+def forward_checked(model: nn.Module, x: torch.Tensor, num_classes: int | None, what: str,
+                    spatial: tuple[int, ...] | None = None) -> None:
     """One training-mode forward without gradients (it sets quantizer ranges); ProqhaError ``what`` (with
     ``{shape}``) and the first line of the cause when the model cannot run on ``x``, or when its output
     is not (batch, num_classes) logits."""
@@ -36,13 +39,14 @@ def forward_checked(model: nn.Module, x: torch.Tensor, num_classes: int | None, 
             out = model(x)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ProqhaError(f"{what.format(shape=tuple(x.shape))}: {first_line(exc)}") from exc
-    check_logits(out, len(x), num_classes)
+    check_logits(out, len(x), num_classes, spatial)
 
 
-def check_logits(out: Any, batch: int, num_classes: int | None) -> None:
+def check_logits(out: Any, batch: int, num_classes: int | None, spatial: tuple[int, ...] | None = None) -> None:
     """A classifier's output must be a ``(batch, num_classes)`` tensor; without ``num_classes`` (the Python
-    API) a dense prediction's ``(batch, classes, *spatial)`` is accepted too (ProqhaError otherwise; a dict
-    or tuple of outputs gets one line saying how to pick one)."""
+    API), or with the labels' ``spatial`` shape (segmentation masks), a dense prediction's ``(batch, classes,
+    *spatial)`` is accepted too (ProqhaError otherwise; a dict or tuple of outputs gets one line saying how to
+    pick one)."""
     if isinstance(out, dict) or (isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)):
         keys = ", ".join(repr(k) for k in out) if isinstance(out, dict) else ", ".join(map(str, range(len(out))))
         first = next(iter(out)) if isinstance(out, dict) else 0
@@ -50,9 +54,10 @@ def check_logits(out: Any, batch: int, num_classes: int | None) -> None:
                           f"tensor: proqha.OutputOf(model, {first!r})")
     if not isinstance(out, torch.Tensor):
         raise ProqhaError(f"the model returns {type(out).__name__}; expected a tensor of logits")
-    dense_ok = num_classes is None and out.dim() > 2
+    dense_ok = out.dim() > 2 and (num_classes is None or (spatial is not None and tuple(out.shape[2:]) == spatial))
     if (out.dim() != 2 and not dense_ok) or out.shape[0] != batch or (
             num_classes is not None and out.shape[1] != num_classes):
+        tail = "" if spatial is None else ", " + ", ".join(map(str, spatial))
         raise ProqhaError(f"the model's output has shape {tuple(out.shape)}; expected (batch, "
-                          f"{num_classes if num_classes is not None else 'classes'}) = "
-                          f"({batch}, {num_classes if num_classes is not None else '...'})")
+                          f"{num_classes if num_classes is not None else 'classes'}{tail}) = "
+                          f"({batch}, {num_classes if num_classes is not None else '...'}{tail})")

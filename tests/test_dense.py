@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import calibrate_bn
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -19,7 +20,6 @@ from proqha.export.ort_session import ort_session
 from proqha.export.parity import Parity
 from proqha.export.validate import validate_export
 from proqha.quant import QuantConfig, float_twin, quantize_model
-from tests.helpers import calibrate_bn
 
 
 class Upsampler(nn.Module):
@@ -232,3 +232,81 @@ def test_group_norm_exports_as_pytorch_computes_it():
     with torch.no_grad():
         want = twin(x).numpy()
     np.testing.assert_allclose(ReferenceEvaluator(proto).run(None, {"input": x.numpy()})[0], want, atol=1e-5, rtol=1e-5)
+
+
+SEG_MODULE = '''
+import sys
+
+import proqha
+
+sys.path.insert(0, {examples!r})
+from segmentation import CLASSES, TinySegmenter, scenes  # noqa: E402
+
+
+def make_net(num_classes, in_channels):
+    return TinySegmenter(num_classes)
+
+
+def make_data():
+    return proqha.DataSplits(train=scenes(256, 1), test=scenes(64, 3), num_classes=len(CLASSES))
+
+
+def float_masks():
+    data = scenes(64, 1)
+    return proqha.DataSplits(train=TensorDataset(data.tensors[0], data.tensors[1].float()), test=data, num_classes=4)
+
+
+def bad_masks():
+    data = scenes(64, 1)
+    data.tensors[1][5, 0, 0] = 7
+    return proqha.DataSplits(train=data, test=scenes(16, 2), num_classes=4)
+
+
+from torch.utils.data import TensorDataset  # noqa: E402
+'''
+
+
+def test_the_cli_trains_searches_exports_and_benches_a_segmenter_on_masks(tmp_path, monkeypatch):
+    """Import-path model and dataset whose labels are (H, W) masks: every stage runs, judged per pixel."""
+    import json
+    import sys
+    import uuid
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from proqha.cli.app import app
+
+    name = f"seg_{uuid.uuid4().hex[:8]}"
+    examples = str(Path(__file__).resolve().parents[1] / "examples")
+    (tmp_path / f"{name}.py").write_text(SEG_MODULE.format(examples=examples))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    runner = CliRunner()
+
+    def ok(args):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return result
+
+    try:
+        ok(["train", "--arch", f"{name}:make_net", "--dataset", f"{name}:make_data", "--epochs", "2",
+            "--batch-size", "32"])
+        metrics = [json.loads(line) for line in (tmp_path / "runs/train-1/metrics.jsonl").read_text().splitlines()]
+        assert 50 < metrics[-1]["test_top1"] <= 100  # pixel accuracy
+        ok(["search", "--steps", "1", "--candidates", "2", "--finetune-epochs", "1", "--final-epochs", "0"])
+        ok(["export"])
+        exported = next((tmp_path / "runs/search-1/export").glob("*.onnx"))
+        report = json.loads(exported.with_suffix(".parity.json").read_text())
+        ort = next(p for p in report["parity"] if p["runtime"] == "onnxruntime")
+        assert ort["samples"] == 64 * 32 * 32 and ort["agreement_ties"] >= 99.5
+        ok(["parity", str(exported)])
+        ok(["bench", "--iters", "3", "--batch", "1", "--warmup", "1", "--samples", "16"])
+        rows = json.loads((tmp_path / "runs/search-1/bench/bench.json").read_text())["rows"]
+        step = next(r for r in rows if r["model"].startswith("step 1"))
+        assert step["engine_top1"] == pytest.approx(step["torch_top1"], abs=0.5)
+        bad = runner.invoke(app, ["train", "--arch", f"{name}:make_net", "--dataset", f"{name}:bad_masks"])
+        assert bad.exit_code == 2 and "labels must be class indices in 0..3" in bad.output and "mask" in bad.output
+    finally:
+        sys.modules.pop(name, None)
+        sys.modules.pop("segmentation", None)

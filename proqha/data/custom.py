@@ -26,8 +26,9 @@ CHECKED_SAMPLES = 32  # samples of each split whose shape and label are checked 
 class DataSplits:
     """What a dataset factory returns.
 
-    train, test: map-style datasets (``len`` and ``[i]``) yielding ``(image tensor, class index)``; the
-        first 32 samples of each are checked against ``input_size`` and ``num_classes``.
+    train, test: map-style datasets (``len`` and ``[i]``) yielding ``(image tensor, class index)``, or for
+        segmentation ``(image tensor, (height, width) integer mask of class indices)``; the first 32
+        samples of each are checked against ``input_size`` and ``num_classes``.
     num_classes: how many classes the labels range over (0..num_classes-1).
     input_size: (channels, height, width) of one image; default: the first training image's shape.
     calib: held-out calibration data for ``search --criterion acc``; default: a fixed 10% of ``train``
@@ -86,9 +87,8 @@ def check_splits(result: Any, where: str) -> DataSplits:
             if tuple(x.shape) != input_size:
                 raise OptionError(OPTION, f"{where}: {name} images have shape {tuple(x.shape)}, expected input_size "
                                   f"{input_size}")
-            label = _scalar(y)
-            if not is_class_index(label, result.num_classes):
-                raise _label_error(where, name, result.num_classes, label, i)
+            if not is_label(y, result.num_classes, input_size[1:]):
+                raise _label_error(where, name, result.num_classes, _shown(y), i)
         bad = first_bad_label(data, result.num_classes, scan=False)
         if bad is not None:
             raise _label_error(where, name, result.num_classes, bad[1], bad[0])
@@ -98,6 +98,22 @@ def check_splits(result: Any, where: str) -> DataSplits:
 def _label_error(where: str, name: str, num_classes: int, label: Any, index: int) -> ProqhaError:
     return OptionError(OPTION, f"{where}: {name} labels must be class indices in 0..{num_classes - 1}, got "
                                f"{label!r} at {name}[{index}]")
+
+
+def is_label(y: Any, num_classes: int, spatial: tuple[int, ...]) -> bool:
+    """Whether one sample's label is a class index, or an integer mask of class indices over the image's
+    height and width (``spatial``: a segmentation label)."""
+    if isinstance(y, torch.Tensor) and y.dim() >= 2:
+        return tuple(y.shape) == tuple(spatial) and not (y.is_floating_point() or y.is_complex()) and \
+            not bool(outside_classes(y, num_classes).any())
+    return is_class_index(_scalar(y), num_classes)
+
+
+def _shown(y: Any) -> Any:
+    """A label as an error line shows it: a mask by its shape, dtype and range."""
+    if isinstance(y, torch.Tensor) and y.dim() >= 2:
+        return f"a {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')} mask with values {y.min().item()}..{y.max().item()}"
+    return _scalar(y)
 
 
 def _scalar(y: Any) -> Any:
@@ -145,6 +161,9 @@ def first_bad_label(data: Dataset, num_classes: int, scan: bool = True) -> tuple
     if labels is not None and labels.dim() == 1 and not (labels.is_floating_point() or labels.is_complex()):
         bad = outside_classes(labels, num_classes).nonzero()
         found = (int(bad[0]), int(labels[bad[0]])) if len(bad) else None
+    elif labels is not None and labels.dim() > 1 and not (labels.is_floating_point() or labels.is_complex()):
+        bad = outside_classes(labels, num_classes).flatten(1).any(1).nonzero()  # masks: the first bad one
+        found = (int(bad[0]), _shown(labels[int(bad[0])])) if len(bad) else None
     elif labels is None and scan and len(data) <= SCAN_LIMIT:  # type: ignore[arg-type]
         found = next(((i, label) for i in range(len(data))  # type: ignore[arg-type]
                       if not is_class_index(label := _scalar(data[i][1]), num_classes)), None)

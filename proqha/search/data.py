@@ -41,7 +41,7 @@ class DatasetData:
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self.train), generator=gen)[: self.batch_size].tolist()
         xs, ys = zip(*(self.train[i] for i in idx))
-        return torch.stack(xs), torch.as_tensor(ys)
+        return torch.stack(xs), torch.stack(ys) if isinstance(ys[0], torch.Tensor) else torch.as_tensor(ys)  # masks
 
     def train_batches(self, seed: int) -> Iterable[Batch]:
         return make_loader(self.train, self.batch_size, shuffle=True, seed=seed, workers=self.workers, shard=True)
