@@ -1,8 +1,8 @@
-"""torchvision's classifiers (or segmentation networks) through proqha: convert, export, int8 kernels, parity and
-latency, one row each.
+"""torchvision's classifiers (or segmentation networks, or detector heads) through proqha: convert, export, int8
+kernels, parity and latency, one row each.
 
     python benchmarks/zoo.py [--models resnet18,convnext_tiny] [--size 64] [--bits 8|mixed] [--iters 20]
-    python benchmarks/zoo.py --task segmentation|detection [--size 128]
+    python benchmarks/zoo.py --task segmentation|detection [--size 128] [--reference]
 
 Every classification model in ``torchvision.models`` (random weights, 10 classes, nothing downloaded),
 its quantizer ranges and BatchNorm statistics set on 8 random images (two passes at the default momentum:
@@ -274,7 +274,8 @@ def _median_ms(session, x: np.ndarray, iters: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classification") -> dict:
+def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classification", reference: bool = False
+            ) -> dict:
     """Convert, export, validate and time one model; a refusal is recorded with its one-line reason."""
     dense = task != "classification"
     s = size if dense else input_size(name, size)
@@ -288,7 +289,7 @@ def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classifica
         row["reason"] = str(exc)
         return row
     report = validate_export(proto, info, q, DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)),
-                                                        batch_size=8), reference=False)
+                                                        batch_size=8), reference=reference)
     ort = report.parity[0]
     floor = noise_floor(q, x, info.output_scale)
     layer_steps = max(per_layer_steps(q, proto, x).values(), default=0.0) if dense else None
@@ -297,7 +298,7 @@ def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classifica
     row |= {"floor": floor, "layer_steps": layer_steps, "int8": report.kernels.integer_layers, "layers": info.all_layers,
             "agreement": ort.agreement_ties,
             "max_steps": ort.max_steps, "mean_steps": ort.mean_steps, "ok": not failures, "failures": failures,
-            "export_rules": report.ok}
+            "export_rules": report.ok, "reference": report.parity[1] if reference else None}
     if iters:
         fp32, _ = export_onnx(float_twin(q), (3, s, s), quantized=False)
         sessions = [_session(p) for p in (proto, fp32)]
@@ -321,6 +322,8 @@ def main() -> int:
                                                              "or detect)")
     ap.add_argument("--bits", choices=("8", "mixed"), default="8")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--reference", action="store_true", help="also measure parity in the ONNX reference evaluator "
+                                                             "(reported, not a zoo rule)")
     args = ap.parse_args()
     size = args.size or (64 if args.task == "classification" else 128)
     names = args.models.split(",") if args.models else TASKS[args.task][0]()
@@ -328,7 +331,7 @@ def main() -> int:
           f"{'mean':>5} {'floor':>5} {'f.agr':>6} {'layer':>5} {'rules':>5} {'int8 ms':>8} {'fp32 ms':>8} {'ratio':>6}  note")
     misses = 0
     for name in names:
-        r = zoo_row(name, size, args.bits, args.iters, args.task)
+        r = zoo_row(name, size, args.bits, args.iters, args.task, args.reference)
         if not r["exported"]:
             print(f"{name:<22} {r['size']:>4} {'yes' if r['converted'] else 'no':>4} {'no':>6}  refused: {r['reason']}",
                   flush=True)
@@ -344,6 +347,10 @@ def main() -> int:
         print(f"{name:<22} {r['size']:>4} {'yes':>4} {'yes':>6} {r['int8']:>4}/{r['layers']:<4} {r['agreement']:6.1f}% "
               f"{steps:>9} {mean:>5} {r['floor'].mean_steps:5.2f} {r['floor'].agreement:5.1f}% {layer:>5} {rules:>5} "
               f"{times} {ratio:>6}  {note}", flush=True)
+        if r["reference"] is not None:
+            ref = r["reference"]
+            steps = "" if ref.max_steps is None else f", max {ref.max_steps:.1f} / mean {ref.mean_steps:.2f} steps"
+            print(f"{'':<22} onnx.reference: agreement {ref.agreement_ties:.1f}%{steps}", flush=True)
     return 1 if misses else 0
 
 
