@@ -76,10 +76,18 @@ def calibrated_segmenter(name: str, size: int, bits: str = "8", seed: int = 0) -
     torch.manual_seed(seed)
     model = OutputOf(torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=5,
                                                   aux_loss=False), "out")
+    return calibrated_dense(model, size, bits, seed, centre=True)
+
+
+def calibrated_dense(model: torch.nn.Module, size: int, bits: str, seed: int, centre: bool
+                     ) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A dense network calibrated on ``scenes`` with exact BatchNorm statistics, its class scores centred
+    (``centre``), then every range again (minmax); and its held-out images."""
     exact_statistics(model)
     x = scenes(24, size)
     q, held_out = calibrate(model, size, bits, seed, x)
-    centre_classes(q, x[:8])
+    if centre:
+        centre_classes(q, x[:8])
     calibrate_ranges(q, [x[:8]], "minmax")  # every range again, for the centred scores
     return q.eval(), held_out
 
@@ -94,11 +102,7 @@ def calibrated_detector(name: str, size: int, bits: str = "8", seed: int = 0) ->
 
     torch.manual_seed(seed)
     model = DetectionHeads(torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=5))
-    exact_statistics(model)
-    x = scenes(24, size)
-    q, held_out = calibrate(model, size, bits, seed, x)
-    calibrate_ranges(q, [x[:8]], "minmax")
-    return q.eval(), held_out
+    return calibrated_dense(model, size, bits, seed, centre=False)
 
 
 def exact_statistics(model: torch.nn.Module) -> None:

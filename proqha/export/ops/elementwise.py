@@ -126,8 +126,8 @@ def group_norm(w, node: fx.Node) -> str:
     if not mod.affine:
         return y
     per_channel = [shape[1]] + [1] * (len(shape) - 2)
-    gamma = w.b.const(f"{name}.gamma", mod.weight.detach().cpu().numpy().reshape(per_channel).astype(np.float32))
-    beta = w.b.const(f"{name}.beta", mod.bias.detach().cpu().numpy().reshape(per_channel).astype(np.float32))
+    gamma, beta = w.const(f"{name}.gamma", mod.weight.reshape(per_channel)), w.const(f"{name}.beta",
+                                                                                   mod.bias.reshape(per_channel))
     return w.b.node("Add", [w.b.node("Mul", [y, gamma], f"{name}.scaled"), beta], name)
 
 
