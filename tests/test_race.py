@@ -88,14 +88,14 @@ def _search(select_final: bool, monkeypatch=None, favour=None, **options):
     train, calib, test = _data()
     qmodel = _qmodel(train)
     cost, bitops = _uniform_budget(qmodel, 3)
-    if favour is not None:  # the calibration score: 90% for the favoured bits, 50% for the others; with a
-        # metric, the metric favours them and top-1 the others
+    if favour is not None:  # the calibration loss favours the favoured bits (0.5 against 1.0) and top-1 the
+        # others; with a metric, the metric favours them (90 against 50) and loss and top-1 the others
         def fake_evaluate(model, loader, device, loss_fn=None, health=None, metric=None):
             hit = BitConfig.from_model(model).to_dict() == favour(model)
             if metric is not None:
-                return {"test_top1": 50.0 if hit else 90.0, "test_loss": 1.0, "test_top5": 100.0,
+                return {"test_top1": 50.0 if hit else 90.0, "test_loss": 1.0 if hit else 0.5, "test_top5": 100.0,
                         "test_metric": 90.0 if hit else 50.0}
-            return {"test_top1": 90.0 if hit else 50.0, "test_loss": 1.0, "test_top5": 100.0}
+            return {"test_top1": 50.0 if hit else 90.0, "test_loss": 0.5 if hit else 1.0, "test_top5": 100.0}
 
         monkeypatch.setattr(race_module, "evaluate_loader", fake_evaluate)
     return proqha.search_bits(qmodel, train, calib, test, steps=3, target_cost=cost, target_bitops=bitops, ratio=1.0,
@@ -115,8 +115,8 @@ def test_the_race_keeps_the_winner_on_the_calibration_split(monkeypatch):
     assert "race" not in plain.steps[1] and plain.steps[1]["bits"] != _w2a4(plain.model)
 
     raced = _search(True, monkeypatch, favour=_w2a4, uniform_floor=False)
-    row = raced.steps[1]
-    assert row["selected"] == "uniform W2A4" and row["selected_margin"] == pytest.approx(40.0)
+    row = raced.steps[1]  # ranked by calibration loss, though top-1 favours the others; margin in loss
+    assert row["selected"] == "uniform W2A4" and row["selected_margin"] == pytest.approx(0.5)
     assert row["bits"] == _w2a4(raced.model) == BitConfig.from_model(raced.model).to_dict()
     rounds = row["race"]
     assert [r[0]["label"] for r in rounds] == ["uniform W2A4"] * len(rounds)
@@ -184,3 +184,18 @@ def test_with_a_metric_the_race_ranks_by_it(monkeypatch):
     row = raced.steps[1]
     assert row["selected"] == "uniform W2A4" and row["selected_margin"] == pytest.approx(40.0)
     assert all("calib_metric" in e for e in row["race"][0])
+
+
+def test_the_race_line_shows_what_the_race_ranked_by():
+    from proqha.cli.search_report import race_line
+
+    def entrant(label, loss, top1, **extra):
+        return {"label": label, "epochs": 1, "calib_top1": top1, "calib_loss": loss} | extra
+
+    row = {"step": 2, "selected": "uniform W2A4", "selected_margin": 0.125,
+           "race": [[entrant("uniform W2A4", 0.5, 70.0), entrant("uniform W3A3", 0.625, 80.0)]]}
+    assert race_line(row).endswith("uniform W2A4 loss 0.5000 (70.00%), uniform W3A3 loss 0.6250 (80.00%) -> "
+                                   "uniform W2A4 (loss 0.1250 below the runner-up's)")
+    row["race"] = [[entrant("a", 0.5, 70.0, calib_metric=61.0), entrant("b", 0.4, 80.0, calib_metric=60.0)]]
+    row["selected"], row["selected_margin"] = "a", 1.0
+    assert race_line(row).endswith("a 61.00, b 60.00 -> a (metric 1.00 points above the runner-up's)")

@@ -89,8 +89,15 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
 
 
 def race_line(row: dict) -> str:
-    """The final race of a step, one line: each round's calibration top-1 per entrant, then the winner."""
-    rounds = "; ".join(f"after {r[0]['epochs']} epochs " + ", ".join(f"{e['label']} {e['calib_top1']:.2f}" for e in r)
+    """The final race of a step, one line: each round's calibration score per entrant (what the race ranks
+    by: the metric, else the loss, with top-1 beside it), then the winner."""
+    by_metric = "calib_metric" in row["race"][0][0]
+
+    def score(e: dict) -> str:
+        return f"{e['calib_metric']:.2f}" if by_metric else f"loss {e['calib_loss']:.4f} ({e['calib_top1']:.2f}%)"
+
+    rounds = "; ".join(f"after {r[0]['epochs']} epochs " + ", ".join(f"{e['label']} {score(e)}" for e in r)
                        for r in row["race"])
-    return (f"step {row['step']:>3}  final race on the calibration split: {rounds} -> {row['selected']} "
-            f"(+{row['selected_margin']:.2f} points over the runner-up)")
+    margin = (f"metric {row['selected_margin']:.2f} points above" if by_metric
+              else f"loss {row['selected_margin']:.4f} below") + " the runner-up's"
+    return f"step {row['step']:>3}  final race on the calibration split: {rounds} -> {row['selected']} ({margin})"
