@@ -32,6 +32,12 @@ class Metric(Protocol):
     def value(self) -> float: ...
 
 
+def labelled(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Which positions count: every image of a classifier (255 is a class of ImageNet's), every pixel of a
+    dense prediction but those labelled ``IGNORE_INDEX``."""
+    return target != IGNORE_INDEX if logits.dim() > 2 else torch.ones_like(target, dtype=torch.bool)
+
+
 class PixelAccuracy:
     """Labelled positions whose argmax is their label (the first of tied logits, as a deployed argmax picks)."""
 
@@ -44,8 +50,8 @@ class PixelAccuracy:
         self.correct, self.seen = 0, 0
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        keep = labelled(logits, target).reshape(-1)
         logits, target = positions(logits, target)
-        keep = target != IGNORE_INDEX
         self.correct += int((logits.argmax(1)[keep] == target[keep]).sum())
         self.seen += int(keep.sum())
 
@@ -73,8 +79,9 @@ class MeanIoU:
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         classes = logits.shape[1]
+        keep = labelled(logits, target).reshape(-1)
         logits, target = positions(logits, target)
-        keep = (target != IGNORE_INDEX) & (target >= 0) & (target < classes)
+        keep &= (target >= 0) & (target < classes)
         pairs = target[keep].long() * classes + logits.argmax(1)[keep]
         counts = torch.bincount(pairs.cpu(), minlength=classes * classes).reshape(classes, classes)
         self.confusion = counts if self.confusion is None else self.confusion + counts

@@ -180,6 +180,27 @@ def test_mean_iou_and_pixel_accuracy_count_every_labelled_pixel():
     assert accuracy.value() == pytest.approx(100.0)
     with pytest.raises(OptionError, match="metric"):
         metric_of("dice")
+    top1 = metric_of("top1")  # a classifier's label 255 is a class (ImageNet has 1000), not "ignore"
+    scores = torch.zeros(2, 1000)
+    scores[:, IGNORE_INDEX] = 1
+    top1.update(scores, torch.tensor([IGNORE_INDEX, 3]))
+    assert top1.value() == pytest.approx(50.0)
+
+
+def test_bench_reports_a_dense_model_s_metric_per_engine():
+    """``proqha.bench(metric="miou")``: each row carries the metric in PyTorch and on its engine, beside top-1."""
+    torch.manual_seed(0)
+    net = proqha.OutputOf(TwoOutputs(), "out")
+    x = torch.randn(16, 3, 8, 8)
+    q = proqha.quantize(net, x, calib_data=[x])
+    with torch.no_grad():
+        masks = q.eval()(x).argmax(1)
+    masks[:, 0, 0] = 0  # a few labels the model gets wrong, so neither metric is 100
+    rows = proqha.bench(q, (3, 8, 8), batches=[1], engines=["ort"], test_data=[(x, masks)], iters=2, warmup=1,
+                        fp32=False, anchor=False, metric="miou")
+    assert len(rows) == 1 and rows[0]["metric"] == "miou"
+    assert 50 < rows[0]["torch_metric"] < 100 and abs(rows[0]["engine_metric"] - rows[0]["torch_metric"]) < 1
+    assert rows[0]["torch_metric"] != rows[0]["torch_top1"]
 
 
 class SharedHead(nn.Module):

@@ -17,6 +17,7 @@ from proqha.cost import CostReport, cost_report
 from proqha.deploy.latency import measure
 from proqha.deploy.runtime import ONNX_ENGINES, Runtime
 from proqha.errors import OptionError, ProqhaError, first_line
+from proqha.metrics import Metric, Top1
 
 SANITY_AGREEMENT = 95.0  # % top-1 agreement with PyTorch on the fixed sanity batch
 SANITY_BATCH = 64  # images in the sanity batch
@@ -209,14 +210,19 @@ def sanity(runtime: Runtime, model: nn.Module, x: np.ndarray, enforce: bool = Tr
     return agreement
 
 
-def accuracy(run: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 (%) of ``run`` over streamed test batches (per pixel for a dense prediction)."""
-    correct = seen = 0
+def accuracy(run: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             metric: Metric | None = None) -> tuple[float, float | None]:
+    """Top-1 (%) of ``run`` over streamed test batches (per labelled pixel for a dense prediction), and
+    ``metric``'s value over the same outputs (None without one)."""
+    top1 = Top1()
+    for m in (top1, metric) if metric is not None else (top1,):
+        m.reset()
     for x, y in batches:
-        out = run(x.numpy().astype(np.float32))
-        correct += int((out.argmax(1) == y.numpy()).sum())
-        seen += y.numel()
-    return 100.0 * correct / max(seen, 1)
+        out = torch.from_numpy(np.asarray(run(x.numpy().astype(np.float32))))
+        top1.update(out, y)
+        if metric is not None:
+            metric.update(out, y)
+    return top1.value(), None if metric is None else metric.value()
 
 
 @dataclass
@@ -235,10 +241,11 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
               make_runtime: Callable[[str, BenchModel], Runtime], sanity_batch: np.ndarray,
               test_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], input_size: tuple[int, ...],
               warmup: int = 5, iters: int | None = 50, seconds: float | None = None,
-              on_progress: Callable[[str], None] | None = None) -> BenchResult:
-    """Sanity-check, measure accuracy and time every (model, engine, batch); each row also carries the
-    size of the graph file the engine runs, its ratio to the fp32 graph's, and onnxruntime's memory for
-    the session (``ort_session_memory``, ort rows)."""
+              on_progress: Callable[[str], None] | None = None, metric: Metric | None = None) -> BenchResult:
+    """Sanity-check, measure accuracy (top-1, and ``metric`` where given: its name in ``metric``, its
+    values in ``torch_metric`` and ``engine_metric``) and time every (model, engine, batch); each row also
+    carries the size of the graph file the engine runs, its ratio to the fp32 graph's, and onnxruntime's
+    memory for the session (``ort_session_memory``, ort rows)."""
     from proqha.deploy.memory import ort_session_memory
 
     result = BenchResult(settings={"engines": engines, "batches": batches, "warmup": warmup, "iters": iters,
@@ -246,7 +253,7 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *input_size)).astype(np.float32) for b in batches}
     for bm in models:
-        torch_top1 = accuracy(lambda x: _torch_run(bm.model, x), test_batches())
+        torch_top1, torch_metric = accuracy(lambda x: _torch_run(bm.model, x), test_batches(), metric)
         session_bytes = ort_session_memory(bm.onnx) if "ort" in engines else None
         for engine in engines:
             if not bm.runs_on(engine):
@@ -256,7 +263,7 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
             runtime = make_runtime(engine, bm)
             result.devices.setdefault(engine, runtime.describe())
             agreement = sanity(runtime, bm.model, sanity_batch, enforce=not bm.anchor)
-            engine_top1 = accuracy(runtime.run, test_batches())
+            engine_top1, engine_metric = accuracy(runtime.run, test_batches(), metric)
             for b in batches:
                 stats = measure(runtime, inputs[b], warmup, iters, seconds)
                 result.rows.append({
@@ -266,7 +273,9 @@ def run_bench(models: list[BenchModel], engines: list[str], batches: list[int],
                     "file_bytes": None if bm.graph(engine) is None else len(bm.graph(engine)),
                     "ort_session_bytes": session_bytes if engine == "ort" else None,
                     "torch_top1": torch_top1, "engine_top1": engine_top1, "sanity_agreement": agreement,
-                    "quantized": bm.quantized, "anchor": bm.anchor})
+                    "quantized": bm.quantized, "anchor": bm.anchor}
+                    | ({"metric": metric.name, "torch_metric": torch_metric, "engine_metric": engine_metric}
+                       if metric is not None else {}))
     _speedups(result.rows)
     return result
 

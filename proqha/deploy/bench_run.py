@@ -38,6 +38,7 @@ from proqha.errors import OptionError
 from proqha.export.file_size import source_metadata
 from proqha.export.onnx_export import check_int8_kernels, check_weights
 from proqha.files import atomic_write_json, atomic_write_text, check_writable
+from proqha.metrics import Metric
 from proqha.options import default
 from proqha.recipe import load_model
 from proqha.runs import Picked, RunDir, pick_checkpoint
@@ -144,10 +145,10 @@ def bench_module(model: nn.Module, input_size: tuple[int, ...], data: Iterable[t
                  *, labelled: bool = True, engines: Sequence[str] = ("ort",), batches: Sequence[int] = (1, 8),
                  warmup: int = 5, iters: int = 50, seconds: float | None = None, threads: int | None = None,
                  fp32: bool = True, anchor: bool = True, torch_device: torch.device | None = None,
-                 warn: Note | None = None) -> list[dict[str, Any]]:
+                 warn: Note | None = None, metric: Metric | None = None) -> list[dict[str, Any]]:
     """Rows of a quantized module (labelled "model"), with its fp32 twin and anchor as ``bench_run`` times
     them; the sanity batch, the anchor's calibration and the accuracy come from ``data`` (with
-    ``labelled`` False the top-1 columns are None). Options are checked by the caller."""
+    ``labelled`` False the top-1 and metric columns are None). Options are checked by the caller."""
     warn = warn or (lambda line: warnings.warn(line, stacklevel=5))  # at the caller of bench_module
     chosen = bench_model("model", model, input_size, want_trt="trt" in engines)
     first = next(iter(data))[0]
@@ -158,10 +159,12 @@ def bench_module(model: nn.Module, input_size: tuple[int, ...], data: Iterable[t
                        lambda name, bm: make_runtime(name, bm, threads, torch_device, input_size,
                                                      engine_max_batch(batch_list)),
                        first[:SANITY_BATCH].cpu().numpy(), lambda: data, input_size, warmup,
-                       None if seconds else iters, seconds)
+                       None if seconds else iters, seconds, metric=metric)
     if not labelled:
         for row in result.rows:
             row["torch_top1"] = row["engine_top1"] = None
+            if metric is not None:
+                row["torch_metric"] = row["engine_metric"] = None
     return result.rows
 
 
