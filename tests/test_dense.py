@@ -316,11 +316,15 @@ def test_the_cli_trains_searches_exports_and_benches_a_segmenter_on_masks(tmp_pa
         metrics = [json.loads(line) for line in (tmp_path / "runs/train-1/metrics.jsonl").read_text().splitlines()]
         assert 50 < metrics[-1]["test_top1"] <= 100  # pixel accuracy
         ok(["search", "--steps", "1", "--candidates", "2", "--finetune-epochs", "1", "--final-epochs", "0"])
-        ok(["export"])
+        ok(["export", "--dynamic-size"])
         exported = next((tmp_path / "runs/search-1/export").glob("*.onnx"))
         report = json.loads(exported.with_suffix(".parity.json").read_text())
         ort = next(p for p in report["parity"] if p["runtime"] == "onnxruntime")
         assert ort["samples"] == 64 * 32 * 32 and ort["agreement_ties"] >= 99.5
+        other = next(p for p in report["parity"] if p["runtime"] == "onnxruntime at 3x64x96")
+        assert other["samples"] == 64 * 64 * 96 and other["agreement_ties"] >= 99.5  # one batch, resized
+        dims = onnx.load(exported).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param for d in dims[2:]] == ["height", "width"]
         ok(["parity", str(exported)])
         ok(["bench", "--iters", "3", "--batch", "1", "--warmup", "1", "--samples", "16"])
         rows = json.loads((tmp_path / "runs/search-1/bench/bench.json").read_text())["rows"]
@@ -331,3 +335,67 @@ def test_the_cli_trains_searches_exports_and_benches_a_segmenter_on_masks(tmp_pa
     finally:
         sys.modules.pop(name, None)
         sys.modules.pop("segmentation", None)
+
+
+class GatedSegmenter(nn.Module):
+    """A small LR-ASPP: a stride-2 body, a pooled gate (1x1, broadcast multiply), a GroupNorm, scores
+    upsampled back to the input's size read from ``x.shape``: nothing in it fixes the size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 8, 1), nn.Sigmoid())
+        self.scores = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        return F.interpolate(self.scores(y * self.gate(y)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _dynamic_case(net: nn.Module, size: int) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = quantize_model(net, QuantConfig(bits=8), (3, size, size))
+    x = torch.randn(24, 3, size, size)
+    calibrate_bn(model, x[:8])
+    return model.eval(), x[8:]
+
+
+@pytest.mark.parametrize("net, out_dims", [(GatedSegmenter, ["batch", 4, "height", "width"]),
+                                           (lambda: SharedHead(), ["batch", 3, "out_2"])])
+def test_a_dynamic_size_graph_runs_at_any_size_as_its_static_export_does(net, out_dims):
+    """``dynamic_size``: height and width are dynamic in the graph, the upsampling's size and the detector's
+    flattened anchors are read at run time, and at sizes other than the traced one the graph computes
+    exactly what a static export at that size computes; validation measured it at a second size too."""
+    model, x = _dynamic_case(net(), 16)
+    proto, info = export_onnx(model, (3, 16, 16), dynamic_size=True)
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(proto.graph.input[0]) == ["batch", 3, "height", "width"] and dims(proto.graph.output[0]) == out_dims
+    report = validate_export(proto, info, model, [(x, torch.zeros(len(x), dtype=torch.long))], reference=False)
+    assert report.ok, report.failures
+    assert [p.runtime for p in report.parity] == ["onnxruntime", "onnxruntime at 3x32x48"]
+    session = ort_session(proto.SerializeToString())
+    for h, w in [(24, 40), (13, 9)]:
+        xx = F.interpolate(x[:4], size=(h, w), mode="bilinear")
+        static = ort_session(export_onnx(model, (3, h, w))[0].SerializeToString())
+        out = session.run(None, {"input": xx.numpy()})[0]
+        with torch.no_grad():
+            assert out.shape == tuple(model(xx).shape)
+        assert np.array_equal(out, static.run(None, {"input": xx.numpy()})[0])
+
+
+class PooledTo2x2(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.pool, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.pool(self.conv(x)).flatten(1))
+
+
+def test_a_size_the_graph_would_fix_refuses_a_dynamic_size_in_one_line():
+    model, _ = _dynamic_case(PooledTo2x2(), 8)
+    export_onnx(model, (3, 8, 8))  # a fixed size exports
+    with pytest.raises(ProqhaError, match=r"cannot export adaptive pooling to a size other than 1x1 pool with "
+                                          r"a dynamic height and width: it is written for the traced input size"):
+        export_onnx(model, (3, 8, 8), dynamic_size=True)

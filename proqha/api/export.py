@@ -16,7 +16,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, input_size: InputSize,
                 parity_data: Iterable[Batch] | None = None, *, profile: str = default(ExportConfig, "profile"),
                 int8_kernels: str = default(ExportConfig, "int8_kernels"),
                 weights: str = default(ExportConfig, "weights"), check: bool = default(ExportConfig, "check"),
-                reference: bool = True) -> Any:
+                reference: bool = True, dynamic_size: bool = default(ExportConfig, "dynamic_size")) -> Any:
     """Write ``qmodel`` as a QDQ ONNX graph (dynamic batch) to ``path``, validated first.
 
     ``input_size``: (C, H, W), or an example batch. Validation runs the ONNX checker, weight-range and
@@ -25,7 +25,9 @@ def export_onnx(qmodel: nn.Module, path: str | Path, input_size: InputSize,
     batches; default 64 seeded random inputs, whose accuracy figures mean nothing). ``profile``: "ort"
     (exact, rules enforced) or "trt" (TensorRT's int8-only form and graph rules; parity measured only).
     ``weights``: "packed" (2-bit weights as INT2, 3/4-bit as INT4: opset 25/21, the same int8 kernels) or
-    "int8" (opset 19).
+    "int8" (opset 19). ``dynamic_size``: height and width dynamic too (a network that runs at any size),
+    parity measured at twice the size as well (the parity data resized); refused in one line naming the
+    operator that fixes the size.
     The file's metadata holds its size and its ratio to the fp32 graph's. Returns the
     ``ValidationReport`` (None with ``check=False``); the file (and ``<stem>.parity.json`` beside it) is
     written atomically only when it passes, else ``ExportError`` lists the failures (its
@@ -38,4 +40,5 @@ def export_onnx(qmodel: nn.Module, path: str | Path, input_size: InputSize,
     if check:
         batches = parity_data if parity_data is not None else random_batches(size, model_device(qmodel))
     return export_model(qmodel, path, size, batches, profile=profile, int8_kernels=int8_kernels, weights=weights,
-                        check=check, reference=reference, metadata={"proqha.source": "python api"}).report
+                        check=check, reference=reference, metadata={"proqha.source": "python api"},
+                        dynamic_size=dynamic_size).report

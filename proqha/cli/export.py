@@ -28,8 +28,9 @@ def export(
     device: Annotated[str, declared_option(ExportConfig, "device")] = default(ExportConfig, "device"),
     int8_kernels: Annotated[str, declared_option(ExportConfig, "int8_kernels")] = default(ExportConfig, "int8_kernels"),
     weights: Annotated[str, declared_option(ExportConfig, "weights")] = default(ExportConfig, "weights"),
+    dynamic_size: Annotated[bool, declared_option(ExportConfig, "dynamic_size")] = default(ExportConfig, "dynamic_size"),
 ) -> None:
     """Export a quantized model as a QDQ ONNX graph that computes what was trained, and prove it."""
     export_and_report(ExportConfig(run=run, step=step, best_under_cost=best_under_cost, fmt=fmt, profile=profile,
                                    out=out, check=check, samples=samples, force=force, device=device,
-                                   int8_kernels=int8_kernels, weights=weights))
+                                   int8_kernels=int8_kernels, weights=weights, dynamic_size=dynamic_size))

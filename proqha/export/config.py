@@ -37,6 +37,8 @@ class ExportConfig:
     weights: str = option("packed", "packed: 2-bit weights as INT2, 3/4-bit as INT4 (opset 21/25, widened at load "
                                     "into the same int8 kernels); int8: int8 everywhere (opset 19, for runtimes "
                                     "that cannot read packed types). The trt profile stores int8.")
+    dynamic_size: bool = option(False, "Height and width dynamic too, as the batch is (a network that runs at any "
+                                       "size: a segmenter, a detector's heads); checked at twice the size as well.")
 
     def resolved(self) -> ExportConfig:
         """A copy with every option checked (OptionError naming the first bad one) and the profile its

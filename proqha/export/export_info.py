@@ -42,6 +42,7 @@ class ExportInfo:
     quant_adds: int = 0
     matmuls: int = 0  # tensor products with both inputs quantized (attention)
     output_scale: float | None = None  # the output's grid step (through upsampling and reshapes after it)
+    other_size: tuple[int, ...] | None = None  # with a dynamic height and width: the second size checked
 
     @property
     def opset(self) -> int:

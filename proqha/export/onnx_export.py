@@ -90,7 +90,8 @@ def loads_in(opset: int) -> str:
 
 @torch.no_grad()
 def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "ort", quantized: bool = True,
-                int8_kernels: str = "portable", weights: str = "packed") -> tuple[onnx.ModelProto, ExportInfo]:
+                int8_kernels: str = "portable", weights: str = "packed", dynamic_size: bool = False
+                ) -> tuple[onnx.ModelProto, ExportInfo]:
     """Write ``model`` (a quantized twin from ``quantize_model``) as an ONNX graph.
 
     ``profile`` picks how activation grids are written (see ``proqha.export.qdq``); ``quantized=False``
@@ -103,7 +104,11 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
     int32 (``EXACT_ON``), and is recorded as portable when every layer fits int16 anyway.
     ``weights="packed"`` (default, ``ort`` profile) stores 2-bit grids as INT2 and 3/4-bit grids as INT4,
     widened by nodes onnxruntime folds at load (the same kernels and outputs as ``"int8"``); the graph's
-    opset is the lowest that reads its types (19, 21 with INT4, 25 with INT2). The model is put in eval mode. Returns the model proto and what validation needs to know about it.
+    opset is the lowest that reads its types (19, 21 with INT4, 25 with INT2). ``dynamic_size``: height
+    and width (every dimension after the channels) are dynamic too, as the batch always is; the model is
+    traced at a second size (``other_size``) as well, and an operator whose written size would hold at
+    the traced one only is refused. The model is put in eval mode. Returns the model proto and what
+    validation needs to know about it.
     """
     check_profile(profile)
     check_int8_kernels(int8_kernels)
@@ -120,8 +125,34 @@ def export_onnx(model: nn.Module, input_size: tuple[int, ...], profile: str = "o
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ProqhaError(f"the model cannot run on input size {tuple(input_size)}: {first_line(exc)}") from None
     writer = GraphWriter(model, profile, quantized, int8_kernels, weights)
+    if dynamic_size:
+        writer.info.other_size = other_size(input_size)
+        writer.other_shapes = other_shapes(model, writer, writer.info.other_size, device)
     # every node's output shape (for reshapes, N-d linears), and the values of the constants it writes
     ShapeProbe(model, writer.constants).propagate(probe)
     proto = writer.run(tuple(input_size), output_size)
     writer.info.int8_kernels = writer.grids.recorded_int8_kernels(proto, quantized)
     return proto, writer.info
+
+
+def other_size(input_size: tuple[int, ...]) -> tuple[int, ...]:
+    """The second size a dynamic-size graph is traced and checked at: the spatial dimensions times 2, 3, ...
+    (sizes every stride of the traced ones divides too; distinct factors, so that a square input's height
+    and width still tell apart, which a reshape reading them at run time needs)."""
+    if len(input_size) < 2:
+        raise OptionError("dynamic_size", f"needs an input with spatial dimensions, got input size {tuple(input_size)}")
+    return (input_size[0], *((i + 2) * s for i, s in enumerate(input_size[1:])))
+
+
+def other_shapes(model: fx.GraphModule, writer: GraphWriter, size: tuple[int, ...], device: torch.device
+                 ) -> dict[fx.Node, list[tuple[int, ...]]]:
+    """Every node's output shapes with the model run at ``size``; a model that cannot run there is refused
+    in one line (its height and width cannot be dynamic)."""
+    probe = torch.zeros(PROBE_BATCH, *size, device=device)
+    try:
+        model(probe)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ProqhaError(f"a dynamic height and width need a model that runs at other sizes; at input size {size} "
+                          f"it fails: {first_line(exc)}") from None
+    ShapeProbe(model, writer.constants).propagate(probe)
+    return {n: writer.shapes(n) for n in model.graph.nodes if n.meta.get("tensor_meta") is not None}

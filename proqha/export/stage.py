@@ -99,7 +99,8 @@ def export_model(model: nn.Module, path: str | Path, input_size: tuple[int, ...]
                  int8_kernels: str = default(ExportConfig, "int8_kernels"),
                  weights: str = default(ExportConfig, "weights"), check: bool = default(ExportConfig, "check"),
                  reference: bool = True, metadata: dict[str, str] | None = None,
-                 checkpoint: Path | None = None, class_names: Sequence[str] | None = None) -> ExportResult:
+                 checkpoint: Path | None = None, class_names: Sequence[str] | None = None,
+                 dynamic_size: bool = default(ExportConfig, "dynamic_size")) -> ExportResult:
     """Export ``model`` (a quantized twin; for ``fmt="onnx-fp32"`` its float twin is written) to ``path``.
 
     ``input_size``: (C, H, W). Builds the graph (``export_onnx``) and its metadata (``metadata``: where it
@@ -108,6 +109,7 @@ def export_model(model: nn.Module, path: str | Path, input_size: tuple[int, ...]
     For ``fmt="trt"`` the engine is built next, before anything is written; then the file, its parity
     report (naming ``checkpoint`` as the source) and the engine are written atomically. ``class_names``:
     the names of the outputs, written to the metadata as ``class_names`` (a JSON list), after ``metadata``.
+    ``dynamic_size``: height and width dynamic as well (``export_onnx``), parity checked at both sizes.
     """
     from proqha.export import validate
     from proqha.export.file_size import add_metadata, class_names_metadata
@@ -128,7 +130,7 @@ def export_model(model: nn.Module, path: str | Path, input_size: tuple[int, ...]
 
         model = float_twin(model)
     proto, info = export_onnx(model, input_size, profile=profile, quantized=quantized, int8_kernels=int8_kernels,
-                              weights=weights)
+                              weights=weights, dynamic_size=dynamic_size)
     data = add_metadata(proto, model, info, input_size, (metadata or {}) | class_names_metadata(class_names), fmt)
     if info.rules.trt_graph:
         from proqha.deploy.trt_check import check_trt_graph
@@ -208,6 +210,7 @@ def export_run(config: ExportConfig) -> ExportResult:
     batches = checkpoint_test_loader(state, c.samples) if c.check else None
     result = export_model(model, out, state.input_size, batches, fmt=c.fmt, profile=c.profile,
                           int8_kernels=c.int8_kernels, weights=c.weights, check=c.check,
-                          metadata=source_metadata(state, checkpoint, step), checkpoint=checkpoint)
+                          metadata=source_metadata(state, checkpoint, step), checkpoint=checkpoint,
+                          dynamic_size=c.dynamic_size)
     result.step = step
     return result

@@ -6,6 +6,7 @@ written file by the rules its metadata says it was written under.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from collections import Counter
@@ -224,11 +225,34 @@ def validate_export(proto: onnx.ModelProto, info: ExportInfo, model: torch.nn.Mo
     failures = check_graph(proto) + check_weight_ranges(proto, info)
     cpu = cpu_int8_path()
     kernels = ort_kernels(model_bytes)
-    results = parity(model, model_bytes, batches, info.output_scale, reference)
+    stream = iter(batches)
+    first = next(stream, None)
+    results = parity(model, model_bytes, [] if first is None else itertools.chain([first], stream),
+                     info.output_scale, reference)
     failures += rule_failures(rules, proto, results, info.output_scale is not None, info.int8_kernels,
                               check_kernels(kernels, info, feeding_float_layers(proto, info)))
+    if info.other_size is not None and first is not None:
+        other, other_failures = parity_at(info.other_size, model, model_bytes, first, info.output_scale)
+        results.append(other)
+        failures += other_failures if rules.exact else []
     return ValidationReport(failures, kernels, results, sum(1 for v in info.layers.values() if v.initializer),
                             pair_sum_bounds(proto) if info.quantized else [], cpu, info.int8_kernels)
+
+
+def parity_at(size: tuple[int, ...], model: torch.nn.Module, model_bytes: bytes, batch: tuple[torch.Tensor, Any],
+              output_step: float | None) -> tuple[Parity, list[str]]:
+    """A dynamic-size graph's parity at a second input ``size``: the batch's images resized to it (linear),
+    run by PyTorch and onnxruntime, judged by the same rules (per pixel for a dense output: labels at the
+    traced size are not counted); the result, named "onnxruntime at CxHxW", and its failures so named."""
+    x, y = batch
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size) - 1]
+    resized = torch.nn.functional.interpolate(x.float(), size=tuple(size[1:]), mode=mode, align_corners=False)
+    labels = y if y.dim() == 1 else torch.full((len(x),), -1)
+    result = parity(model, model_bytes, [(resized, labels)], output_step, reference=False)[0]
+    name = "onnxruntime at " + "x".join(map(str, size))
+    failures = [f"{name}: " + f.split(": ", 1)[1] for f in check_parity([result], output_step is not None)]
+    result.runtime = name
+    return result, failures
 
 
 def file_metadata(proto: onnx.ModelProto) -> dict[str, str]:

@@ -63,6 +63,8 @@ class GraphWriter:
         self.probe_batch = PROBE_BATCH
         self._batch: str | None = None  # the graph input's batch size, once a handler needs it
         self.constants = constant_nodes(model.graph)
+        # with a dynamic height and width: every node's output shapes at a second input size (``varies``)
+        self.other_shapes: dict[fx.Node, list[tuple[int, ...]]] | None = None
 
     # -- helpers ----------------------------------------------------------------------------------
     def act(self, x: str, quantizer: nn.Module, base: str) -> str:
@@ -218,6 +220,28 @@ class GraphWriter:
     def shape(self, node: fx.Node) -> tuple[int, ...]:
         return self.shapes(node)[0]
 
+    def varies(self, node: fx.Node) -> bool:
+        """Whether the graph has a dynamic height and width and ``node``'s output shape follows them (it
+        differs at the second probe size): then a size written from the traced shape would be wrong."""
+        return self.other_shapes is not None and self.other_shapes.get(node) != self.shapes(node)
+
+    def varying_dims(self, node: fx.Node) -> list[int]:
+        """The dimensions of ``node``'s (first) output that follow the input's height and width."""
+        if self.other_shapes is None or node not in self.other_shapes:
+            return []
+        return [i for i, (a, b) in enumerate(zip(self.shape(node), self.other_shapes[node][0])) if a != b]
+
+    def fixed_size(self, node: fx.Node, what: str, reads: fx.Node | None = None) -> None:
+        """Refuse a dynamic height and width where ``node`` would write a size traced at one input size (its
+        own output's, or that of the tensor it ``reads``)."""
+        if self.varies(reads if reads is not None else node):
+            raise ProqhaError(f"cannot export {what} {node.name} with a dynamic height and width: it is written "
+                              "for the traced input size; export with a fixed size (dynamic_size off)")
+
+    def shape_of(self, x: str, name: str, start: int = 0, end: int | None = None) -> str:
+        """A Shape node of tensor ``x`` (dimensions ``start`` to ``end``): sizes known at run time only."""
+        return self.b.node("Shape", [x], name, start=start, **({} if end is None else {"end": end}))
+
     def value(self, v: Any, name: str = "const") -> str | None:
         """The tensor name of a node argument, or a constant for a Python number (None stays None)."""
         if v is None:
@@ -295,5 +319,35 @@ class GraphWriter:
             else:
                 raise ProqhaError(f"cannot export graph node {node.name} ({node.op})")
         self.b.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT_NAME], name=OUTPUT_NAME))
-        return self.b.model(INPUT_NAME, ["batch", *input_size], OUTPUT_NAME, ["batch", *output_size],
-                            self.info.opset)
+        dims_in, dims_out = ["batch", *input_size], ["batch", *output_size]
+        if self.other_shapes is not None:
+            dims_in, dims_out = dynamic_dims(self.other_shapes, self.model.graph, dims_in, dims_out)
+        return self.b.model(INPUT_NAME, dims_in, OUTPUT_NAME, dims_out, self.info.opset)
+
+
+SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
+
+
+def dynamic_dims(other: dict[fx.Node, list[tuple[int, ...]]], graph: fx.Graph, dims_in: list[Any],
+                 dims_out: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The graph input's and output's dimensions with a dynamic height and width: the input's spatial ones
+    named (``height``, ``width``), an output dimension that follows them named like the input's it equals
+    at both probe sizes (a segmenter's map), else ``out_<i>`` (a detector's anchor count)."""
+    placeholder = next(n for n in graph.nodes if n.op == "placeholder")
+    output = next(n for n in graph.nodes if n.op == "output").args[0]
+    in_other, out_other = other[placeholder][0], other[output][0]
+    spatial = len(dims_in) - 2
+    names = SPATIAL_NAMES.get(spatial, tuple(f"spatial_{i}" for i in range(spatial)))
+    symbols = {}  # input dimension -> its name
+    new_in = list(dims_in)
+    for i, name in zip(range(2, len(dims_in)), names):
+        new_in[i] = name
+        symbols[i] = (dims_in[i], in_other[i], name)
+    new_out = list(dims_out)
+    for i in range(1, len(dims_out)):
+        if dims_out[i] == out_other[i]:
+            continue
+        same = [name for j, (a, b, name) in sorted(symbols.items(), key=lambda kv: kv[0] != i)  # same place first
+                if (a, b) == (dims_out[i], out_other[i])]
+        new_out[i] = same[0] if same else f"out_{i}"
+    return new_in, new_out

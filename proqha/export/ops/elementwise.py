@@ -121,8 +121,9 @@ def group_norm(w, node: fx.Node) -> str:
     eps = w.b.const(f"{name}.eps", np.array(mod.eps, np.float32))
     normed = w.b.node("Div", [centred, w.b.node("Sqrt", [w.b.node("Add", [var, eps], f"{name}.var_eps")],
                                                  f"{name}.std")], f"{name}.normed")
-    y = w.b.node("Reshape", [normed, w.b.const(f"{name}.shape", np.array([0, *shape[1:]], np.int64))],
-                 f"{name}.ungrouped")
+    back = w.shape_of(x, f"{name}.in_shape") if w.varies(node) else w.b.const(
+        f"{name}.shape", np.array([0, *shape[1:]], np.int64))
+    y = w.b.node("Reshape", [normed, back], f"{name}.ungrouped")
     if not mod.affine:
         return y
     per_channel = [shape[1]] + [1] * (len(shape) - 2)

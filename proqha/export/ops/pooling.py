@@ -55,6 +55,9 @@ def global_pool(w, node: fx.Node) -> str:
     x, name = x_of(w, node), w.base(node)
     if out_hw == [1, 1]:
         return w.b.node("GlobalAveragePool", [x], name)
+    if w.varies(node.args[0]) and (w.shapes(node) != w.shapes(node.args[0])
+                                   or w.other_shapes.get(node) != w.other_shapes.get(node.args[0])):
+        w.fixed_size(node, "adaptive pooling to a size other than 1x1", node.args[0])  # kernels follow the size
     if out_hw == in_hw:
         return x
     if all(i % o == 0 for i, o in zip(in_hw, out_hw)):

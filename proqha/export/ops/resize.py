@@ -44,8 +44,36 @@ def resize(w, node: fx.Node, x: str, scale_factor: Any, mode: str, align_corners
         factors = list(scale_factor) if isinstance(scale_factor, (tuple, list)) else [scale_factor] * (len(shape_in) - 2)
         scales = w.b.const(f"{name}.scales", np.array([1.0, 1.0, *map(float, factors)], np.float32))
         return w.b.node("Resize", [x, "", scales], name, **attrs)
+    if w.varies(node):  # the size follows the input's: read it at run time from the tensor it was taken from
+        spatial = len(shape_out) - 2
+        source = size_source(w, node, spatial)
+        if source is None:
+            w.fixed_size(node, "interpolate")
+        sizes = w.b.node("Concat", [w.shape_of(x, f"{name}.batch_channels", 0, 2),
+                                    w.shape_of(w.env[source], f"{name}.size", -spatial)], f"{name}.sizes", axis=0)
+        return w.b.node("Resize", [x, "", "", sizes], name, **attrs)
     sizes = w.batch_shape(list(shape_out[1:]), name)
     return w.b.node("Resize", [x, "", "", sizes], name, **attrs)
+
+
+def size_source(w, node: fx.Node, spatial: int) -> fx.Node | None:
+    """The tensor whose shape gave an upsampling its output size (``x.shape[-2:]``, ``feature.size()[2:]``):
+    an ancestor of the size argument whose last ``spatial`` dimensions equal the output's at both probe
+    sizes; None when there is none."""
+    size = node.args[1] if len(node.args) > 1 else node.kwargs.get("size")
+    want = [w.shape(node)[-spatial:], w.other_shapes[node][0][-spatial:]]
+    stack = [a for a in (size if isinstance(size, (tuple, list)) else [size]) if isinstance(a, fx.Node)]
+    seen: set[fx.Node] = set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.meta.get("tensor_meta") is not None and n in w.env and n in w.other_shapes and [
+                w.shape(n)[-spatial:], w.other_shapes[n][0][-spatial:]] == want:
+            return n
+        stack.extend(n.all_input_nodes)
+    return None
 
 
 def interpolate(w, node: fx.Node) -> str:

@@ -12,12 +12,41 @@ from proqha.export.ops.args import arg, axis_of, rank_of, x_of
 # --- shapes -------------------------------------------------------------------------------------
 
 def reshape_to(w, x: str, node: fx.Node, name: str) -> str:
-    """Reshape to the node's propagated shape, the batch dimension left free (-1)."""
+    """Reshape to the node's propagated shape, the batch dimension left free (-1); with a dynamic height
+    and width, every dimension that follows them read at run time from the input's dimension of the same
+    sizes at both probe sizes (``dynamic_target``)."""
     shape = list(w.shape(node))
     if not shape or shape[0] != w.probe_batch:
         raise ProqhaError(f"cannot export reshape {node.name}: its output does not keep the batch dimension first")
-    target = w.b.const(f"{name}.shape", np.array([-1, *shape[1:]], np.int64))
-    return w.b.node("Reshape", [x, target], name)
+    if w.varying_dims(node):
+        return w.b.node("Reshape", [x, dynamic_target(w, node, name)], name)
+    return w.b.node("Reshape", [x, w.b.const(f"{name}.shape", np.array([-1, *shape[1:]], np.int64))], name)
+
+
+def dynamic_target(w, node: fx.Node, name: str) -> str:
+    """The target shape of a reshape whose output follows the input's height and width, built at run time:
+    the batch and each such dimension taken from the reshaped tensor's shape (the dimension with the same
+    sizes at both probes), the others as traced, and one that matches none (a flattened map) left to -1."""
+    source = node.args[0]
+    shape, other = w.shape(node), w.other_shapes[node][0]
+    src_shape, src_other = w.shape(source), w.other_shapes[source][0]
+    src_shape_name = w.shape_of(w.env[source], f"{name}.source_shape")
+    pieces, free = [], 0
+    for i, (a, b) in enumerate(zip(shape, other)):
+        if i == 0 or a != b:
+            found = next((j for j, pair in enumerate(zip(src_shape, src_other)) if pair == (a, b) and (j == 0) == (i == 0)),
+                         None)
+            if found is not None:
+                pieces.append(w.b.node("Slice", [src_shape_name, *(w.b.const(f"{name}.{k}{i}", np.array([v], np.int64))
+                                                                   for k, v in (("at", found), ("to", found + 1)))],
+                                       f"{name}.dim{i}"))
+                continue
+            free += 1
+            if free > 1:
+                w.fixed_size(node, "reshape")
+            a = -1
+        pieces.append(w.b.const(f"{name}.dim{i}", np.array([a], np.int64)))
+    return w.b.node("Concat", pieces, f"{name}.target", axis=0)
 
 
 def reshape(w, node: fx.Node) -> str:
@@ -40,6 +69,8 @@ def transpose(w, node: fx.Node) -> str:
 def chunk(w, node: fx.Node) -> list[str]:
     """chunk/split along one axis: a Split with one output per piece (getitem picks them)."""
     dim = axis_of(w, node.args[0], arg(node, 2, "dim", 0))
+    if dim in w.varying_dims(node.args[0]):
+        w.fixed_size(node, "split along a spatial axis", node.args[0])
     sizes = [s[dim] for s in w.shapes(node)]
     split = w.b.const(f"{w.base(node)}.split", np.array(sizes, np.int64))
     return w.b.multi("Split", [x_of(w, node), split], w.base(node), len(sizes), axis=dim)
@@ -102,6 +133,7 @@ def roll(w, node: fx.Node) -> str:
     if len(shifts) != len(dims):
         raise ProqhaError(f"cannot export roll {node.name}: it needs one dim per shift")
     x, name, shape = x_of(w, node), w.base(node), w.shape(node)
+    w.fixed_size(node, "roll")
     for shift, dim in zip(shifts, dims):
         dim = dim % len(shape)
         cut = (-shift) % shape[dim]
@@ -119,6 +151,7 @@ def patch_merging_pad(w, node: fx.Node) -> str:
     """torchvision Swin's patch merging (..., H, W, C) -> (..., H/2, W/2, 4C): zero pad to even H and W,
     then the four strided 2x2 phases (rows, columns) = (0, 0), (1, 0), (0, 1), (1, 1) concatenated."""
     x, name, shape = x_of(w, node), w.base(node), w.shape(node.args[0])
+    w.fixed_size(node, "patch merging", node.args[0])
     rank, (h, wd) = len(shape), shape[-3:-1]
     if h % 2 or wd % 2:
         ends = [0] * rank
@@ -137,6 +170,7 @@ def expand(w, node: fx.Node) -> str:
     shape = list(w.shape(node))
     if shape[0] != w.probe_batch:
         raise ProqhaError(f"cannot export expand {node.name}: its output does not keep the batch dimension first")
+    w.fixed_size(node, "expand")
     return w.b.node("Expand", [x_of(w, node), w.batch_shape(shape[1:], w.base(node))], w.base(node))
 
 
