@@ -2,7 +2,7 @@
 kernels, parity and latency, one row each.
 
     python benchmarks/zoo.py [--models resnet18,convnext_tiny] [--size 64] [--bits 8|mixed] [--iters 20]
-    python benchmarks/zoo.py --task segmentation|detection [--size 128] [--reference]
+    python benchmarks/zoo.py --task segmentation|detection [--size 128] [--reference] [--dynamic-size]
 
 Every classification model in ``torchvision.models`` (random weights, 10 classes, nothing downloaded),
 its quantizer ranges and BatchNorm statistics set on 8 random images (two passes at the default momentum:
@@ -21,7 +21,9 @@ steps of the grid before the final upsampling). Exact statistics make these deep
 each quantized tensor fed onnxruntime's own input, at most one step off).
 With ``--task detection``: the backbone and head of RetinaNet (v1, v2), FCOS and SSDlite
 (``proqha.DetectionHeads``: (batch, classes + 4 (+ 1), anchors), box decoding left out), judged the same way;
-their output concatenates several grids, so it has no output steps.
+their output concatenates several grids, so it has no output steps. ``--dynamic-size`` also exports each with
+a dynamic height and width and requires its outputs at 1.5 x 2 times the size to equal, bit for bit, those of
+a static export at that size.
 Exits 1 if a model that exports misses the zoo rules: every conv/linear/matmul in an int8 kernel, no int16
 pair overflow possible, top-1 agreement >= min(90%, the floor's) and a mean logit difference
 <= max(1, the floor's) output steps. The export's own rules (>= 99% of logits within 2 steps) are
@@ -278,9 +280,10 @@ def _median_ms(session, x: np.ndarray, iters: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classification", reference: bool = False
-            ) -> dict:
-    """Convert, export, validate and time one model; a refusal is recorded with its one-line reason."""
+def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classification", reference: bool = False,
+            dynamic: bool = False) -> dict:
+    """Convert, export, validate and time one model; a refusal is recorded with its one-line reason. With
+    ``dynamic``, the dynamic-size export is checked too (``dynamic_difference``, a miss unless 0)."""
     dense = task != "classification"
     s = size if dense else input_size(name, size)
     row = {"model": name, "size": s, "converted": False, "exported": False}
@@ -303,6 +306,15 @@ def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classifica
             "agreement": ort.agreement_ties,
             "max_steps": ort.max_steps, "mean_steps": ort.mean_steps, "ok": not failures, "failures": failures,
             "export_rules": report.ok, "reference": report.parity[1] if reference else None}
+    if dynamic:
+        try:
+            row["dynamic_diff"] = dynamic_difference(q, x, s)
+        except ProqhaError as exc:
+            row["failures"].append(f"dynamic size refused: {exc}")
+        else:
+            if row["dynamic_diff"] != 0:
+                row["failures"].append(f"dynamic size: {row['dynamic_diff']:.3g} off the static export")
+        row["ok"] = not row["failures"]
     if iters:
         fp32, _ = export_onnx(float_twin(q), (3, s, s), quantized=False)
         sessions = [_session(p) for p in (proto, fp32)]
@@ -312,6 +324,16 @@ def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classifica
         int8_ms, fp32_ms = _median_ms(sessions[0], one, iters), _median_ms(sessions[1], one, iters)
         row |= {"int8_ms": int8_ms, "fp32_ms": fp32_ms}
     return row
+
+
+def dynamic_difference(q: torch.nn.Module, x: torch.Tensor, size: int) -> float:
+    """The graph exported with a dynamic height and width at ``size``, run at 1.5 x 2 times that size, against
+    a static export at that size: the largest difference of their outputs (0 when they agree bit for bit)."""
+    other = (size * 3 // 2, size * 2)
+    dynamic = _session(export_onnx(q, (3, size, size), dynamic_size=True)[0])
+    static = _session(export_onnx(q, (3, *other))[0])
+    xx = torch.nn.functional.interpolate(x[:2], size=other, mode="bilinear").numpy()
+    return float(np.abs(dynamic.run(None, {"input": xx})[0] - static.run(None, {"input": xx})[0]).max())
 
 
 TASKS = {"classification": (classifiers, calibrated_model), "segmentation": (segmenters, calibrated_segmenter),
@@ -328,6 +350,9 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--reference", action="store_true", help="also measure parity in the ONNX reference evaluator "
                                                              "(reported, not a zoo rule)")
+    ap.add_argument("--dynamic-size", action="store_true", help="also export with a dynamic height and width and "
+                                                                "require its outputs at 1.5 x 2 times the size to "
+                                                                "equal a static export's there")
     args = ap.parse_args()
     size = args.size or (64 if args.task == "classification" else 128)
     names = args.models.split(",") if args.models else TASKS[args.task][0]()
@@ -335,7 +360,7 @@ def main() -> int:
           f"{'mean':>5} {'floor':>5} {'f.agr':>6} {'layer':>5} {'rules':>5} {'int8 ms':>8} {'fp32 ms':>8} {'ratio':>6}  note")
     misses = 0
     for name in names:
-        r = zoo_row(name, size, args.bits, args.iters, args.task, args.reference)
+        r = zoo_row(name, size, args.bits, args.iters, args.task, args.reference, args.dynamic_size)
         if not r["exported"]:
             print(f"{name:<22} {r['size']:>4} {'yes' if r['converted'] else 'no':>4} {'no':>6}  refused: {r['reason']}",
                   flush=True)
@@ -355,6 +380,9 @@ def main() -> int:
             ref = r["reference"]
             steps = "" if ref.max_steps is None else f", max {ref.max_steps:.1f} / mean {ref.mean_steps:.2f} steps"
             print(f"{'':<22} onnx.reference: agreement {ref.agreement_ties:.1f}%{steps}", flush=True)
+        if "dynamic_diff" in r:
+            print(f"{'':<22} dynamic size at {size * 3 // 2}x{size * 2}: largest difference from the static export "
+                  f"{r['dynamic_diff']:.3g}", flush=True)
     return 1 if misses else 0
 
 
