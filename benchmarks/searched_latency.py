@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from proqha.deploy.bench import graph_runtime
-from proqha.deploy.latency import measure_interleaved
+from proqha.deploy.latency import least_block_medians
 
 GOAL = 1.05
 ARMS = {"default": [], "both knobs": ["--cost-metric", "bitops"]}
@@ -46,12 +46,6 @@ def cli(cwd: Path, *args: str) -> None:
 def frontier(run: Path) -> list[dict[str, str]]:
     with open(run / "frontier.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def block_medians(runtimes: list, x: np.ndarray, iters: int, blocks: int) -> list[float]:
-    """Each runtime's least median (ms) over ``blocks`` interleaved timings of ``iters`` calls."""
-    runs = [measure_interleaved(runtimes, x, iters=iters) for _ in range(blocks)]
-    return [min(run[i].median_ms for run in runs) for i in range(len(runtimes))]
 
 
 def main() -> int:
@@ -87,7 +81,7 @@ def main() -> int:
                 runtimes = {label: graph_runtime(engine, g, args.threads) for label, g in stored.items()}
                 for b in args.batches:
                     x = np.random.default_rng(b).standard_normal((b, 1, 8, 8)).astype(np.float32)
-                    ms = block_medians(list(runtimes.values()), x, args.iters, args.blocks)
+                    ms = least_block_medians(list(runtimes.values()), x, args.blocks, rewarm=5, iters=args.iters)
                     stats = dict(zip(runtimes, ms))
                     base = stats["step 0"]
                     for arm in ARMS:

@@ -70,6 +70,30 @@ def test_interleaved_timing_keeps_ratios_fair_on_a_drifting_machine():
     assert all(t.runs >= 3 for t in timed)
 
 
+class _SpellRuntime:
+    """A call of ``cost`` seconds, ``slow`` times longer during calls ``spell`` (counted on a shared machine)."""
+
+    def __init__(self, cost: float, machine: list[int], spell: range, slow: float = 3.0) -> None:
+        self.cost, self.machine, self.spell, self.slow = cost, machine, spell, slow
+
+    def timed_run(self, x):
+        self.machine[0] += 1
+        return x, self.cost * (self.slow if self.machine[0] in self.spell else 1.0)
+
+
+def test_the_least_block_median_leaves_a_slow_spell_out():
+    from proqha.deploy.latency import least_block_medians
+
+    x = np.zeros((1, 1), np.float32)
+    machine = [0]
+    spell = range(1, 60)  # the first block (2 x (5 warm-up + 20 calls) = 50 calls) runs slow throughout
+    fast, slow = _SpellRuntime(1e-3, machine, spell), _SpellRuntime(2e-3, machine, spell)
+    assert least_block_medians([fast, slow], x, blocks=3, warmup=5, iters=20) == pytest.approx([1.0, 2.0])
+    machine[0] = 0
+    first_block = least_block_medians([fast, slow], x, blocks=1, warmup=5, iters=20)
+    assert first_block == pytest.approx([3.0, 6.0])  # one block alone takes the spell's figures
+
+
 def test_stats_from_hand_values():
     s = stats_from([0.001, 0.002, 0.003, 0.004], batch=2)
     assert s.median_ms == pytest.approx(2.5) and s.min_ms == pytest.approx(1) and s.max_ms == pytest.approx(4)

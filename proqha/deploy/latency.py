@@ -75,3 +75,12 @@ def measure_interleaved(runtimes: Sequence[Runtime], x: np.ndarray, warmup: int 
             else:
                 own.extend(runtime.timed_run(x)[1] for _ in range(shares[r]))
     return [stats_from(own, len(x)) for own in times]
+
+
+def least_block_medians(runtimes: Sequence[Runtime], x: np.ndarray, blocks: int, warmup: int = 5, rewarm: int = 2,
+                        iters: int | None = 50, seconds: float | None = None) -> list[float]:
+    """Each runtime's least median (ms) over ``blocks`` interleaved timings (``measure_interleaved``; the
+    first after ``warmup`` calls each, the others after ``rewarm``): one slow spell of the machine then
+    decides no figure."""
+    runs = [measure_interleaved(runtimes, x, warmup if b == 0 else rewarm, iters, seconds) for b in range(max(blocks, 1))]
+    return [min(run[i].median_ms for run in runs) for i in range(len(runtimes))]

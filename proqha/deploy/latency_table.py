@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from proqha.deploy.latency import measure
+from proqha.deploy.latency import least_block_medians
 from proqha.files import atomic_write_text
 from proqha.latency_model import FORMAT_BITS, LatencyModel, layer_format
 
@@ -141,8 +141,7 @@ class EngineLatency:
 
         runtime = graph_runtime(self.engine, graph, self.threads)
         x = np.random.default_rng(0).random((self.batch, *input_size), dtype=np.float32)
-        return min(measure(runtime, x, warmup=self.warmup if i == 0 else 2, iters=self.iters,
-                           seconds=self.seconds).median_ms for i in range(max(self.repeats, 1)))
+        return least_block_medians([runtime], x, self.repeats, self.warmup, iters=self.iters, seconds=self.seconds)[0]
 
 
 def search_latency(cfg: Any, run_dir: Path | None, on_progress: Progress | None = None) -> EngineLatency | None:
