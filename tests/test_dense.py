@@ -399,3 +399,7 @@ def test_a_size_the_graph_would_fix_refuses_a_dynamic_size_in_one_line():
     with pytest.raises(ProqhaError, match=r"cannot export adaptive pooling to a size other than 1x1 pool with "
                                           r"a dynamic height and width: it is written for the traced input size"):
         export_onnx(model, (3, 8, 8), dynamic_size=True)
+    flat, _ = _dynamic_case(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)), 8)
+    with pytest.raises(ProqhaError, match=r"a dynamic height and width need a model that runs at other sizes; at "
+                                          r"input size \(3, 16, 24\) it fails: mat1 and mat2"):
+        export_onnx(flat, (3, 8, 8), dynamic_size=True)  # its linear fixes the flattened map's size
