@@ -326,10 +326,15 @@ def zoo_row(name: str, size: int, bits: str, iters: int, task: str = "classifica
     return row
 
 
+def dynamic_check_size(size: int) -> tuple[int, int]:
+    """Where ``--dynamic-size`` runs a graph traced at ``size`` x ``size``: 1.5 x 2 times it."""
+    return size * 3 // 2, size * 2
+
+
 def dynamic_difference(q: torch.nn.Module, x: torch.Tensor, size: int) -> float:
-    """The graph exported with a dynamic height and width at ``size``, run at 1.5 x 2 times that size, against
+    """The graph exported with a dynamic height and width at ``size``, run at ``dynamic_check_size``, against
     a static export at that size: the largest difference of their outputs (0 when they agree bit for bit)."""
-    other = (size * 3 // 2, size * 2)
+    other = dynamic_check_size(size)
     dynamic = _session(export_onnx(q, (3, size, size), dynamic_size=True)[0])
     static = _session(export_onnx(q, (3, *other))[0])
     xx = torch.nn.functional.interpolate(x[:2], size=other, mode="bilinear").numpy()
@@ -381,7 +386,8 @@ def main() -> int:
             steps = "" if ref.max_steps is None else f", max {ref.max_steps:.1f} / mean {ref.mean_steps:.2f} steps"
             print(f"{'':<22} onnx.reference: agreement {ref.agreement_ties:.1f}%{steps}", flush=True)
         if "dynamic_diff" in r:
-            print(f"{'':<22} dynamic size at {size * 3 // 2}x{size * 2}: largest difference from the static export "
+            h, w = dynamic_check_size(r["size"])
+            print(f"{'':<22} dynamic size at {h}x{w}: largest difference from the static export "
                   f"{r['dynamic_diff']:.3g}", flush=True)
     return 1 if misses else 0
 

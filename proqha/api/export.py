@@ -26,8 +26,8 @@ def export_onnx(qmodel: nn.Module, path: str | Path, input_size: InputSize,
     (exact, rules enforced) or "trt" (TensorRT's int8-only form and graph rules; parity measured only).
     ``weights``: "packed" (2-bit weights as INT2, 3/4-bit as INT4: opset 25/21, the same int8 kernels) or
     "int8" (opset 19). ``dynamic_size``: height and width dynamic too (a network that runs at any size),
-    parity measured at twice the size as well (the parity data resized); refused in one line naming the
-    operator that fixes the size.
+    parity measured as well at a second size (height x 2, width x 3) on 16 images of the parity data
+    resized; refused in one line naming the operator that fixes the size.
     The file's metadata holds its size and its ratio to the fp32 graph's. Returns the
     ``ValidationReport`` (None with ``check=False``); the file (and ``<stem>.parity.json`` beside it) is
     written atomically only when it passes, else ``ExportError`` lists the failures (its

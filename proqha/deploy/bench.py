@@ -214,14 +214,13 @@ def accuracy(run: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[to
              metric: Metric | None = None) -> tuple[float, float | None]:
     """Top-1 (%) of ``run`` over streamed test batches (per labelled pixel for a dense prediction), and
     ``metric``'s value over the same outputs (None without one)."""
-    top1 = Top1()
-    for m in (top1, metric) if metric is not None else (top1,):
-        m.reset()
+    top1, extra = Top1(), [metric] if metric is not None else []
+    for m in extra:
+        m.reset()  # a metric object may be passed again (the next engine)
     for x, y in batches:
         out = torch.from_numpy(np.asarray(run(x.numpy().astype(np.float32))))
-        top1.update(out, y)
-        if metric is not None:
-            metric.update(out, y)
+        for m in (top1, *extra):
+            m.update(out, y)
     return top1.value(), None if metric is None else metric.value()
 
 

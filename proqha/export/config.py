@@ -38,7 +38,7 @@ class ExportConfig:
                                     "into the same int8 kernels); int8: int8 everywhere (opset 19, for runtimes "
                                     "that cannot read packed types). The trt profile stores int8.")
     dynamic_size: bool = option(False, "Height and width dynamic too, as the batch is (a network that runs at any "
-                                       "size: a segmenter, a detector's heads); checked at twice the size as well.")
+                                       "size: a segmenter, a detector's heads); parity also checked at height x 2, width x 3.")
 
     def resolved(self) -> ExportConfig:
         """A copy with every option checked (OptionError naming the first bad one) and the profile its

@@ -245,9 +245,9 @@ OTHER_SIZE_IMAGES = 16  # a dynamic-size graph's images at its second size (each
 def parity_at(size: tuple[int, ...], model: torch.nn.Module, model_bytes: bytes, batch: tuple[torch.Tensor, Any],
               output_step: float | None) -> tuple[Parity, list[str]]:
     """A dynamic-size graph's parity at a second input ``size``: the batch's first ``OTHER_SIZE_IMAGES``
-    images resized to it (linear),
-    run by PyTorch and onnxruntime, judged by the same rules (per pixel for a dense output: labels at the
-    traced size are not counted); the result, named "onnxruntime at CxHxW", and its failures so named."""
+    images resized to it (linear), run by PyTorch and onnxruntime, judged by the same rules (per pixel for a
+    dense output: labels at the traced size are not counted); the result, named "onnxruntime at CxHxW",
+    and its failures so named."""
     x, y = batch[0][:OTHER_SIZE_IMAGES], batch[1][:OTHER_SIZE_IMAGES]
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size) - 1]
     resized = torch.nn.functional.interpolate(x.float(), size=tuple(size[1:]), mode=mode, align_corners=False)

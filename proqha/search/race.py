@@ -6,8 +6,9 @@ Each entrant is a copy of the model at its bits, fine-tuned on the step's own sc
 test split) and the worse half leaves (successive halving). They are ranked by calibration loss, or by the
 search's metric where it has one: after one epoch of a low-bit fine-tune, top-1 on a few thousand images
 ranks two configurations against their final order, where the loss already ranks them as the test split
-does at the end (digits_hard, seeds 2 and 4 at 3 bit: ``benchmarks/search_quality.py``). The winner trains on to the step's last epoch,
-so it ends exactly where training it alone would have, and the model takes its weights and bits."""
+does at the end (digits_hard, seeds 2 and 4 at 3 bit: ``benchmarks/search_quality.py``). The winner trains
+on to the step's last epoch, so it ends exactly where training it alone would have, and the model takes
+its weights and bits."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ class Entrant:
 @dataclass
 class RaceResult:
     """What the step's fine-tuning did: the winner's label, its margin over the runner-up in the last round
-    (``calib_score``: calibration loss under the runner-up's, or metric over; NaN without a race), every round's standings, all epochs trained, train top-1."""
+    (``calib_score``: calibration loss under the runner-up's, or metric over; NaN without a race), every
+    round's standings, all epochs trained, train top-1."""
 
     selected: str
     margin: float
