@@ -210,3 +210,26 @@ def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_ev
     bad = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "bad"),
                                    "--target-latency-ms", "1", "--latency-engine", "tpu"])
     assert bad.exit_code == 2 and "latency" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_a_latency_budget_measures_only_the_levels_that_save_latency(monkeypatch):
+    """Under a latency budget alone a narrower activation only adds a clamp and 5-7 weight bits stay int8, so the
+    loss table measures float and the weight widths whose format the engine's table finds faster."""
+    from proqha.search import sensitivity
+
+    measured: list[tuple[str, str, int]] = []
+    real = sensitivity.measure_knobs
+
+    def recording(model, current, jobs, *args, **kwargs):
+        measured.extend((knob.layer, knob.kind, level) for knob, level in jobs)
+        return real(model, current, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "measure_knobs", recording)
+    train, _, _ = _data()
+    qmodel = _qmodel(train)
+    deltas = _deltas(qmodel)
+    first, second = list(deltas)
+    deltas[first]["int4"] = -0.05  # packed 4-bit weights run faster in the first layer only
+    assert len(_search(qmodel, FakeEngine(deltas), 1.0 + 0.25, monkeypatch).steps) == 2  # one table
+    assert {(layer, kind, level) for layer, kind, level in measured if level != 32} == {(first, "w", 4), (first, "w", 3)}
+    assert {(layer, kind) for layer, kind, level in measured if level == 32} == {(n, k) for n in deltas for k in "wa"}

@@ -99,15 +99,18 @@ def measure_knobs(model: nn.Module, current: BitsLike, jobs: Sequence[tuple[Knob
 
 def damage_table(model: nn.Module, current: BitsLike, knobs: Sequence[Knob], min_bits: int, batches: Iterable[Batch],
                  device: torch.device, loss_fn: LossFn | None = None, on_job: JobCallback | None = None,
-                 above: Sequence[int] = ()) -> Damage:
+                 above: Sequence[int] = (), pays: Callable[[Knob, int], bool] | None = None) -> Damage:
     """Per knob above ``min_bits``, the loss the model adds with only that knob at each level from ``min_bits``
     to its current bits (0 at the current level; a non-finite loss adds inf): the allocate strategy's table.
     ``above``: levels over a knob's current bits to measure too (32: float), whose loss change is kept as
-    measured (negative where the level removes loss); a knob at ``min_bits`` then has a row as well."""
+    measured (negative where the level removes loss); a knob at ``min_bits`` then has a row as well.
+    ``pays(knob, level)``: measure only the lower levels for which it is true (one that saves nothing only
+    adds loss, so no allocation would take it)."""
     from proqha.quant.grid import VALID_BITS
 
     jobs = [(knob, level) for knob in knobs
-            for level in [*(b for b in VALID_BITS if min_bits <= b < current[knob.layer][knob.kind]),
+            for level in [*(b for b in VALID_BITS if min_bits <= b < current[knob.layer][knob.kind]
+                            and (pays is None or pays(knob, b))),
                           *(b for b in above if b > current[knob.layer][knob.kind])]]
     base, found = measure_knobs(model, current, jobs, batches, device, loss_fn, on_job)
     table: Damage = {k: {current[k.layer][k.kind]: 0.0} for k in knobs

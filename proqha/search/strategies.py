@@ -198,7 +198,8 @@ def sensitivity_table(search: ProgressiveSearch, step: int, current: Bits, on_ca
         data.train_batches(step_seed(cfg.seed, step, Salt.TABLE_BATCHES)))
     progress = (lambda done, jobs: on_candidate(step, done - 1, jobs)) if on_candidate is not None else None
     return damage_table(search.model, current, search.knobs, cfg.min_bits, batches, search.device, search.loss_fn,
-                        progress, above=(FULL_PRECISION,) if cfg.needs_latency else ())
+                        progress, above=(FULL_PRECISION,) if cfg.needs_latency else (),
+                        pays=lambda knob, level: search.pays(current, knob, level))
 
 
 def calibration_user(cfg: SearchConfig) -> str | None:
