@@ -16,7 +16,7 @@ The chosen configuration's graph is timed again at the end. ResNet-18 (torchvisi
 scratch for ``--r18-base-epochs``, then the same budget rule and search (one step, ``--r18-final-epochs`` of
 fine-tuning at ``--r18-lr``) against uniform int8 QAT from the same start for as many epochs at that rate.
 Exits 1 unless, for every model and seed, the chosen graph's measured latency is within 10% of the budget, and
-for the pipeline model its top-1 is at least uniform int8's. Never time it while another process computes.
+its top-1 is at least uniform int8's. Never time it while another process computes.
 """
 
 from __future__ import annotations
