@@ -3,6 +3,8 @@ measures, its csv and heat map, and bad input (exit 2, one line, nothing written
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -71,9 +73,12 @@ def test_the_allocate_strategys_table_is_the_commands_loss_column(digits_run, tm
     from proqha.search.progressive import ProgressiveSearch
     from proqha.search.strategies import sensitivity_table
 
-    cfg = SearchConfig(source=str(digits_run), strategy="allocate", target_cost=0.1).resolved()
+    # both targets, so every lower level of every knob lowers one (paper cost alone: no activation level)
+    cfg = SearchConfig(source=str(digits_run), strategy="allocate", target_cost=0.1, target_bitops=0.5).resolved()
     search = ProgressiveSearch.from_checkpoint(cfg, None, RunDir(digits_run).last, torch.device("cpu"))
     table = sensitivity_table(search, 1, search.bits(), None)
+    search.cfg = replace(cfg, target_bitops=None)
+    assert {k.kind for k, levels in sensitivity_table(search, 1, search.bits(), None).items() if len(levels) > 1} == {"w"}
     # the strategy measures on the whole calibration split in batches of max(batch_size, 256)
     result = runner.invoke(app, ["sensitivity", str(digits_run), "--split", "calib", "--batch-size", "256",
                                  "--bits", "8,7,6,5,4,3,2", "--out", str(tmp_path)])
