@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from user_nets import shapes  # the same directory
 
 from proqha.deploy.latency_table import EngineLatency, cpu_name
 from proqha.files import read_jsonl
@@ -85,9 +86,6 @@ def resnet18_data(args: argparse.Namespace) -> tuple:
     (other seeds per split): a task that ResNet-18 learns in a few epochs on 2 cores."""
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from user_nets import shapes
 
     def split(n: int, seed: int, shuffle: bool = False) -> DataLoader:
         x, y = shapes(n, seed).tensors

@@ -228,7 +228,7 @@ def test_a_latency_budget_measures_only_the_levels_that_save_latency(monkeypatch
     train, _, _ = _data()
     qmodel = _qmodel(train)
     deltas = _deltas(qmodel)
-    first, second = list(deltas)
+    first, _ = list(deltas)
     deltas[first]["int4"] = -0.05  # packed 4-bit weights run faster in the first layer only
     assert len(_search(qmodel, FakeEngine(deltas), 1.0 + 0.25, monkeypatch).steps) == 2  # one table
     assert {(layer, kind, level) for layer, kind, level in measured if level != 32} == {(first, "w", 4), (first, "w", 3)}

@@ -187,20 +187,24 @@ class ProgressiveSearch:
                 useful.append(knob)
         return useful
 
-    def pays(self, bits: Bits, knob: Knob, level: int) -> bool:
-        """Whether lowering ``knob`` alone to ``level`` lowers some configured target (every level with none):
-        5 to 7 weight bits are stored as int8 and leave the file where it is, and under a latency budget a
-        narrower activation only adds an integer clamp. A layer at float is checked as it would return to
-        int8 (its other knob at 8 bit), since one knob leaving float alone changes no kernel."""
+    def pays(self, bits: Bits) -> Callable[[Knob, int], bool]:
+        """Whether lowering a knob alone from ``bits`` to a level lowers some configured target (every level
+        with none): 5 to 7 weight bits are stored as int8 and leave the file where it is, and under a latency
+        budget a narrower activation only adds an integer clamp. A layer at float is checked as it would
+        return to int8 (its other knob at 8 bit), since one knob leaving float alone changes no kernel."""
         before = target_values(self.cfg, self.cost_of(bits))
-        if not before:
-            return True
-        trial = {name: dict(kb) for name, kb in bits.items()}
-        trial[knob.layer][knob.kind] = level
-        other = "a" if knob.kind == "w" else "w"
-        trial[knob.layer][other] = min(trial[knob.layer][other], START_BITS)
-        after = target_values(self.cfg, self.cost_of(trial))
-        return any(after[name][0] < value for name, (value, _) in before.items())
+
+        def lowers(knob: Knob, level: int) -> bool:
+            if not before:
+                return True
+            trial = {name: dict(kb) for name, kb in bits.items()}
+            trial[knob.layer][knob.kind] = level
+            other = "a" if knob.kind == "w" else "w"
+            trial[knob.layer][other] = min(trial[knob.layer][other], START_BITS)
+            after = target_values(self.cfg, self.cost_of(trial))
+            return any(after[name][0] < value for name, (value, _) in before.items())
+
+        return lowers
 
     def choose_step(self, step: int, current: Bits, gen: torch.Generator, on_candidate: CandidateCallback | None
                     ) -> Choice | None:

@@ -199,7 +199,7 @@ def sensitivity_table(search: ProgressiveSearch, step: int, current: Bits, on_ca
     progress = (lambda done, jobs: on_candidate(step, done - 1, jobs)) if on_candidate is not None else None
     return damage_table(search.model, current, search.knobs, cfg.min_bits, batches, search.device, search.loss_fn,
                         progress, above=(FULL_PRECISION,) if cfg.needs_latency else (),
-                        pays=lambda knob, level: search.pays(current, knob, level))
+                        pays=search.pays(current))
 
 
 def calibration_user(cfg: SearchConfig) -> str | None:
