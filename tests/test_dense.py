@@ -353,6 +353,21 @@ class GatedSegmenter(nn.Module):
         return F.interpolate(self.scores(y * self.gate(y)), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class AnchorHead(nn.Module):
+    """RetinaNet's head reshape: scores (N, A*K, H, W) viewed as (N, A, K, H, W) with H and W read from the
+    tensor, anchors moved last and flattened to (N, H*W*A, K)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.scores = nn.Conv2d(8, 2 * 3, 1)
+
+    def forward(self, x):
+        y = self.scores(self.body(x))
+        n, _, h, w = y.shape
+        return y.view(n, 2, 3, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 3)
+
+
 def _dynamic_case(net: nn.Module, size: int) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = quantize_model(net, QuantConfig(bits=8), (3, size, size))
@@ -362,7 +377,8 @@ def _dynamic_case(net: nn.Module, size: int) -> tuple[nn.Module, torch.Tensor]:
 
 
 @pytest.mark.parametrize("net, out_dims", [(GatedSegmenter, ["batch", 4, "height", "width"]),
-                                           (lambda: SharedHead(), ["batch", 3, "out_2"])])
+                                           (lambda: SharedHead(), ["batch", 3, "out_2"]),
+                                           (AnchorHead, ["batch", "out_1", 3])])
 def test_a_dynamic_size_graph_runs_at_any_size_as_its_static_export_does(net, out_dims):
     """``dynamic_size``: height and width are dynamic in the graph, the upsampling's size and the detector's
     flattened anchors are read at run time, and at sizes other than the traced one the graph computes

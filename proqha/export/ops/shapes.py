@@ -30,16 +30,13 @@ def dynamic_target(w, node: fx.Node, name: str) -> str:
     source = node.args[0]
     shape, other = w.shape(node), w.other_shapes[node][0]
     src_shape, src_other = w.shape(source), w.other_shapes[source][0]
-    src_shape_name = w.shape_of(w.env[source], f"{name}.source_shape")
     pieces, free = [], 0
     for i, (a, b) in enumerate(zip(shape, other)):
         if i == 0 or a != b:
             found = next((j for j, pair in enumerate(zip(src_shape, src_other)) if pair == (a, b) and (j == 0) == (i == 0)),
                          None)
             if found is not None:
-                pieces.append(w.b.node("Slice", [src_shape_name, *(w.b.const(f"{name}.{k}{i}", np.array([v], np.int64))
-                                                                   for k, v in (("at", found), ("to", found + 1)))],
-                                       f"{name}.dim{i}"))
+                pieces.append(w.shape_of(w.env[source], f"{name}.dim{i}", found, found + 1))
                 continue
             free += 1
             if free > 1:
