@@ -4,6 +4,7 @@ never asserted from a clock in a test)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -233,3 +234,36 @@ def test_a_latency_budget_measures_only_the_levels_that_save_latency(monkeypatch
     assert len(_search(qmodel, FakeEngine(deltas), 1.0 + 0.25, monkeypatch).steps) == 2  # one table
     assert {(layer, kind, level) for layer, kind, level in measured if level != 32} == {(first, "w", 4), (first, "w", 3)}
     assert {(layer, kind) for layer, kind, level in measured if level == 32} == {(n, k) for n in deltas for k in "wa"}
+
+
+def test_the_fit_adds_the_float_layers_that_fit_the_headroom_when_the_best_one_overshoots():
+    """Four layers, 1 ms int8 graph, budget 2.5 ms: the layer that removes the most loss per ms would take the
+    graph to 3.0 ms, so the fit floats the three small layers instead (2.35 ms, within 10% under the budget),
+    where taking the best layer and dropping it again ends at the start graph, 0.4 of the budget."""
+    from types import SimpleNamespace
+
+    from proqha.search.knobs import Knob
+    from proqha.search.latency_fit import fit_measured
+
+    train, _, _ = _data()
+    torch.manual_seed(0)
+    hidden = [m for _ in range(4) for m in (torch.nn.Linear(16, 16), torch.nn.ReLU())]
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), *hidden,
+                              torch.nn.Linear(16, 4))  # the first and the last layer stay at 8 bits
+    qmodel = proqha.quantize(net, next(iter(train))[0], bits=8)
+    names = list(searchable_layers(qmodel))
+    assert len(names) == 4
+    big, *small = names
+    deltas = {n: {"float": 2.0 if n == big else 0.45} for n in names}
+    engine = FakeEngine(deltas)
+    table = engine.table(qmodel, SIZE)
+    start = BitConfig.from_model(qmodel).to_dict()
+    gains = {n: 10.0 if n == big else 1.0 for n in names}  # per ms: 5.0 for the big layer, 2.2 for each small one
+    damage = {Knob(n, kind): {8: gains[n] if kind == "w" else 0.0, 32: 0.0} for n in names for kind in "wa"}
+    search = SimpleNamespace(base_cost=SimpleNamespace(latency_model=table), latency=engine, model=qmodel,
+                             input_size=SIZE)
+    fitted = fit_measured(search, start, start, damage, 2.5)
+    assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "float", "float"]
+    moved = copy.deepcopy(qmodel)
+    BitConfig(fitted).apply(moved)
+    assert engine.graph_ms(moved, SIZE) == pytest.approx(2.35)

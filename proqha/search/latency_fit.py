@@ -18,14 +18,16 @@ if TYPE_CHECKING:
     from proqha.search.progressive import ProgressiveSearch
 
 TOLERANCE = 0.10  # a latency budget counts as met within 10% under it
-ROUNDS = 8  # measured moves at most
+ROUNDS = 12  # measured moves at most
 
 
 def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Damage, target_ms: float) -> Bits:
-    """``bits`` with float layers dropped (least loss removed per predicted ms first) while the measured
-    graph is over ``target_ms``, or added (most loss removed per ms first) while it is more than
-    ``TOLERANCE`` under it; a dropped layer returns to its ``start`` bits. Ends at the first graph within
-    the band, else at the measured graph nearest under the budget (``bits`` when none was)."""
+    """``bits`` with float layers dropped while the measured graph is over ``target_ms``, or added while it is
+    more than ``TOLERANCE`` under it; a dropped layer returns to its ``start`` bits. A move takes, of the
+    layers whose predicted ms cover the excess (dropping) or fit the headroom (adding), the one that removes
+    the least (dropping) or most (adding) loss per ms; where none does, the layer with the most (dropping) or
+    least (adding) predicted ms. Ends at the first graph within the band, else at the measured graph nearest
+    under the budget (``bits`` when none was)."""
     table = search.base_cost.latency_model
     if search.latency is None or table is None:
         return bits
@@ -39,8 +41,11 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
         return sum(levels.get(start[k.layer][k.kind], 0.0) - levels.get(FULL_PRECISION, 0.0)
                    for k, levels in damage.items() if k.layer == name)
 
+    def ms(name: str) -> float:  # the layer's predicted ms in float
+        return table.deltas[name].get(FLOAT_FORMAT, math.inf)
+
     def per_ms(name: str) -> float:
-        return gain(name) / max(table.deltas[name].get(FLOAT_FORMAT, math.inf), 1e-9)
+        return gain(name) / max(ms(name), 1e-9)
 
     def is_float(trial: Bits, name: str) -> bool:
         return layer_format(trial[name]["w"], trial[name]["a"]) == FLOAT_FORMAT
@@ -56,13 +61,15 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
             floats = [n for n in names if is_float(bits, n)]
             if not floats:
                 break
-            name = min(floats, key=per_ms)
+            covering = [n for n in floats if ms(n) >= measured - target_ms]
+            name = min(covering, key=per_ms) if covering else max(floats, key=ms)
             trial[name] = dict(start[name])
         else:
             rest = [n for n in names if not is_float(bits, n)]
             if not rest:
                 break
-            name = max(rest, key=per_ms)
+            fitting = [n for n in rest if ms(n) <= target_ms - measured]
+            name = max(fitting, key=per_ms) if fitting else min(rest, key=ms)
             trial[name] = {"w": FULL_PRECISION, "a": FULL_PRECISION}
         if any(trial == seen for _, seen in tried):
             break
