@@ -72,17 +72,24 @@ class EngineLatency:
 
     def graph_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of ``model``'s exported graph at its bits."""
-        return self.time_graph(self._graph(copy.deepcopy(model).cpu().eval(), input_size), input_size)
+        return self.time_graph(self.graph_of(model, input_size), input_size)
 
     def fp32_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
-        """The median latency (ms) of ``model``'s float graph (every quantizer off, ``proqha export`` format
-        onnx-fp32): the top of a useful latency budget."""
+        """The median latency (ms) of ``model``'s float graph (``fp32_graph_of``): the top of a useful budget."""
+        return self.time_graph(self.fp32_graph_of(model, input_size), input_size)
+
+    def graph_of(self, model: nn.Module, input_size: tuple[int, ...]) -> bytes:
+        """``model``'s exported graph at its bits (the model is untouched)."""
+        return self._graph(copy.deepcopy(model).cpu().eval(), input_size)
+
+    @staticmethod
+    def fp32_graph_of(model: nn.Module, input_size: tuple[int, ...]) -> bytes:
+        """``model``'s float graph: every quantizer off, ``proqha export`` format onnx-fp32."""
         from proqha.export.onnx_export import export_onnx
         from proqha.quant import float_twin
 
         twin = float_twin(model).cpu()  # a copy
-        return self.time_graph(export_onnx(twin, tuple(input_size), quantized=False)[0].SerializeToString(),
-                               input_size)
+        return export_onnx(twin, tuple(input_size), quantized=False)[0].SerializeToString()
 
     def table(self, model: nn.Module, input_size: tuple[int, ...]) -> LatencyModel:
         """The per-layer table of ``model`` at its bits (read from ``cache`` when its key matches, else
@@ -137,11 +144,17 @@ class EngineLatency:
 
     def time_graph(self, graph: bytes, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of one ONNX graph (its bytes) on this engine at this batch."""
+        return self.time_graphs([graph], input_size)[0]
+
+    def time_graphs(self, graphs: list[bytes], input_size: tuple[int, ...], repeats: int | None = None) -> list[float]:
+        """Each graph's least block median (ms), the graphs timed interleaved in the same ``repeats`` blocks
+        (None: this measurer's), so a drift of the machine moves every figure alike."""
         from proqha.deploy.bench import graph_runtime
 
-        runtime = graph_runtime(self.engine, graph, self.threads)
+        runtimes = [graph_runtime(self.engine, graph, self.threads) for graph in graphs]
         x = np.random.default_rng(0).random((self.batch, *input_size), dtype=np.float32)
-        return least_block_medians([runtime], x, self.repeats, self.warmup, iters=self.iters, seconds=self.seconds)[0]
+        return least_block_medians(runtimes, x, repeats or self.repeats, self.warmup, iters=self.iters,
+                                   seconds=self.seconds)
 
 
 def search_latency(cfg: Any, run_dir: Path | None, on_progress: Progress | None = None) -> EngineLatency | None:
