@@ -9,8 +9,8 @@ its exported int8 graph and its fp32 graph are timed; the budget is int8 + fract
 the fp32 graph is not slower, the int8 graph's own latency). Arms:
 - search:  `proqha search --target-latency-ms <budget>` with its defaults (the allocation may leave layers in
   float where the budget pays for them; the per-layer table is timed once, every step's graph is measured);
-- uniform: QAT at 8 bit from the same start for as many epochs as the search fine-tuned (uniform int8; the
-  start itself where the search kept it).
+- uniform: QAT at 8 bit from the same start for as many epochs as the search fine-tuned, by the search's own
+  fine-tuning (recipe and batches of its last step; uniform int8; the start itself where the search kept it).
 At the end the chosen configuration's graph is timed again, interleaved with the start's int8 and fp32 graphs
 (``RETIME_BLOCKS`` blocks): its ratio to the search's budget decides; "re-int8" and "/re-bud" (its ratio to the
 budget the same rule gives from the graphs timed beside it) show what the machine's drift did. ResNet-18 (torchvision, 224x224, on
@@ -35,11 +35,12 @@ from pathlib import Path
 import torch
 from user_nets import shapes  # the same directory
 
+from proqha.api import evaluate
 from proqha.deploy.latency_table import EngineLatency, cpu_name
-from proqha.files import read_jsonl
 from proqha.recipe import load_model
 from proqha.runs import RunDir
 from proqha.search import SearchConfig, run_search
+from proqha.search.finetune import FineTune
 from proqha.seeds import Salt, step_seed
 from proqha.train import TrainConfig, train_run
 
@@ -73,25 +74,24 @@ def pipeline_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
     run = root / f"search-{seed}"
     cfg = SearchConfig(source=str(base), target_latency_ms=target, latency_engine=args.engine,
                        latency_batch=args.batch, final_epochs=args.final_epochs, seed=seed).resolved()
+    searches: list = []  # the search, for its data, recipe and device
     run_search(cfg, run, measure_latency=EngineLatency(args.engine, args.batch, RunDir(run).latency_table,
-                                                       threads=args.threads))
+                                                       threads=args.threads), on_start=searches.append)
     with open(RunDir(run).frontier, newline="") as f:
         frontier = list(csv.DictReader(f))
     last = frontier[-1]
     chosen, _ = load_model(RunDir(run).step_checkpoint(int(last["step"])))
     retimed = clock.time_graphs([*ends, clock.graph_of(chosen, size)], size, repeats=RETIME_BLOCKS)
     epochs = sum(int(r["epochs"]) for r in frontier)
-    uniform = root / f"uniform-{seed}"
-    if epochs:
-        train_run(TrainConfig(epochs=epochs, optimizer="adam", lr=1e-3, weight_decay=0.0, seed=seed,
-                              init=str(RunDir(base).last)).resolved(), uniform)
-    else:  # the search kept the start: uniform int8 is the start itself
-        uniform = base
+    search = searches[0]
+    if epochs:  # uniform int8: the search's fine-tuning (recipe, batches) at its last step, for as many epochs
+        FineTune(model, search.cfg, search.data, search.device, int(last["step"]), epochs, search.loss_fn).run_to(epochs)
+    uniform_top1 = evaluate(model, search.data.test_batches())["test_top1"]  # at 0 epochs: the start itself
     floats = sum(1 for k, v in last.items() if k.endswith("/w") and v == "32")
     return {"model": "pipeline", "seed": seed, "int8_ms": int8, "fp32_ms": fp32, "target_ms": target,
             "predicted_ms": float(last["latency_ms_pred"]), "step_ms": float(last["latency_ms"]), **retime(retimed, args),
             "float_layers": floats, "layers": sum(1 for k in last if k.endswith("/w")), "epochs": epochs,
-            "top1": float(last["test_top1"]), "uniform_top1": read_jsonl(uniform / "metrics.jsonl")[-1]["test_top1"],
+            "top1": float(last["test_top1"]), "uniform_top1": uniform_top1,
             "step_errors": [float(r["latency_err"]) for r in frontier]}
 
 
