@@ -236,14 +236,12 @@ def test_a_latency_budget_measures_only_the_levels_that_save_latency(monkeypatch
     assert {(layer, kind) for layer, kind, level in measured if level == 32} == {(n, k) for n in deltas for k in "wa"}
 
 
-def test_the_fit_adds_the_float_layers_that_fit_the_headroom_when_the_best_one_overshoots():
-    """Four layers, 1 ms int8 graph, budget 2.5 ms: the layer that removes the most loss per ms would take the
-    graph to 3.0 ms, so the fit floats the three small layers instead (2.35 ms, within 10% under the budget),
-    where taking the best layer and dropping it again ends at the start graph, 0.4 of the budget."""
+def _fit_case():
+    """Four searchable layers on an additive fake engine (1 ms int8 graph): the first costs 2.0 ms in float
+    and removes loss 10 (5.0 per ms), each other one 0.45 ms and loss 1 (2.2 per ms)."""
     from types import SimpleNamespace
 
     from proqha.search.knobs import Knob
-    from proqha.search.latency_fit import fit_measured
 
     train, _, _ = _data()
     torch.manual_seed(0)
@@ -253,17 +251,41 @@ def test_the_fit_adds_the_float_layers_that_fit_the_headroom_when_the_best_one_o
     qmodel = proqha.quantize(net, next(iter(train))[0], bits=8)
     names = list(searchable_layers(qmodel))
     assert len(names) == 4
-    big, *small = names
-    deltas = {n: {"float": 2.0 if n == big else 0.45} for n in names}
-    engine = FakeEngine(deltas)
-    table = engine.table(qmodel, SIZE)
-    start = BitConfig.from_model(qmodel).to_dict()
-    gains = {n: 10.0 if n == big else 1.0 for n in names}  # per ms: 5.0 for the big layer, 2.2 for each small one
+    engine = FakeEngine({n: {"float": 2.0 if i == 0 else 0.45} for i, n in enumerate(names)})
+    gains = {n: 10.0 if i == 0 else 1.0 for i, n in enumerate(names)}
     damage = {Knob(n, kind): {8: gains[n] if kind == "w" else 0.0, 32: 0.0} for n in names for kind in "wa"}
-    search = SimpleNamespace(base_cost=SimpleNamespace(latency_model=table), latency=engine, model=qmodel,
-                             input_size=SIZE)
+    search = SimpleNamespace(base_cost=SimpleNamespace(latency_model=engine.table(qmodel, SIZE)), latency=engine,
+                             model=qmodel, input_size=SIZE)
+    return search, engine, names, BitConfig.from_model(qmodel).to_dict(), damage
+
+
+def _measured(search, engine, bits) -> float:
+    moved = copy.deepcopy(search.model)
+    BitConfig(bits).apply(moved)
+    return engine.graph_ms(moved, SIZE)
+
+
+def test_the_fit_adds_the_float_layers_that_fit_the_headroom_when_the_best_one_overshoots():
+    """Budget 2.5 ms from the int8 graph: the layer that removes the most loss per ms would take the graph to
+    3.0 ms, so the fit floats the three small layers instead (2.35 ms, within 10% under the budget), where
+    taking the best layer and dropping it again ends at the start graph, 0.4 of the budget."""
+    from proqha.search.latency_fit import fit_measured
+
+    search, engine, names, start, damage = _fit_case()
     fitted = fit_measured(search, start, start, damage, 2.5)
     assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "float", "float"]
-    moved = copy.deepcopy(qmodel)
-    BitConfig(fitted).apply(moved)
-    assert engine.graph_ms(moved, SIZE) == pytest.approx(2.35)
+    assert _measured(search, engine, fitted) == pytest.approx(2.35)
+
+
+def test_the_fit_drops_a_float_layer_that_covers_the_excess_in_one_measured_move():
+    """Budget 2.5 ms from every layer in float (4.35 ms): only the big layer's 2.0 ms cover the 1.85 ms excess,
+    so one move drops it (2.35 ms), where dropping the least loss per ms first takes the three small layers one
+    by one and ends at the start graph."""
+    from proqha.search.latency_fit import fit_measured
+
+    search, engine, names, start, damage = _fit_case()
+    every = {n: {"w": 32, "a": 32} if n in names else dict(kb) for n, kb in start.items()}
+    before = engine.graphs
+    fitted = fit_measured(search, every, start, damage, 2.5)
+    assert engine.graphs - before == 2  # the table's choice, then the one move
+    assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "float", "float"]
