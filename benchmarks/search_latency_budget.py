@@ -5,7 +5,7 @@
         [--r18-final-epochs 1] [--r18-lr 1e-4] [--r18-train 1200] [--r18-calib 128] [--r18-test 1500] [--out DIR]
 
 Pipeline model (the `proqha pipeline` default: digits_resnet on digits), per seed: one 8-bit QAT checkpoint;
-its exported int8 graph and its fp32 graph are timed; the budget is int8 + fraction x (fp32 - int8) ms (where
+its exported int8 graph and its fp32 graph are timed (interleaved, ``RETIME_BLOCKS`` blocks); the budget is int8 + fraction x (fp32 - int8) ms (where
 the fp32 graph is not slower, the int8 graph's own latency). Arms:
 - search:  `proqha search --target-latency-ms <budget>` with its defaults (the allocation may leave layers in
   float where the budget pays for them; the per-layer table is timed once, every step's graph is measured);
@@ -46,7 +46,7 @@ from proqha.train import TrainConfig, train_run
 
 TOLERANCE = 0.10
 SEARCH_SEED = 0  # ResNet-18's search; its uniform arm draws the batches of the search's fine-tuning
-RETIME_BLOCKS = 9  # the final timing: the int8, fp32 and chosen graphs interleaved in this many blocks
+RETIME_BLOCKS = 9  # the budget's int8 and fp32 timing, and the final one (with the chosen graph): blocks
 
 
 def budget_ms(int8: float, fp32: float, fraction: float) -> float:
@@ -69,7 +69,7 @@ def pipeline_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
     size = tuple(state.input_size)
     clock = EngineLatency(args.engine, args.batch, threads=args.threads)
     ends = [clock.graph_of(model, size), clock.fp32_graph_of(model, size)]
-    int8, fp32 = clock.time_graphs(ends, size)
+    int8, fp32 = clock.time_graphs(ends, size, repeats=RETIME_BLOCKS)
     target = budget_ms(int8, fp32, args.fraction)
     run = root / f"search-{seed}"
     cfg = SearchConfig(source=str(base), target_latency_ms=target, latency_engine=args.engine,
@@ -127,7 +127,7 @@ def resnet18(args: argparse.Namespace) -> dict:
     proqha.fit(start, train, epochs=args.r18_base_epochs, optimizer="adam")
     clock = EngineLatency(args.engine, args.batch, threads=args.threads)
     ends = [clock.graph_of(start, size), clock.fp32_graph_of(start, size)]
-    int8, fp32 = clock.time_graphs(ends, size)
+    int8, fp32 = clock.time_graphs(ends, size, repeats=RETIME_BLOCKS)
     target = budget_ms(int8, fp32, args.fraction)
     uniform = copy.deepcopy(start)
     measurer = EngineLatency(args.engine, args.batch, threads=args.threads)
