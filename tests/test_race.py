@@ -84,6 +84,21 @@ def test_fine_tuning_in_chunks_with_evaluations_between_equals_one_run():
             assert torch.equal(a, b), name
 
 
+def test_a_loader_with_its_own_generator_gives_every_entrant_the_same_batches():
+    """A user's shuffling DataLoader with its own generator: two runners of one step train on the same batches
+    (the generator is reseeded per epoch, as the global RNG is), so two equal models end equal."""
+    train, calib, test = _data()
+    own = DataLoader(train.dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(5))
+    one, two = _qmodel(train), _qmodel(train)
+    cfg = SearchConfig(source="t").resolved()
+    data = LoaderData(own, calib, test)
+    for model in (one, two):
+        FineTune(model, cfg, data, torch.device("cpu"), 1, 2).run_to(2)
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+
+
 def _search(select_final: bool, monkeypatch=None, favour=None, **options):
     train, calib, test = _data()
     qmodel = _qmodel(train)

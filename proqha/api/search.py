@@ -76,7 +76,8 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     in ``options``; a step lowers no more than the targets need), or when no bit can drop. ``options``: the
     other ``proqha.search.SearchConfig`` fields (``ratio``, ``interval``, ``min_bits``, ``knobs``,
     ``fixed_bits``, ``final_epochs``, ``lr``, ``weight_decay``, ``cost_metric``, ``seed``, ...). The same
-    seed gives the same search when the loaders yield the same batches under the same global seed.
+    seed gives the same search when the loaders yield the same batches under the same global seed (a training
+    DataLoader's own ``generator`` is reseeded from the search's seeds, so its shuffles repeat too).
     ``run_dir``: also write the files ``proqha search`` writes there (config.json, frontier.csv, per-step
     checkpoints and bits files; a new folder). ``loss`` and ``metric`` as in ``fit``: with a metric (mean IoU for
     segmentation) the final race ranks by it and every step records it as ``test_metric``. Defaults are

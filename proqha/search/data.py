@@ -59,21 +59,29 @@ class DatasetData:
 
 class LoaderData:
     """The caller's DataLoaders (or any re-iterable of ``(x, y)`` batches), used as they are. The scoring
-    batch is the first batch of ``train`` iterated under ``torch.manual_seed(seed)``, so a shuffling
-    DataLoader without its own generator gives the same batches for the same seed."""
+    batch is the first batch of ``train`` iterated under ``torch.manual_seed(seed)``, and a fine-tuning
+    epoch iterates it under its seed; a DataLoader with its own ``generator`` has it reseeded too, so a
+    shuffling DataLoader gives the same batches for the same seed (every entrant of the final race alike)."""
 
     def __init__(self, train: Iterable[Batch], calib: Iterable[Batch] | None = None,
                  test: Iterable[Batch] | None = None) -> None:
         self.train, self.calib, self.test = train, calib, test
 
+    def _seed_generator(self, seed: int) -> None:
+        generator = getattr(self.train, "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed(seed)
+
     def scoring_batch(self, seed: int) -> Batch:
         torch.manual_seed(seed)
+        self._seed_generator(seed)
         for x, y in self.train:
             return x, torch.as_tensor(y)
         raise ProqhaError("the training data yields no batches")
 
     def train_batches(self, seed: int) -> Iterable[Batch]:
-        return self.train  # the caller seeds the global RNG first
+        self._seed_generator(seed)  # the caller seeds the global RNG
+        return self.train
 
     def train_steps(self) -> int:
         return len(self.train) if hasattr(self.train, "__len__") else 1  # type: ignore[arg-type]
