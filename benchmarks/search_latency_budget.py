@@ -40,8 +40,8 @@ from proqha.deploy.latency_table import EngineLatency, cpu_name
 from proqha.recipe import load_model
 from proqha.runs import RunDir
 from proqha.search import SearchConfig, run_search
+from proqha.search.data import LoaderData
 from proqha.search.finetune import FineTune
-from proqha.seeds import Salt, step_seed
 from proqha.train import TrainConfig, train_run
 
 TOLERANCE = 0.10
@@ -98,7 +98,7 @@ def pipeline_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
 def resnet18_data(args: argparse.Namespace) -> tuple:
     """Train, calibration and test loaders of ``user_nets.shapes`` drawn at 64x64 and resized to 224x224
     (other seeds per split): a task that ResNet-18 learns in a few epochs on 2 cores. The training loader
-    shuffles by the global RNG, so an arm seeded as the search's fine-tuning sees the same batches."""
+    shuffles by the global RNG, which the search's fine-tuning seeds per epoch (either arm the same batches)."""
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -143,12 +143,9 @@ def resnet18(args: argparse.Namespace) -> dict:
     retimed = clock.time_graphs([*ends, clock.graph_of(result.model, size)], size, repeats=RETIME_BLOCKS)
     floats = sum(1 for b in last["bits"].values() if b["w"] == 32)
     epochs = sum(int(r.get("epochs", 0)) for r in result.steps)
-    if epochs:  # uniform int8: the search's fine-tuning recipe and batches for as many epochs, from the same start
-        seeds = [step_seed(SEARCH_SEED, last["step"], Salt.FINETUNE_EPOCH + e) for e in range(epochs)]
-        torch.manual_seed(seeds[0])
-        proqha.fit(uniform, train, epochs=epochs, optimizer="adam", lr=args.r18_lr,
-                   weight_decay=SearchConfig().weight_decay,
-                   on_epoch=lambda row: row["epoch"] < epochs and torch.manual_seed(seeds[row["epoch"]]))
+    if epochs:  # uniform int8: the search's fine-tuning (recipe, batches) at its last step, for as many epochs
+        cfg = SearchConfig(source="resnet18", lr=args.r18_lr, seed=SEARCH_SEED).resolved()
+        FineTune(uniform, cfg, LoaderData(train), torch.device("cpu"), last["step"], epochs).run_to(epochs)
     uniform_top1 = proqha.evaluate(uniform, test)["test_top1"]
     return {"model": "resnet18-224", "seed": 0, "int8_ms": int8, "fp32_ms": fp32, "target_ms": target,
             "predicted_ms": last["latency_ms_pred"], "step_ms": last["latency_ms"], **retime(retimed, args),
