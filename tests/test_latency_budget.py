@@ -178,6 +178,50 @@ def test_a_float_layer_exports_exactly_and_the_layer_feeding_it_runs_in_float(tm
     assert all(p.max_steps == 0 for p in report.parity)
 
 
+class _Block(torch.nn.Module):
+    """A residual block whose add output is quantized: the next layer reads a DequantizeLinear."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class _GridFed(torch.nn.Module):
+    """Stem, block, a 1x1 conv, block, flatten, linear: ``head`` and ``block2.conv1`` read a residual add's
+    dequantized output, ``fc`` reads it through a flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.block1, self.head, self.block2, self.fc = _Block(8), nn.Conv2d(8, 8, 1), _Block(8), nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(torch.relu(self.head(self.block1(self.stem(x)))))
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("layer", ["head", "block2.conv1", "fc"])
+def test_a_float_layer_that_reads_a_dequantized_tensor_runs_in_float_on_onnxruntime(layer, tmp_path):
+    """onnxruntime quantizes the float weights of a Conv/Gemm fed by a per-tensor DequantizeLinear itself
+    (WeightBiasQuantization): a float layer after a residual add ran as an int8 kernel with weights nobody
+    trained, and the export was refused. Its input is dequantized per channel: it runs in float, exactly."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    batches = [(x, torch.zeros(64, dtype=torch.long))]
+    qmodel = proqha.quantize(_GridFed(), x[:8], calib_data=batches, bits=8)
+    BitConfig(BitConfig.from_model(qmodel).to_dict() | {layer: {"w": 32, "a": 32}}).apply(qmodel)
+    report = proqha.export_onnx(qmodel, tmp_path / "f.onnx", (3, 8, 8), batches)
+    assert not report.failures  # kernels and the parity rules
+    assert [n for n in report.kernels.float_layer_names if n.split("_nchwc")[0] == layer]
+    assert report.kernels.integer_layers == 6  # every other conv and linear in int8
+
+
 @pytest.mark.slow
 def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_every_step(digits_run, tmp_path,
                                                                                         monkeypatch):

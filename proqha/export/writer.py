@@ -94,15 +94,18 @@ class GraphWriter:
         name = node.target
         x = self.env[node.args[0]]
         tokens = isinstance(layer, QuantLinear) and len(self.shape(node.args[0])) != 2
+        wq = layer.weight_quantizer
         if tokens:  # a linear on N-d input (tokens, channels-last MLPs): a Gemm on the rows, features last
             rows = self.b.const(f"{name}.rows", np.array([-1, layer.in_features], np.int64))
             x = self.b.node("Reshape", [x, rows], f"{name}.to_rows")
         x = self.act(x, layer.input_quantizer, f"{name}.input")
         bn = self.folded_bn(node) if isinstance(layer, QuantConv2d) else None
-        wq = layer.weight_quantizer
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
         grid = self.written_grids[x].scale if x in self.written_grids else None
+        if not (self.quantized and wq.enabled and grid is not None):  # written with float weights
+            x = self.float_layer_input(x, layer.in_channels if isinstance(layer, QuantConv2d) else layer.in_features,
+                                       name)
         if name in self.weights_of and self.weights_of[name][2] == (grid, bn):  # a later call: the same weights
             w, b, _ = self.weights_of[name]
             self.info.layers[name].calls += 1
@@ -127,6 +130,33 @@ class GraphWriter:
         if bn is not None:
             self.env[next(iter(node.users))] = y
         return y
+
+    def float_layer_input(self, x: str, channels: int, name: str) -> str:
+        """The input of a layer written with float weights: where ``x`` is a per-tensor DequantizeLinear's
+        output (through Reshape/Transpose), the same integers reshaped alike and dequantized with the scale and
+        zero point repeated per channel on axis 1 (the same values, bit for bit). onnxruntime quantizes the
+        float weights of a Conv or Gemm whose input comes from a per-tensor DequantizeLinear to int8 itself
+        (its WeightBiasQuantization transformer), and the layer would no longer compute what was trained."""
+        producers = {out: n for n in self.b.nodes for out in n.output}
+        moves, dq = [], producers.get(x)
+        while dq is not None and dq.op_type in ("Reshape", "Transpose"):
+            moves.append(dq)
+            dq = producers.get(dq.input[0])
+        inits = {t.name: t for t in self.b.initializers}
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
+            return x
+        step = onnx.numpy_helper.to_array(inits[dq.input[1]])
+        if step.size != 1:
+            return x  # already per channel: onnxruntime leaves the layer as it is
+        q = dq.input[0]
+        for move in reversed(moves):  # the integers reshaped as the dequantized values were
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in move.attribute}
+            q = self.b.node(move.op_type, [q, *move.input[1:]], f"{name}.input_integers", **attrs)
+        inputs = [q, self.b.const(f"{name}.input_scale_per_channel", np.full(channels, step.item(), step.dtype))]
+        if len(dq.input) > 2 and dq.input[2]:
+            zero = onnx.numpy_helper.to_array(inits[dq.input[2]])
+            inputs.append(self.b.const(f"{name}.input_zero_point_per_channel", np.full(channels, zero.item(), zero.dtype)))
+        return self.b.node("DequantizeLinear", inputs, f"{name}.input_dq_per_channel", axis=1)
 
     def integer_weights(self, name: str, layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None, x: str,
                         record: LayerExport) -> tuple[str, str | None]:
