@@ -93,6 +93,23 @@ def test_a_latency_budget_above_the_int8_graph_is_spent_on_float_layers(monkeypa
     assert none.steps[-1]["latency_ms"] <= 1.1
 
 
+class ThreeTimesEngine(FakeEngine):
+    """The additive engine on a machine three times slower than when its table was measured."""
+
+    def graph_ms(self, model, input_size) -> float:
+        return 3 * super().graph_ms(model, input_size)
+
+
+def test_a_step_whose_graph_measures_over_the_latency_budget_says_so(monkeypatch):
+    train, _, _ = _data()
+    result = _search(_qmodel(train), ThreeTimesEngine(_deltas(_qmodel(train))), 1.25, monkeypatch)
+    last = result.steps[-1]
+    assert all(_fmt(b) != "float" for b in last["bits"].values())  # no measured graph fits: the start's bits
+    assert last["latency_ms"] == pytest.approx(3.0)
+    assert any("over the latency budget 1.25 ms" in w for w in last.get("warnings", ()))
+    assert any("the table predicted 1 ms" in w for w in result.steps[0].get("warnings", ()))  # the start too
+
+
 def test_the_tables_choice_is_fitted_by_measuring_the_graph(monkeypatch):
     train, _, _ = _data()
     qmodel = _qmodel(train)
@@ -350,6 +367,32 @@ def test_one_slow_reading_within_the_band_does_not_end_the_fit():
     assert noisy.slowed
     assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "float", "float"]
     assert _measured(search, engine, fitted) == pytest.approx(2.35)
+
+
+class SlowFloatEngine(FakeEngine):
+    """The additive engine with every graph that has a float layer ``extra`` ms slower than its table says."""
+
+    def __init__(self, deltas: dict[str, dict[str, float]], extra: float) -> None:
+        super().__init__(deltas)
+        self.extra = extra
+
+    def graph_ms(self, model, input_size) -> float:
+        floats = any(_fmt(b) == "float" for b in BitConfig.from_model(model).to_dict().values())
+        return super().graph_ms(model, input_size) + (self.extra if floats else 0.0)
+
+
+def test_a_fit_that_measures_no_graph_under_the_budget_ends_at_its_start(monkeypatch):
+    """Every graph with a float layer measures 5 ms over what the table predicts; from every layer in float,
+    two measured moves never get under the 2.5 ms budget, so the fit ends at the start (1.0 ms, which the
+    budget admits), not at the last graph it measured (6.45 ms)."""
+    from proqha.search import latency_fit
+
+    search, engine, names, start, damage = _fit_case()
+    search.latency = SlowFloatEngine(engine.deltas, extra=5.0)
+    monkeypatch.setattr(latency_fit, "ROUNDS", 2)
+    every = {n: {"w": 32, "a": 32} if n in names else dict(kb) for n, kb in start.items()}
+    fitted = latency_fit.fit_measured(search, every, start, damage, 2.5)
+    assert fitted == start
 
 
 def test_the_fit_drops_a_float_layer_that_covers_the_excess_in_one_measured_move():

@@ -28,7 +28,8 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
     the least (dropping) or most (adding) loss per ms; where none does, the layer with the most (dropping) or
     least (adding) predicted ms. A graph timed within the band is timed again and the mean of the two decides
     (one reading in a quiet spell of the machine does not end the fit). Ends at the first graph within the
-    band, else at the measured graph nearest under the budget (``bits`` when none was)."""
+    band, else at the measured graph nearest under the budget (``start``, which the budget admits, when
+    none was)."""
     table = search.base_cost.latency_model
     if search.latency is None or table is None:
         return bits
@@ -83,4 +84,4 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
     else:
         tried.append((measured, bits))
     under = [(m, b) for m, b in tried if m <= target_ms]
-    return max(under, key=lambda t: t[0])[1] if under else bits
+    return max(under, key=lambda t: t[0])[1] if under else start

@@ -32,6 +32,7 @@ from proqha.search.criteria import LOSS_FLOOR, Scoring, criterion_named
 from proqha.search.data import DatasetData, SearchData
 from proqha.search.frontier import step_checkpoint, step_checkpoints
 from proqha.search.knobs import Bits, Knob, lowerable_knobs, lowered, model_knobs
+from proqha.search.latency_fit import TOLERANCE
 from proqha.search.race import RaceResult, finetune_step
 from proqha.search.record import SearchRecord
 from proqha.search.scores import Snapshot
@@ -234,7 +235,13 @@ class ProgressiveSearch:
         row |= {k.column: bits[k.layer][k.kind] for k in self.knobs}
         if tuned is not None and tuned.rounds:
             row["race"] = tuned.rounds  # kept in the step's checkpoint, not in frontier.csv
-        if batches is not None and (warned := output_warnings(self.model, health, batches, self.device)):
+        warned = output_warnings(self.model, health, batches, self.device) if batches is not None else []
+        budget = self.cfg.target_latency_ms
+        if budget is not None and row["latency_ms"] > budget * (1 + TOLERANCE):
+            warned = [*warned, f"the graph measured {row['latency_ms']:.4g} ms, over the latency budget {budget:.4g} ms "
+                               f"by more than {TOLERANCE:.0%} (the table predicted {row['latency_ms_pred']:.4g} ms); "
+                               "time it on an idle machine"]
+        if warned:
             row["warnings"] = warned  # printed and kept in the step's checkpoint, not in frontier.csv
         return row
 
