@@ -149,3 +149,31 @@ def test_a_search_under_the_uniform_4_bit_file_ends_at_most_that_size(digits_run
     last_step, last = step_checkpoints(tmp_path / "search")[-1]
     assert rows[-1]["file_bytes"] <= target < rows[0]["file_bytes"]
     assert len(exported_file(last, last_step)) <= rows[-1]["file_bytes"]
+
+
+@pytest.mark.slow
+def test_a_search_that_ends_above_its_file_budget_says_so(digits_run, tmp_path, monkeypatch):
+    """An unreachable budget (1 KB; the packed digits file is tens of KB at 2 bits): the search runs, and its
+    last line says which target it missed and by how much, where it used to end on a stop reason alone."""
+    from typer.testing import CliRunner
+
+    from proqha.cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--target-file-kb", "1", "--steps", "1",
+                                      "--finetune-epochs", "0", "--final-epochs", "0"])
+    assert result.exit_code == 0, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("warning: target not met at step 1: file ") and "against --target-file-kb 1" in last
+
+
+def test_missed_targets_reads_the_measured_latency_with_the_search_band():
+    from proqha.search.targets import missed_targets
+
+    cfg = SearchConfig(source="x", target_latency_ms=1.0, target_cost=0.5)
+    row = {"cost": 0.5, "bitops": 1.0, "bitops_ratio": 0.1, "size_bytes": 1e3, "file_bytes": float("nan"),
+           "latency_ms_pred": 0.9}
+    assert missed_targets(cfg, row | {"latency_ms": 1.09}) == []  # within the 10% band
+    assert missed_targets(cfg, row | {"latency_ms": 1.2}) == [
+        "latency 1.2 ms measured against --target-latency-ms 1 (predicted 0.9 ms)"]
+    assert missed_targets(cfg, row | {"cost": 0.51, "latency_ms": 1.0}) == ["cost 0.5100 against --target-cost 0.5"]

@@ -167,6 +167,25 @@ def test_the_engine_table_has_every_format_of_every_layer_and_is_cached_by_its_k
         engine.table(moved, SIZE)
 
 
+def test_an_openvino_latency_table_times_graphs_with_int8_weight_storage():
+    """OpenVINO reads no INT2 weights: its graphs keep 2-bit layers in int8 storage (every format timed)."""
+    import onnx
+
+    from proqha.deploy.latency_table import EngineLatency
+
+    train, _, _ = _data()
+    qmodel = _qmodel(train)
+    names = list(searchable_layers(qmodel))
+    BitConfig(BitConfig.from_model(qmodel).to_dict() | {names[0]: {"w": 2, "a": 8}}).apply(qmodel)
+
+    def storage(engine: str) -> set[int]:
+        proto = onnx.load_from_string(EngineLatency(engine).graph_of(qmodel, SIZE))
+        return {t.data_type for t in proto.graph.initializer}
+
+    assert onnx.TensorProto.INT2 in storage("ort")
+    assert onnx.TensorProto.INT2 not in storage("openvino") and onnx.TensorProto.INT4 not in storage("openvino")
+
+
 def test_the_prediction_adds_each_moved_layers_delta():
     table = LatencyModel("ort", 1, "cpu", 2.0, {"a": "int8", "b": "int8"},
                          {"a": {"float": 0.5, "int4": 0.1}, "b": {"float": 0.7, "int4": -0.05}})
@@ -223,16 +242,18 @@ class _GridFed(torch.nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-@pytest.mark.parametrize("layer", ["head", "block2.conv1", "fc"])
-def test_a_float_layer_that_reads_a_dequantized_tensor_runs_in_float_on_onnxruntime(layer, tmp_path):
+@pytest.mark.parametrize("layer,w", [("head", 32), ("block2.conv1", 32), ("fc", 32), ("head", 4)])
+def test_a_float_layer_that_reads_a_dequantized_tensor_runs_in_float_on_onnxruntime(layer, w, tmp_path):
     """onnxruntime quantizes the float weights of a Conv/Gemm fed by a per-tensor DequantizeLinear itself
     (WeightBiasQuantization): a float layer after a residual add ran as an int8 kernel with weights nobody
-    trained, and the export was refused. Its input is dequantized per channel: it runs in float, exactly."""
+    trained, and the export was refused. Its input is dequantized per channel: it runs in float, exactly.
+    A layer with 4-bit weights and float activations (a search with a latency and a cost budget) is a float
+    conv on its dequantized weights (it failed with "quantizer is off (32 bit)")."""
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
     batches = [(x, torch.zeros(64, dtype=torch.long))]
     qmodel = proqha.quantize(_GridFed(), x[:8], calib_data=batches, bits=8)
-    BitConfig(BitConfig.from_model(qmodel).to_dict() | {layer: {"w": 32, "a": 32}}).apply(qmodel)
+    BitConfig(BitConfig.from_model(qmodel).to_dict() | {layer: {"w": w, "a": 32}}).apply(qmodel)
     report = proqha.export_onnx(qmodel, tmp_path / "f.onnx", (3, 8, 8), batches)
     assert not report.failures  # kernels and the parity rules
     assert [n for n in report.kernels.float_layer_names if n.split("_nchwc")[0] == layer]

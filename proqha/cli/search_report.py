@@ -26,6 +26,8 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     from proqha.deploy.search_plots import write_search_plots
     from proqha.search import run_search
     from proqha.search.frontier import FRONTIER_FILE, read_frontier
+    from proqha.search.latency_fit import TOLERANCE
+    from proqha.search.targets import missed_targets
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=True,
@@ -85,7 +87,13 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
     for path in write_search_plots(run_dir, rows):
         err_console.print(f"wrote {path}")
-    err_console.print(STOP_MESSAGES[result["stopped"]].format(steps=result["steps"]))
+    missed = missed_targets(cfg, rows[-1], TOLERANCE) if rows else []
+    if result["stopped"] == "target" and missed:  # met by the table's prediction, not by the measured graph
+        err_console.print(f"stopped at step {result['steps']}: the latency table's prediction meets the targets")
+    else:
+        err_console.print(STOP_MESSAGES[result["stopped"]].format(steps=result["steps"]))
+    if missed:
+        err_console.print(f"warning: target not met at step {rows[-1]['step']}: " + "; ".join(missed), markup=False)
 
 
 def race_line(row: dict) -> str:

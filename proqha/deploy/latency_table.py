@@ -137,10 +137,13 @@ class EngineLatency:
         return table
 
     def _graph(self, probe: nn.Module, input_size: tuple[int, ...]) -> bytes:
-        """The exported graph of ``probe`` (a CPU model in eval mode, which the export leaves as it is)."""
+        """The exported graph of ``probe`` (a CPU model in eval mode, which the export leaves as it is), with the
+        weight storage this engine reads: packed INT4/INT2 on onnxruntime, int8 on OpenVINO (which reads no
+        INT2; ``proqha bench`` gives it the same int8 file)."""
         from proqha.export.onnx_export import export_onnx
 
-        return export_onnx(probe, input_size)[0].SerializeToString()
+        weights = "int8" if self.engine == "openvino" else "packed"
+        return export_onnx(probe, input_size, weights=weights)[0].SerializeToString()
 
     def time_graph(self, graph: bytes, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of one ONNX graph (its bytes) on this engine at this batch."""

@@ -158,9 +158,9 @@ def check_kernels(counts: KernelCounts, info: ExportInfo, feeding_float: set[str
     float_layers = sum(1 for n in counts.float_layer_names if _layer_of(n, info.layers) is not None)
     if counts.integer_layers != integer or float_layers != expected_float:
         beside = f"; {unfused} beside float layers" if unfused else ""
-        failures.append(f"onnxruntime runs {counts.integer_layers} of {integer} quantized "
-                        f"conv/linear/matmul layers in int8 ({float_layers} float kernels, {expected_float} "
-                        f"expected{beside})")
+        failures.append(f"onnxruntime runs {counts.integer_layers} conv/linear/matmul layers as int8 kernels and "
+                        f"{float_layers} in float, where the graph quantizes {integer} and leaves {expected_float} "
+                        f"in float{beside}")
     if counts.integer_adds != info.quant_adds:
         failures.append(f"onnxruntime runs {counts.integer_adds} of {info.quant_adds} quantized adds in int8")
     return failures

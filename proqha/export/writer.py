@@ -103,14 +103,17 @@ class GraphWriter:
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
         grid = self.written_grids[x].scale if x in self.written_grids else None
-        if not (self.quantized and wq.enabled and grid is not None):  # written with float weights
+        # integer weights need a quantized input: a layer at float activations (its weights at w bits or
+        # not) is a float conv on its weights' dequantized values, whatever grid its input came on
+        integer = self.quantized and wq.enabled and layer.input_quantizer.enabled and grid is not None
+        if not integer:
             x = self.float_layer_input(x, layer.in_channels if isinstance(layer, QuantConv2d) else layer.in_features,
                                        name)
         if name in self.weights_of and self.weights_of[name][2] == (grid, bn):  # a later call: the same weights
             w, b, _ = self.weights_of[name]
             self.info.layers[name].calls += 1
         else:
-            if self.quantized and wq.enabled and grid is not None:
+            if integer:
                 w, b = self.integer_weights(name, layer, bn, x, record)
             else:
                 wf, bias = float_layer(layer, bn)

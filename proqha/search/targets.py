@@ -38,6 +38,23 @@ def target_met(cfg: SearchConfig, report: CostReport) -> bool:
     return bool(values) and all(within(v, limit) for v, limit in values.values())
 
 
+def missed_targets(cfg: SearchConfig, row: dict, tolerance: float = 0.10) -> list[str]:
+    """What a frontier ``row`` (a step of ``proqha search``) misses of the configured targets, one phrase each
+    ("file 41.50 KB against --target-file-kb 1"): paper cost, BitOPs, size and the predicted file exactly, the
+    latency as measured on the whole graph (over the budget by more than ``tolerance``, the search's band)."""
+    checks = [("cost", row["cost"], cfg.target_cost, "{:.4f}", "--target-cost"),
+              ("BitOPs", row["bitops_ratio"] if (cfg.target_bitops or 0) <= 1 else row["bitops"], cfg.target_bitops,
+               "{:.4g}", "--target-bitops"),
+              ("size", row["size_bytes"] / 1e6, cfg.target_size_mb, "{:.4f} MB", "--target-size-mb"),
+              ("file", row["file_bytes"] / 1e3, cfg.target_file_kb, "{:.2f} KB", "--target-file-kb")]
+    missed = [f"{what} {form.format(value)} against {flag} {limit:g}" for what, value, limit, form, flag in checks
+              if limit is not None and not within(value, limit)]
+    if cfg.target_latency_ms is not None and row["latency_ms"] > cfg.target_latency_ms * (1 + tolerance):
+        missed.append(f"latency {row['latency_ms']:.4g} ms measured against --target-latency-ms "
+                      f"{cfg.target_latency_ms:g} (predicted {row['latency_ms_pred']:.4g} ms)")
+    return missed
+
+
 def budget_progress(cfg: SearchConfig, current: CostReport, candidate: CostReport) -> float:
     """How much of the remaining way to the targets a candidate covers: the sum, over targets not yet
     met, of (reduction / remaining gap); with no target, the reduction of ``cfg.cost_metric``."""
