@@ -177,3 +177,30 @@ def test_missed_targets_reads_the_measured_latency_with_the_search_band():
     assert missed_targets(cfg, row | {"latency_ms": 1.2}) == [
         "latency 1.2 ms measured against --target-latency-ms 1 (predicted 0.9 ms)"]
     assert missed_targets(cfg, row | {"cost": 0.51, "latency_ms": 1.0}) == ["cost 0.5100 against --target-cost 0.5"]
+
+
+def test_an_allocation_under_a_file_budget_is_at_its_floor_only_where_no_level_saves_bytes():
+    """4-bit weights go to 2 bits under a file budget although 4 to 3 saves nothing (both stored INT4): the
+    allocation's search does not stop at 4 bits as if no knob could be lowered (it did: "floor" after step 1)."""
+    import copy
+
+    from test_race import _data, _qmodel
+
+    from proqha.search.data import LoaderData
+    from proqha.search.progressive import ProgressiveSearch
+
+    train, calib, test = _data()
+    cfg = SearchConfig(source="t", target_file_kb=0.001).resolved()  # unreachable: every level that saves counts
+    assert cfg.strategy == "allocate"
+    search = ProgressiveSearch(cfg, copy.deepcopy(_qmodel(train)), LoaderData(train, calib, test), (1, 8, 8),
+                               torch.device("cpu"), measure_file=measure_file_model)
+
+    def at(w: int) -> dict:
+        bits = search.bits()
+        for knob in search.knobs:
+            if knob.kind == "w":
+                bits[knob.layer]["w"] = w
+        return bits
+
+    assert search.can_lower(at(4)) and search.can_lower(at(8))
+    assert not search.can_lower(at(2))  # activations save no bytes, weights are at --min-bits

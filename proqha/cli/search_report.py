@@ -15,8 +15,9 @@ from proqha.search.config import SearchConfig
 STOP_MESSAGES = {
     "steps": "ran all {steps} steps",
     "target": "target met at step {steps}",
-    "floor": "stopped after step {steps}: no knob the cost metric counts can be lowered by --interval without going "
-             "below --min-bits",
+    "floor": "stopped after step {steps}: no knob can be lowered (by --interval, or to any level with --strategy "
+             "allocate) within --min-bits in a way that brings an unmet target (without one, the cost metric) closer "
+             "(the file counts 8-, 4- and 2-bit stored weights only; activations save no bytes)",
 }
 
 

@@ -163,15 +163,20 @@ class ProgressiveSearch:
         return counted or self.knobs
 
     def can_lower(self, bits: Bits) -> bool:
-        """Whether a next step could lower some useful knob of ``bits`` (the table and reference strategies)."""
+        """Whether a next step could lower some useful knob of ``bits``: by ``interval`` (the table and reference
+        strategies), or to any level down to ``min_bits`` (the allocation, which moves a knob to any level: a
+        file budget's 4-bit weights still go to 2 where 4 to 3 saves nothing)."""
+        if self.cfg.strategy == "allocate":
+            return bool(lowerable_knobs(bits, self.useful_knobs(bits, to_floor=True), 1, self.cfg.min_bits))
         return bool(lowerable_knobs(bits, self.useful_knobs(bits), self.cfg.interval, self.cfg.min_bits))
 
-    def useful_knobs(self, bits: Bits) -> list[Knob]:
-        """The knobs whose lowering by ``interval`` brings some target not yet met closer (weights: paper cost,
-        size, BitOPs, and the file where the weights' stored width narrows, not 8 to 7 bit in int8;
-        activations: BitOPs only). With no target, the knobs the cost metric counts: under the paper cost or
-        the file, weights only, since a sub-8-bit activation saves neither and costs an integer clamp on
-        every CPU engine. Every knob when budgets are not fitted (the reference)."""
+    def useful_knobs(self, bits: Bits, to_floor: bool = False) -> list[Knob]:
+        """The knobs whose lowering by ``interval`` (``to_floor``: to ``min_bits``, the most a level can save)
+        brings some target not yet met closer (weights: paper cost, size, BitOPs, and the file where the
+        weights' stored width narrows, not 8 to 7 bit in int8; activations: BitOPs only). With no target, the
+        knobs the cost metric counts: under the paper cost or the file, weights only, since a sub-8-bit
+        activation saves neither and costs an integer clamp on every CPU engine. Every knob when budgets are
+        not fitted (the reference)."""
         cfg = self.cfg
         if not cfg.fit_budget:
             return self.knobs
@@ -183,7 +188,10 @@ class ProgressiveSearch:
             return self.knobs
         useful = []
         for knob in self.knobs:
-            after = target_values(cfg, self.cost_of(lowered(bits, knob, cfg.interval)))
+            drop = bits[knob.layer][knob.kind] - cfg.min_bits if to_floor else cfg.interval
+            if to_floor and drop <= 0:
+                continue
+            after = target_values(cfg, self.cost_of(lowered(bits, knob, drop)))
             if any(after[name][0] < before[name][0] for name in unmet):
                 useful.append(knob)
         return useful
