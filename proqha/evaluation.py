@@ -12,7 +12,7 @@ from torch import nn
 
 from proqha.health import OutputHealth, predicted_classes
 from proqha.metrics import Metric, positions
-from proqha.train_step import LossFn, bad_label_error, not_class_indices
+from proqha.train_step import LossFn, bad_label_error, forward, not_class_indices
 
 
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[int]:
@@ -38,9 +38,9 @@ def evaluate_loader(model: nn.Module, loader: Iterable, device: torch.device, lo
         health.start(model)
     if metric is not None:
         metric.reset()
-    for x, y in loader:
+    for i, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        logits = forward(model, x, i == 0, "test")
         if health is not None:
             health.add(logits, y)
         if loss_fn is None:

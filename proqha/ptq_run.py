@@ -34,7 +34,7 @@ def _batches(dataset: Any, batch_size: int, count: int) -> list[torch.Tensor]:
 
 
 def quantize_run(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path, on_start: Callable[[], None] | None = None,
-                 on_note: Callable[[str], None] | None = None, on_batch: Progress | None = None) -> dict[str, Any]:
+                 on_batch: Progress | None = None) -> dict[str, Any]:
     """Quantize the (resolved) ``cfg``'s ``init`` model after training: calibrate on ``ptq.calib_batches``
     batches of the calibration split, evaluate float and quantized on the test split, write ``run_dir``
     (config.json, metrics.jsonl, bits.json, cost.json, checkpoints/last.pt). Nothing is written until
@@ -51,11 +51,12 @@ def quantize_run(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path, on_start: Call
     source = cfg.data_source()
     calib_set, test_set = source.load("calib"), source.load("test")
     model, recipe, notes = prepare_model(cfg, device)
+    if notes:  # a re-initialised head: nothing trains it here, so the quantized model would predict at random
+        raise OptionError("num_classes", f"{notes[0]}; post-training quantization does not train, so that head "
+                                         "would predict at random: leave num_classes to the file's head, or "
+                                         "train it (proqha train --init)")
     if on_start is not None:
         on_start()
-    for line in notes:
-        if on_note is not None:
-            on_note(line)
     test_loader = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers)
     float_row = evaluate_loader(float_twin(model), _counted(test_loader, "float", on_batch), device)
     batches = _batches(calib_set, cfg.batch_size, ptq.calib_batches)

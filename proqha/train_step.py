@@ -14,7 +14,7 @@ from torch import nn
 
 from proqha import distributed
 from proqha.data.custom import first_bad_label, outside_classes
-from proqha.errors import ProqhaError
+from proqha.errors import ProqhaError, first_line
 from proqha.health import predictions
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,6 +59,18 @@ def first_non_finite(model: nn.Module) -> str:
 def not_class_indices(y: torch.Tensor, classes: int) -> bool:
     """Whether a batch of integer labels holds one outside 0..classes-1 (float targets are not checked)."""
     return not y.is_floating_point() and bool(outside_classes(y, classes).any())
+
+
+def forward(model: nn.Module, x: torch.Tensor, first: bool, split: str) -> torch.Tensor:
+    """``model(x)``; on a loader's first batch, an input the model cannot take (a wrong channel count or
+    size) is one ``ProqhaError`` line naming the batch's shape instead of PyTorch's traceback."""
+    if not first:
+        return model(x)
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ProqhaError(f"the model cannot run on the {split} data's batches (inputs of shape {tuple(x.shape)}): "
+                          f"{first_line(exc)}") from None
 
 
 def bad_label_error(loader: Iterable, y: torch.Tensor, classes: int, split: str, when: str) -> ProqhaError:
@@ -120,7 +132,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     for i, (x, y_host) in enumerate(loader):
         x, y = x.to(device, non_blocking=True, memory_format=memory), y_host.to(device, non_blocking=True)
         with options.autocast(device):
-            logits = model(x)
+            logits = forward(model, x, i == 0, "training")
             if loss_fn is None and not_class_indices(y_host, logits.shape[1]):  # on the host: no device sync
                 raise bad_label_error(loader, y_host, logits.shape[1], "training", f"epoch {epoch}, batch {i}")
             loss = (loss_fn or F.cross_entropy)(logits.float(), y)

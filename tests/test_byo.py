@@ -340,3 +340,18 @@ def test_an_architecture_written_with_a_dot_for_the_colon_gets_the_import_path_f
 
     with pytest.raises(proqha.ProqhaError, match=r"module:factory, my_pkg.models:make_net"):
         get_model_spec("my_pkg.models.make_net")
+
+
+@pytest.mark.parametrize("call", ["evaluate", "fit"])
+def test_batches_the_model_cannot_take_are_one_error_line(call):
+    """Three-channel batches for a one-channel model: a ProqhaError naming the batches' shape, not PyTorch's
+    RuntimeError (quantize and export already said so; evaluate and fit raised the raw error)."""
+    import proqha
+    from proqha.errors import ProqhaError
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    qmodel = proqha.quantize(net, torch.randn(4, 1, 8, 8), bits=8)
+    bad = [(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ProqhaError, match=r"cannot run on the (test|training) data's batches \(inputs of shape "
+                                          r"\(4, 3, 8, 8\)\): Given groups=1"):
+        proqha.evaluate(qmodel, bad) if call == "evaluate" else proqha.fit(qmodel, bad, epochs=1)

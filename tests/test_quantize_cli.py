@@ -127,12 +127,15 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "no model": ([*common, "--data-dir", str(data)], "--init is needed"),
         "an unknown calibration method": (["--init", str(good), *common, "--data-dir", str(data),
                                            "--calib-method", "kl"], "--calib-method must be one of"),
+        "a head of another size": (["--init", str(_state(tmp_path, classes=5)), *common, "--data-dir", str(data)],
+                                   "re-initialised fc (the file's head has 5 classes, this model 3); post-training "
+                                   "quantization does not train"),
     }
 
 
 @pytest.mark.parametrize("case", ["wrong architecture", "a pickle that runs code", "an empty class folder",
                                   "a non-image file", "a val split of 1.5", "no model",
-                                  "an unknown calibration method"])
+                                  "an unknown calibration method", "a head of another size"])
 def test_malformed_input_is_one_line_exit_2_and_nothing_written(case, tmp_path, monkeypatch):
     args, message = _bad_inputs(tmp_path)[case]
     monkeypatch.chdir(tmp_path)

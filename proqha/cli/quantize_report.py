@@ -34,8 +34,7 @@ def run_quantize(cfg: TrainConfig, ptq: PTQConfig, run_dir: Path) -> None:
                                f"calibration) into {run_dir}")
 
     try:
-        result = quantize_run(cfg, ptq, run_dir, on_start=on_start,
-                              on_note=lambda line: progress.console.print(line, markup=False), on_batch=on_batch)
+        result = quantize_run(cfg, ptq, run_dir, on_start=on_start, on_batch=on_batch)
     finally:
         if progress.live.is_started:
             progress.stop()
