@@ -27,7 +27,6 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     from proqha.deploy.search_plots import write_search_plots
     from proqha.search import run_search
     from proqha.search.frontier import FRONTIER_FILE, read_frontier
-    from proqha.search.latency_fit import TOLERANCE
     from proqha.search.targets import missed_targets
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -88,7 +87,7 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
     console.print(frontier_table(rows, f"ProQHA frontier: {run_dir}"))
     for path in write_search_plots(run_dir, rows):
         err_console.print(f"wrote {path}")
-    missed = missed_targets(cfg, rows[-1], TOLERANCE) if rows else []
+    missed = missed_targets(cfg, rows[-1]) if rows else []
     if result["stopped"] == "target" and missed:  # met by the table's prediction, not by the measured graph
         err_console.print(f"stopped at step {result['steps']}: the latency table's prediction meets the targets")
     else:

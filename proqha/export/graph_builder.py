@@ -86,7 +86,14 @@ def constant_integers(name: str, producers: dict[str, onnx.NodeProto], inits: di
 def dequantize_behind(name: str, producers: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
     """The DequantizeLinear a tensor comes from, through Reshape/Transpose (which onnxruntime moves Q/DQ
     across), or None; ``producers`` maps tensor names to the nodes that write them."""
-    node = producers.get(name)
+    return dequantize_path(name, producers)[0]
+
+
+def dequantize_path(name: str, producers: dict[str, onnx.NodeProto]
+                    ) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
+    """``dequantize_behind`` and the Reshape/Transpose nodes between it and the tensor, nearest first."""
+    moves, node = [], producers.get(name)
     while node is not None and node.op_type in ("Reshape", "Transpose"):
+        moves.append(node)
         node = producers.get(node.input[0])
-    return node if node is not None and node.op_type == "DequantizeLinear" else None
+    return (node, moves) if node is not None and node.op_type == "DequantizeLinear" else (None, [])

@@ -17,7 +17,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from proqha.errors import ProqhaError
 from proqha.export import ops, qdq
 from proqha.export.export_info import ExportInfo, LayerExport
-from proqha.export.graph_builder import GraphBuilder, dequantize_behind
+from proqha.export.graph_builder import GraphBuilder, dequantize_behind, dequantize_path
 from proqha.quant import PACTQuantizer, QuantAdd, QuantConv2d, Quantizer, QuantLinear
 from proqha.quant.fold import float_layer, integer_layer
 from proqha.quant.fx_graph import SHAPE_PROPAGATED, constant_nodes, is_shape_value, quantizer_behind
@@ -94,12 +94,12 @@ class GraphWriter:
         name = node.target
         x = self.env[node.args[0]]
         tokens = isinstance(layer, QuantLinear) and len(self.shape(node.args[0])) != 2
-        wq = layer.weight_quantizer
         if tokens:  # a linear on N-d input (tokens, channels-last MLPs): a Gemm on the rows, features last
             rows = self.b.const(f"{name}.rows", np.array([-1, layer.in_features], np.int64))
             x = self.b.node("Reshape", [x, rows], f"{name}.to_rows")
         x = self.act(x, layer.input_quantizer, f"{name}.input")
         bn = self.folded_bn(node) if isinstance(layer, QuantConv2d) else None
+        wq = layer.weight_quantizer
         record = LayerExport("conv" if isinstance(layer, QuantConv2d) else "linear", layer.w_bits, layer.a_bits,
                              None, 0, 0, False, bn is not None)
         grid = self.written_grids[x].scale if x in self.written_grids else None
@@ -140,13 +140,9 @@ class GraphWriter:
         zero point repeated per channel on axis 1 (the same values, bit for bit). onnxruntime quantizes the
         float weights of a Conv or Gemm whose input comes from a per-tensor DequantizeLinear to int8 itself
         (its WeightBiasQuantization transformer), and the layer would no longer compute what was trained."""
-        producers = {out: n for n in self.b.nodes for out in n.output}
-        moves, dq = [], producers.get(x)
-        while dq is not None and dq.op_type in ("Reshape", "Transpose"):
-            moves.append(dq)
-            dq = producers.get(dq.input[0])
+        dq, moves = dequantize_path(x, {out: n for n in self.b.nodes for out in n.output})
         inits = {t.name: t for t in self.b.initializers}
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
+        if dq is None or dq.input[1] not in inits:
             return x
         step = onnx.numpy_helper.to_array(inits[dq.input[1]])
         if step.size != 1:

@@ -1,6 +1,6 @@
 """Fitting a latency budget by measurement: the per-layer table predicts each float layer's cost alone, and
 float neighbours share requantizations, so the table's choice is moved one float layer at a time, each move
-measured on the whole graph, until the graph is within ``TOLERANCE`` under the budget."""
+measured on the whole graph, until the graph is within ``LATENCY_TOLERANCE`` under the budget."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from proqha.quant import BitConfig
 from proqha.quant.grid import FULL_PRECISION
 from proqha.search.allocate import Damage
 from proqha.search.knobs import Bits
+from proqha.search.targets import LATENCY_TOLERANCE
 
 if TYPE_CHECKING:
     from proqha.search.progressive import ProgressiveSearch
 
-TOLERANCE = 0.10  # a latency budget counts as met within 10% under it
 ROUNDS = 12  # measured moves at most
 
 
 def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Damage, target_ms: float) -> Bits:
     """``bits`` with float layers dropped while the measured graph is over ``target_ms``, or added while it is
-    more than ``TOLERANCE`` under it; a dropped layer returns to its ``start`` bits. A move takes, of the
+    more than ``LATENCY_TOLERANCE`` under it; a dropped layer returns to its ``start`` bits. A move takes, of the
     layers whose predicted ms cover the excess (dropping) or fit the headroom (adding), the one that removes
     the least (dropping) or most (adding) loss per ms; where none does, the layer with the most (dropping) or
     least (adding) predicted ms. A graph timed within the band is timed again and the mean of the two decides
@@ -53,7 +53,7 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
         return layer_format(trial[name]["w"], trial[name]["a"]) == FLOAT_FORMAT
 
     def in_band(ms_: float) -> bool:
-        return target_ms * (1 - TOLERANCE) <= ms_ <= target_ms
+        return target_ms * (1 - LATENCY_TOLERANCE) <= ms_ <= target_ms
 
     names, tried = list(table.start), []
     measured = measure(bits)

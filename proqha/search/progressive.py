@@ -32,12 +32,11 @@ from proqha.search.criteria import LOSS_FLOOR, Scoring, criterion_named
 from proqha.search.data import DatasetData, SearchData
 from proqha.search.frontier import step_checkpoint, step_checkpoints
 from proqha.search.knobs import Bits, Knob, lowerable_knobs, lowered, model_knobs
-from proqha.search.latency_fit import TOLERANCE
 from proqha.search.race import RaceResult, finetune_step
 from proqha.search.record import SearchRecord
 from proqha.search.scores import Snapshot
 from proqha.search.strategies import Choice, strategy_named
-from proqha.search.targets import budget_progress, target_met, target_values, within
+from proqha.search.targets import LATENCY_TOLERANCE, budget_progress, latency_over, target_met, target_values, within
 from proqha.seeds import Salt, step_seed
 from proqha.train import LossFn, evaluate_loader, output_warnings, resolve_device
 
@@ -244,11 +243,10 @@ class ProgressiveSearch:
         if tuned is not None and tuned.rounds:
             row["race"] = tuned.rounds  # kept in the step's checkpoint, not in frontier.csv
         warned = output_warnings(self.model, health, batches, self.device) if batches is not None else []
-        budget = self.cfg.target_latency_ms
-        if budget is not None and row["latency_ms"] > budget * (1 + TOLERANCE):
-            warned = [*warned, f"the graph measured {row['latency_ms']:.4g} ms, over the latency budget {budget:.4g} ms "
-                               f"by more than {TOLERANCE:.0%} (the table predicted {row['latency_ms_pred']:.4g} ms); "
-                               "time it on an idle machine"]
+        if latency_over(self.cfg, row["latency_ms"]):
+            warned = [*warned, f"the graph measured {row['latency_ms']:.4g} ms, over the latency budget "
+                               f"{self.cfg.target_latency_ms:.4g} ms by more than {LATENCY_TOLERANCE:.0%} (the table "
+                               f"predicted {row['latency_ms_pred']:.4g} ms); time it on an idle machine"]
         if warned:
             row["warnings"] = warned  # printed and kept in the step's checkpoint, not in frontier.csv
         return row
