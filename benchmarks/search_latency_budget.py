@@ -1,19 +1,23 @@
 """A budget in measured latency: the search at a latency between the int8 and the fp32 graph, on onnxruntime.
 
-    python benchmarks/search_latency_budget.py [--seeds 0 1 2] [--fraction 0.5] [--engine ort] [--batch 1]
+    python benchmarks/search_latency_budget.py [--seeds 0 1 2] [--fraction 0.5] [--budget ratio|ms] [--engine ort] [--batch 1]
         [--threads N] [--base-epochs 10] [--final-epochs 8] [--no-resnet18] [--r18-base-epochs 3]
         [--r18-final-epochs 1] [--r18-lr 1e-4] [--r18-train 1200] [--r18-calib 128] [--r18-test 1500] [--out DIR]
 
 Pipeline model (the `proqha pipeline` default: digits_resnet on digits), per seed: one 8-bit QAT checkpoint;
 its exported int8 graph and its fp32 graph are timed (interleaved, ``RETIME_BLOCKS`` blocks); the budget is int8 + fraction x (fp32 - int8) ms (where
-the fp32 graph is not slower, the int8 graph's own latency). Arms:
-- search:  `proqha search --target-latency-ms <budget>` with its defaults (the allocation may leave layers in
-  float where the budget pays for them; the per-layer table is timed once, every step's graph is measured);
+the fp32 graph is not slower, the int8 graph's own latency); with ``--budget ratio`` (default) it is given to the
+search as that budget over the int8 graph's latency. Arms:
+- search:  `proqha search --target-latency-ratio <budget / int8>` (``--budget ms``: `--target-latency-ms
+  <budget>`) with its defaults (the allocation may leave layers in float where the budget pays for them; the
+  per-layer table is timed once, every step's graph is measured, beside the int8 graph under a ratio);
 - uniform: QAT at 8 bit from the same start for as many epochs as the search fine-tuned, by the search's own
   fine-tuning (recipe and batches of its last step; uniform int8; the start itself where the search kept it).
 At the end the chosen configuration's graph is timed again, interleaved with the start's int8 and fp32 graphs
-(``RETIME_BLOCKS`` blocks): its ratio to the search's budget decides; "re-int8" and "/re-bud" (its ratio to the
-budget the same rule gives from the graphs timed beside it) show what the machine's drift did. ResNet-18 (torchvision, 224x224, on
+(``RETIME_BLOCKS`` blocks). Under a ratio budget the chosen graph's latency over the int8 graph timed beside it,
+against the search's ratio, decides ("x int8", "/budget"); under an ms budget its ms against the search's
+budget; "/ms-bud" (its ms against the budget in ms set at the start) and "/re-bud" (its ratio to the budget the
+same rule gives from the graphs timed beside it) show what the machine's drift did either way. ResNet-18 (torchvision, 224x224, on
 ``user_nets.shapes`` resized to 224: 1,200 training, 128 calibration and 1,500 test images): 8-bit QAT from
 scratch for ``--r18-base-epochs``, then the same budget rule and search (one step, ``--r18-final-epochs`` of
 fine-tuning at ``--r18-lr``) against uniform int8 QAT from the same start for as many epochs at that rate.
@@ -55,11 +59,25 @@ def budget_ms(int8: float, fp32: float, fraction: float) -> float:
 
 
 def retime(retimed: list[float], args: argparse.Namespace) -> dict:
-    """The final interleaved timing (int8, fp32, chosen graph): the chosen graph's latency, and the budget the
-    same rule gives from the int8 and fp32 graphs timed beside it (what a drift of the machine did to it)."""
+    """The final interleaved timing (int8, fp32, chosen graph): the chosen graph's latency, its ratio to the int8
+    graph beside it, and the budget the same rule gives from the int8 and fp32 graphs timed beside it (what a
+    drift of the machine did to it)."""
     int8, fp32, chosen = retimed
-    return {"measured_ms": chosen, "retimed_int8_ms": int8, "retimed_fp32_ms": fp32,
+    return {"measured_ms": chosen, "measured_ratio": chosen / int8, "retimed_int8_ms": int8, "retimed_fp32_ms": fp32,
             "retimed_target_ms": budget_ms(int8, fp32, args.fraction)}
+
+
+def budget_options(int8: float, target: float, args: argparse.Namespace) -> dict:
+    """The search's latency budget: ``target`` ms over ``int8`` as a ratio (``--budget ratio``), else in ms."""
+    return {"target_latency_ratio": target / int8} if args.budget == "ratio" else {"target_latency_ms": target}
+
+
+def judged(r: dict, args: argparse.Namespace) -> float:
+    """What decides a row: the chosen graph's measured latency over the search's budget (under a ratio, its
+    ratio to the int8 graph timed beside it, over the budget's ratio)."""
+    if args.budget == "ratio":
+        return r["measured_ratio"] / (r["target_ms"] / r["int8_ms"])
+    return r["measured_ms"] / r["target_ms"]
 
 
 def pipeline_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
@@ -72,7 +90,7 @@ def pipeline_seed(seed: int, args: argparse.Namespace, root: Path) -> dict:
     int8, fp32 = clock.time_graphs(ends, size, repeats=RETIME_BLOCKS)
     target = budget_ms(int8, fp32, args.fraction)
     run = root / f"search-{seed}"
-    cfg = SearchConfig(source=str(base), target_latency_ms=target, latency_engine=args.engine,
+    cfg = SearchConfig(source=str(base), **budget_options(int8, target, args), latency_engine=args.engine,
                        latency_batch=args.batch, final_epochs=args.final_epochs, seed=seed).resolved()
     searches: list = []  # the search, for its data, recipe and device
     run_search(cfg, run, measure_latency=EngineLatency(args.engine, args.batch, RunDir(run).latency_table,
@@ -134,7 +152,7 @@ def resnet18(args: argparse.Namespace) -> dict:
     original = latency_table.search_latency
     latency_table.search_latency = lambda cfg, run_dir, on_progress=None: measurer  # the same clock settings
     try:
-        result = proqha.search_bits(start, train, calib, test, steps=1, target_latency_ms=target,
+        result = proqha.search_bits(start, train, calib, test, steps=1, **budget_options(int8, target, args),
                                     latency_engine=args.engine, latency_batch=args.batch, finetune_epochs=0,
                                     final_epochs=args.r18_final_epochs, lr=args.r18_lr, seed=SEARCH_SEED)
     finally:
@@ -158,6 +176,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2], help="pipeline seeds (none: ResNet-18 only)")
     ap.add_argument("--fraction", type=float, default=0.5, help="where between int8 and fp32 the budget lies")
+    ap.add_argument("--budget", default="ratio", choices=("ratio", "ms"),
+                    help="the search's budget: a ratio to the int8 graph (timed beside it), or ms")
     ap.add_argument("--engine", default="ort", choices=("ort", "openvino"))
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="engine threads (default: the engine's own)")
@@ -183,16 +203,20 @@ def main() -> int:
         rows.append(resnet18(args))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     ok = True
-    print(f"{args.engine} batch {args.batch} on {cpu_name()}; budget: int8 + {args.fraction} x (fp32 - int8)")
-    print(f"{'model':<13} {'seed':>4} {'int8 ms':>8} {'fp32 ms':>8} {'budget':>8} {'pred':>8} {'measured':>8} "
-          f"{'/budget':>7} {'re-int8':>8} {'/re-bud':>7} {'float':>5} {'top-1':>6} {'uniform':>7} {'max step err':>12}")
+    print(f"{args.engine} batch {args.batch} on {cpu_name()}; budget: int8 + {args.fraction} x (fp32 - int8), "
+          f"given as {'a ratio to int8' if args.budget == 'ratio' else 'ms'}")
+    print(f"{'model':<13} {'seed':>4} {'int8 ms':>8} {'fp32 ms':>8} {'budget':>8} {'x int8':>6} {'pred':>8} "
+          f"{'measured':>8} {'x int8':>6} {'/budget':>7} {'/ms-bud':>7} {'re-int8':>8} {'/re-bud':>7} {'float':>5} "
+          f"{'top-1':>6} {'uniform':>7} {'max step err':>12}")
     for r in rows:
-        ratio = r["measured_ms"] / r["target_ms"]
+        ratio = judged(r, args)
         good = abs(ratio - 1) <= TOLERANCE and not (r["top1"] < r["uniform_top1"])
         ok &= good
         print(f"{r['model']:<13} {r['seed']:>4} {r['int8_ms']:>8.4f} {r['fp32_ms']:>8.4f} {r['target_ms']:>8.4f} "
-              f"{r['predicted_ms']:>8.4f} {r['measured_ms']:>8.4f} {ratio:>7.3f} {r['retimed_int8_ms']:>8.4f} "
-              f"{r['measured_ms'] / r['retimed_target_ms']:>7.3f} {r['float_layers']:>2}/{r['layers']:<2} "
+              f"{r['target_ms'] / r['int8_ms']:>6.3f} {r['predicted_ms']:>8.4f} {r['measured_ms']:>8.4f} "
+              f"{r['measured_ratio']:>6.3f} {ratio:>7.3f} {r['measured_ms'] / r['target_ms']:>7.3f} "
+              f"{r['retimed_int8_ms']:>8.4f} {r['measured_ms'] / r['retimed_target_ms']:>7.3f} "
+              f"{r['float_layers']:>2}/{r['layers']:<2} "
               f"{r['top1']:>6.2f} {r['uniform_top1']:>7.2f} {max(abs(e) for e in r['step_errors']) * 100:>11.1f}%"
               f"{'' if good else '  MISS'}")
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))

@@ -38,7 +38,9 @@ class LatencyModel:
     """Per-call latency (ms, median) of the start graph on ``engine`` at ``batch`` on ``cpu`` (``base_ms``), the
     start format of each searchable layer, and per layer the milliseconds its move to each other format adds
     (``deltas``: format -> ms, each measured with only that layer moved). ``key``: what the table was measured
-    for (engine, batch, CPU, model), so a cached table is reused only where it holds."""
+    for (engine, batch, CPU, model), so a cached table is reused only where it holds. ``reference_ms``: the
+    uniform 8-bit graph's latency on the table's clock (what ``target_latency_ratio`` multiplies; set by the
+    search, not kept in the cached table; None: ``base_ms``, the start graph being that graph)."""
 
     engine: str
     batch: int
@@ -47,6 +49,12 @@ class LatencyModel:
     start: Mapping[str, str]
     deltas: Mapping[str, Mapping[str, float]]
     key: Mapping[str, Any] = field(default_factory=dict)
+    reference_ms: float | None = None
+
+    @property
+    def reference(self) -> float:
+        """The uniform 8-bit graph's latency (ms) on the table's clock."""
+        return self.base_ms if self.reference_ms is None else self.reference_ms
 
     def predict(self, report: CostReport) -> float:
         """The predicted latency (ms) of the graph at ``report``'s bits: the start graph's plus each moved
@@ -73,9 +81,14 @@ class LatencyModel:
 
 class LatencyMeasurer(Protocol):
     """Measures latency for a search (injected by the CLI and the API: ``proqha.deploy.latency_table``):
-    ``table`` the per-layer table of a model at its start bits, ``graph_ms`` one whole graph at its bits."""
+    ``table`` the per-layer table of a model at its start bits, ``graph_ms`` one whole graph at its bits,
+    ``graph_ms_beside`` one whole graph and a reference graph timed interleaved (a drift of the machine moves
+    both alike)."""
 
     def table(self, model: nn.Module, input_size: tuple[int, ...]) -> LatencyModel: ...
 
     def graph_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float: ...
+
+    def graph_ms_beside(self, model: nn.Module, reference: nn.Module, input_size: tuple[int, ...]
+                        ) -> tuple[float, float]: ...
 

@@ -177,6 +177,10 @@ def test_missed_targets_reads_the_measured_latency_with_the_search_band():
     assert missed_targets(cfg, row | {"latency_ms": 1.2}) == [
         "latency 1.2 ms measured against --target-latency-ms 1 (predicted 0.9 ms)"]
     assert missed_targets(cfg, row | {"cost": 0.51, "latency_ms": 1.0}) == ["cost 0.5100 against --target-cost 0.5"]
+    ratio = SearchConfig(source="x", target_latency_ratio=1.2)  # judged by the ratio timed beside int8, not by ms
+    assert missed_targets(ratio, row | {"latency_ms": 9.0, "latency_ratio": 1.3}) == []
+    assert missed_targets(ratio, row | {"latency_ms": 1.0, "latency_ratio": 1.4}) == [
+        "latency 1.400x the uniform 8-bit graph timed beside it against --target-latency-ratio 1.2 (1 ms measured)"]
 
 
 def test_an_allocation_under_a_file_budget_is_at_its_floor_only_where_no_level_saves_bytes():

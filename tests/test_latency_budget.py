@@ -5,6 +5,7 @@ never asserted from a clock in a test)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -48,6 +49,9 @@ class FakeEngine:
         floats = sum(1 for n, b in bits.items() if n in self.deltas and layer_format(b["w"], b["a"]) == "float")
         return 1.0 - self.shared * max(floats - 1, 0) + sum(self.deltas[n].get(layer_format(b["w"], b["a"]), 0.0) for n, b in bits.items()
                          if n in self.deltas and layer_format(b["w"], b["a"]) != "int8")
+
+    def graph_ms_beside(self, model, reference, input_size) -> tuple[float, float]:
+        return self.graph_ms(model, input_size), self.graph_ms(reference, input_size)
 
 
 def _fmt(bits: dict) -> str:
@@ -108,6 +112,62 @@ def test_a_step_whose_graph_measures_over_the_latency_budget_says_so(monkeypatch
     assert last["latency_ms"] == pytest.approx(3.0)
     assert any("over the latency budget 1.25 ms" in w for w in last.get("warnings", ()))
     assert any("the table predicted 1 ms" in w for w in result.steps[0].get("warnings", ()))  # the start too
+
+
+def test_a_latency_ratio_is_met_on_a_machine_slower_than_when_its_table_was_measured(monkeypatch):
+    """The same budget as the test above, as a ratio to the uniform 8-bit graph: every graph is timed beside that
+    graph, so a machine three times slower moves both alike and the float layer the budget pays for stays."""
+    from proqha.deploy import latency_table
+
+    train, calib, test = _data()
+    qmodel = _qmodel(train)
+    names = list(searchable_layers(qmodel))
+    engine = ThreeTimesEngine(_deltas(qmodel))
+    monkeypatch.setattr(latency_table, "search_latency", lambda cfg, run_dir, on_progress=None: engine)
+    result = proqha.search_bits(qmodel, train, calib, test, steps=3, target_latency_ratio=1.25, finetune_epochs=1,
+                                final_epochs=1)
+    last = result.steps[-1]
+    assert last["bits"][names[0]] == {"w": 32, "a": 32} and _fmt(last["bits"][names[1]]) != "float"
+    assert last["latency_ms"] == pytest.approx(3.6) and last["latency_ratio"] == pytest.approx(1.2)
+    assert last["latency_ms_pred"] == pytest.approx(1.2) and last["latency_err"] == pytest.approx(0)
+    assert not any(step.get("warnings") for step in result.steps)
+
+
+class SlowerEngine(FakeEngine):
+    """The additive engine on a machine 1.5 times slower than its table, whose start graph it times too."""
+
+    def table(self, model, input_size) -> LatencyModel:
+        return dataclasses.replace(super().table(model, input_size), base_ms=self.graph_ms(model, input_size))
+
+    def graph_ms(self, model, input_size) -> float:
+        return 1.5 * super().graph_ms(model, input_size)
+
+
+def test_a_latency_ratio_from_lower_bits_is_to_the_uniform_8_bit_graph_timed_beside_them():
+    """A search that starts below 8 bits (a resumed one) prices the ratio against the uniform 8-bit graph, not
+    its own start: that graph's latency on the table's clock is timed beside the start graph."""
+    from proqha.search.data import LoaderData
+    from proqha.search.progressive import ProgressiveSearch
+    from proqha.search.targets import latency_budget_ms
+
+    train, calib, test = _data()
+    qmodel = _qmodel(train)
+    names = list(searchable_layers(qmodel))
+    deltas = _deltas(qmodel)
+    deltas[names[0]]["int4"] = -0.2  # the start: the first layer at 4 bits, 0.8 of the uniform 8-bit graph
+    BitConfig(BitConfig.from_model(qmodel).to_dict() | {names[0]: {"w": 4, "a": 8}}).apply(qmodel)
+    cfg = SearchConfig(source="t", target_latency_ratio=1.5).resolved()
+    search = ProgressiveSearch(cfg, qmodel, LoaderData(train, calib, test), SIZE, torch.device("cpu"),
+                               measure_latency=SlowerEngine(deltas))
+    table = search.base_cost.latency_model
+    assert table.base_ms == pytest.approx(1.2) and table.reference == pytest.approx(1.5)  # 1.2 / 0.8
+    assert latency_budget_ms(cfg, search.base_cost) == pytest.approx(2.25)
+    assert BitConfig.from_model(search.reference).to_dict()[names[0]] == {"w": 8, "a": 8}
+    assert search.time_graph(search.model) == pytest.approx((1.2, 0.8))
+    with pytest.raises(OptionError, match="not both"):
+        SearchConfig(source="t", target_latency_ratio=1.5, target_latency_ms=1.0).resolved()
+    with pytest.raises(OptionError, match="target_latency_ratio"):
+        SearchConfig(source="t", target_latency_ratio=0).resolved()
 
 
 def test_the_tables_choice_is_fitted_by_measuring_the_graph(monkeypatch):
@@ -261,8 +321,9 @@ def test_a_float_layer_that_reads_a_dequantized_tensor_runs_in_float_on_onnxrunt
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("budget", [("--target-latency-ms", "1000"), ("--target-latency-ratio", "100")])
 def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_every_step(digits_run, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, budget):
     from typer.testing import CliRunner
 
     from proqha.cli.app import app
@@ -280,11 +341,11 @@ def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_ev
     monkeypatch.setattr(latency_table, "search_latency", quick)
     run = tmp_path / "search"
     result = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(run),
-                                      "--target-latency-ms", "1000", "--steps", "2", "--finetune-epochs", "0",
-                                      "--final-epochs", "0"])
+                                      *budget, "--steps", "2", "--finetune-epochs", "0", "--final-epochs", "0"])
     assert result.exit_code == 0, result.output
     rows = read_frontier(run)
-    assert len(rows) == 2 and all(r["latency_ms"] > 0 and r["latency_ms_pred"] > 0 for r in rows)
+    assert len(rows) == 2 and all(r["latency_ms"] > 0 and r["latency_ms_pred"] > 0 and r["latency_ratio"] > 0
+                                  for r in rows)
     assert all(v == 32 for k, v in rows[-1].items() if k.endswith("/w"))  # a budget for every layer in float
     table = json.loads((run / "latency_table.json").read_text())
     assert set(table["start"]) == {k[:-2] for k in rows[0] if k.endswith("/w")}
@@ -293,6 +354,10 @@ def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_ev
     bad = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "bad"),
                                    "--target-latency-ms", "1", "--latency-engine", "tpu"])
     assert bad.exit_code == 2 and "latency" in bad.output and not (tmp_path / "bad").exists()
+    both = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "both"),
+                                    "--target-latency-ms", "1", "--target-latency-ratio", "1.2"])
+    assert both.exit_code == 2 and "--target-latency-ratio" in both.output and "not both" in both.output
+    assert len(both.output.strip().splitlines()) == 1 and not (tmp_path / "both").exists()
 
 
 def test_a_latency_budget_measures_only_the_levels_that_save_latency(monkeypatch):

@@ -47,6 +47,7 @@ def search(
     target_size_mb: Annotated[Optional[float], declared_option(S, "target_size_mb")] = default(S, "target_size_mb"),
     target_file_kb: Annotated[Optional[float], declared_option(S, "target_file_kb")] = default(S, "target_file_kb"),
     target_latency_ms: Annotated[Optional[float], declared_option(S, "target_latency_ms")] = default(S, "target_latency_ms"),
+    target_latency_ratio: Annotated[Optional[float], declared_option(S, "target_latency_ratio")] = default(S, "target_latency_ratio"),
     latency_engine: Annotated[str, declared_option(S, "latency_engine")] = default(S, "latency_engine"),
     latency_batch: Annotated[int, declared_option(S, "latency_batch")] = default(S, "latency_batch"),
     strategy: Annotated[str, declared_option(S, "strategy")] = default(S, "strategy"),

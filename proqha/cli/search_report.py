@@ -50,7 +50,8 @@ def search_run(cfg: SearchConfig, run_dir: Path, resume: bool = False) -> None:
                         info=f"cost {row['cost']:.4f}  top-1 {row['test_top1']:.2f}%")
         file_kb = "" if math.isnan(row["file_bytes"]) else f"  file {row['file_bytes'] / 1e3:.1f} KB"
         if not math.isnan(row["latency_ms"]):
-            file_kb += f"  latency {row['latency_ms']:.3f} ms (predicted {row['latency_ms_pred']:.3f})"
+            file_kb += (f"  latency {row['latency_ms']:.3f} ms, {row['latency_ratio']:.2f}x int8 "
+                        f"(predicted {row['latency_ms_pred']:.3f})")
         progress.console.print(f"step {row['step']:>3}  cost {row['cost']:.4f}  GBitOPs {row['bitops'] / 1e9:.4f}{file_kb}"
                                f"  score {'-' if math.isnan(row['score']) else format(row['score'], '.3g')}  test top-1 {row['test_top1']:.2f}%  {row['wall_s']:.1f}s")
         if row.get("race"):

@@ -52,6 +52,7 @@ class EngineLatency:
         self.engine, self.batch, self.cache, self.threads = engine, batch, cache, threads
         self.warmup, self.iters, self.seconds, self.repeats = warmup, iters, seconds, repeats
         self.on_progress = on_progress
+        self._reference: tuple[nn.Module, bytes] | None = None  # graph_ms_beside's reference and its graph
 
     def key(self, model: nn.Module, input_size: tuple[int, ...]) -> dict[str, Any]:
         """What a table holds for: engine, batch, threads, CPU, input size and the model (its bits and a digest
@@ -73,6 +74,16 @@ class EngineLatency:
     def graph_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of ``model``'s exported graph at its bits."""
         return self.time_graph(self.graph_of(model, input_size), input_size)
+
+    def graph_ms_beside(self, model: nn.Module, reference: nn.Module, input_size: tuple[int, ...]
+                        ) -> tuple[float, float]:
+        """The median latency (ms) of ``model``'s and ``reference``'s exported graphs at their bits, timed
+        interleaved (``time_graphs``): their ratio holds through a drift of the machine. The reference's graph
+        is exported once per reference model."""
+        if self._reference is None or self._reference[0] is not reference:
+            self._reference = (reference, self.graph_of(reference, input_size))
+        ms, ref = self.time_graphs([self.graph_of(model, input_size), self._reference[1]], input_size)
+        return ms, ref
 
     def fp32_ms(self, model: nn.Module, input_size: tuple[int, ...]) -> float:
         """The median latency (ms) of ``model``'s float graph (``fp32_graph_of``): the top of a useful budget."""

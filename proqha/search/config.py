@@ -20,8 +20,10 @@ COST_METRICS = ("paper", "bitops", "file", "latency")  # what lam trades against
 LATENCY_ENGINES = ("ort", "openvino")  # the CPU engines a latency table is measured on
 LEGACY_METRICS = {"size": "paper"}  # the name runs written before it was renamed use
 START_BITS = 8  # a float (32-bit) knob enters the search here
-TARGETS = ("target_cost", "target_bitops", "target_size_mb", "target_file_kb", "target_latency_ms")
-FOLLOWS = {"target_bitops": "bitops", "target_file_kb": "file", "target_latency_ms": "latency"}  # the metric a lone target trades against
+TARGETS = ("target_cost", "target_bitops", "target_size_mb", "target_file_kb", "target_latency_ms",
+           "target_latency_ratio")
+FOLLOWS = {"target_bitops": "bitops", "target_file_kb": "file", "target_latency_ms": "latency",
+           "target_latency_ratio": "latency"}  # the metric a lone target trades against
 # (the others: paper)
 
 
@@ -67,6 +69,10 @@ class SearchConfig:
                                              "at the start (float is a format: a layer may go float where the "
                                              "budget pays for it); each step's graph is measured too.", low=0,
                                              low_open=True)
+    target_latency_ratio: float | None = option(None, "Spend at most this multiple of the uniform 8-bit graph's "
+                                                "latency on latency_engine at latency_batch (1.2: 20% over "
+                                                "int8); every measured graph is timed beside that graph, so a "
+                                                "drift of the machine moves both alike.", low=0, low_open=True)
     latency_engine: str = option("ort", "Engine of the latency table and measurements: ort or openvino.",
                                  choices=LATENCY_ENGINES)
     latency_batch: int = option(1, "Batch size of the latency table and measurements.", low=1)
@@ -122,13 +128,15 @@ class SearchConfig:
                                             "or 'activations'", others=("knobs",))
         if self.strategy == "allocate" and (self.target_size_mb is not None or not given):
             raise OptionError("strategy", "allocate spends a budget: give target_cost, target_bitops, "
-                                          "target_file_kb and/or target_latency_ms (not target_size_mb)",
-                              others=("target_cost", "target_bitops", "target_size_mb", "target_file_kb",
-                                      "target_latency_ms"))
+                                          "target_file_kb, target_latency_ms and/or target_latency_ratio (not "
+                                          "target_size_mb)", others=TARGETS)
         if self.strategy == "allocate" and self.criterion == "random":
             raise OptionError("strategy", "allocate measures each knob's loss; the random control is strategy "
                                           "'table' with criterion 'random'",
                               others=("strategy", "criterion"))
+        if self.target_latency_ms is not None and self.target_latency_ratio is not None:
+            raise OptionError("target_latency_ratio", "is a latency budget too: give target_latency_ms or "
+                                                      "target_latency_ratio, not both", others=("target_latency_ms",))
         if self.knobs == "activations" and {"target_cost", "target_size_mb", "target_file_kb"} & set(given):
             raise OptionError("knobs", "activations cannot reach a paper cost, size or file target: activations "
                                        "do not count in the paper cost, and narrower ones add clamps to the file")
@@ -144,7 +152,8 @@ class SearchConfig:
     def needs_latency(self) -> bool:
         """Whether the search predicts latency (a latency target, or lam trading against it), which needs a
         table measured at the start (``proqha.latency_model.LatencyModel``); float is then a level."""
-        return self.target_latency_ms is not None or self.cost_metric == "latency"
+        return (self.target_latency_ms is not None or self.target_latency_ratio is not None
+                or self.cost_metric == "latency")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

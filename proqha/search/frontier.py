@@ -1,6 +1,7 @@
 """A search run's record: ``frontier.csv``, one row per completed step (paper cost, BitOPs, size, the predicted
 exported file's bytes where the search measured one (``file_bytes``), the predicted and measured latency and
-the prediction's relative error where it has a latency table (``latency_ms_pred``, ``latency_ms``, ``latency_err``), score,
+the prediction's relative error where it has a latency table (``latency_ms_pred``, ``latency_ms``, ``latency_err``;
+``latency_ratio``: the measured graph over the uniform 8-bit graph), score,
 accuracies (``test_metric``: the API's ``metric=``, else empty), fine-tuning epochs, the final race's winner and margin, wall time, and each knob's bits in a
 ``layer/kind`` column), and a checkpoint per step (``checkpoints/step-NNN.pt``); the file names are ``proqha.runs.RunDir``'s. The search writes them
 (``FrontierLog``, through ``proqha.search.record``); reports, export and bench read them (``read_frontier``,
@@ -28,7 +29,7 @@ class FrontierLog:
     """``frontier.csv``: one row per completed step, knob columns fixed at the start."""
 
     FIELDS = ["step", "cost", "bitops", "bitops_ratio", "size_bytes", "file_bytes", "latency_ms_pred", "latency_ms",
-              "latency_err", "score", "train_top1",
+              "latency_ratio", "latency_err", "score", "train_top1",
               "test_top1", "test_top5", "test_metric", "epochs", "selected", "selected_margin", "wall_s"]
 
     def __init__(self, path: Path, knobs: list[Knob]) -> None:

@@ -35,9 +35,9 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
         return bits
     model = copy.deepcopy(search.model)
 
-    def measure(trial: Bits) -> float:
+    def measure(trial: Bits) -> float:  # ms on the table's clock (``ProgressiveSearch.time_graph``)
         BitConfig(trial).apply(model)
-        return search.latency.graph_ms(model, search.input_size)
+        return search.time_graph(model)[1] * table.reference
 
     def gain(name: str) -> float:  # the loss float removes from the layer's knobs at their start bits
         return sum(levels.get(start[k.layer][k.kind], 0.0) - levels.get(FULL_PRECISION, 0.0)

@@ -7,6 +7,7 @@ resumed from its last completed step gives the same result as an uninterrupted o
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import replace
@@ -21,7 +22,7 @@ from proqha.cost import CostReport, FileMeasurer, cost_report
 from proqha.data import DataSource
 from proqha.errors import ProqhaError
 from proqha.health import OutputHealth
-from proqha.latency_model import LatencyMeasurer
+from proqha.latency_model import LatencyMeasurer, LatencyModel
 from proqha.malloc_tuning import reuse_freed_memory
 from proqha.metrics import Metric
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
@@ -106,11 +107,12 @@ class ProgressiveSearch:
             raise ProqhaError("target_file_kb and cost_metric 'file' predict the exported file from one the start "
                               "model is exported to: this search was given no file measurer")
         self.latency = measure_latency if cfg.needs_latency else None
+        self.reference: torch.nn.Module | None = None  # the uniform 8-bit graph a latency ratio is timed beside
         if self.latency is not None:
-            self.base_cost = replace(self.base_cost, latency_model=self.latency.table(self.model, self.input_size))
+            self.base_cost = replace(self.base_cost, latency_model=self.latency_table())
         elif cfg.needs_latency:
-            raise ProqhaError("target_latency_ms and cost_metric 'latency' predict latency from a table measured on "
-                              "an engine: this search was given no latency measurer")
+            raise ProqhaError("target_latency_ms, target_latency_ratio and cost_metric 'latency' predict latency "
+                              "from a table measured on an engine: this search was given no latency measurer")
         self.counted_knobs = self.metric_knobs()
         self.record = SearchRecord(self.run_dir, self.knobs, cfg, recipe.to_dict() if recipe is not None else None,
                                    self.data_options) if self.run_dir is not None else None
@@ -131,6 +133,34 @@ class ProgressiveSearch:
         return cls(cfg, model, data, recipe.input_size, device, run_dir, recipe, images.dataset,
                    images.to_dict(), state.metrics, measure_file=measure_file, source=source,
                    measure_latency=measure_latency)
+
+    def latency_table(self) -> LatencyModel:
+        """The start model's latency table, with the uniform 8-bit graph's latency on its clock (``reference_ms``:
+        the start graph's, unless the search resumes from lower bits, when that graph is timed beside the start
+        graph). With ``target_latency_ratio`` the search keeps a copy of the model at those bits
+        (``reference``), beside which every graph is timed."""
+        table = self.latency.table(self.model, self.input_size)
+        reference = copy.deepcopy(self.model).cpu()
+        bits = self.bits()
+        for knob in self.knobs:
+            bits[knob.layer][knob.kind] = START_BITS
+        BitConfig(bits).apply(reference)
+        if self.cfg.target_latency_ratio is not None:
+            self.reference = reference
+        if bits == self.bits():
+            return table
+        ms, ref = self.latency.graph_ms_beside(self.model, reference, self.input_size)
+        return replace(table, reference_ms=table.base_ms * ref / ms)
+
+    def time_graph(self, model: torch.nn.Module) -> tuple[float, float]:
+        """``model``'s whole graph timed on the latency engine: its ms, and its latency over the uniform 8-bit
+        graph's (with ``target_latency_ratio`` timed beside it, so a drift of the machine moves both alike; else
+        over the table's ``reference``)."""
+        if self.reference is None:
+            ms = self.latency.graph_ms(model, self.input_size)
+            return ms, ms / self.base_cost.latency_model.reference
+        ms, ref = self.latency.graph_ms_beside(model, self.reference, self.input_size)
+        return ms, ms / ref
 
     # -- pieces of a step -------------------------------------------------------------------------
     def bits(self) -> Bits:
@@ -243,21 +273,27 @@ class ProgressiveSearch:
         if tuned is not None and tuned.rounds:
             row["race"] = tuned.rounds  # kept in the step's checkpoint, not in frontier.csv
         warned = output_warnings(self.model, health, batches, self.device) if batches is not None else []
-        if latency_over(self.cfg, row["latency_ms"]):
-            warned = [*warned, f"the graph measured {row['latency_ms']:.4g} ms, over the latency budget "
-                               f"{self.cfg.target_latency_ms:.4g} ms by more than {LATENCY_TOLERANCE:.0%} (the table "
-                               f"predicted {row['latency_ms_pred']:.4g} ms); time it on an idle machine"]
+        if latency_over(self.cfg, row["latency_ms"], row["latency_ratio"]):
+            measured, budget = ((f"{row['latency_ratio']:.3f}x the uniform 8-bit graph timed beside it",
+                                 f"{self.cfg.target_latency_ratio:g}x") if self.reference is not None else
+                                (f"{row['latency_ms']:.4g} ms", f"{self.cfg.target_latency_ms:.4g} ms"))
+            warned = [*warned, f"the graph measured {measured}, over the latency budget {budget} by more than "
+                               f"{LATENCY_TOLERANCE:.0%} (the table predicted {row['latency_ms_pred']:.4g} ms); "
+                               "time it on an idle machine"]
         if warned:
             row["warnings"] = warned  # printed and kept in the step's checkpoint, not in frontier.csv
         return row
 
     def latency_columns(self, report: CostReport) -> dict[str, float]:
         """With a latency table: the predicted latency of the model's bits, the measured one of its whole graph,
-        and the prediction's relative error; else NaN each."""
+        its ratio to the uniform 8-bit graph (``time_graph``) and the prediction's relative error (against the
+        measured ratio on the table's clock); else NaN each."""
         if self.latency is None:
-            return {"latency_ms_pred": math.nan, "latency_ms": math.nan, "latency_err": math.nan}
-        predicted, measured = report.latency_ms, self.latency.graph_ms(self.model, self.input_size)
-        return {"latency_ms_pred": predicted, "latency_ms": measured, "latency_err": predicted / measured - 1}
+            return {"latency_ms_pred": math.nan, "latency_ms": math.nan, "latency_ratio": math.nan,
+                    "latency_err": math.nan}
+        predicted, (measured, ratio) = report.latency_ms, self.time_graph(self.model)
+        return {"latency_ms_pred": predicted, "latency_ms": measured, "latency_ratio": ratio,
+                "latency_err": predicted / (ratio * report.latency_model.reference) - 1}
 
     def save_step(self, step: int, row: dict[str, Any]) -> None:
         """Keep the step's row; with a run folder, the main rank records the step's files."""

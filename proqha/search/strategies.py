@@ -23,7 +23,7 @@ from proqha.search.criteria import criterion_named
 from proqha.search.knobs import Bits, lowerable_knobs, lowered, sample_candidates
 from proqha.search.latency_fit import fit_measured
 from proqha.search.sensitivity import damage_table
-from proqha.search.targets import budget_progress, target_met, target_values, within
+from proqha.search.targets import budget_progress, latency_budget_ms, target_met, target_values, within
 from proqha.search.uniform import uniform_bits
 from proqha.seeds import Salt, step_seed
 
@@ -163,8 +163,9 @@ def allocate_step(search: ProgressiveSearch, step: int, current: Bits, gen: torc
             labels, found = [label for label, _ in floors], [bits for _, bits in floors]
         elif cfg.select_final:  # the runners-up
             found = allocations(current, damage, now, feasible, cfg.select_candidates)
-    if found and spend and cfg.target_latency_ms is not None:  # the table's choice, fitted by measurement
-        found[0] = fit_measured(search, found[0], current, damage, cfg.target_latency_ms)
+    budget_ms = latency_budget_ms(cfg, search.base_cost)
+    if found and spend and budget_ms is not None:  # the table's choice, fitted by measurement
+        found[0] = fit_measured(search, found[0], current, damage, budget_ms)
     if not found:  # nothing meets the budget: every knob at its floor
         bits = {name: dict(kb) for name, kb in current.items()}
         for knob in damage:

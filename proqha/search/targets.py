@@ -3,6 +3,8 @@ how far a candidate moves towards them."""
 
 from __future__ import annotations
 
+import math
+
 from proqha.cost import CostReport
 from proqha.search.config import SearchConfig
 
@@ -13,8 +15,7 @@ def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[floa
     """Each configured target's (value, limit) for ``report``: paper cost, BitOPs (a ratio to 32x32 bits
     when the limit is <= 1), size in MB, the predicted exported file in KB (``CostReport.file_bytes``: a
     weight lowered within its stored width, 8 to 7 bit say, leaves it where it was), the predicted latency in
-    ms (``CostReport.latency_ms``). Empty when no target
-    is set."""
+    ms (``CostReport.latency_ms``) against ``latency_budget_ms``. Empty when no target is set."""
     values = {}
     if cfg.target_cost is not None:
         values["cost"] = (report.paper_cost, cfg.target_cost)
@@ -24,9 +25,20 @@ def target_values(cfg: SearchConfig, report: CostReport) -> dict[str, tuple[floa
         values["size_mb"] = (report.size_bytes / 1e6, cfg.target_size_mb)
     if cfg.target_file_kb is not None:
         values["file_kb"] = (report.file_bytes / 1e3, cfg.target_file_kb)
-    if cfg.target_latency_ms is not None:
-        values["latency_ms"] = (report.latency_ms, cfg.target_latency_ms)
+    if (budget := latency_budget_ms(cfg, report)) is not None:
+        values["latency_ms"] = (report.latency_ms, budget)
     return values
+
+
+def latency_budget_ms(cfg: SearchConfig, report: CostReport) -> float | None:
+    """The latency budget in ms on the latency table's clock: ``target_latency_ms``, or
+    ``target_latency_ratio`` times the uniform 8-bit graph's latency (``LatencyModel.reference``); None
+    without a latency target (or, for a ratio, without a table)."""
+    if cfg.target_latency_ms is not None:
+        return cfg.target_latency_ms
+    if cfg.target_latency_ratio is not None and report.latency_model is not None:
+        return cfg.target_latency_ratio * report.latency_model.reference
+    return None
 
 
 def within(value: float, limit: float) -> bool:
@@ -40,9 +52,12 @@ def target_met(cfg: SearchConfig, report: CostReport) -> bool:
     return bool(values) and all(within(v, limit) for v, limit in values.values())
 
 
-def latency_over(cfg: SearchConfig, measured_ms: float) -> bool:
-    """Whether a graph measured at ``measured_ms`` misses the latency target: over it by more than
-    ``LATENCY_TOLERANCE`` (False without a latency target)."""
+def latency_over(cfg: SearchConfig, measured_ms: float, ratio: float) -> bool:
+    """Whether a graph measured at ``measured_ms``, ``ratio`` times the uniform 8-bit graph timed beside it,
+    misses the latency target (``target_latency_ms`` by its ms, ``target_latency_ratio`` by its ratio): over
+    it by more than ``LATENCY_TOLERANCE`` (False without a latency target)."""
+    if cfg.target_latency_ratio is not None:
+        return ratio > cfg.target_latency_ratio * (1 + LATENCY_TOLERANCE)
     return cfg.target_latency_ms is not None and measured_ms > cfg.target_latency_ms * (1 + LATENCY_TOLERANCE)
 
 
@@ -57,7 +72,11 @@ def missed_targets(cfg: SearchConfig, row: dict) -> list[str]:
               ("file", row["file_bytes"] / 1e3, cfg.target_file_kb, "{:.2f} KB", "--target-file-kb")]
     missed = [f"{what} {form.format(value)} against {flag} {limit:g}" for what, value, limit, form, flag in checks
               if limit is not None and not within(value, limit)]
-    if latency_over(cfg, row["latency_ms"]):
+    ratio = row.get("latency_ratio", math.nan)
+    if latency_over(cfg, row["latency_ms"], ratio) and cfg.target_latency_ratio is not None:
+        missed.append(f"latency {ratio:.3f}x the uniform 8-bit graph timed beside it against "
+                      f"--target-latency-ratio {cfg.target_latency_ratio:g} ({row['latency_ms']:.4g} ms measured)")
+    elif latency_over(cfg, row["latency_ms"], ratio):
         missed.append(f"latency {row['latency_ms']:.4g} ms measured against --target-latency-ms "
                       f"{cfg.target_latency_ms:g} (predicted {row['latency_ms_pred']:.4g} ms)")
     return missed
