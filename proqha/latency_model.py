@@ -68,6 +68,14 @@ class LatencyModel:
                 total += self.deltas[layer.name][fmt]
         return total
 
+    def fastest_formats(self) -> dict[str, str]:
+        """Per layer, the format the table finds fastest: the one with the most negative delta, else its start."""
+        fastest = {}
+        for name, start in self.start.items():
+            fmt, delta = min(self.deltas.get(name, {}).items(), key=lambda kv: kv[1], default=(start, 0.0))
+            fastest[name] = fmt if delta < 0 else start
+        return fastest
+
     def to_dict(self) -> dict[str, Any]:
         return {"engine": self.engine, "batch": self.batch, "cpu": self.cpu, "base_ms": self.base_ms,
                 "start": dict(self.start), "deltas": {n: dict(d) for n, d in self.deltas.items()},

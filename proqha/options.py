@@ -45,7 +45,7 @@ class Declared:
             return self.why
         if self.low is not None or self.high is not None:
             if isinstance(value, float) and not math.isfinite(value):
-                return self.range_text()
+                return "must be a finite number and " + self.range_text().removeprefix("must be ")
             low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
             if not (low_ok and (self.high is None or value <= self.high)):
                 return self.range_text()

@@ -82,7 +82,8 @@ def test_a_latency_budget_above_the_int8_graph_is_spent_on_float_layers(monkeypa
     engine = FakeEngine(deltas)
     result = _search(qmodel, engine, 1.0 + 0.25, monkeypatch)  # room for the first layer in float, not both
     assert engine.tables == 1 and len(result.steps) == 2  # a step from a start within budget
-    assert engine.graphs == 4  # each step's graph, and the table's choice measured twice (in the band: 1.2 of 1.25)
+    assert engine.graphs == 5  # the fastest graph (the budget's check), each step's graph, and the table's choice
+    # measured twice (in the band: 1.2 of 1.25)
     last = result.steps[-1]
     assert last["bits"][names[0]] == {"w": 32, "a": 32} and _fmt(last["bits"][names[1]]) != "float"
     assert last["latency_ms_pred"] == pytest.approx(1.2) == last["latency_ms"] and last["latency_err"] == 0
@@ -164,6 +165,15 @@ def test_a_latency_ratio_from_lower_bits_is_to_the_uniform_8_bit_graph_timed_bes
     assert latency_budget_ms(cfg, search.base_cost) == pytest.approx(2.25)
     assert BitConfig.from_model(search.reference).to_dict()[names[0]] == {"w": 8, "a": 8}
     assert search.time_graph(search.model) == pytest.approx((1.2, 0.8))
+    search.cfg = SearchConfig(source="t", target_latency_ratio=0.75).resolved()  # 1.125 ms, within 10% of 1.2
+    search.check_latency_budget()
+    search.cfg = SearchConfig(source="t", target_latency_ratio=0.7).resolved()  # 1.05 ms
+    with pytest.raises(OptionError, match=r"target_latency_ratio 0.7 is more than 10% under the fastest graph "
+                                          r"measured on ort: 1.2 ms, 0.800x the uniform 8-bit graph's 1.5 ms"):
+        search.check_latency_budget()
+    deltas[names[1]]["int2"] = -0.5  # the table finds the second layer faster at 2 bits: that graph is timed
+    search.cfg = SearchConfig(source="t", target_latency_ratio=0.5).resolved()  # 0.75 ms, over that graph's 0.45
+    search.check_latency_budget()
     with pytest.raises(OptionError, match="not both"):
         SearchConfig(source="t", target_latency_ratio=1.5, target_latency_ms=1.0).resolved()
     with pytest.raises(OptionError, match="target_latency_ratio"):
@@ -354,6 +364,10 @@ def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_ev
     bad = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "bad"),
                                    "--target-latency-ms", "1", "--latency-engine", "tpu"])
     assert bad.exit_code == 2 and "latency" in bad.output and not (tmp_path / "bad").exists()
+    low = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "low"),
+                                   "--target-latency-ratio", "0.01", "--steps", "1"])  # no bits reach it
+    assert low.exit_code == 2 and "--target-latency-ratio 0.01 is more than 10% under the fastest graph" in low.output, low.output
+    assert len(low.output.strip().splitlines()) == 1 and not (tmp_path / "low").exists()
     both = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "both"),
                                     "--target-latency-ms", "1", "--target-latency-ratio", "1.2"])
     assert both.exit_code == 2 and "--target-latency-ratio" in both.output and "not both" in both.output
@@ -386,9 +400,10 @@ def test_a_latency_budget_measures_only_the_levels_that_save_latency(monkeypatch
 def _fit_case():
     """Four searchable layers on an additive fake engine (1 ms int8 graph): the first costs 2.0 ms in float
     and removes loss 10 (5.0 per ms), each other one 0.45 ms and loss 1 (2.2 per ms)."""
-    from types import SimpleNamespace
+    from types import MethodType, SimpleNamespace
 
     from proqha.search.knobs import Knob
+    from proqha.search.progressive import ProgressiveSearch
 
     train, _, _ = _data()
     torch.manual_seed(0)
@@ -402,7 +417,8 @@ def _fit_case():
     gains = {n: 10.0 if i == 0 else 1.0 for i, n in enumerate(names)}
     damage = {Knob(n, kind): {8: gains[n] if kind == "w" else 0.0, 32: 0.0} for n in names for kind in "wa"}
     search = SimpleNamespace(base_cost=SimpleNamespace(latency_model=engine.table(qmodel, SIZE)), latency=engine,
-                             model=qmodel, input_size=SIZE)
+                             model=qmodel, input_size=SIZE, reference=None)
+    search.time_graph = MethodType(ProgressiveSearch.time_graph, search)  # the search's own timing
     return search, engine, names, BitConfig.from_model(qmodel).to_dict(), damage
 
 

@@ -333,6 +333,8 @@ def test_same_seed_same_search(trained, tmp_path, strategy):
 @pytest.mark.parametrize("kw, message", [
     ({"lam": -1.0}, "^lam must be >= 0"),
     ({"ratio": 0.0}, "^ratio must be in (0, 1]"),
+    ({"target_file_kb": float("inf")}, "^target_file_kb must be a finite number and > 0, got inf"),
+    ({"target_latency_ratio": 1.2, "target_latency_ms": 1.0}, "^target_latency_ratio is a latency budget too"),
     ({"interval": 3}, "^interval must be 1, 2 or 4"),
     ({"knobs": "layers"}, "^knobs must be one of both, weights, activations"),
     ({"fixed_bits": 4}, "^fixed_bits sets the knobs that are not searched"),

@@ -20,9 +20,9 @@ from proqha import distributed
 from proqha.compiling import maybe_compiled
 from proqha.cost import CostReport, FileMeasurer, cost_report
 from proqha.data import DataSource
-from proqha.errors import ProqhaError
+from proqha.errors import OptionError, ProqhaError
 from proqha.health import OutputHealth
-from proqha.latency_model import LatencyMeasurer, LatencyModel
+from proqha.latency_model import FORMAT_BITS, LatencyMeasurer, LatencyModel
 from proqha.malloc_tuning import reuse_freed_memory
 from proqha.metrics import Metric
 from proqha.quant import BitConfig, QuantConfig, switch_on_fixed_quantizers
@@ -37,7 +37,15 @@ from proqha.search.race import RaceResult, finetune_step
 from proqha.search.record import SearchRecord
 from proqha.search.scores import Snapshot
 from proqha.search.strategies import Choice, strategy_named
-from proqha.search.targets import LATENCY_TOLERANCE, budget_progress, latency_over, target_met, target_values, within
+from proqha.search.targets import (
+    LATENCY_TOLERANCE,
+    budget_progress,
+    latency_budget_ms,
+    latency_over,
+    target_met,
+    target_values,
+    within,
+)
 from proqha.seeds import Salt, step_seed
 from proqha.train import LossFn, evaluate_loader, output_warnings, resolve_device
 
@@ -110,6 +118,7 @@ class ProgressiveSearch:
         self.reference: torch.nn.Module | None = None  # the uniform 8-bit graph a latency ratio is timed beside
         if self.latency is not None:
             self.base_cost = replace(self.base_cost, latency_model=self.latency_table())
+            self.check_latency_budget()
         elif cfg.needs_latency:
             raise ProqhaError("target_latency_ms, target_latency_ratio and cost_metric 'latency' predict latency "
                               "from a table measured on an engine: this search was given no latency measurer")
@@ -151,6 +160,29 @@ class ProgressiveSearch:
             return table
         ms, ref = self.latency.graph_ms_beside(self.model, reference, self.input_size)
         return replace(table, reference_ms=table.base_ms * ref / ms)
+
+    def check_latency_budget(self) -> None:
+        """Refuse a latency target more than ``LATENCY_TOLERANCE`` under the fastest graph measured: the start
+        graph, or the graph with every layer at the format its table finds fastest (timed once here). A sum of
+        table deltas is no bound (each is a difference of two noisy timings), and a search under such a budget
+        would only lower bits on that noise."""
+        table, budget = self.base_cost.latency_model, latency_budget_ms(self.cfg, self.base_cost)
+        if budget is None:
+            return
+        fastest = copy.deepcopy(self.model).cpu()
+        bits = self.bits()
+        for name, fmt in table.fastest_formats().items():
+            if fmt != table.start[name]:
+                bits[name] = dict(zip("wa", FORMAT_BITS[fmt]))
+        BitConfig(bits).apply(fastest)
+        floor = min(table.base_ms, self.time_graph(fastest)[1] * table.reference)
+        if budget >= floor * (1 - LATENCY_TOLERANCE):
+            return
+        option = "target_latency_ratio" if self.cfg.target_latency_ratio is not None else "target_latency_ms"
+        raise OptionError(option, f"{getattr(self.cfg, option):g} is more than {LATENCY_TOLERANCE:.0%} under the "
+                                  f"fastest graph measured on {self.cfg.latency_engine}: {floor:.4g} ms, "
+                                  f"{floor / table.reference:.3f}x the uniform 8-bit graph's {table.reference:.4g} ms "
+                                  "(the start, or every layer at the format its latency table finds fastest)")
 
     def time_graph(self, model: torch.nn.Module) -> tuple[float, float]:
         """``model``'s whole graph timed on the latency engine: its ms, and its latency over the uniform 8-bit
@@ -392,8 +424,10 @@ def run_search(cfg: SearchConfig, run_dir: Path, resume: bool = False,
     device = distributed.local_device(resolve_device(cfg.device))
     done = step_checkpoints(run_dir) if resume else []
     start, source = done[-1] if done else (0, pick_checkpoint(cfg.source, start_option="source").checkpoint)  # no step yet: from the start
-    search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device, measure_file, measure_latency)
     main = distributed.is_main()  # under torchrun only rank 0 writes and reports
+    with removed_on_error(run_dir, step_checkpoint(run_dir, 0), keep=resume or not main,
+                          made_here=not run_dir.exists()):  # a refused start leaves no latency table behind
+        search = ProgressiveSearch.from_checkpoint(cfg, run_dir, source, device, measure_file, measure_latency)
     if not main:
         on_candidate = on_step = on_batch = None
     if on_start is not None and main:
