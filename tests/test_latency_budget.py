@@ -397,9 +397,9 @@ def test_a_latency_budget_measures_only_the_levels_that_save_latency(monkeypatch
     assert {(layer, kind) for layer, kind, level in measured if level == 32} == {(n, k) for n in deltas for k in "wa"}
 
 
-def _fit_case():
-    """Four searchable layers on an additive fake engine (1 ms int8 graph): the first costs 2.0 ms in float
-    and removes loss 10 (5.0 per ms), each other one 0.45 ms and loss 1 (2.2 per ms)."""
+def _fit_case(floats: list[float] | None = None, gains: list[float] | None = None):
+    """Four searchable layers on an additive fake engine (1 ms int8 graph): by default the first costs 2.0 ms
+    in float and removes loss 10 (5.0 per ms), each other one 0.45 ms and loss 1 (2.2 per ms)."""
     from types import MethodType, SimpleNamespace
 
     from proqha.search.knobs import Knob
@@ -413,8 +413,9 @@ def _fit_case():
     qmodel = proqha.quantize(net, next(iter(train))[0], bits=8)
     names = list(searchable_layers(qmodel))
     assert len(names) == 4
-    engine = FakeEngine({n: {"float": 2.0 if i == 0 else 0.45} for i, n in enumerate(names)})
-    gains = {n: 10.0 if i == 0 else 1.0 for i, n in enumerate(names)}
+    floats, gains = floats or [2.0, 0.45, 0.45, 0.45], gains or [10.0, 1.0, 1.0, 1.0]
+    engine = FakeEngine({n: {"float": f} for n, f in zip(names, floats)})
+    gains = dict(zip(names, gains))
     damage = {Knob(n, kind): {8: gains[n] if kind == "w" else 0.0, 32: 0.0} for n in names for kind in "wa"}
     search = SimpleNamespace(base_cost=SimpleNamespace(latency_model=engine.table(qmodel, SIZE)), latency=engine,
                              model=qmodel, input_size=SIZE, reference=None)
@@ -437,7 +438,23 @@ def test_the_fit_adds_the_float_layers_that_fit_the_headroom_when_the_best_one_o
     search, engine, names, start, damage = _fit_case()
     fitted = fit_measured(search, start, start, damage, 2.5)
     assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "float", "float"]
+    assert engine.graphs == 5  # 1.0, 1.45, 1.9, 2.35 twice (in the band's lower half, and no layer fits 0.15 ms)
     assert _measured(search, engine, fitted) == pytest.approx(2.35)
+
+
+def test_a_graph_in_the_lower_half_of_the_band_takes_one_more_layer_that_fits():
+    """Budget 2.0 ms: the best layer per ms (0.85 ms) lands at 1.85 ms, in the band's lower half, and a 0.1 ms
+    layer still fits: the fit takes it (1.95 ms), so a final timing a few percent fast stays within 10%. Where
+    that layer measures 0.3 ms (the table was off), the graph goes over and the fit keeps 1.85 ms."""
+    from proqha.search.latency_fit import fit_measured
+
+    search, engine, names, start, damage = _fit_case([0.85, 0.1, 2.0, 2.0], [10.0, 0.5, 1.0, 1.0])
+    fitted = fit_measured(search, start, start, damage, 2.0)
+    assert [_fmt(fitted[n]) for n in names] == ["float", "float", "int8", "int8"]
+    assert _measured(search, engine, fitted) == pytest.approx(1.95)
+    search.latency = FakeEngine({n: {"float": f} for n, f in zip(names, [0.85, 0.3, 2.0, 2.0])})
+    kept = fit_measured(search, start, start, damage, 2.0)
+    assert [_fmt(kept[n]) for n in names] == ["float", "int8", "int8", "int8"]
 
 
 class NoisyEngine(FakeEngine):
@@ -509,3 +526,26 @@ def test_the_fit_drops_a_float_layer_that_covers_the_excess_in_one_measured_move
     fitted = fit_measured(search, every, start, damage, 2.5)
     assert engine.graphs - before == 3  # the table's choice, then the one move, timed twice (in the band)
     assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "float", "float"]
+
+
+def test_a_latency_budget_no_measured_graph_reaches_is_refused_and_leaves_no_run_folder(tmp_path, monkeypatch):
+    """Half the int8 graph, where no format is faster than int8: one OptionError before step 0, and the run
+    folder the latency table was cached in is gone (nothing half-written)."""
+    from proqha.deploy import latency_table
+
+    class CachingEngine(FakeEngine):  # keeps its table in the run folder, as the real measurer does
+        def table(self, model, input_size) -> LatencyModel:
+            table = super().table(model, input_size)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "latency_table.json").write_text(json.dumps(table.to_dict()))
+            return table
+
+    train, calib, test = _data()
+    qmodel = _qmodel(train)
+    folder = tmp_path / "run"
+    monkeypatch.setattr(latency_table, "search_latency",
+                        lambda cfg, run_dir, on_progress=None: CachingEngine(_deltas(qmodel)))
+    with pytest.raises(OptionError, match=r"target_latency_ratio 0.5 is more than 10% under the fastest graph "
+                                          r"measured on ort: 1 ms, 1.000x the uniform 8-bit graph's 1 ms"):
+        proqha.search_bits(qmodel, train, calib, test, target_latency_ratio=0.5, run_dir=folder)
+    assert not folder.exists()

@@ -83,7 +83,10 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
     segmentation) the final race ranks by it and every step records it as ``test_metric``. Defaults are
     ``SearchConfig``'s.
     """
+    import contextlib
+
     from proqha.quant import BitConfig, require_quantized
+    from proqha.runs import RunDir, removed_on_error
     from proqha.search.data import LoaderData
     from proqha.search.progressive import ProgressiveSearch
 
@@ -106,9 +109,11 @@ def search_bits(qmodel: nn.Module, train_loader: Iterable[Batch], calib_loader: 
         from proqha.deploy.latency_table import search_latency
 
         latency = search_latency(cfg, folder)
-    search = ProgressiveSearch(cfg, qmodel, LoaderData(train_loader, calib_loader, test_loader), input_size, dev,
-                               folder, loss_fn=loss, measure_file=measure, measure_latency=latency,
-                               metric=metric_of(metric))
+    with (removed_on_error(folder, RunDir(folder).step_checkpoint(0), made_here=not folder.exists())
+          if folder is not None else contextlib.nullcontext()):  # a refused start leaves no latency table behind
+        search = ProgressiveSearch(cfg, qmodel, LoaderData(train_loader, calib_loader, test_loader), input_size, dev,
+                                   folder, loss_fn=loss, measure_file=measure, measure_latency=latency,
+                                   metric=metric_of(metric))
     result = SearchResult(qmodel, run_dir=folder)
 
     def step_done(row: dict[str, Any]) -> None:

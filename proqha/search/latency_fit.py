@@ -27,9 +27,11 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
     layers whose predicted ms cover the excess (dropping) or fit the headroom (adding), the one that removes
     the least (dropping) or most (adding) loss per ms; where none does, the layer with the most (dropping) or
     least (adding) predicted ms. A graph timed within the band is timed again and the mean of the two decides
-    (one reading in a quiet spell of the machine does not end the fit). Ends at the first graph within the
-    band, else at the measured graph nearest under the budget (``start``, which the budget admits, when
-    none was)."""
+    (one reading in a quiet spell of the machine does not end the fit). A graph in the band's lower half takes
+    one more layer whose predicted ms fit the headroom (a final timing that reads a few percent fast then still
+    lands within the band; where the layer goes over, the fit goes on as from any graph over the budget). Ends at the first graph within the
+    band's upper half, else at the measured graph nearest under the budget (``start``, which the budget
+    admits, when none was)."""
     table = search.base_cost.latency_model
     if search.latency is None or table is None:
         return bits
@@ -55,13 +57,15 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
     def in_band(ms_: float) -> bool:
         return target_ms * (1 - LATENCY_TOLERANCE) <= ms_ <= target_ms
 
-    names, tried = list(table.start), []
+    names, tried, accepted = list(table.start), [], None
     measured = measure(bits)
     for _ in range(ROUNDS):
         if in_band(measured):  # one timing in the band is confirmed by a second: their mean decides
             measured = (measured + measure(bits)) / 2
             if in_band(measured):
-                return bits
+                if measured >= target_ms * (1 - LATENCY_TOLERANCE / 2):
+                    return bits
+                accepted = bits  # the band's lower half: one layer more may still fit
         tried.append((measured, bits))
         trial = {n: dict(kb) for n, kb in bits.items()}
         if measured > target_ms:
@@ -76,6 +80,8 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
             if not rest:
                 break
             fitting = [n for n in rest if ms(n) <= target_ms - measured]
+            if accepted is bits and not fitting:
+                return bits
             name = max(fitting, key=per_ms) if fitting else min(rest, key=ms)
             trial[name] = {"w": FULL_PRECISION, "a": FULL_PRECISION}
         if any(trial == seen for _, seen in tried):
