@@ -29,9 +29,9 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
     least (adding) predicted ms. A graph timed within the band is timed again and the mean of the two decides
     (one reading in a quiet spell of the machine does not end the fit). A graph in the band's lower half takes
     one more layer whose predicted ms fit the headroom (a final timing that reads a few percent fast then still
-    lands within the band; where the layer goes over, the fit goes on as from any graph over the budget). Ends at the first graph within the
-    band's upper half, else at the measured graph nearest under the budget (``start``, which the budget
-    admits, when none was)."""
+    lands within the band; where the layer goes over, the fit goes on as from any graph over the budget). Ends
+    at the first graph within the band's upper half, else at the measured graph nearest under the budget
+    (``start``, which the budget admits, when none was)."""
     table = search.base_cost.latency_model
     if search.latency is None or table is None:
         return bits

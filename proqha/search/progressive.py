@@ -149,14 +149,17 @@ class ProgressiveSearch:
         graph). With ``target_latency_ratio`` the search keeps a copy of the model at those bits
         (``reference``), beside which every graph is timed."""
         table = self.latency.table(self.model, self.input_size)
-        reference = copy.deepcopy(self.model).cpu()
         bits = self.bits()
         for knob in self.knobs:
             bits[knob.layer][knob.kind] = START_BITS
+        resumed = bits != self.bits()
+        if self.cfg.target_latency_ratio is None and not resumed:
+            return table  # no copy needed: the start graph is the uniform 8-bit one
+        reference = copy.deepcopy(self.model).cpu()
         BitConfig(bits).apply(reference)
         if self.cfg.target_latency_ratio is not None:
             self.reference = reference
-        if bits == self.bits():
+        if not resumed:
             return table
         ms, ref = self.latency.graph_ms_beside(self.model, reference, self.input_size)
         return replace(table, reference_ms=table.base_ms * ref / ms)
