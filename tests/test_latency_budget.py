@@ -457,6 +457,20 @@ def test_a_graph_in_the_lower_half_of_the_band_takes_one_more_layer_that_fits():
     assert [_fmt(kept[n]) for n in names] == ["float", "int8", "int8", "int8"]
 
 
+
+def test_a_layer_that_measures_over_the_budget_is_refused_and_the_next_one_tried():
+    """Budget 1.5 ms from the int8 graph (1.0 ms): the table finds the big-gain layer 0.4 ms in float, but the
+    graph measures 0.8 ms more with it (1.8 ms, over). The fit refuses that layer and floats the next one that
+    fits (0.45 ms: 1.45 ms, in the band's upper half), where going back to the start ends at 0.67 of the
+    budget."""
+    from proqha.search.latency_fit import fit_measured
+
+    search, engine, names, start, damage = _fit_case([0.4, 0.45, 2.0, 2.0], [10.0, 1.0, 1.0, 1.0])
+    search.latency = FakeEngine({n: {"float": f} for n, f in zip(names, [0.8, 0.45, 2.0, 2.0])})
+    fitted = fit_measured(search, start, start, damage, 1.5)
+    assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "int8", "int8"]
+    assert search.latency.graphs == 4  # 1.0, 1.8, then 1.45 twice (in the band's upper half)
+
 class NoisyEngine(FakeEngine):
     """The additive engine whose first reading of a graph with ``floats`` float layers is ``extra`` ms slow."""
 

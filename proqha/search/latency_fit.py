@@ -26,12 +26,13 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
     more than ``LATENCY_TOLERANCE`` under it; a dropped layer returns to its ``start`` bits. A move takes, of the
     layers whose predicted ms cover the excess (dropping) or fit the headroom (adding), the one that removes
     the least (dropping) or most (adding) loss per ms; where none does, the layer with the most (dropping) or
-    least (adding) predicted ms. A graph timed within the band is timed again and the mean of the two decides
-    (one reading in a quiet spell of the machine does not end the fit). A graph in the band's lower half takes
-    one more layer whose predicted ms fit the headroom (a final timing that reads a few percent fast then still
-    lands within the band; where the layer goes over, the fit goes on as from any graph over the budget). Ends
-    at the first graph within the band's upper half, else at the measured graph nearest under the budget
-    (``start``, which the budget admits, when none was)."""
+    least (adding) predicted ms. A layer whose addition takes the graph over the budget is refused (the table
+    was off for it) and the fit goes on from the graph it was added to, with the next layer. A graph timed
+    within the band is timed again and the mean of the two decides (one reading in a quiet spell of the machine
+    does not end the fit). A graph in the band's lower half takes one more layer whose predicted ms fit the
+    headroom (a final timing that reads a few percent fast then still lands within the band). Ends at the
+    first graph within the band's upper half, else at the measured graph nearest under the budget (``start``,
+    which the budget admits, when none was)."""
     table = search.base_cost.latency_model
     if search.latency is None or table is None:
         return bits
@@ -57,15 +58,21 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
     def in_band(ms_: float) -> bool:
         return target_ms * (1 - LATENCY_TOLERANCE) <= ms_ <= target_ms
 
-    names, tried, accepted = list(table.start), [], None
+    names, tried, accepted, refused = list(table.start), [], None, set()
+    added: tuple[str, Bits, float] | None = None  # the last layer added, and the graph and ms it was added to
     measured = measure(bits)
     for _ in range(ROUNDS):
-        if in_band(measured):  # one timing in the band is confirmed by a second: their mean decides
+        if measured > target_ms and added is not None:  # the added layer costs more than the table said
+            tried.append((measured, bits))
+            name, bits, measured = added
+            refused.add(name)
+        elif in_band(measured):  # one timing in the band is confirmed by a second: their mean decides
             measured = (measured + measure(bits)) / 2
             if in_band(measured):
                 if measured >= target_ms * (1 - LATENCY_TOLERANCE / 2):
                     return bits
                 accepted = bits  # the band's lower half: one layer more may still fit
+        added = None
         tried.append((measured, bits))
         trial = {n: dict(kb) for n, kb in bits.items()}
         if measured > target_ms:
@@ -76,14 +83,15 @@ def fit_measured(search: ProgressiveSearch, bits: Bits, start: Bits, damage: Dam
             name = min(covering, key=per_ms) if covering else max(floats, key=ms)
             trial[name] = dict(start[name])
         else:
-            rest = [n for n in names if not is_float(bits, n)]
-            if not rest:
-                break
+            rest = [n for n in names if not is_float(bits, n) and n not in refused]
             fitting = [n for n in rest if ms(n) <= target_ms - measured]
             if accepted is bits and not fitting:
                 return bits
+            if not rest:
+                break
             name = max(fitting, key=per_ms) if fitting else min(rest, key=ms)
             trial[name] = {"w": FULL_PRECISION, "a": FULL_PRECISION}
+            added = (name, bits, measured)
         if any(trial == seen for _, seen in tried):
             break
         bits, measured = trial, measure(trial)
