@@ -24,12 +24,19 @@ def _run(cmd, cwd, env=ENV, timeout=300):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _run_beside(single: list[str], ddp: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, ...]:
+    """The single-process and the torchrun command, run at the same time (one thread per process)."""
+    procs = [subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in (single, ddp)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    return tuple(subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outs))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     args = ["train", "--epochs", "3", "--batch-size", "128"]
-    single = _run(SINGLE + args + ["--run-dir", "single"], root)
-    ddp = _run(TORCHRUN + args + ["--run-dir", "ddp"], root)
+    single, ddp = _run_beside(SINGLE + args + ["--run-dir", "single"], TORCHRUN + args + ["--run-dir", "ddp"], root)
     assert single.returncode == 0, single.stderr
     assert ddp.returncode == 0, ddp.stderr
     return root, ddp
@@ -63,8 +70,7 @@ def test_candidate_parallel_search_chooses_the_single_process_bits(trained):
     root, _ = trained
     args = ["search", "--from", "single", "--steps", "1", "--candidates", "6", "--finetune-epochs", "1", "--final-epochs", "0",
             "--batch-size", "128"]
-    single = _run(SINGLE + args + ["--run-dir", "s1"], root)
-    ddp = _run(TORCHRUN + args + ["--run-dir", "s2"], root)
+    single, ddp = _run_beside(SINGLE + args + ["--run-dir", "s1"], TORCHRUN + args + ["--run-dir", "s2"], root)
     assert single.returncode == 0 and ddp.returncode == 0, ddp.stderr
     assert json.loads((root / "s1" / "bits-step001.json").read_text()) == \
         json.loads((root / "s2" / "bits-step001.json").read_text())

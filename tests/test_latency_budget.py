@@ -361,6 +361,20 @@ def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_ev
     assert set(table["start"]) == {k[:-2] for k in rows[0] if k.endswith("/w")}
     assert (run / "frontier_latency.png").is_file() and "latency" in result.output
 
+
+@pytest.mark.slow
+def test_a_bad_latency_budget_is_one_line_exit_2_and_leaves_no_run_folder(digits_run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from proqha.cli.app import app
+    from proqha.deploy import latency_table
+    from proqha.deploy.latency_table import EngineLatency
+
+    def quick(cfg, run_dir, on_progress=None):  # the real engine, timed briefly
+        return EngineLatency(cfg.latency_engine, cfg.latency_batch, run_dir / "latency_table.json", threads=1,
+                             warmup=1, iters=2, seconds=0.0, on_progress=on_progress)
+
+    monkeypatch.setattr(latency_table, "search_latency", quick)
     bad = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "bad"),
                                    "--target-latency-ms", "1", "--latency-engine", "tpu"])
     assert bad.exit_code == 2 and "latency" in bad.output and not (tmp_path / "bad").exists()

@@ -34,7 +34,8 @@ from proqha.runs import run_lock
 from proqha.train import TrainConfig, train_run
 
 PROQHA = [sys.executable, "-m", "proqha"]
-KILL_ROUNDS = 3
+KILL_ROUNDS = 2
+ONE_THREAD = os.environ | {"OMP_NUM_THREADS": "1"}  # the uninterrupted run and the killed one share the two cores
 
 
 def _run_with_kills(first: list[str], resume: list[str], run_dir: Path, cwd: Path, seed: int) -> int:
@@ -43,16 +44,28 @@ def _run_with_kills(first: list[str], resume: list[str], run_dir: Path, cwd: Pat
     kills = 0
     for _ in range(KILL_ROUNDS):
         cmd = resume if (run_dir / "config.json").is_file() else first
-        proc = subprocess.Popen(PROQHA + cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(PROQHA + cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=ONE_THREAD)
         time.sleep(rng.uniform(3.0, 7.0))  # start-up is ~3 s: kills land in training, saving, or scoring
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
     cmd = resume if (run_dir / "config.json").is_file() else first
-    done = subprocess.run(PROQHA + cmd, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(PROQHA + cmd, cwd=cwd, capture_output=True, text=True, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
     return kills
+
+
+def _uninterrupted(args: list[str], cwd: Path) -> subprocess.Popen:
+    """The reference run, started beside the killed one (one thread each, as the killed run has)."""
+    return subprocess.Popen(PROQHA + args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=ONE_THREAD)
+
+
+def _finished(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
 
 
 def _state_equal(a: Path, b: Path) -> bool:
@@ -64,10 +77,10 @@ def _state_equal(a: Path, b: Path) -> bool:
 @pytest.mark.subprocess
 def test_sigkill_train_then_resume_equals_uninterrupted(tmp_path):
     args = ["train", "--epochs", "10", "--batch-size", "128", "--seed", "3"]
-    ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
+    ref = _uninterrupted(args + ["--run-dir", "ref"], tmp_path)
     kills = _run_with_kills(args + ["--run-dir", "cut"], ["train", "--resume", "--run-dir", "cut"],
                             tmp_path / "cut", tmp_path, seed=11)
+    _finished(ref)
     a, b = read_jsonl(tmp_path / "ref" / "metrics.jsonl"), read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert [r["epoch"] for r in b] == list(range(1, 11))
     assert [(r["train_loss"], r["test_top1"]) for r in a] == [(r["train_loss"], r["test_top1"]) for r in b]
@@ -82,10 +95,10 @@ def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
     train_run(TrainConfig(epochs=2, batch_size=128).resolved(), tmp_path / "train")
     args = ["search", "--from", "train", "--steps", "3", "--candidates", "8", "--finetune-epochs", "1", "--final-epochs", "0",
             "--batch-size", "128"]
-    ref = subprocess.run(PROQHA + args + ["--run-dir", "ref"], cwd=tmp_path, capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
+    ref = _uninterrupted(args + ["--run-dir", "ref"], tmp_path)
     kills = _run_with_kills(args + ["--run-dir", "cut"], ["search", "--resume", "--run-dir", "cut"],
                             tmp_path / "cut", tmp_path, seed=int(os.environ.get("KSEED", "5")))
+    _finished(ref)
 
     def rows(run):
         with open(tmp_path / run / "frontier.csv", newline="") as f:
