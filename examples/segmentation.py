@@ -103,7 +103,7 @@ def main() -> int:
     calib_loader, test_loader = DataLoader(calib, batch_size=64), DataLoader(test, batch_size=64)
 
     float_net = TinySegmenter()
-    train_float(float_net, train_loader, epochs=6)
+    train_float(float_net, train_loader, epochs=3)
     float_miou = proqha.evaluate(float_net, test_loader, metric="miou")["test_metric"]
     print(f"float: mean IoU {float_miou:.1f}%")
 

@@ -354,9 +354,11 @@ def test_bad_config(kw, message):
 # --- the CLI ---------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_train_then_search_with_no_other_arguments(tmp_path, monkeypatch):
+def test_train_then_search_with_no_other_arguments(digits_run, tmp_path, monkeypatch):
+    import shutil
+
     monkeypatch.chdir(tmp_path)
-    assert runner.invoke(app, ["train", "--epochs", "3"]).exit_code == 0
+    shutil.copytree(digits_run, tmp_path / "runs" / "train-1")  # what `proqha train --epochs 3` leaves
     result = runner.invoke(app, ["search", "--lam", "0.1"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "search-1"
