@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,19 @@ def _run(cmd, cwd, env=ENV, timeout=300):
 
 
 def _run_beside(single: list[str], ddp: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, ...]:
-    """The single-process and the torchrun command, run at the same time (one thread per process)."""
-    procs = [subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd in (single, ddp)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    return tuple(subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outs))
+    """The single-process and the torchrun command, run at the same time (one thread per process), their
+    output in files (a full pipe would stop one while the other is waited for)."""
+    done = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [(Path(tmp) / f"{i}.out", Path(tmp) / f"{i}.err") for i in range(2)]
+        procs = []
+        for cmd, (out, err) in zip((single, ddp), files):
+            with open(out, "w") as o, open(err, "w") as e:
+                procs.append(subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=o, stderr=e))
+        for proc, (out, err) in zip(procs, files):
+            proc.wait(timeout=300)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text()))
+    return tuple(done)
 
 
 @pytest.fixture(scope="module")

@@ -58,14 +58,14 @@ def _run_with_kills(first: list[str], resume: list[str], run_dir: Path, cwd: Pat
 
 
 def _uninterrupted(args: list[str], cwd: Path) -> subprocess.Popen:
-    """The reference run, started beside the killed one (one thread each, as the killed run has)."""
-    return subprocess.Popen(PROQHA + args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=ONE_THREAD)
+    """The reference run, started beside the killed one (one thread each, as the killed run has); its stderr
+    goes to a file (a full pipe would stop it)."""
+    with open(cwd / "ref.stderr", "w") as err:
+        return subprocess.Popen(PROQHA + args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, env=ONE_THREAD)
 
 
-def _finished(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
+def _finished(proc: subprocess.Popen, cwd: Path) -> None:
+    assert proc.wait(timeout=600) == 0, (cwd / "ref.stderr").read_text()
 
 
 def _state_equal(a: Path, b: Path) -> bool:
@@ -80,7 +80,7 @@ def test_sigkill_train_then_resume_equals_uninterrupted(tmp_path):
     ref = _uninterrupted(args + ["--run-dir", "ref"], tmp_path)
     kills = _run_with_kills(args + ["--run-dir", "cut"], ["train", "--resume", "--run-dir", "cut"],
                             tmp_path / "cut", tmp_path, seed=11)
-    _finished(ref)
+    _finished(ref, tmp_path)
     a, b = read_jsonl(tmp_path / "ref" / "metrics.jsonl"), read_jsonl(tmp_path / "cut" / "metrics.jsonl")
     assert [r["epoch"] for r in b] == list(range(1, 11))
     assert [(r["train_loss"], r["test_top1"]) for r in a] == [(r["train_loss"], r["test_top1"]) for r in b]
@@ -98,7 +98,7 @@ def test_sigkill_search_then_resume_equals_uninterrupted(tmp_path):
     ref = _uninterrupted(args + ["--run-dir", "ref"], tmp_path)
     kills = _run_with_kills(args + ["--run-dir", "cut"], ["search", "--resume", "--run-dir", "cut"],
                             tmp_path / "cut", tmp_path, seed=int(os.environ.get("KSEED", "5")))
-    _finished(ref)
+    _finished(ref, tmp_path)
 
     def rows(run):
         with open(tmp_path / run / "frontier.csv", newline="") as f:
