@@ -330,6 +330,14 @@ def test_a_float_layer_that_reads_a_dequantized_tensor_runs_in_float_on_onnxrunt
     assert report.kernels.integer_layers == 6  # every other conv and linear in int8
 
 
+def _quick_latency(cfg, run_dir, on_progress=None):
+    """``search_latency`` on the real engine, timed briefly (no latency is asserted)."""
+    from proqha.deploy.latency_table import EngineLatency
+
+    return EngineLatency(cfg.latency_engine, cfg.latency_batch, run_dir / "latency_table.json", threads=1,
+                         warmup=1, iters=2, seconds=0.0, on_progress=on_progress)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", [("--target-latency-ms", "1000"), ("--target-latency-ratio", "100")])
 def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_every_step(digits_run, tmp_path,
@@ -338,17 +346,9 @@ def test_proqha_search_with_a_latency_budget_times_the_table_once_and_records_ev
 
     from proqha.cli.app import app
     from proqha.deploy import latency_table
-    from proqha.deploy.latency_table import EngineLatency
     from proqha.search.frontier import read_frontier
 
-    made = []
-
-    def quick(cfg, run_dir, on_progress=None):  # the real engine, timed briefly (no latency is asserted)
-        made.append(EngineLatency(cfg.latency_engine, cfg.latency_batch, run_dir / "latency_table.json", threads=1,
-                                  warmup=1, iters=2, seconds=0.0, on_progress=on_progress))
-        return made[-1]
-
-    monkeypatch.setattr(latency_table, "search_latency", quick)
+    monkeypatch.setattr(latency_table, "search_latency", _quick_latency)
     run = tmp_path / "search"
     result = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(run),
                                       *budget, "--steps", "2", "--finetune-epochs", "0", "--final-epochs", "0"])
@@ -368,13 +368,8 @@ def test_a_bad_latency_budget_is_one_line_exit_2_and_leaves_no_run_folder(digits
 
     from proqha.cli.app import app
     from proqha.deploy import latency_table
-    from proqha.deploy.latency_table import EngineLatency
 
-    def quick(cfg, run_dir, on_progress=None):  # the real engine, timed briefly
-        return EngineLatency(cfg.latency_engine, cfg.latency_batch, run_dir / "latency_table.json", threads=1,
-                             warmup=1, iters=2, seconds=0.0, on_progress=on_progress)
-
-    monkeypatch.setattr(latency_table, "search_latency", quick)
+    monkeypatch.setattr(latency_table, "search_latency", _quick_latency)
     bad = CliRunner().invoke(app, ["search", "--from", str(digits_run), "--run-dir", str(tmp_path / "bad"),
                                    "--target-latency-ms", "1", "--latency-engine", "tpu"])
     assert bad.exit_code == 2 and "latency" in bad.output and not (tmp_path / "bad").exists()
@@ -471,7 +466,6 @@ def test_a_graph_in_the_lower_half_of_the_band_takes_one_more_layer_that_fits():
     assert [_fmt(kept[n]) for n in names] == ["float", "int8", "int8", "int8"]
 
 
-
 def test_a_layer_that_measures_over_the_budget_is_refused_and_the_next_one_tried():
     """Budget 1.5 ms from the int8 graph (1.0 ms): the table finds the big-gain layer 0.4 ms in float, but the
     graph measures 0.8 ms more with it (1.8 ms, over). The fit refuses that layer and floats the next one that
@@ -484,6 +478,7 @@ def test_a_layer_that_measures_over_the_budget_is_refused_and_the_next_one_tried
     fitted = fit_measured(search, start, start, damage, 1.5)
     assert [_fmt(fitted[n]) for n in names] == ["int8", "float", "int8", "int8"]
     assert search.latency.graphs == 4  # 1.0, 1.8, then 1.45 twice (in the band's upper half)
+
 
 class NoisyEngine(FakeEngine):
     """The additive engine whose first reading of a graph with ``floats`` float layers is ``extra`` ms slow."""

@@ -358,7 +358,7 @@ def test_train_then_search_with_no_other_arguments(digits_run, tmp_path, monkeyp
     import shutil
 
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(digits_run, tmp_path / "runs" / "train-1")  # what `proqha train --epochs 3` leaves
+    shutil.copytree(digits_run, tmp_path / "runs" / "train-1")  # a 3-epoch run, where `proqha train` puts it
     result = runner.invoke(app, ["search", "--lam", "0.1"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "search-1"
